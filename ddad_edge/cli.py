@@ -1,0 +1,287 @@
+"""The ``ddad-edge`` command line. Commands are thin: parse, call the library, print."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+app = typer.Typer(
+    help="Train DDAD chest X-ray anomaly detectors and deploy them as fused ONNX/TensorRT bundles.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+console = Console(stderr=True)
+out_console = Console()
+
+
+def fail(msg: str, code: int = 1) -> None:
+    """Print a one-line error and exit non-zero."""
+    console.print(f"[bold red]error:[/] {msg}", highlight=False)
+    raise typer.Exit(code)
+
+
+def progress() -> Progress:
+    return Progress(
+        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+        console=console, transient=False,
+    )
+
+
+def data_note(manifest: dict) -> str:
+    """What every figure and table says about the data's origin."""
+    return manifest.get("data_note", "")
+
+
+def load_part_with_progress(manifest: dict, part: str, label: str):
+    from ddad_edge.dataset import load_part
+
+    n = len(manifest[part])
+    with progress() as p:
+        task = p.add_task(f"loading {label}", total=n)
+        batch = load_part(manifest, part, on_item=lambda i: p.advance(task))
+    for _, path, reason in batch.errors:
+        console.print(f"[yellow]skipped[/] {path}: {reason}", highlight=False)
+    return batch
+
+
+@app.command()
+def split(
+    data: Annotated[Path, typer.Argument(help="Folder of images (PNG/JPEG/DICOM), labelled by CSV or folder name.")],
+    labels: Annotated[Path | None, typer.Option(help="CSV with columns path,label[,split] (paths relative to DATA; relative CSV paths are looked up in DATA first).")] = None,
+    normal_train: Annotated[int, typer.Option(help="|D|: known normal training images.")] = 1000,
+    unlabeled: Annotated[int, typer.Option(help="|Du|: unlabeled training images.")] = 853,
+    ar: Annotated[float, typer.Option(help="Anomaly rate of Du (share of abnormal images).")] = 0.6,
+    seed: Annotated[int, typer.Option(help="Seed of the shuffles.")] = 0,
+    test_fraction: Annotated[float, typer.Option(help="Share of each class carved out for Dt when the data has no test split.")] = 0.2,
+    output: Annotated[Path, typer.Option("-o", "--output", help="Split manifest (JSON) to write.")] = Path("split.json"),
+) -> None:
+    """Draw D (known normal), Du (unlabeled, anomaly rate AR) and Dt (test) from a labelled folder.
+
+    Reads DATA (and the CSV); writes the split manifest JSON that `train` and `eval` read.
+    """
+    from ddad_edge.data import SplitError, make_split, read_labels_csv, scan_folder, write_manifest
+
+    if not data.is_dir():
+        fail(f"{data}: not a folder")
+    try:
+        if labels is not None:
+            csv_path = labels if labels.is_absolute() or labels.exists() and not (data / labels).exists() else data / labels
+            items = read_labels_csv(data, csv_path)
+        else:
+            items = scan_folder(data)
+        manifest = make_split(data, items, normal_train=normal_train, unlabeled=unlabeled, ar=ar,
+                              seed=seed, test_fraction=test_fraction)
+        digest = write_manifest(manifest, output)
+    except SplitError as e:
+        fail(str(e))
+    c = manifest["counts"]
+    out_console.print(
+        f"wrote {output}: D={c['D']} Du={c['Du']} (abnormal {c['Du_abnormal']}, AR {ar}) "
+        f"Dt={c['Dt']} (abnormal {c['Dt_abnormal']}); test from {manifest['test_source']}; "
+        f"sha256 {digest[:12]}", highlight=False,
+    )
+
+
+@app.command()
+def train(
+    split_path: Annotated[Path, typer.Option("--split", help="Split manifest written by `split`.")],
+    output: Annotated[Path, typer.Option("-o", "--output", help="Run folder to write (config, module_A.pt, module_B.pt, history, curves.png).")],
+    model: Annotated[str, typer.Option(help="Base network: ae, memae or aeu.")] = "ae",
+    k: Annotated[int, typer.Option("--k", help="Members per module.")] = 3,
+    epochs: Annotated[int, typer.Option(help="Epochs per module.")] = 250,
+    lr: Annotated[float, typer.Option(help="Adam learning rate.")] = 5e-4,
+    beta1: Annotated[float, typer.Option(help="Adam beta1.")] = 0.5,
+    beta2: Annotated[float, typer.Option(help="Adam beta2.")] = 0.999,
+    batch_size: Annotated[int, typer.Option(help="Batch size (last partial batch dropped).")] = 64,
+    seed: Annotated[int, typer.Option(help="Seed of initialisation and shuffles.")] = 0,
+    threads: Annotated[int, typer.Option(help="torch CPU threads (0: torch's default).")] = 0,
+    resume: Annotated[bool, typer.Option(help="Continue an interrupted run from its last completed epoch.")] = False,
+    data_root: Annotated[Path | None, typer.Option(help="Data folder, if it moved since `split`.")] = None,
+) -> None:
+    """Train module A (on D ∪ Du) and module B (on D), K members each, fused.
+
+    Reads the split manifest and its images; writes the run folder. Checkpoints every epoch.
+    """
+    run_training(split_path, output, kind=model, k=k, epochs=epochs, lr=lr, beta1=beta1,
+                 beta2=beta2, batch_size=batch_size, seed=seed, threads=threads, resume=resume,
+                 data_root=data_root)
+
+
+def run_training(split_path: Path, output: Path, *, threads: int = 0, resume: bool = False,
+                 data_root: Path | None = None, **cfg_kwargs) -> None:
+    import numpy as np
+    import torch
+
+    from ddad_edge.data import SplitError, atomic_write_text, read_manifest
+    from ddad_edge.train import RunDirError, TrainConfig, check_run_dir, train_run
+
+    cfg = TrainConfig(**cfg_kwargs)
+    try:
+        cfg.check()
+        manifest = read_manifest(split_path, data_root)
+        check_run_dir(output, cfg, manifest, resume)
+    except (SplitError, RunDirError, ValueError) as e:
+        fail(str(e))
+    if threads:
+        torch.set_num_threads(threads)
+    d = load_part_with_progress(manifest, "normal_train", "D (known normal)")
+    du = load_part_with_progress(manifest, "unlabeled", "Du (unlabeled)")
+    data = {"A": torch.from_numpy(np.concatenate([d.x, du.x])), "B": torch.from_numpy(d.x)}
+    skipped = [{"part": part, "path": p, "reason": r}
+               for part, b in (("normal_train", d), ("unlabeled", du)) for _, p, r in b.errors]
+    with progress() as p:
+        tasks = {}
+
+        def on_step(module: str, step: int, n: int) -> None:
+            if module not in tasks:
+                tasks[module] = p.add_task(f"module {module} epoch 1", total=n * cfg.epochs)
+            p.advance(tasks[module])
+
+        def on_epoch(module: str, epoch: int, total: int, losses, seconds: float) -> None:
+            p.update(tasks[module], description=f"module {module} epoch {epoch}/{total} "
+                     f"loss {float(np.mean(losses)):.5f} ({seconds:.1f} s/epoch)",
+                     completed=epoch * (len(data[module]) // cfg.batch_size))
+
+        try:
+            states = train_run(manifest, data, output, cfg, resume=resume,
+                               on_epoch=on_epoch, on_step=on_step)
+        except (RunDirError, ValueError, FloatingPointError) as e:
+            fail(str(e))
+    atomic_write_text(output / "skipped.json", json.dumps(skipped, indent=1))
+    from ddad_edge import plots
+
+    series = {f"{m}/member{i}": [e[i] for e in s["history"]]
+              for m, s in states.items() for i in range(cfg.k)}
+    plots.plot_training_curves(series, output / "curves.png", data_note(manifest))
+    secs = {m: float(np.mean(s["epoch_seconds"])) if s["epoch_seconds"] else 0.0
+            for m, s in states.items()}
+    out_console.print(
+        f"trained {cfg.kind} K={cfg.k} for {cfg.epochs} epochs into {output} "
+        f"(mean epoch: A {secs['A']:.2f} s, B {secs['B']:.2f} s; skipped {len(skipped)} files)",
+        highlight=False,
+    )
+
+
+@app.command("eval")
+def eval_cmd(
+    run: Annotated[Path, typer.Argument(help="Run folder written by `train`.")],
+    split_path: Annotated[Path, typer.Option("--split", help="Split manifest (its test part is scored).")],
+    output: Annotated[Path | None, typer.Option("-o", "--output", help="Report folder (default RUN/eval).")] = None,
+    data_root: Annotated[Path | None, typer.Option(help="Data folder, if it moved since `split`.")] = None,
+) -> None:
+    """Score the test set with the trained run: AUC/AP per score (rec, intra, inter).
+
+    Reads the run and the split's test images; writes metrics.json, scores.csv, roc.png,
+    histograms.png and heatmaps.png into the report folder and prints a table.
+    """
+    run_eval(run, split_path, output, data_root)
+
+
+def run_eval(run: Path, split_path: Path, output: Path | None, data_root: Path | None = None) -> dict:
+    import numpy as np
+
+    from ddad_edge.checkpoint import read_config
+    from ddad_edge.data import SplitError, read_manifest
+    from ddad_edge.evaluate import evaluate_arrays, write_report
+
+    try:
+        manifest = read_manifest(split_path, data_root)
+        config = read_config(run)
+    except (SplitError, FileNotFoundError) as e:
+        fail(str(e))
+    if config["split_sha256"] != manifest["sha256"]:
+        console.print("[yellow]warning:[/] the run was trained on a different split manifest")
+    test = load_part_with_progress(manifest, "test", "Dt (test)")
+    labels = np.asarray(manifest["test_labels"])[test.ok]
+    paths = [manifest["test"][i] for i in test.ok]
+    try:
+        stats, scores, metrics = evaluate_arrays(run, test.x, labels)
+    except (FileNotFoundError, RuntimeError, ValueError) as e:
+        fail(str(e))
+    output = output or run / "eval"
+    meta = {"run": str(run), "model": config["train"]["kind"], "k": config["train"]["k"],
+            "epochs": config["train"]["epochs"], "split_sha256": manifest["sha256"],
+            "n_test": len(labels), "n_test_abnormal": int(labels.sum()),
+            "skipped": [{"path": p, "reason": r} for _, p, r in test.errors],
+            "data_note": data_note(manifest)}
+    write_report(output, x=test.x, labels=labels, paths=paths, stats=stats, scores=scores,
+                 metrics=metrics, meta=meta, title_note=data_note(manifest))
+    table = Table(title=f"{meta['model']} K={meta['k']} on {len(labels)} test images "
+                  f"({data_note(manifest)})")
+    table.add_column("score")
+    table.add_column("AUC", justify="right")
+    table.add_column("AP", justify="right")
+    for name, m in metrics.items():
+        table.add_row(name, f"{m['auc']:.4f}", f"{m['ap']:.4f}")
+    out_console.print(table)
+    out_console.print(f"report in {output}", highlight=False)
+    return metrics
+
+
+@app.command()
+def demo(
+    output: Annotated[Path, typer.Option("-o", "--output", help="Folder for the demo's data, split, run and report.")] = Path("demo-out"),
+    data: Annotated[Path | None, typer.Option(help="Run on this real labelled folder instead of the synthetic phantoms.")] = None,
+    labels: Annotated[Path | None, typer.Option(help="Labels CSV for --data.")] = None,
+    model: Annotated[str, typer.Option(help="ae, memae or aeu.")] = "ae",
+    k: Annotated[int, typer.Option("--k")] = 3,
+    epochs: Annotated[int, typer.Option()] = 30,
+    normal_train: Annotated[int, typer.Option()] = 300,
+    unlabeled: Annotated[int, typer.Option()] = 200,
+    ar: Annotated[float, typer.Option()] = 0.5,
+    seed: Annotated[int, typer.Option()] = 0,
+) -> None:
+    """The whole pipeline in a few minutes on CPU: phantoms -> split -> train -> eval.
+
+    Without --data it generates a SYNTHETIC procedural phantom set (not real patients) in
+    OUTPUT/phantoms. Writes OUTPUT/split.json, OUTPUT/run/ and OUTPUT/run/eval/.
+    """
+    from ddad_edge.data import SplitError, make_split, read_labels_csv, scan_folder, write_manifest
+
+    output.mkdir(parents=True, exist_ok=True)
+    if data is None:
+        from ddad_edge.phantom import make_phantom_dataset
+
+        data = output / "phantoms"
+        if not (data / "labels.csv").exists():
+            console.print("generating SYNTHETIC phantom images (not real patients)")
+            make_phantom_dataset(data, n_train_normal=normal_train + unlabeled,
+                                 n_train_abnormal=unlabeled, seed=seed)
+        labels = data / "labels.csv"
+    try:
+        items = read_labels_csv(data, labels) if labels else scan_folder(data)
+        manifest = make_split(data, items, normal_train=normal_train, unlabeled=unlabeled, ar=ar,
+                              seed=seed)
+        write_manifest(manifest, output / "split.json")
+    except SplitError as e:
+        fail(str(e))
+    run_dir = output / "run"
+    resume = (run_dir / "config.json").exists()
+    run_training(output / "split.json", run_dir, kind=model, k=k, epochs=epochs, seed=seed,
+                 resume=resume)
+    run_eval(run_dir, output / "split.json", None)
+
+
+# Deployment (export, verify, build, score) and benchmark (bench, parity) commands live in their
+# own modules and register themselves here.
+from ddad_edge import cli_deploy  # noqa: E402
+
+cli_deploy.register(app)
+from ddad_edge import cli_bench  # noqa: E402
+
+cli_bench.register(app)
+
+
+def main() -> None:  # pragma: no cover
+    app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,220 @@
+"""Labelled image folders and the D / Du / Dt split manifest.
+
+A dataset is a folder of images labelled either by a CSV (columns ``path,label`` and optionally
+``split``; label 0 = normal, 1 = abnormal) or by folder name (a path component named ``NORMAL``,
+``normal``, ``good`` or ``0`` means normal; everything else abnormal).
+
+The split manifest (JSON) lists D (known normals), Du (unlabeled; its labels are stored for analysis
+only and never reach training) and Dt (test, labelled), as paths relative to the data root.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+IMAGE_EXTS = {".png", ".jpg", ".jpeg", ".dcm", ".dicom", ".tif", ".tiff", ".bmp"}
+NORMAL_NAMES = {"normal", "good", "0", "negative"}
+MANIFEST_VERSION = 1
+
+
+class SplitError(ValueError):
+    """The data cannot satisfy the requested split (too few images, bad labels, overlaps)."""
+
+
+@dataclass(frozen=True)
+class Item:
+    """One labelled image: path relative to the data root, label (0/1), CSV split or None."""
+
+    path: str
+    label: int
+    split: str | None = None
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write text to path atomically (temp file in the same folder, then rename)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def read_labels_csv(root: Path, csv_path: Path) -> list[Item]:
+    """Read ``path,label[,split]`` rows; paths are relative to root."""
+    items = []
+    with open(csv_path, newline="") as f:
+        reader = csv.DictReader(f)
+        if reader.fieldnames is None or not {"path", "label"} <= set(reader.fieldnames):
+            raise SplitError(f"{csv_path}: needs at least the columns 'path' and 'label'")
+        for n, row in enumerate(reader, start=2):
+            try:
+                label = int(row["label"])
+            except ValueError as e:
+                raise SplitError(f"{csv_path} line {n}: label {row['label']!r} is not 0 or 1") from e
+            if label not in (0, 1):
+                raise SplitError(f"{csv_path} line {n}: label {label} is not 0 or 1")
+            split = (row.get("split") or "").strip() or None
+            items.append(Item(row["path"], label, split))
+    missing = [it.path for it in items if not (root / it.path).is_file()]
+    if missing:
+        raise SplitError(
+            f"{csv_path}: {len(missing)} listed file(s) not found under {root}, e.g. {missing[0]}"
+        )
+    return items
+
+
+def scan_folder(root: Path) -> list[Item]:
+    """Label every image under root by folder name (see module docstring). Splits from a
+    ``train``/``test`` path component when present."""
+    items = []
+    for p in sorted(root.rglob("*")):
+        if p.suffix.lower() not in IMAGE_EXTS or not p.is_file():
+            continue
+        rel = p.relative_to(root)
+        parts = [s.lower() for s in rel.parts[:-1]]
+        label = 0 if any(s in NORMAL_NAMES for s in parts) else 1
+        split = "test" if "test" in parts else ("train" if "train" in parts else None)
+        items.append(Item(rel.as_posix(), label, split))
+    if not items:
+        raise SplitError(f"{root}: no images found ({', '.join(sorted(IMAGE_EXTS))})")
+    return items
+
+
+def describe_data(root: Path) -> str:
+    """A note on the data's origin that every figure and table carries."""
+    readme = Path(root) / "README.txt"
+    if readme.is_file() and readme.read_text(errors="ignore").lstrip().startswith("SYNTHETIC"):
+        return "SYNTHETIC phantom data (not real patients)"
+    if "kermany" in str(Path(root).resolve()).lower():
+        return "Kermany et al. pediatric CXR (CC BY 4.0)"
+    return f"data: {Path(root).name}"
+
+
+def make_split(
+    root: Path,
+    items: list[Item],
+    *,
+    normal_train: int,
+    unlabeled: int,
+    ar: float,
+    seed: int = 0,
+    test_fraction: float = 0.2,
+) -> dict[str, Any]:
+    """Draw D, Du and Dt.
+
+    Dt is the CSV's/folders' ``test`` split when present, else a stratified ``test_fraction`` of
+    the data carved out first. From the rest: D = the first ``normal_train`` normals of a seeded
+    shuffle; Du = the next round(unlabeled * (1 - ar)) normals of that shuffle plus the first
+    round(unlabeled * ar) abnormals of a seeded shuffle of the abnormals.
+    """
+    if not 0.0 <= ar <= 1.0:
+        raise SplitError(f"anomaly rate must lie in [0, 1], got {ar}")
+    if normal_train < 1 or unlabeled < 0:
+        raise SplitError("--normal-train must be >= 1 and --unlabeled >= 0")
+    paths = [it.path for it in items]
+    if len(set(paths)) != len(paths):
+        raise SplitError("the label list names some file more than once")
+    rng = np.random.default_rng(seed)
+    if any(it.split == "test" for it in items):
+        test = [it for it in items if it.split == "test"]
+        pool = [it for it in items if it.split != "test"]
+        test_source = "split column / test folder"
+    else:
+        test, pool = [], []
+        for lab in (0, 1):
+            group = [it for it in items if it.label == lab]
+            perm = rng.permutation(len(group))
+            n_test = int(round(test_fraction * len(group)))
+            test += [group[i] for i in perm[:n_test]]
+            pool += [group[i] for i in perm[n_test:]]
+        test_source = f"carved out: {test_fraction:.0%} of each class (seed {seed})"
+    normals = [it for it in pool if it.label == 0]
+    abnormals = [it for it in pool if it.label == 1]
+    normals = [normals[i] for i in rng.permutation(len(normals))]
+    abnormals = [abnormals[i] for i in rng.permutation(len(abnormals))]
+    n_abn = int(round(unlabeled * ar))
+    n_norm_u = unlabeled - n_abn
+    if normal_train + n_norm_u > len(normals):
+        raise SplitError(
+            f"not enough normal training images: D needs {normal_train} and Du needs {n_norm_u} "
+            f"(|Du|={unlabeled}, AR={ar}), but only {len(normals)} are available"
+        )
+    if n_abn > len(abnormals):
+        raise SplitError(
+            f"not enough abnormal training images for AR={ar}: Du needs {n_abn}, only "
+            f"{len(abnormals)} are available; lower --ar or --unlabeled"
+        )
+    d = normals[:normal_train]
+    du = normals[normal_train : normal_train + n_norm_u] + abnormals[:n_abn]
+    du = [du[i] for i in rng.permutation(len(du))]
+    if {it.path for it in d + du} & {it.path for it in test}:
+        raise SplitError("training and test sets overlap")
+    if len(test) == 0 or len({it.label for it in test}) < 2:
+        raise SplitError("the test set needs both normal and abnormal images")
+    manifest: dict[str, Any] = {
+        "version": MANIFEST_VERSION,
+        "root": str(Path(root).resolve()),
+        "data_note": describe_data(root),
+        "seed": seed,
+        "anomaly_rate": ar,
+        "test_source": test_source,
+        "normal_train": [it.path for it in d],
+        "unlabeled": [it.path for it in du],
+        "unlabeled_labels_for_analysis_only": [it.label for it in du],
+        "test": [it.path for it in test],
+        "test_labels": [it.label for it in test],
+    }
+    manifest["counts"] = {
+        "D": len(d),
+        "Du": len(du),
+        "Du_abnormal": n_abn,
+        "Dt": len(test),
+        "Dt_abnormal": int(sum(it.label for it in test)),
+    }
+    return manifest
+
+
+def manifest_hash(manifest: dict[str, Any]) -> str:
+    """sha256 of the manifest's content (canonical JSON, without its own ``sha256`` field and
+    without ``root``, so a moved data folder keeps its hash)."""
+    body = {k: v for k, v in manifest.items() if k not in ("sha256", "root")}
+    return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
+
+
+def write_manifest(manifest: dict[str, Any], out: Path) -> str:
+    """Write the manifest (with its sha256) atomically; return the hash."""
+    manifest = dict(manifest)
+    manifest["sha256"] = manifest_hash(manifest)
+    atomic_write_text(Path(out), json.dumps(manifest, indent=1))
+    return manifest["sha256"]
+
+
+def read_manifest(path: Path, root: Path | None = None) -> dict[str, Any]:
+    """Read and check a split manifest; ``root`` overrides the data root it records."""
+    try:
+        manifest = json.loads(Path(path).read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise SplitError(f"{path}: cannot read split manifest: {e}") from e
+    if manifest.get("version") != MANIFEST_VERSION:
+        raise SplitError(f"{path}: unsupported manifest version {manifest.get('version')}")
+    if manifest.get("sha256") != manifest_hash(manifest):
+        raise SplitError(f"{path}: content does not match its sha256 (edited by hand?)")
+    if root is not None:
+        manifest["root"] = str(Path(root).resolve())
+    if not Path(manifest["root"]).is_dir():
+        raise SplitError(f"{path}: data root {manifest['root']} does not exist (pass --data-root)")
+    return manifest

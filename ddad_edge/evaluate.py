@@ -1,0 +1,107 @@
+"""Evaluation of a trained run on the split's test set: image-level AUC / AP per score, figures.
+
+Scores come from ``ddad_edge.runtime.scores`` (the one implementation); member statistics from
+the PyTorch reference (``ddad_edge.reference``). Nothing here selects anything on the test set.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ddad_edge.checkpoint import load_module
+from ddad_edge.data import atomic_write_text
+from ddad_edge.reference import dual_stats
+from ddad_edge.runtime.metrics import average_precision, roc_auc, roc_curve
+from ddad_edge.runtime.preprocess import to_display
+from ddad_edge.runtime.scores import SCORE_NAMES, image_scores, score_maps
+
+
+def stats_to_maps(x: np.ndarray, stats: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Score maps from dual statistics (keys mean_a, mean_b, std_b, optional var_b)."""
+    return score_maps(x, stats["mean_a"], stats["mean_b"], stats["std_b"], stats.get("var_b"))
+
+
+def metrics_table(scores: dict[str, np.ndarray], labels: np.ndarray) -> dict[str, dict[str, float]]:
+    """{score name: {"auc", "ap"}} for image scores float [N] and labels 0/1 [N]."""
+    return {
+        name: {"auc": roc_auc(labels, s), "ap": average_precision(labels, s)}
+        for name, s in scores.items()
+    }
+
+
+def evaluate_arrays(
+    run_dir: Path, x: np.ndarray, labels: np.ndarray
+) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray], dict[str, dict[str, float]]]:
+    """Score x [N, 1, 64, 64] with the run's PyTorch modules.
+
+    Returns (stats, image scores {name: float32 [N]}, metrics {name: {auc, ap}}).
+    """
+    model_a = load_module(run_dir, "A")
+    model_b = load_module(run_dir, "B")
+    stats = dual_stats(model_a, model_b, x)
+    scores = image_scores(stats_to_maps(x, stats))
+    return stats, scores, metrics_table(scores, labels)
+
+
+def _example_rows(
+    x: np.ndarray, stats: dict[str, np.ndarray], maps: dict[str, np.ndarray], labels: np.ndarray,
+    scores: dict[str, np.ndarray], per_class: int = 3,
+) -> tuple[list[dict[str, np.ndarray]], list[str]]:
+    """Pick evenly spaced examples of each class (by index, not by score) for the heatmap grid."""
+    rows, titles = [], []
+    for lab, name in ((0, "normal"), (1, "abnormal")):
+        idx = np.flatnonzero(labels == lab)
+        for i in idx[np.linspace(0, len(idx) - 1, min(per_class, len(idx))).astype(int)]:
+            rows.append({
+                "input": to_display(x[i, 0]),
+                "mu_A": to_display(stats["mean_a"][i, 0]),
+                "mu_B": to_display(stats["mean_b"][i, 0]),
+                "intra": maps["intra"][i, 0],
+                "inter": maps["inter"][i, 0],
+            })
+            titles.append(f"{name} #{i} (inter {scores['inter'][i]:.4f})")
+    return rows, titles
+
+
+def write_report(
+    out_dir: Path,
+    *,
+    x: np.ndarray,
+    labels: np.ndarray,
+    paths: list[str],
+    stats: dict[str, np.ndarray],
+    scores: dict[str, np.ndarray],
+    metrics: dict[str, dict[str, float]],
+    meta: dict[str, Any],
+    title_note: str = "",
+) -> dict[str, Path]:
+    """Write metrics.json, scores.csv, roc.png, histograms.png and heatmaps.png into out_dir."""
+    from ddad_edge import plots
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    files = {"metrics": out_dir / "metrics.json", "scores": out_dir / "scores.csv"}
+    atomic_write_text(files["metrics"], json.dumps({**meta, "metrics": metrics}, indent=1))
+    buf = io.StringIO()
+    w = csv.writer(buf)
+    w.writerow(["path", "label", *SCORE_NAMES])
+    for i, p in enumerate(paths):
+        w.writerow([p, int(labels[i]), *(f"{scores[s][i]:.8g}" for s in SCORE_NAMES)])
+    atomic_write_text(files["scores"], buf.getvalue())
+    curves = {}
+    for s in SCORE_NAMES:
+        fpr, tpr = roc_curve(labels, scores[s])
+        curves[s] = (fpr, tpr, metrics[s]["auc"])
+    files["roc"] = plots.plot_roc_curves(curves, out_dir / "roc.png", title_note)
+    files["histograms"] = plots.plot_score_histograms(
+        scores, labels, out_dir / "histograms.png", title_note
+    )
+    maps = stats_to_maps(x, stats)
+    rows, titles = _example_rows(x, stats, maps, labels, scores)
+    files["heatmaps"] = plots.plot_heatmap_grid(rows, titles, out_dir / "heatmaps.png", title_note)
+    return files

@@ -1,0 +1,361 @@
+"""Matplotlib figures for training and evaluation reports, and a figure-free heat-map overlay.
+
+Design rules:
+
+* Never opens a window and never touches pyplot's global state: figures are built as
+  ``matplotlib.figure.Figure`` objects bound to the Agg canvas (``FigureCanvasAgg``), so this works
+  headless, in threads, and whatever backend the caller has selected.
+* matplotlib is imported lazily inside each function, so ``import ddad_edge.plots`` is cheap and
+  :func:`overlay_heatmap` (numpy + ``matplotlib.colormaps`` only, no pyplot, no torch) can be used
+  by the lightweight runtime.
+* PNGs are written atomically: saved to a temp file in the destination directory, then moved into
+  place with ``os.replace``. Parent directories are created.
+* Every figure function takes ``title_note`` (e.g. ``"SYNTHETIC phantom data"`` or
+  ``"Kermany et al. CC BY 4.0"``) which is appended to the figure title; the library never prints.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import secrets
+from collections.abc import Collection, Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+if TYPE_CHECKING:  # pragma: no cover - typing only
+    from matplotlib.figure import Figure
+
+__all__ = [
+    "IMAGE_KEYS",
+    "overlay_heatmap",
+    "plot_heatmap_grid",
+    "plot_roc_curves",
+    "plot_score_histograms",
+    "plot_training_curves",
+]
+
+IMAGE_KEYS: frozenset[str] = frozenset({"input", "image", "mu_A", "mu_B", "recon"})
+"""Keys that :func:`plot_heatmap_grid` shows as grey images in [0, 1] (all others are maps)."""
+
+_DPI = 100
+
+
+def _title(title: str, note: str) -> str:
+    """Append ``note`` to ``title`` when given."""
+    return f"{title} \u2014 {note}" if note else title
+
+
+def _new_figure(width_in: float, height_in: float) -> Figure:
+    """A pyplot-free Figure bound to the Agg canvas, sized in inches, constrained layout."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(width_in, height_in), dpi=_DPI, layout="constrained")
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def _save_atomic(fig: Figure, out_png: Path) -> Path:
+    """Save ``fig`` as PNG to ``out_png`` atomically (temp file in the same dir + os.replace)."""
+    out_png = Path(out_png)
+    out_png.parent.mkdir(parents=True, exist_ok=True)
+    # A unique sibling name opened with "xb" (not mkstemp, whose files are always 0600), so the
+    # final PNG gets the usual umask-derived permissions.
+    tmp = out_png.with_name(f".{out_png.name}.{os.getpid()}.{secrets.token_hex(6)}.tmp")
+    try:
+        with open(tmp, "xb") as fh:
+            fig.savefig(fh, format="png", dpi=_DPI)
+        os.replace(tmp, out_png)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return out_png
+
+
+def plot_training_curves(
+    history: Mapping[str, Sequence[float]], out_png: Path, title_note: str = ""
+) -> Path:
+    """Loss-per-epoch curves, one line per series.
+
+    Args:
+        history: series name (e.g. ``'A/member0'``, ``'B/member1'`` or ``'A'``, ``'B'``) -> loss
+            per epoch (floats, unitless training loss; element ``i`` is epoch ``i + 1``). Series
+            may differ in length; non-finite values are drawn as gaps.
+        out_png: destination PNG path.
+        title_note: appended to the title.
+
+    Returns:
+        ``out_png``. The y axis is logarithmic when every finite loss is > 0.
+    """
+    if not history:
+        raise ValueError("history is empty")
+    fig = _new_figure(7.0, 4.5)
+    ax = fig.add_subplot()
+    finite: list[np.ndarray] = []
+    for name, losses in history.items():
+        y = np.asarray(losses, dtype=np.float64).reshape(-1)
+        if y.size == 0:
+            continue
+        y = np.where(np.isfinite(y), y, np.nan)
+        finite.append(y[np.isfinite(y)])
+        epochs = np.arange(1, y.size + 1)
+        ax.plot(epochs, y, marker="o" if y.size <= 30 else None, ms=3, lw=1.5, label=name)
+    vals = np.concatenate(finite) if finite else np.empty(0)
+    if vals.size and np.all(vals > 0):
+        ax.set_yscale("log")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("loss")
+    ax.grid(True, which="both", alpha=0.3)
+    from matplotlib.ticker import MaxNLocator
+
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.legend(fontsize="small", ncol=2 if len(history) > 6 else 1)
+    ax.set_title(_title("Training loss", title_note))
+    return _save_atomic(fig, out_png)
+
+
+def plot_roc_curves(
+    curves: Mapping[str, tuple[np.ndarray, np.ndarray, float]],
+    out_png: Path,
+    title_note: str = "",
+) -> Path:
+    """ROC curves, one per anomaly score, with the chance diagonal.
+
+    Args:
+        curves: score name (``'rec'``, ``'intra'``, ``'inter'``) -> ``(fpr, tpr, auc)`` where
+            ``fpr`` and ``tpr`` are 1-D float arrays of equal length with values in [0, 1]
+            (false/true positive rate, abnormal = positive) and ``auc`` is the area (float).
+        out_png: destination PNG path.
+        title_note: appended to the title.
+
+    Returns:
+        ``out_png``. Legend entries read e.g. ``'inter (AUC 0.812)'``.
+    """
+    if not curves:
+        raise ValueError("curves is empty")
+    fig = _new_figure(5.5, 5.5)
+    ax = fig.add_subplot()
+    ax.plot([0, 1], [0, 1], ls="--", color="0.6", lw=1, label="chance")
+    for name, (fpr, tpr, auc) in curves.items():
+        fpr = np.asarray(fpr, dtype=np.float64).reshape(-1)
+        tpr = np.asarray(tpr, dtype=np.float64).reshape(-1)
+        if fpr.shape != tpr.shape:
+            raise ValueError(f"{name}: fpr and tpr differ in length ({fpr.size} vs {tpr.size})")
+        ax.plot(fpr, tpr, lw=2, label=f"{name} (AUC {float(auc):.3f})")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1.01)
+    ax.set_aspect("equal")
+    ax.set_xlabel("false positive rate")
+    ax.set_ylabel("true positive rate")
+    ax.grid(True, alpha=0.3)
+    ax.legend(loc="lower right")
+    ax.set_title(_title("ROC", title_note))
+    return _save_atomic(fig, out_png)
+
+
+def plot_score_histograms(
+    scores: Mapping[str, np.ndarray],
+    labels: np.ndarray,
+    out_png: Path,
+    title_note: str = "",
+) -> Path:
+    """Per-score histograms of normal vs abnormal image-level scores (as in DDAD paper Fig. 3).
+
+    Args:
+        scores: score name -> 1-D float array [N] of image-level anomaly scores (arbitrary units,
+            larger = more anomalous), aligned with ``labels``.
+        labels: int array [N], 0 = normal, 1 = abnormal.
+        out_png: destination PNG path.
+        title_note: appended to the figure title.
+
+    Returns:
+        ``out_png``. One subplot per score; both classes share bins and are drawn as densities.
+        Non-finite scores are dropped.
+    """
+    if not scores:
+        raise ValueError("scores is empty")
+    y = np.asarray(labels).reshape(-1)
+    n = len(scores)
+    fig = _new_figure(4.2 * n, 3.8)
+    axes = fig.subplots(1, n, squeeze=False)[0]
+    for ax, (name, s) in zip(axes, scores.items(), strict=True):
+        s = np.asarray(s, dtype=np.float64).reshape(-1)
+        if s.shape != y.shape:
+            raise ValueError(f"{name}: {s.size} scores but {y.size} labels")
+        ok = np.isfinite(s)
+        vals = s[ok]
+        if vals.size == 0:
+            ax.text(0.5, 0.5, "no finite scores", ha="center", va="center", transform=ax.transAxes)
+        else:
+            lo, hi = float(vals.min()), float(vals.max())
+            if hi <= lo:
+                lo, hi = lo - 0.5, hi + 0.5
+            bins = np.linspace(lo, hi, 31)
+            for lab, cls, color in ((0, "normal", "tab:blue"), (1, "abnormal", "tab:red")):
+                v = s[ok & (y == lab)]
+                if v.size:
+                    label = f"{cls} (n={v.size})"
+                    ax.hist(v, bins=bins, density=True, alpha=0.5, color=color, label=label)
+            ax.legend(fontsize="small")
+        ax.set_title(name)
+        ax.set_xlabel("score")
+        ax.set_ylabel("density")
+    fig.suptitle(_title("Image-level anomaly scores", title_note))
+    return _save_atomic(fig, out_png)
+
+
+def plot_heatmap_grid(
+    rows: Sequence[Mapping[str, np.ndarray]],
+    row_titles: Sequence[str],
+    out_png: Path,
+    title_note: str = "",
+    *,
+    image_keys: Collection[str] = IMAGE_KEYS,
+    cmap: str = "inferno",
+) -> Path:
+    """A grid of example images and anomaly maps: one row per sample, one column per key.
+
+    Args:
+        rows: one mapping per sample of key -> 2-D float array [H, W], in display order, e.g.
+            ``{'input': x01, 'mu_A': ..., 'mu_B': ..., 'intra': ..., 'inter': ...}``. Columns are
+            the union of keys in order of first appearance; a key missing from a row leaves an
+            empty cell. Arrays in one row may have different sizes.
+        row_titles: one label per row, e.g. ``'normal #3 (inter 0.041)'``.
+        out_png: destination PNG path.
+        title_note: appended to the figure title.
+        image_keys: keys shown as grey images with fixed range [0, 1] (default: ``IMAGE_KEYS``).
+        cmap: colormap for map columns.
+
+    Returns:
+        ``out_png``. Map columns share one vmin/vmax over all rows (finite min/max of that
+        column) so rows are comparable, and each map column has its own colorbar.
+    """
+    if not rows:
+        raise ValueError("rows is empty")
+    if len(row_titles) != len(rows):
+        raise ValueError(f"{len(rows)} rows but {len(row_titles)} row titles")
+    keys: list[str] = []
+    for r in rows:
+        keys.extend(k for k in r if k not in keys)
+    data = [{k: np.asarray(v, dtype=np.float64) for k, v in r.items()} for r in rows]
+    for i, r in enumerate(data):
+        for k, v in r.items():
+            if v.ndim != 2:
+                raise ValueError(f"row {i} '{k}': expected a 2-D array, got shape {v.shape}")
+
+    limits: dict[str, tuple[float, float]] = {}
+    for k in keys:
+        if k in image_keys:
+            limits[k] = (0.0, 1.0)
+            continue
+        vals = [v[np.isfinite(v)] for r in data if (v := r.get(k)) is not None]
+        vals = [v for v in vals if v.size]
+        if vals:
+            lo = float(min(v.min() for v in vals))
+            hi = float(max(v.max() for v in vals))
+        else:
+            lo, hi = 0.0, 1.0
+        if not hi > lo:
+            hi = lo + max(abs(lo) * 1e-6, 1e-12)
+        limits[k] = (lo, hi)
+
+    nr, nc = len(rows), len(keys)
+    fig = _new_figure(1.9 * nc + 0.6, 1.9 * nr + 1.4)
+    axes = fig.subplots(nr, nc, squeeze=False)
+    mappables: dict[str, object] = {}
+    for i, r in enumerate(data):
+        for j, k in enumerate(keys):
+            ax = axes[i, j]
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if i == 0:
+                ax.set_title(k)
+            if j == 0:
+                ax.set_ylabel(row_titles[i], fontsize="small")
+            v = r.get(k)
+            if v is None:
+                for spine in ax.spines.values():
+                    spine.set_visible(False)
+                continue
+            lo, hi = limits[k]
+            im = ax.imshow(
+                v,
+                cmap="gray" if k in image_keys else cmap,
+                vmin=lo,
+                vmax=hi,
+                interpolation="nearest",
+            )
+            mappables.setdefault(k, im)
+    for j, k in enumerate(keys):
+        if k not in image_keys and k in mappables:
+            fig.colorbar(mappables[k], ax=axes[:, j], location="bottom", shrink=0.9, aspect=15)
+    fig.suptitle(_title("Reconstructions and anomaly maps", title_note))
+    return _save_atomic(fig, out_png)
+
+
+def _resize_bilinear(a: np.ndarray, height: int, width: int) -> np.ndarray:
+    """Bilinear resize of a 2-D float array to [height, width] (half-pixel centres, edge clamp,
+    the convention of ``torch.nn.functional.interpolate(..., align_corners=False)``)."""
+    h, w = a.shape
+    if (h, w) == (height, width):
+        return a
+
+    def coords(n_out: int, n_in: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        c = (np.arange(n_out, dtype=np.float64) + 0.5) * (n_in / n_out) - 0.5
+        c = np.clip(c, 0.0, n_in - 1)
+        i0 = np.floor(c).astype(np.intp)
+        i1 = np.minimum(i0 + 1, n_in - 1)
+        return i0, i1, c - i0
+
+    y0, y1, fy = coords(height, h)
+    x0, x1, fx = coords(width, w)
+    top = a[y0][:, x0] * (1.0 - fx) + a[y0][:, x1] * fx
+    bot = a[y1][:, x0] * (1.0 - fx) + a[y1][:, x1] * fx
+    return top * (1.0 - fy)[:, None] + bot * fy[:, None]
+
+
+def overlay_heatmap(
+    image01: np.ndarray,
+    amap: np.ndarray,
+    vmax: float | None = None,
+    alpha: float = 0.5,
+    *,
+    cmap: str = "inferno",
+) -> np.ndarray:
+    """Blend a colour-mapped anomaly map over a grey image, without creating a figure.
+
+    Uses only numpy and ``matplotlib.colormaps`` (imported lazily; no pyplot, no torch).
+
+    Args:
+        image01: grey image, float array [H, W] with values in [0, 1] (clipped).
+        amap: anomaly map, float array [h, w] (any size; bilinearly resized to [H, W]). Values
+            are mapped linearly from [0, vmax] onto the colormap (clipped; non-finite -> 0).
+        vmax: top of the colour scale in map units; ``None`` uses the map's finite maximum
+            (1.0 when that is <= 0). Pass a shared value to make several overlays comparable.
+        alpha: weight of the colour layer in [0, 1] (0 = grey image only, 1 = map only).
+        cmap: matplotlib colormap name.
+
+    Returns:
+        uint8 RGB array [H, W, 3]: ``(1 - alpha) * grey + alpha * cmap(map / vmax)``.
+    """
+    import matplotlib
+
+    img = np.asarray(image01, dtype=np.float64)
+    m = np.asarray(amap, dtype=np.float64)
+    if img.ndim != 2 or m.ndim != 2:
+        raise ValueError(f"expected 2-D image and map, got {img.shape} and {m.shape}")
+    if not 0.0 <= alpha <= 1.0:
+        raise ValueError(f"alpha must be in [0, 1], got {alpha}")
+    img = np.clip(np.nan_to_num(img, nan=0.0), 0.0, 1.0)
+    m = np.where(np.isfinite(m), m, 0.0)
+    m = _resize_bilinear(m, img.shape[0], img.shape[1])
+    if vmax is None:
+        vmax = float(m.max()) if m.size else 1.0
+    if not (math.isfinite(vmax) and vmax > 0):
+        vmax = 1.0
+    rgb = matplotlib.colormaps[cmap](np.clip(m / vmax, 0.0, 1.0))[..., :3]
+    out = (1.0 - alpha) * img[..., None] + alpha * rgb
+    return np.clip(np.rint(out * 255.0), 0, 255).astype(np.uint8)

@@ -1,0 +1,202 @@
+"""The training loop: module A on D ∪ Du, module B on D, K members each in one fused module.
+
+Each member sees its own shuffle of the data (a permutation seeded by (seed, module, member,
+epoch), so resuming reproduces the order), its own BatchNorm statistics and its own Adam state.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ddad_edge import __version__
+from ddad_edge.checkpoint import atomic_torch_save, load_checkpoint, module_path
+from ddad_edge.data import atomic_write_text
+from ddad_edge.models import KINDS, FusedEnsemble, member_losses
+
+MODULE_IDS = {"A": 1, "B": 2}
+EpochCallback = Callable[[str, int, int, np.ndarray, float], None]
+StepCallback = Callable[[str, int, int], None]
+
+
+@dataclass
+class TrainConfig:
+    """Hyper-parameters (paper Sec. 3.2 defaults)."""
+
+    kind: str = "ae"
+    k: int = 3
+    epochs: int = 250
+    lr: float = 5e-4
+    beta1: float = 0.5
+    beta2: float = 0.999
+    batch_size: int = 64
+    seed: int = 0
+
+    def check(self) -> None:
+        if self.kind not in KINDS:
+            raise ValueError(f"unknown model kind {self.kind!r}; choose one of {', '.join(KINDS)}")
+        if self.k < 1 or self.epochs < 1 or self.batch_size < 2:
+            raise ValueError("k and epochs must be >= 1 and batch size >= 2")
+
+
+class RunDirError(RuntimeError):
+    """The output folder holds a different run, or a resume does not match it."""
+
+
+def member_permutation(seed: int, module: str, member: int, epoch: int, n: int) -> np.ndarray:
+    """The order in which one member visits the n training images in one epoch (0-based)."""
+    return np.random.default_rng([seed, MODULE_IDS[module], member, epoch]).permutation(n)
+
+
+def make_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+    """Adam (no weight decay). Elementwise, so stacked members keep independent states."""
+    return torch.optim.Adam(model.parameters(), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2))
+
+
+def train_epoch(
+    model: FusedEnsemble,
+    opt: torch.optim.Optimizer,
+    data: torch.Tensor,
+    perms: list[np.ndarray],
+    batch_size: int,
+    on_step: Callable[[int, int], None] | None = None,
+    max_steps: int | None = None,
+) -> np.ndarray:
+    """One epoch. data float32 [M, 1, 64, 64]; perms[i] is member i's order (len M).
+
+    The last partial batch is dropped. Returns the members' mean losses, float64 [K].
+    """
+    model.train()
+    n_batches = len(data) // batch_size
+    if max_steps is not None:
+        n_batches = min(n_batches, max_steps)
+    if n_batches == 0:
+        raise ValueError(f"{len(data)} images are fewer than one batch of {batch_size}")
+    order = torch.from_numpy(np.stack(perms))  # [K, M]
+    total = torch.zeros(model.k, dtype=torch.float64)
+    for b in range(n_batches):
+        idx = order[:, b * batch_size : (b + 1) * batch_size]
+        xb = data[idx]  # [K, B, 1, 64, 64]
+        losses = member_losses(model(xb), xb)
+        opt.zero_grad(set_to_none=True)
+        losses.sum().backward()
+        opt.step()
+        total += losses.detach().double()
+        if on_step is not None:
+            on_step(b + 1, n_batches)
+    return (total / n_batches).numpy()
+
+
+def train_module(
+    module: str,
+    data: torch.Tensor,
+    cfg: TrainConfig,
+    ckpt: Path,
+    *,
+    resume: bool = False,
+    on_epoch: EpochCallback | None = None,
+    on_step: StepCallback | None = None,
+) -> dict[str, Any]:
+    """Train (or resume) one module's K members on data [M, 1, 64, 64]; checkpoint every epoch.
+
+    Returns the final checkpoint dict (history: per-epoch member losses, epoch seconds).
+    """
+    if resume and ckpt.is_file():
+        state = load_checkpoint(ckpt.parent, module)
+        model = FusedEnsemble(state["kind"], state["k"])
+        model.load_state_dict(state["model"])
+        opt = make_optimizer(model, cfg)
+        opt.load_state_dict(state["optimizer"])
+        state["epochs"] = cfg.epochs
+    else:
+        model = FusedEnsemble.seeded(cfg.kind, cfg.k, cfg.seed * 10 + MODULE_IDS[module])
+        opt = make_optimizer(model, cfg)
+        state = {"kind": cfg.kind, "k": cfg.k, "epoch": 0, "epochs": cfg.epochs, "history": [],
+                 "epoch_seconds": [], "n_train": len(data), "config": asdict(cfg)}
+    for epoch in range(state["epoch"], cfg.epochs):
+        perms = [member_permutation(cfg.seed, module, i, epoch, len(data)) for i in range(cfg.k)]
+        t0 = time.perf_counter()
+        step_cb = (lambda s, n: on_step(module, s, n)) if on_step else None
+        losses = train_epoch(model, opt, data, perms, cfg.batch_size, step_cb)
+        if not np.all(np.isfinite(losses)):
+            raise FloatingPointError(f"module {module} epoch {epoch + 1}: loss is not finite")
+        seconds = time.perf_counter() - t0
+        state.update(epoch=epoch + 1, model=model.state_dict(), optimizer=opt.state_dict())
+        state["history"].append(losses.tolist())
+        state["epoch_seconds"].append(seconds)
+        atomic_torch_save(state, ckpt)
+        if on_epoch is not None:
+            on_epoch(module, epoch + 1, cfg.epochs, losses, seconds)
+    return state
+
+
+def _run_config(cfg: TrainConfig, manifest: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "toolkit_version": __version__,
+        "train": asdict(cfg),
+        "split_sha256": manifest["sha256"],
+        "data_root": manifest["root"],
+        "counts": manifest["counts"],
+        "torch_version": torch.__version__,
+    }
+
+
+def check_run_dir(out: Path, cfg: TrainConfig, manifest: dict[str, Any], resume: bool) -> None:
+    """Refuse to overwrite another run; on resume, require the same model, K, seed and split."""
+    cfg_path = out / "config.json"
+    if not cfg_path.exists():
+        if out.exists() and any(out.iterdir()):
+            raise RunDirError(f"{out} exists and is not empty; choose a new output folder")
+        return
+    if not resume:
+        raise RunDirError(f"{out} already holds a run; pass --resume to continue it, or pick a new -o")
+    old = json.loads(cfg_path.read_text())
+    for key in ("kind", "k", "seed", "lr", "beta1", "beta2", "batch_size"):
+        if old["train"][key] != getattr(cfg, key):
+            raise RunDirError(
+                f"{out}: cannot resume with {key}={getattr(cfg, key)!r}; the run used {old['train'][key]!r}"
+            )
+    if old["split_sha256"] != manifest["sha256"]:
+        raise RunDirError(f"{out}: cannot resume with a different split manifest")
+
+
+def train_run(
+    manifest: dict[str, Any],
+    data: dict[str, torch.Tensor],
+    out: Path,
+    cfg: TrainConfig,
+    *,
+    resume: bool = False,
+    on_epoch: EpochCallback | None = None,
+    on_step: StepCallback | None = None,
+) -> dict[str, dict[str, Any]]:
+    """Train modules A (data["A"] = D ∪ Du) and B (data["B"] = D) into run folder ``out``.
+
+    Writes out/config.json, out/module_A.pt, out/module_B.pt (checkpointed every epoch) and
+    out/history.json. Returns {module: final checkpoint dict}.
+    """
+    cfg.check()
+    out = Path(out)
+    check_run_dir(out, cfg, manifest, resume)
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out / "config.json", json.dumps(_run_config(cfg, manifest), indent=1))
+    states = {}
+    for module in ("A", "B"):
+        states[module] = train_module(
+            module, data[module], cfg, module_path(out, module),
+            resume=resume, on_epoch=on_epoch, on_step=on_step,
+        )
+    history = {
+        m: {"loss_per_epoch": s["history"], "epoch_seconds": s["epoch_seconds"],
+            "n_train": s["n_train"]}
+        for m, s in states.items()
+    }
+    atomic_write_text(out / "history.json", json.dumps(history, indent=1))
+    return states

@@ -1,0 +1,665 @@
+"""Decode one image file (PNG, JPEG, any other Pillow format, or DICOM) to a grey float image.
+
+Torch-free: numpy, Pillow and pydicom only. pydicom is imported lazily inside the DICOM functions
+so that ``import ddad_edge.runtime.io`` stays fast. Every failure is reported as
+:class:`ImageLoadError` naming the file and the reason, never as a bare Pillow/pydicom traceback.
+
+Public API
+----------
+- :func:`load_image`: file -> float32 HxW in [0, 1].
+- :func:`load_input`: file -> network input float32 [1, size, size] in [-1, 1]
+  (:func:`load_image` + :func:`ddad_edge.runtime.preprocess.preprocess`).
+- :func:`is_dicom`: decides which decoder a file goes to.
+- :func:`dicom_info`: header summary of a DICOM file (no pixel decoding).
+
+Pillow formats (PNG, JPEG, TIFF, BMP, ...)
+------------------------------------------
+- 8-bit modes (L, LA, RGB, RGBA) are divided by 255; alpha is dropped, not composited. Mode 1
+  becomes L (0/255); P, PA, CMYK, YCbCr, LAB, HSV, ... are converted to RGB by Pillow first.
+- RGB -> grey with the BT.601 luma weights of :func:`~ddad_edge.runtime.preprocess.to_unit_grey`.
+- 16-bit grey (I;16, I;16B, I;16L) is divided by 65535 with full 16-bit precision (no 8-bit
+  detour). 32-bit integer mode I (what older Pillow gives for 16-bit PNG) is divided by 65535 when
+  its values lie in [0, 65535], otherwise rejected. Float mode F must already lie in [0, 1].
+  Pillow itself reads 16-bit-per-channel RGB(A) PNGs as 8-bit RGB(A): that precision is lost there.
+- EXIF orientation is applied (``ImageOps.exif_transpose``), so the array is what a viewer shows.
+- Reduced decoding, only when ``target_size`` is given (default 64; ``None`` = full resolution):
+
+  1. JPEG: ``im.draft("L", (2*target_size, 2*target_size))`` before decoding. libjpeg then
+     decodes at 1/2, 1/4 or 1/8 scale (DCT-domain scaling), choosing the largest reduction that
+     keeps BOTH sides >= 2*target_size, and returns the Y (luma) channel of colour JPEGs
+     directly. A 2000x1600 JPEG decodes to 250x200 for target_size 64.
+  2. Any format, after step 1: if ``f = min(w, h) // (2*target_size)`` is >= 2, the image is
+     box-filtered with ``Image.reduce(f)`` (so both sides stay >= 2*target_size). 8-bit modes
+     are reduced natively (the box mean is rounded to 8 bits, error <= 0.5/255); 16-bit and
+     32-bit integer modes are converted to float32 first so no precision is lost.
+
+  The later bilinear resize to the network size is therefore never fed a huge image. Shapes
+  returned by :func:`load_image` for large non-DICOM files are the reduced ones.
+
+DICOM (what we do better than the reference code, which min-max scaled to 8 bits)
+---------------------------------------------------------------------------------
+Read with ``pydicom.dcmread(path, force=True)`` so files with no preamble / no file meta
+(ACR-NEMA style) load. When the file meta has no Transfer Syntax UID it is set from the
+encoding pydicom detected while parsing the data set (implicit VR -> Implicit VR Little Endian,
+explicit VR -> Explicit VR Little/Big Endian); encapsulated (compressed) pixel data without a
+Transfer Syntax UID is rejected, since the codec cannot be known.
+
+Grey images (MONOCHROME1 / MONOCHROME2), all arithmetic in float64, no 8-bit detour:
+
+1. ``pixel_array`` (first frame of a multi-frame image), stored values.
+2. Modality LUT (``pydicom.pixels.apply_modality_lut``): Modality LUT Sequence, else Rescale
+   Slope/Intercept, else identity.
+3. VOI, then scaling to [0, 1] against the FIXED output range of that step, never against the
+   image's own min/max (so the same tissue gets the same grey in every image):
+
+   - VOI LUT Sequence present (first item, ``pydicom.pixels.apply_voi``): output / (2**n - 1),
+     n = the LUT's bits per entry (3rd value of LUT Descriptor).
+   - else Window Center/Width (first pair if several), VOI LUT Function LINEAR (default),
+     LINEAR_EXACT or SIGMOID, exactly as PS3.3 C.11.2.1.2 / C.11.2.1.3 define it. For LINEAR,
+     x <= c - 0.5 - (w-1)/2 -> 0, x > c - 0.5 + (w-1)/2 -> 1, linear in between; i.e. the
+     window [WC - WW/2, WC + WW/2] (to within half a stored unit) is stretched to [0, 1] and
+     values outside it are clipped. This equals pydicom's ``apply_windowing`` divided by its
+     output range (checked in the tests).
+     Exception: if the window lies entirely outside the image's values (every pixel would clip
+     to the same value and the image would be a constant), the window is ignored with a
+     :class:`DicomWindowWarning` and the no-VOI rule below applies. An invalid window (width < 1
+     for LINEAR, <= 0 otherwise, unreadable values) is ignored the same way.
+   - no VOI at all: the range of the stored bit depth carried through the modality step:
+     [0, 2**b - 1] for unsigned (b = Bits Stored), [-2**(b-1), 2**(b-1) - 1] for signed, both
+     mapped by the rescale slope/intercept; [0, 2**n - 1] after a Modality LUT Sequence of n
+     bits. Values outside it are clipped (with a :class:`DicomWindowWarning`).
+4. MONOCHROME1: v -> 1 - v (against that fixed range, not against the image's own maximum).
+   The result is "bright = dense" like MONOCHROME2. Only the Photometric Interpretation drives
+   the inversion; Presentation LUT Shape is not applied (in DX it is INVERSE exactly when the
+   image is MONOCHROME1, i.e. it restates the same inversion). A header that says MONOCHROME1
+   over pixels that are really MONOCHROME2 (torchxrayvision's Fake_MONOHR1 test file) is
+   therefore inverted: we trust the header, by design.
+
+Colour images (RGB, YBR_* which pydicom converts to RGB, PALETTE COLOR through its colour LUT)
+are divided by 2**BitsStored - 1 (palette: 2**n - 1 of the LUT) and turned to luma; no
+modality/VOI step applies to colour. Other photometric interpretations are rejected.
+
+Compressed transfer syntaxes (JPEG baseline/extended/lossless, JPEG-LS, JPEG 2000, ...) decode
+through pydicom's plugins (pylibjpeg + openjpeg/libjpeg: the ``dicom-codecs`` extra; pydicom may
+also use Pillow for JPEG / JPEG 2000). When no plugin for the file's transfer syntax is
+installed, the error names the transfer syntax and says to
+``pip install "ddad-edge[dicom-codecs]"``. A stream the decoders reject gives
+"pixel data could not be decoded (<transfer syntax>): <short message>".
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from typing import Any
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from .preprocess import IMAGE_SIZE, PreprocessError, preprocess, to_unit_grey
+
+__all__ = [
+    "CODECS_HINT",
+    "DICOM_EXTENSIONS",
+    "DicomWindowWarning",
+    "ImageLoadError",
+    "dicom_info",
+    "is_dicom",
+    "load_image",
+    "load_input",
+]
+
+DICOM_EXTENSIONS = (".dcm", ".dicom")
+"""File name extensions (lower case) always treated as DICOM."""
+
+CODECS_HINT = 'install the extra with `pip install "ddad-edge[dicom-codecs]"`'
+"""Advice appended to the error raised when a DICOM codec plugin is missing."""
+
+_MSG_MAX = 200  # characters of an underlying library message kept in an error reason
+
+_PIL_16BIT = ("I;16", "I;16L", "I;16B", "I;16N")
+_PIL_8BIT = ("L", "LA", "RGB", "RGBA")
+_MONO = ("MONOCHROME1", "MONOCHROME2")
+_RGB_LIKE = (
+    "RGB",
+    "YBR_FULL",
+    "YBR_FULL_422",
+    "YBR_ICT",
+    "YBR_RCT",
+    "YBR_PARTIAL_420",
+    "YBR_PARTIAL_422",
+)
+
+
+class ImageLoadError(Exception):
+    """A file could not be decoded into an image.
+
+    Attributes:
+        path: the file, as given (``str``).
+        reason: what went wrong, for a human (``str``).
+
+    ``str(e) == f"{path}: {reason}"``.
+    """
+
+    def __init__(self, path: str | os.PathLike[str], reason: str) -> None:
+        self.path = os.fspath(path)
+        self.reason = reason
+        super().__init__(f"{self.path}: {reason}")
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.path, self.reason))
+
+
+class DicomWindowWarning(UserWarning):
+    """A DICOM file's VOI window / declared bit depth did not fit its pixels (see module doc)."""
+
+
+def _short(exc: BaseException) -> str:
+    """One-line, length-limited text of an exception from a third-party library."""
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    if len(text) > _MSG_MAX:
+        text = text[: _MSG_MAX - 3] + "..."
+    return text
+
+
+# ---------------------------------------------------------------------------------------------
+# Detection
+# ---------------------------------------------------------------------------------------------
+
+
+def _looks_like_raw_dicom(head: bytes) -> bool:
+    """True for a DICOM data set written with no preamble and no "DICM" (ACR-NEMA style).
+
+    Such a file starts directly with a group 0x0002 or 0x0008 element, little endian, in
+    explicit VR (two upper-case letters follow the tag) or implicit VR (a 32-bit length follows).
+    """
+    if len(head) < 8:
+        return False
+    group = int.from_bytes(head[0:2], "little")
+    element = int.from_bytes(head[2:4], "little")
+    if group not in (0x0002, 0x0008) or element > 0x00FF:
+        return False
+    vr = head[4:6]
+    if vr.isalpha() and vr.isupper():
+        return True
+    return int.from_bytes(head[4:8], "little") < 0x10000
+
+
+def is_dicom(path: str | os.PathLike[str]) -> bool:
+    """Whether :func:`load_image` decodes ``path`` as DICOM.
+
+    True when the extension is ``.dcm`` / ``.dicom`` (any case), or the file has ``b"DICM"`` at
+    byte offset 128 (standard Part 10 preamble), or it starts like a preamble-less DICOM data set
+    (a group 0x0002/0x0008 element). A file that cannot be read gives False.
+    """
+    p = os.fspath(path)
+    if os.path.splitext(p)[1].lower() in DICOM_EXTENSIONS:
+        return True
+    try:
+        with open(p, "rb") as fh:
+            head = fh.read(132)
+    except OSError:
+        return False
+    if head[128:132] == b"DICM":
+        return True
+    return _looks_like_raw_dicom(head)
+
+
+def _check_file(p: str) -> None:
+    """Raise ImageLoadError for a path that is not a readable, non-empty regular file."""
+    if not os.path.exists(p):
+        raise ImageLoadError(p, "no such file")
+    if os.path.isdir(p):
+        raise ImageLoadError(p, "is a directory, not an image file")
+    try:
+        size = os.path.getsize(p)
+    except OSError as e:
+        raise ImageLoadError(p, f"cannot read file: {_short(e)}") from e
+    if size == 0:
+        raise ImageLoadError(p, "file is empty (0 bytes)")
+    if not os.access(p, os.R_OK):
+        raise ImageLoadError(p, "file is not readable (permission denied)")
+
+
+# ---------------------------------------------------------------------------------------------
+# Public entry points
+# ---------------------------------------------------------------------------------------------
+
+
+def load_image(path: str | os.PathLike[str], *, target_size: int | None = IMAGE_SIZE) -> np.ndarray:
+    """Decode one image file to grey.
+
+    Args:
+        path: PNG, JPEG, any other format Pillow reads, or DICOM (see :func:`is_dicom`).
+        target_size: side of the network input the image is meant for, pixels. Only a decoding
+            hint for Pillow formats: JPEG draft mode and ``Image.reduce`` shrink the image while
+            both sides stay >= ``2 * target_size`` (see the module docstring). ``None`` decodes
+            at full resolution. DICOM is always returned at full resolution.
+
+    Returns:
+        float32 array, shape HxW (the file's size, or its reduced size, see above), values in
+        [0, 1], 0 = black, 1 = white as displayed (MONOCHROME1 already inverted).
+
+    Raises:
+        ImageLoadError: the file is missing, empty, not an image, truncated, corrupt, or needs a
+            DICOM codec that is not installed; ``str(e)`` names the file and the reason.
+    """
+    if target_size is not None and (isinstance(target_size, bool) or int(target_size) < 1):
+        raise ValueError(f"target_size must be a positive int or None, got {target_size!r}")
+    p = os.fspath(path)
+    _check_file(p)
+    if is_dicom(p):
+        img = _load_dicom(p)
+    else:
+        img = _load_pillow(p, None if target_size is None else int(target_size))
+    try:
+        return to_unit_grey(img)
+    except PreprocessError as e:
+        raise ImageLoadError(p, str(e)) from e
+
+
+def load_input(path: str | os.PathLike[str], *, size: int = IMAGE_SIZE) -> np.ndarray:
+    """Decode a file and turn it into one network input.
+
+    :func:`load_image` (with ``target_size=size``) followed by
+    :func:`~ddad_edge.runtime.preprocess.preprocess`.
+
+    Returns:
+        float32 array, shape (1, size, size), values in [-1, 1].
+
+    Raises:
+        ImageLoadError: as :func:`load_image`; a ``PreprocessError`` (e.g. image smaller than
+            2x2) is re-raised as ``ImageLoadError`` naming the file.
+    """
+    p = os.fspath(path)
+    img = load_image(p, target_size=size)
+    try:
+        return preprocess(img, size)
+    except PreprocessError as e:
+        raise ImageLoadError(p, str(e)) from e
+
+
+# ---------------------------------------------------------------------------------------------
+# Pillow
+# ---------------------------------------------------------------------------------------------
+
+
+def _load_pillow(p: str, target_size: int | None) -> np.ndarray:
+    """Decode with Pillow; returns uint8/uint16 HxW[xC] or float32 HxW in [0, 1]."""
+    try:
+        with Image.open(p) as im:
+            if target_size is not None:
+                # No-op for non-JPEG formats.
+                im.draft("L", (2 * target_size, 2 * target_size))
+            im.load()
+            return _pillow_to_array(p, im, target_size)
+    except ImageLoadError:
+        raise
+    except UnidentifiedImageError as e:
+        raise ImageLoadError(p, "not a recognised image format (neither DICOM nor Pillow)") from e
+    except Image.DecompressionBombError as e:
+        raise ImageLoadError(p, f"image too large: {_short(e)}") from e
+    except Exception as e:  # Pillow raises OSError, SyntaxError, ValueError, struct.error, ...
+        raise ImageLoadError(p, f"image data could not be decoded: {_short(e)}") from e
+
+
+def _pillow_to_array(p: str, im: Image.Image, target_size: int | None) -> np.ndarray:
+    ImageOps.exif_transpose(im, in_place=True)
+    mode = im.mode
+    if mode == "1" or mode == "La":
+        im, mode = im.convert("L"), "L"
+    elif mode not in _PIL_8BIT + _PIL_16BIT + ("I", "F"):
+        im, mode = im.convert("RGB"), "RGB"
+
+    wide = mode in _PIL_16BIT or mode == "I"
+    if target_size is not None:
+        factor = min(im.size) // (2 * target_size)
+        if factor >= 2:
+            if wide:
+                im = im.convert("F")  # exact for 16-bit values; keeps precision through reduce
+            im = im.reduce(factor)
+
+    arr = np.asarray(im)
+    if mode == "LA":
+        arr = arr[..., 0]
+    if not wide:
+        return arr  # uint8 (grey / RGB / RGBA) or float32 (mode F; range checked by caller)
+    if mode in _PIL_16BIT and arr.dtype != np.float32:
+        return arr.astype(np.uint16)  # native byte order; to_unit_grey divides by 65535
+    lo, hi = float(arr.min()), float(arr.max())
+    if lo < 0 or hi > 65535:
+        raise ImageLoadError(
+            p, f"32-bit integer image with values [{lo:g}, {hi:g}] outside [0, 65535]"
+        )
+    return arr.astype(np.float32) / np.float32(65535.0)
+
+
+# ---------------------------------------------------------------------------------------------
+# DICOM
+# ---------------------------------------------------------------------------------------------
+
+
+def _read_dicom(p: str, *, stop_before_pixels: bool = False) -> Any:
+    import pydicom
+
+    try:
+        return pydicom.dcmread(p, force=True, stop_before_pixels=stop_before_pixels)
+    except Exception as e:
+        raise ImageLoadError(p, f"not a readable DICOM file: {_short(e)}") from e
+
+
+def _transfer_syntax(ds: Any, p: str, *, fix: bool) -> Any:
+    """The data set's Transfer Syntax UID; when absent, detect it (and store it if ``fix``)."""
+    from pydicom.dataset import FileMetaDataset
+    from pydicom.uid import (
+        UID,
+        ExplicitVRBigEndian,
+        ExplicitVRLittleEndian,
+        ImplicitVRLittleEndian,
+    )
+
+    meta = getattr(ds, "file_meta", None)
+    ts = meta.get("TransferSyntaxUID") if meta is not None else None
+    if ts:
+        return UID(str(ts))
+    if "PixelData" in ds and ds["PixelData"].is_undefined_length:
+        raise ImageLoadError(
+            p,
+            "compressed (encapsulated) pixel data but no Transfer Syntax UID in the file meta: "
+            "the codec cannot be determined",
+        )
+    implicit, little = getattr(ds, "original_encoding", (True, True))
+    if implicit or implicit is None:
+        ts = ImplicitVRLittleEndian
+    elif little is False:
+        ts = ExplicitVRBigEndian
+    else:
+        ts = ExplicitVRLittleEndian
+    if fix:
+        if meta is None:
+            ds.file_meta = meta = FileMetaDataset()
+        meta.TransferSyntaxUID = ts
+    return ts
+
+
+def _ts_name(ts: Any) -> str:
+    name = getattr(ts, "name", "") or str(ts)
+    return name if name == str(ts) else f"{name}, {ts}"
+
+
+def _codec_error(p: str, ts: Any, detail: str = "") -> ImageLoadError:
+    why = f" ({detail})" if detail else ""
+    return ImageLoadError(
+        p,
+        f"no installed decoder for DICOM transfer syntax {_ts_name(ts)}{why}; {CODECS_HINT}",
+    )
+
+
+def _first(value: Any) -> float:
+    """First value of a possibly multi-valued DS/IS element, as float."""
+    if isinstance(value, (list, tuple)) or type(value).__name__ == "MultiValue":
+        value = value[0]
+    return float(value)
+
+
+def _window(ds: Any) -> tuple[float, float, str] | None:
+    """(center, width, function) of the first window, or None when there is no usable one."""
+    if ds.get("WindowCenter") is None or ds.get("WindowWidth") is None:
+        return None
+    try:
+        c = _first(ds.WindowCenter)
+        w = _first(ds.WindowWidth)
+        func = str(ds.get("VOILUTFunction", "LINEAR") or "LINEAR").strip().upper()
+    except Exception as e:
+        warnings.warn(f"unreadable Window Center/Width ignored: {_short(e)}", DicomWindowWarning, 5)
+        return None
+    if func not in ("LINEAR", "LINEAR_EXACT", "SIGMOID"):
+        warnings.warn(f"unknown VOI LUT Function {func!r}, using LINEAR", DicomWindowWarning, 5)
+        func = "LINEAR"
+    if not (np.isfinite(c) and np.isfinite(w)) or w < (1 if func == "LINEAR" else 1e-12):
+        warnings.warn(f"invalid window (center {c}, width {w}) ignored", DicomWindowWarning, 5)
+        return None
+    return c, w, func
+
+
+def _window_edges(c: float, w: float, func: str) -> tuple[float, float]:
+    """Input values at which a LINEAR / LINEAR_EXACT window reaches 0 and 1 (PS3.3 C.11.2.1)."""
+    if func == "LINEAR":
+        return c - 0.5 - (w - 1) / 2, c - 0.5 + (w - 1) / 2
+    return c - w / 2, c + w / 2
+
+
+def _apply_window(x: np.ndarray, c: float, w: float, func: str) -> np.ndarray:
+    """VOI windowing straight to [0, 1] (float64), per PS3.3 C.11.2.1.2 / C.11.2.1.3."""
+    if func == "SIGMOID":
+        return 1.0 / (1.0 + np.exp(-4.0 * (x - c) / w))
+    lo, hi = _window_edges(c, w, func)
+    if hi <= lo:  # LINEAR with width 1: a step at c - 0.5
+        return (x > lo).astype(np.float64)
+    return np.clip((x - lo) / (hi - lo), 0.0, 1.0)
+
+
+def _stored_range(ds: Any) -> tuple[float, float]:
+    """Range of the stored values from Bits Stored / Pixel Representation."""
+    bits = int(ds.get("BitsStored") or ds.get("BitsAllocated") or 16)
+    if int(ds.get("PixelRepresentation", 0) or 0) == 1:
+        return -(2.0 ** (bits - 1)), 2.0 ** (bits - 1) - 1
+    return 0.0, 2.0**bits - 1
+
+
+def _modality_range(ds: Any) -> tuple[float, float]:
+    """Fixed output range of the Modality LUT step (mirrors ``apply_modality_lut``)."""
+    if ds.get("ModalityLUTSequence"):
+        bits = int(ds.ModalityLUTSequence[0].LUTDescriptor[2])
+        return 0.0, 2.0**bits - 1
+    lo, hi = _stored_range(ds)
+    slope, intercept = ds.get("RescaleSlope"), ds.get("RescaleIntercept")
+    if slope is not None and intercept is not None:
+        a, b = lo * float(slope) + float(intercept), hi * float(slope) + float(intercept)
+        lo, hi = min(a, b), max(a, b)
+    return lo, hi
+
+
+def _voi_lut_bits(ds: Any) -> int | None:
+    """Bits per entry of the first VOI LUT Sequence item, or None when there is no usable one."""
+    seq = ds.get("VOILUTSequence")
+    if not seq:
+        return None
+    item = seq[0]
+    if item.get("LUTDescriptor") is None or item.get("LUTData") is None:
+        return None
+    return int(item.LUTDescriptor[2])
+
+
+def _grey_to_unit(p: str, arr: np.ndarray, ds: Any) -> np.ndarray:
+    """Stored grey values -> float64 in [0, 1] through Modality LUT and VOI (before MONO1)."""
+    from pydicom.pixels import apply_modality_lut, apply_voi
+
+    try:
+        x = np.asarray(apply_modality_lut(arr, ds))
+    except Exception as e:
+        raise ImageLoadError(p, f"Modality LUT / rescale could not be applied: {_short(e)}") from e
+
+    lut_bits = _voi_lut_bits(ds)
+    if lut_bits is not None:
+        try:
+            xi = x if np.issubdtype(x.dtype, np.integer) else np.rint(x).astype(np.int64)
+            y = np.asarray(apply_voi(xi, ds, 0), dtype=np.float64)
+        except Exception as e:
+            raise ImageLoadError(p, f"VOI LUT Sequence could not be applied: {_short(e)}") from e
+        return np.clip(y / (2.0**lut_bits - 1), 0.0, 1.0)
+
+    x = x.astype(np.float64, copy=False)
+    window = _window(ds)
+    if window is not None:
+        c, w, func = window
+        if func != "SIGMOID":
+            lo, hi = _window_edges(c, w, func)
+            x_min, x_max = float(x.min()), float(x.max())
+            if x_max <= lo or x_min > hi:
+                warnings.warn(
+                    f"{p}: window center {c:g} / width {w:g} lies entirely outside the pixel "
+                    f"values [{x_min:g}, {x_max:g}]; window ignored, scaling to the stored "
+                    "bit depth instead",
+                    DicomWindowWarning,
+                    4,
+                )
+                window = None
+    if window is not None:
+        return _apply_window(x, *window)
+
+    lo, hi = _modality_range(ds)
+    x_min, x_max = float(x.min()), float(x.max())
+    if x_min < lo or x_max > hi:
+        warnings.warn(
+            f"{p}: pixel values [{x_min:g}, {x_max:g}] exceed the declared range "
+            f"[{lo:g}, {hi:g}] (Bits Stored {ds.get('BitsStored')}); clipped",
+            DicomWindowWarning,
+            4,
+        )
+    return np.clip((x - lo) / (hi - lo), 0.0, 1.0)
+
+
+def _decode_pixels(p: str, ds: Any, ts: Any) -> np.ndarray:
+    from pydicom.pixels import get_decoder
+
+    try:
+        decoder = get_decoder(ts)
+    except Exception as e:
+        raise ImageLoadError(
+            p, f"unsupported DICOM transfer syntax {_ts_name(ts)}: {_short(e)}"
+        ) from e
+    if not decoder.is_available:
+        raise _codec_error(p, ts, "; ".join(decoder.missing_dependencies))
+    frames = ds.get("NumberOfFrames")
+    try:
+        n_frames = int(frames) if frames not in (None, "") else 1
+    except (TypeError, ValueError):
+        n_frames = 1
+    try:
+        ds.pixel_array_options(index=0 if n_frames > 1 else None)
+        return np.asarray(ds.pixel_array)
+    except Exception as e:
+        msg = str(e)
+        if "missing dependencies" in msg or "no plugins" in msg.lower():
+            raise _codec_error(p, ts) from e
+        raise ImageLoadError(
+            p, f"pixel data could not be decoded ({_ts_name(ts)}): {_short(e)}"
+        ) from e
+
+
+def _load_dicom(p: str) -> np.ndarray:
+    """DICOM -> float32 HxW in [0, 1] (pipeline in the module docstring)."""
+    ds = _read_dicom(p)
+    if not any(k in ds for k in ("PixelData", "FloatPixelData", "DoubleFloatPixelData")):
+        raise ImageLoadError(p, "DICOM data set has no Pixel Data (not an image, or not DICOM)")
+    rows, cols = ds.get("Rows"), ds.get("Columns")
+    if not rows or not cols:
+        raise ImageLoadError(p, f"DICOM image has zero size (Rows={rows}, Columns={cols})")
+    for key in ("PixelData", "FloatPixelData", "DoubleFloatPixelData"):
+        if key in ds and not ds[key].value:
+            raise ImageLoadError(p, f"DICOM {key} element is empty")
+
+    photometric = str(ds.get("PhotometricInterpretation", "") or "").strip().upper()
+    spp = int(ds.get("SamplesPerPixel", 1) or 1)
+    if not photometric and spp == 1:
+        ds.PhotometricInterpretation = photometric = "MONOCHROME2"  # ACR-NEMA files may omit it
+    if photometric not in _MONO + _RGB_LIKE + ("PALETTE COLOR",):
+        raise ImageLoadError(
+            p, f"unsupported DICOM Photometric Interpretation {photometric or '(missing)'!r}"
+        )
+
+    ts = _transfer_syntax(ds, p, fix=True)
+    arr = _decode_pixels(p, ds, ts)
+    if arr.size == 0:
+        raise ImageLoadError(p, "DICOM pixel data decoded to an empty array")
+
+    if photometric in _MONO:
+        if arr.ndim != 2:
+            raise ImageLoadError(
+                p, f"{photometric} image should have one sample per pixel, got shape {arr.shape}"
+            )
+        v = _grey_to_unit(p, arr, ds)
+        if photometric == "MONOCHROME1":
+            v = 1.0 - v
+    else:
+        if photometric == "PALETTE COLOR":
+            from pydicom.pixels import apply_color_lut
+
+            try:
+                arr = np.asarray(apply_color_lut(arr, ds))
+                bits = int(ds.RedPaletteColorLookupTableDescriptor[2])
+            except Exception as e:
+                raise ImageLoadError(p, f"palette colour LUT failed: {_short(e)}") from e
+        else:
+            bits = int(ds.get("BitsStored") or 8)
+        if arr.ndim != 3 or arr.shape[-1] != 3:
+            raise ImageLoadError(p, f"{photometric} image should be HxWx3, got shape {arr.shape}")
+        rgb = np.clip(arr.astype(np.float64) / (2.0**bits - 1), 0.0, 1.0)
+        v = to_unit_grey(rgb.astype(np.float32))
+    return v.astype(np.float32)
+
+
+def dicom_info(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """Header summary of a DICOM file (pixel data is not read or decoded).
+
+    Returns:
+        dict with ``modality``, ``photometric``, ``rows``, ``columns``, ``frames``,
+        ``bits_allocated``, ``bits_stored``, ``pixel_representation``, ``window_center`` and
+        ``window_width`` (first pair, float, or None), ``voi_lut_function``,
+        ``voi_lut_sequence`` (bool), ``modality_lut_sequence`` (bool), ``rescale_slope``,
+        ``rescale_intercept`` (float or None), ``presentation_lut_shape``, ``transfer_syntax``
+        (name), ``transfer_syntax_uid``, ``has_file_meta`` (bool: False for preamble-less files,
+        whose transfer syntax is then the detected one) and ``voi`` (which VOI step
+        :func:`load_image` uses: ``"voi_lut_sequence"``, ``"window"`` or ``"none"``; a window
+        that excludes every pixel is still dropped at load time).
+
+    Raises:
+        ImageLoadError: the file is missing, empty or not readable as DICOM.
+    """
+    p = os.fspath(path)
+    _check_file(p)
+    ds = _read_dicom(p, stop_before_pixels=True)
+    meta = getattr(ds, "file_meta", None)
+    has_meta = bool(meta is not None and meta.get("TransferSyntaxUID"))
+    try:
+        ts = _transfer_syntax(ds, p, fix=False)
+    except ImageLoadError:
+        ts = None
+
+    def num(key: str) -> float | None:
+        v = ds.get(key)
+        try:
+            return None if v is None or v == "" else _first(v)
+        except Exception:
+            return None
+
+    window = _window(ds)
+    if _voi_lut_bits(ds) is not None:
+        voi = "voi_lut_sequence"
+    elif window is not None:
+        voi = "window"
+    else:
+        voi = "none"
+    return {
+        "modality": str(ds.get("Modality", "") or ""),
+        "photometric": str(ds.get("PhotometricInterpretation", "") or ""),
+        "rows": int(ds.get("Rows") or 0),
+        "columns": int(ds.get("Columns") or 0),
+        "frames": int(num("NumberOfFrames") or 1),
+        "bits_allocated": int(ds.get("BitsAllocated") or 0),
+        "bits_stored": int(ds.get("BitsStored") or 0),
+        "pixel_representation": int(ds.get("PixelRepresentation", 0) or 0),
+        "window_center": window[0] if window else None,
+        "window_width": window[1] if window else None,
+        "voi_lut_function": window[2] if window else None,
+        "voi_lut_sequence": _voi_lut_bits(ds) is not None,
+        "modality_lut_sequence": bool(ds.get("ModalityLUTSequence")),
+        "rescale_slope": num("RescaleSlope"),
+        "rescale_intercept": num("RescaleIntercept"),
+        "presentation_lut_shape": str(ds.get("PresentationLUTShape", "") or "") or None,
+        "transfer_syntax": getattr(ts, "name", None) if ts is not None else None,
+        "transfer_syntax_uid": str(ts) if ts is not None else None,
+        "has_file_meta": has_meta,
+        "voi": voi,
+    }

@@ -1,0 +1,84 @@
+"""DDAD anomaly scores, the one implementation (numpy), used by evaluation, export checks and the
+runtime.
+
+All maps are float32 [N, 1, H, W]; image scores are float32 [N] (mean of the map over pixels).
+
+Definitions (paper Sec. 2.2-2.3, method.md):
+  rec   = (x - mu_B)^2
+  intra = std_B  (population std across module B's K members, ddof=0, eq. 3)
+  inter = |mu_A - mu_B|
+AE-U refinement (eq. 5), with var_B = mean over B's members of exp(logvar):
+  rec / var_B, intra / sqrt(var_B), inter / sqrt(var_B).
+Arithmetic is done in float32 whatever the input precision (FP16 maps are upcast first).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+SCORE_NAMES: tuple[str, ...] = ("rec", "intra", "inter")
+STD_DEFINITION = "population (ddof=0) standard deviation across the K members of a module"
+
+
+def ensemble_stats(recons: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and population std across members.
+
+    Args:
+        recons: float array [K, N, 1, H, W], the K members' reconstructions.
+
+    Returns:
+        (mean, std), each float32 [N, 1, H, W].
+    """
+    r = np.asarray(recons, dtype=np.float32)
+    mean = r.mean(axis=0)
+    std = np.sqrt(np.mean((r - mean) ** 2, axis=0))
+    return mean.astype(np.float32), std.astype(np.float32)
+
+
+def ensemble_variance(logvars: np.ndarray) -> np.ndarray:
+    """AE-U sigma^2: mean over members of exp(logvar). logvars [K, N, 1, H, W] -> [N, 1, H, W]."""
+    return np.exp(np.asarray(logvars, dtype=np.float32)).mean(axis=0).astype(np.float32)
+
+
+def score_maps(
+    x: np.ndarray,
+    mean_a: np.ndarray,
+    mean_b: np.ndarray,
+    std_b: np.ndarray,
+    var_b: np.ndarray | None = None,
+) -> dict[str, np.ndarray]:
+    """Pixel-level anomaly maps.
+
+    Args:
+        x: network input, float32 [N, 1, H, W] in [-1, 1].
+        mean_a: module A's mean reconstruction, [N, 1, H, W].
+        mean_b: module B's mean reconstruction, [N, 1, H, W].
+        std_b: module B's population std across members, [N, 1, H, W].
+        var_b: AE-U only: module B's mean predicted variance, [N, 1, H, W] (> 0).
+
+    Returns:
+        {"rec", "intra", "inter"} -> float32 [N, 1, H, W], all >= 0.
+    """
+    f = np.float32
+    x = np.asarray(x, dtype=f)
+    mean_a = np.asarray(mean_a, dtype=f)
+    mean_b = np.asarray(mean_b, dtype=f)
+    std_b = np.asarray(std_b, dtype=f)
+    rec = (x - mean_b) ** 2
+    intra = std_b.copy()
+    inter = np.abs(mean_a - mean_b)
+    if var_b is not None:
+        var = np.asarray(var_b, dtype=f)
+        sigma = np.sqrt(var)
+        rec = rec / var
+        intra = intra / sigma
+        inter = inter / sigma
+    return {"rec": rec, "intra": intra, "inter": inter}
+
+
+def image_scores(maps: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Image-level scores: the mean of each map over its pixels. [N, 1, H, W] -> float32 [N]."""
+    return {
+        k: v.reshape(v.shape[0], -1).mean(axis=1, dtype=np.float64).astype(np.float32)
+        for k, v in maps.items()
+    }

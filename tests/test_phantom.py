@@ -1,0 +1,105 @@
+"""Tests for the SYNTHETIC phantom data set generator (ddad_edge.phantom)."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from ddad_edge.phantom import LABELS_COLUMNS, LESION_SUBTYPE, make_phantom_dataset, phantom_image
+
+SMALL = dict(n_train_normal=4, n_train_abnormal=3, n_test_normal=2, n_test_abnormal=2, size=64)
+
+
+def _read_labels(path: Path) -> tuple[list[str], list[dict[str, str]]]:
+    with path.open(newline="", encoding="utf-8") as fh:
+        reader = csv.DictReader(fh)
+        return list(reader.fieldnames or []), list(reader)
+
+
+def _png_bytes(root: Path) -> dict[str, bytes]:
+    return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*.png"))}
+
+
+def test_dataset_layout_labels_and_readme(tmp_path: Path) -> None:
+    labels = make_phantom_dataset(tmp_path, seed=3, **SMALL)
+    assert labels == tmp_path / "labels.csv"
+    header, rows = _read_labels(labels)
+    assert (
+        tuple(header) == LABELS_COLUMNS == ("path", "label", "cls", "subtype", "split", "patient")
+    )
+    assert len(rows) == 11
+
+    def count(split: str, cls: str) -> int:
+        return sum(r["split"] == split and r["cls"] == cls for r in rows)
+
+    assert count("train", "NORMAL") == 4
+    assert count("train", "ABNORMAL") == 3
+    assert count("test", "NORMAL") == 2
+    assert count("test", "ABNORMAL") == 2
+    for r in rows:
+        abnormal = r["cls"] == "ABNORMAL"
+        assert r["label"] == ("1" if abnormal else "0")
+        assert r["subtype"] == (LESION_SUBTYPE if abnormal else "")
+        assert r["path"].startswith(f"{r['split']}/{r['cls']}/phantom-")
+        assert r["patient"].startswith("P") and len(r["patient"]) == 6
+        img = Image.open(tmp_path / r["path"])
+        assert img.mode == "L" and img.size == (64, 64)
+    assert len({r["patient"] for r in rows}) == len(rows)
+    assert rows[0]["path"] == "train/NORMAL/phantom-00001.png" and rows[0]["patient"] == "P00001"
+    for sub in ("train/NORMAL", "train/ABNORMAL", "test/NORMAL", "test/ABNORMAL"):
+        assert (tmp_path / sub).is_dir()
+    readme = (tmp_path / "README.txt").read_text(encoding="utf-8")
+    assert "SYNTHETIC" in readme and "seed 3" in readme and "Not real patients" in readme
+
+
+def test_dataset_is_deterministic(tmp_path: Path) -> None:
+    a, b, c = tmp_path / "a", tmp_path / "b", tmp_path / "c"
+    make_phantom_dataset(a, seed=7, **SMALL)
+    make_phantom_dataset(b, seed=7, **SMALL)
+    make_phantom_dataset(c, seed=8, **SMALL)
+    pa, pb, pc = _png_bytes(a), _png_bytes(b), _png_bytes(c)
+    assert pa == pb
+    assert (a / "labels.csv").read_bytes() == (b / "labels.csv").read_bytes()
+    assert pa.keys() == pc.keys()
+    assert all(pa[k] != pc[k] for k in pa)
+
+
+def test_phantom_image_dtype_shape_and_variety() -> None:
+    imgs = [phantom_image(np.random.default_rng(i), size=96) for i in range(4)]
+    for img in imgs:
+        assert img.dtype == np.uint8 and img.shape == (96, 96)
+        assert img.min() < 40 and img.max() > 150  # air background and bright bone both present
+    assert not np.array_equal(imgs[0], imgs[1])
+    again = phantom_image(np.random.default_rng(0), size=96)
+    np.testing.assert_array_equal(again, imgs[0])
+
+
+def test_phantom_image_rejects_tiny_size() -> None:
+    with pytest.raises(ValueError):
+        phantom_image(np.random.default_rng(0), size=8)
+    with pytest.raises(ValueError):
+        make_phantom_dataset(Path("unused"), n_train_normal=-1)
+
+
+def test_abnormal_images_are_brighter_in_the_lungs() -> None:
+    # Lung fields sit in two fixed-ish boxes (image-left and image-right of the spine, mid-height).
+    size = 64
+    rows = slice(int(0.30 * size), int(0.70 * size))
+    lung_cols = np.r_[int(0.15 * size) : int(0.38 * size), int(0.62 * size) : int(0.85 * size)]
+
+    def lung_stats(abnormal: bool) -> tuple[float, float]:
+        means, stds = [], []
+        for i in range(50):
+            img = phantom_image(np.random.default_rng([99, i]), size=size, abnormal=abnormal)
+            region = img[rows][:, lung_cols].astype(np.float64)
+            means.append(region.mean())
+            stds.append(region.std())
+        return float(np.mean(means)), float(np.mean(stds))
+
+    mean_n, _ = lung_stats(False)
+    mean_a, _ = lung_stats(True)
+    assert mean_a > mean_n + 3.0  # grey levels (0..255)
