@@ -145,9 +145,12 @@ def run_training(split_path: Path, output: Path, *, threads: int = 0, resume: bo
             p.advance(tasks[module])
 
         def on_epoch(module: str, epoch: int, total: int, losses, seconds: float) -> None:
-            p.update(tasks[module], description=f"module {module} epoch {epoch}/{total} "
-                     f"loss {float(np.mean(losses)):.5f} ({seconds:.1f} s/epoch)",
+            line = (f"module {module} epoch {epoch}/{total} loss {float(np.mean(losses)):.5f} "
+                    f"({seconds:.1f} s/epoch)")
+            p.update(tasks[module], description=line,
                      completed=epoch * (len(data[module]) // cfg.batch_size))
+            if not console.is_terminal:  # logs get one line per epoch
+                console.print(line, highlight=False)
 
         try:
             states = train_run(manifest, data, output, cfg, resume=resume,

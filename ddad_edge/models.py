@@ -282,6 +282,7 @@ class FusedEnsemble(nn.Module):
         """Member i as a stand-alone ``ReconNet`` (a copy)."""
         net = ReconNet(self.kind)
         net.load_state_dict(self.member_state(i))
+        net.to(next(self.parameters()).dtype)
         net.train(self.training)
         return net
 

@@ -14,24 +14,31 @@ Public API
 
 Pillow formats (PNG, JPEG, TIFF, BMP, ...)
 ------------------------------------------
-- 8-bit modes (L, LA, RGB, RGBA) are divided by 255; alpha is dropped, not composited. Mode 1
-  becomes L (0/255); P, PA, CMYK, YCbCr, LAB, HSV, ... are converted to RGB by Pillow first.
+- 8-bit modes are divided by 255. Alpha (LA, RGBA, PA, ...) is dropped, not composited. Mode 1
+  becomes L (0/255); P, CMYK, YCbCr, LAB, HSV, ... are converted to RGB by Pillow first.
 - RGB -> grey with the BT.601 luma weights of :func:`~ddad_edge.runtime.preprocess.to_unit_grey`.
 - 16-bit grey (I;16, I;16B, I;16L) is divided by 65535 with full 16-bit precision (no 8-bit
   detour). 32-bit integer mode I (what older Pillow gives for 16-bit PNG) is divided by 65535 when
   its values lie in [0, 65535], otherwise rejected. Float mode F must already lie in [0, 1].
   Pillow itself reads 16-bit-per-channel RGB(A) PNGs as 8-bit RGB(A): that precision is lost there.
-- EXIF orientation is applied (``ImageOps.exif_transpose``), so the array is what a viewer shows.
-- Reduced decoding, only when ``target_size`` is given (default 64; ``None`` = full resolution):
+- EXIF orientation is applied (as ``ImageOps.exif_transpose`` would), so the array is what a
+  viewer shows.
+- Reduced decoding, only when ``target_size`` is given (default 64; ``None`` = full resolution).
+  With ``m = 2 * target_size``:
 
-  1. JPEG: ``im.draft("L", (2*target_size, 2*target_size))`` before decoding. libjpeg then
-     decodes at 1/2, 1/4 or 1/8 scale (DCT-domain scaling), choosing the largest reduction that
-     keeps BOTH sides >= 2*target_size, and returns the Y (luma) channel of colour JPEGs
-     directly. A 2000x1600 JPEG decodes to 250x200 for target_size 64.
-  2. Any format, after step 1: if ``f = min(w, h) // (2*target_size)`` is >= 2, the image is
-     box-filtered with ``Image.reduce(f)`` (so both sides stay >= 2*target_size). 8-bit modes
-     are reduced natively (the box mean is rounded to 8 bits, error <= 0.5/255); 16-bit and
-     32-bit integer modes are converted to float32 first so no precision is lost.
+  1. JPEG: ``im.draft("L", (m, m))`` before decoding. libjpeg then decodes at 1/2, 1/4 or 1/8
+     scale (DCT-domain scaling), the largest reduction that keeps BOTH sides >= m, and returns
+     the Y (luma) channel of colour JPEGs directly. A 2000x1600 JPEG decodes to 250x200 for
+     target_size 64. When a side is not a multiple of the scale, libjpeg's last row/column
+     covers a partial block; the decoded image is then resampled (bilinear, the ``box`` that
+     ``draft`` returns, as ``Image.thumbnail`` does) to ``round(side / scale)`` pixels so that
+     the geometry stays exact.
+  2. Any format, after step 1: if ``f = min(w, h) // m`` is >= 2, the image is box-filtered to
+     ``round(w / f) x round(h / f)`` pixels (``resize(..., Image.BOX)``: an area average like
+     ``Image.reduce(f)``, but exact at the right/bottom edge when w or h is not a multiple of
+     f); both sides stay >= m. 8-bit images are averaged in 8 bits (mean rounded, error
+     <= 0.5/255); 16-bit and 32-bit integer images are converted to float32 first so no
+     precision is lost.
 
   The later bilinear resize to the network size is therefore never fed a huge image. Shapes
   returned by :func:`load_image` for large non-DICOM files are the reduced ones.
@@ -94,7 +101,7 @@ import warnings
 from typing import Any
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, UnidentifiedImageError
 
 from .preprocess import IMAGE_SIZE, PreprocessError, preprocess, to_unit_grey
 
@@ -118,7 +125,6 @@ CODECS_HINT = 'install the extra with `pip install "ddad-edge[dicom-codecs]"`'
 _MSG_MAX = 200  # characters of an underlying library message kept in an error reason
 
 _PIL_16BIT = ("I;16", "I;16L", "I;16B", "I;16N")
-_PIL_8BIT = ("L", "LA", "RGB", "RGBA")
 _MONO = ("MONOCHROME1", "MONOCHROME2")
 _RGB_LIKE = (
     "RGB",
@@ -232,9 +238,9 @@ def load_image(path: str | os.PathLike[str], *, target_size: int | None = IMAGE_
     Args:
         path: PNG, JPEG, any other format Pillow reads, or DICOM (see :func:`is_dicom`).
         target_size: side of the network input the image is meant for, pixels. Only a decoding
-            hint for Pillow formats: JPEG draft mode and ``Image.reduce`` shrink the image while
-            both sides stay >= ``2 * target_size`` (see the module docstring). ``None`` decodes
-            at full resolution. DICOM is always returned at full resolution.
+            hint for Pillow formats: JPEG draft mode and a box-filter reduction shrink the image
+            while both sides stay >= ``2 * target_size`` (see the module docstring). ``None``
+            decodes at full resolution. DICOM is always returned at full resolution.
 
     Returns:
         float32 array, shape HxW (the file's size, or its reduced size, see above), values in
@@ -284,15 +290,32 @@ def load_input(path: str | os.PathLike[str], *, size: int = IMAGE_SIZE) -> np.nd
 # ---------------------------------------------------------------------------------------------
 
 
+_EXIF_TRANSPOSE = {
+    2: Image.Transpose.FLIP_LEFT_RIGHT,
+    3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_270,
+    7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_90,
+}
+
+
 def _load_pillow(p: str, target_size: int | None) -> np.ndarray:
-    """Decode with Pillow; returns uint8/uint16 HxW[xC] or float32 HxW in [0, 1]."""
+    """Decode with Pillow; returns uint8/uint16 HxW[x3] or float32 HxW (range checked later)."""
     try:
         with Image.open(p) as im:
+            try:
+                orientation = int(im.getexif().get(0x0112, 1))
+            except Exception:  # a broken EXIF block must not stop the pixels from loading
+                orientation = 1
+            box = None
             if target_size is not None:
-                # No-op for non-JPEG formats.
-                im.draft("L", (2 * target_size, 2 * target_size))
+                drafted = im.draft("L", (2 * target_size, 2 * target_size))  # JPEG only
+                if drafted is not None and tuple(drafted[1][2:]) != tuple(im.size):
+                    box = drafted[1]
             im.load()
-            return _pillow_to_array(p, im, target_size)
+            return _pillow_to_array(p, im, target_size, box, orientation)
     except ImageLoadError:
         raise
     except UnidentifiedImageError as e:
@@ -303,35 +326,47 @@ def _load_pillow(p: str, target_size: int | None) -> np.ndarray:
         raise ImageLoadError(p, f"image data could not be decoded: {_short(e)}") from e
 
 
-def _pillow_to_array(p: str, im: Image.Image, target_size: int | None) -> np.ndarray:
-    ImageOps.exif_transpose(im, in_place=True)
+def _pillow_to_array(
+    p: str,
+    im: Image.Image,
+    target_size: int | None,
+    box: tuple[float, float, float, float] | None,
+    orientation: int,
+) -> np.ndarray:
     mode = im.mode
-    if mode == "1" or mode == "La":
-        im, mode = im.convert("L"), "L"
-    elif mode not in _PIL_8BIT + _PIL_16BIT + ("I", "F"):
-        im, mode = im.convert("RGB"), "RGB"
-
+    if mode in ("1", "La", "LA"):
+        im = im.getchannel(0).convert("L") if mode != "1" else im.convert("L")
+    elif mode == "RGBA":
+        im = im.convert("RGB")  # drops alpha, no compositing
+    elif mode not in ("L", "RGB", "I", "F") + _PIL_16BIT:
+        im = im.convert("RGB")
+    mode = im.mode
     wide = mode in _PIL_16BIT or mode == "I"
+
+    if box is not None:  # exact geometry after a JPEG draft with partial edge blocks
+        size = (max(1, round(box[2])), max(1, round(box[3])))
+        im = im.resize(size, Image.Resampling.BILINEAR, box=box)
     if target_size is not None:
-        factor = min(im.size) // (2 * target_size)
-        if factor >= 2:
+        f = min(im.size) // (2 * target_size)
+        if f >= 2:
             if wide:
-                im = im.convert("F")  # exact for 16-bit values; keeps precision through reduce
-            im = im.reduce(factor)
+                im, mode = im.convert("F"), "F32"  # exact for 16-bit values
+            size = (round(im.size[0] / f), round(im.size[1] / f))
+            im = im.resize(size, Image.Resampling.BOX)
+    if orientation in _EXIF_TRANSPOSE:
+        im = im.transpose(_EXIF_TRANSPOSE[orientation])
 
     arr = np.asarray(im)
-    if mode == "LA":
-        arr = arr[..., 0]
-    if not wide:
-        return arr  # uint8 (grey / RGB / RGBA) or float32 (mode F; range checked by caller)
-    if mode in _PIL_16BIT and arr.dtype != np.float32:
+    if mode in _PIL_16BIT:
         return arr.astype(np.uint16)  # native byte order; to_unit_grey divides by 65535
-    lo, hi = float(arr.min()), float(arr.max())
-    if lo < 0 or hi > 65535:
-        raise ImageLoadError(
-            p, f"32-bit integer image with values [{lo:g}, {hi:g}] outside [0, 65535]"
-        )
-    return arr.astype(np.float32) / np.float32(65535.0)
+    if mode in ("I", "F32"):
+        lo, hi = float(arr.min()), float(arr.max())
+        if lo < 0 or hi > 65535:
+            raise ImageLoadError(
+                p, f"32-bit integer image with values [{lo:g}, {hi:g}] outside [0, 65535]"
+            )
+        return arr.astype(np.float32) / np.float32(65535.0)
+    return arr  # uint8 grey / RGB, or float32 (mode F; [0, 1] checked by to_unit_grey)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -1,0 +1,122 @@
+"""Pure-numpy statistics for the benchmarks: timing summaries, rank correlation, paired bootstrap.
+
+Nothing here times, loads or prints anything; every function is a deterministic transformation of
+arrays (the bootstrap takes an explicit seed).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+
+from ddad_edge.runtime.metrics import roc_auc
+
+PERCENTILES: tuple[int, ...] = (50, 95, 99)
+
+
+def summarize_times(samples_s: np.ndarray | list[float]) -> dict[str, float]:
+    """Summary of repeated timings.
+
+    Args:
+        samples_s: float [R] durations in seconds, R >= 1 (warm-up already excluded).
+
+    Returns:
+        {"n", "mean_ms", "std_ms", "min_ms", "max_ms", "p50_ms", "p95_ms", "p99_ms"}; times in
+        milliseconds, percentiles by linear interpolation between order statistics (numpy's
+        default), so with few repetitions p99 is close to the maximum.
+    """
+    s = np.asarray(samples_s, dtype=np.float64).ravel() * 1e3
+    if s.size == 0:
+        raise ValueError("no timing samples")
+    if not np.all(np.isfinite(s)) or np.any(s < 0):
+        raise ValueError("timing samples must be finite and >= 0")
+    out = {
+        "n": int(s.size),
+        "mean_ms": float(s.mean()),
+        "std_ms": float(s.std()),
+        "min_ms": float(s.min()),
+        "max_ms": float(s.max()),
+    }
+    for p in PERCENTILES:
+        out[f"p{p}_ms"] = float(np.percentile(s, p))
+    return out
+
+
+def average_ranks(values: np.ndarray) -> np.ndarray:
+    """1-based ranks of values [N], ties get the mean of their ranks. Returns float64 [N]."""
+    v = np.asarray(values, dtype=np.float64).ravel()
+    order = np.argsort(v, kind="mergesort")
+    sorted_v = v[order]
+    _, first, counts = np.unique(sorted_v, return_index=True, return_counts=True)
+    ranks = np.empty(v.size, dtype=np.float64)
+    ranks[order] = np.repeat(first + (counts - 1) / 2.0 + 1.0, counts)
+    return ranks
+
+
+def spearman(a: np.ndarray, b: np.ndarray) -> float:
+    """Spearman rank correlation of two score vectors [N] (Pearson correlation of average ranks).
+
+    Returns NaN when either vector is constant (the correlation is undefined).
+    """
+    ra, rb = average_ranks(a), average_ranks(b)
+    if ra.shape != rb.shape:
+        raise ValueError(f"score vectors differ in length: {ra.shape} vs {rb.shape}")
+    ra -= ra.mean()
+    rb -= rb.mean()
+    denom = np.sqrt((ra**2).sum() * (rb**2).sum())
+    return float((ra * rb).sum() / denom) if denom > 0 else float("nan")
+
+
+def paired_bootstrap_delta(
+    labels: np.ndarray,
+    scores_ref: np.ndarray,
+    scores_new: np.ndarray,
+    *,
+    n_boot: int = 1000,
+    seed: int = 0,
+    level: float = 0.95,
+    metric: Callable[[np.ndarray, np.ndarray], float] = roc_auc,
+) -> dict[str, float]:
+    """Paired bootstrap of metric(new) - metric(ref) over images.
+
+    Each resample draws N image indices with replacement and evaluates BOTH score vectors on the
+    same indices, so the interval reflects the difference between the two scorers, not the
+    sampling noise each has on its own. Resamples that contain a single class are redrawn.
+
+    Args:
+        labels: int [N], 0 normal / 1 abnormal.
+        scores_ref, scores_new: float [N] image scores of the reference and the scorer under test.
+        n_boot: number of resamples.
+        seed: seed of the index draws (numpy default_rng).
+        level: two-sided confidence level of the percentile interval.
+        metric: metric(labels, scores) -> float (default: ROC AUC).
+
+    Returns:
+        {"delta": metric(new) - metric(ref) on all images, "lo", "hi": the percentile interval,
+         "n_boot"}.
+    """
+    y = np.asarray(labels).astype(np.int64).ravel()
+    a = np.asarray(scores_ref, dtype=np.float64).ravel()
+    b = np.asarray(scores_new, dtype=np.float64).ravel()
+    if not (y.shape == a.shape == b.shape):
+        raise ValueError("labels and both score vectors must have the same length")
+    rng = np.random.default_rng(seed)
+    n = y.size
+    deltas = np.empty(n_boot, dtype=np.float64)
+    i = 0
+    while i < n_boot:
+        idx = rng.integers(0, n, n)
+        yi = y[idx]
+        if yi.min() == yi.max():
+            continue
+        deltas[i] = metric(yi, b[idx]) - metric(yi, a[idx])
+        i += 1
+    alpha = (1.0 - level) / 2.0
+    lo, hi = np.quantile(deltas, [alpha, 1.0 - alpha])
+    return {
+        "delta": float(metric(y, b) - metric(y, a)),
+        "lo": float(lo),
+        "hi": float(hi),
+        "n_boot": int(n_boot),
+    }

@@ -1,0 +1,240 @@
+"""Build the fused ONNX inference graph of a K-member ensemble from folded numpy weights.
+
+Built directly with ``onnx.helper`` (no torch tracing): deterministic, exact control over where
+FP16 casts go, and independent of torch's exporters.
+
+Graph (K members, opset 17, input ``x`` float32 [N, 1, 64, 64], N dynamic):
+
+* Conv(x, [K*16, 1, 4, 4], group 1) + bias, Relu   -- all members read the same x: one conv
+* 3 x Conv(group K) + bias, Relu                     -> [N, K*64, 4, 4]
+* Reshape [N, K, 1024], Transpose -> [K, N, 1024]
+* MatMul [K,N,1024]x[K,1024,2048] + bias, Relu; MatMul x[K,2048,16] + bias   (batched, per member)
+* MemAE: Softmax(z M^T) M  (batched MatMuls, [K, 25, 16] memory)
+* MatMul x[K,16,2048] + bias, Relu; MatMul x[K,2048,1024] + bias
+* Transpose -> [N, K, 1024], Reshape [N, K*64, 4, 4]
+* 3 x ConvTranspose(group K) + bias, Relu; ConvTranspose(group K) -> [N, K*out, 64, 64]
+* Reshape [N, K, out, 64, 64]; then per output group (a contiguous range of members, e.g. module
+  A = members 0..K-1 and B = K..2K-1 in the dual graph): Slice, ReduceMean over members -> mean,
+  population std sqrt(mean((r - mean)^2)) -> std, and (AE-U) mean(exp(logvar)) -> var.
+  All outputs float32 [N, 1, 64, 64].
+
+Precision ``fp16``: weights and compute in float16, graph input/outputs float32; a Cast to
+float16 right after ``x``, the MemAE softmax in float32, and a Cast to float32 of the decoder
+output before any reduction, square root or exp (they stay float32, as method.md asks).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+from ddad_edge.export.fold import FoldedEnsemble
+
+OPSET = 17
+INPUT_NAME = "x"
+IMAGE_SIZE = 64
+PRECISIONS = ("fp32", "fp16")
+
+
+@dataclass(frozen=True)
+class OutputGroup:
+    """Members [start, start + count) reduced into outputs ``mean{suffix}``, ``std{suffix}``
+    (and ``var{suffix}`` for AE-U when ``with_var``)."""
+
+    start: int
+    count: int
+    suffix: str = ""
+    with_var: bool = True
+
+    def names(self, kind: str) -> list[str]:
+        """Output tensor names of this group, in graph order."""
+        out = [f"mean{self.suffix}", f"std{self.suffix}"]
+        if kind == "aeu" and self.with_var:
+            out.append(f"var{self.suffix}")
+        return out
+
+
+def module_groups(k: int) -> list[OutputGroup]:
+    """Output groups of a one-module graph: mean, std (+ var)."""
+    return [OutputGroup(0, k)]
+
+
+def dual_groups(k: int) -> list[OutputGroup]:
+    """Output groups of the dual graph over 2K members (A first): mean_a, std_a, mean_b, std_b
+    (+ var_b for AE-U; A's log-variance is not used by the scores)."""
+    return [OutputGroup(0, k, "_a", with_var=False), OutputGroup(k, k, "_b", with_var=True)]
+
+
+class _Builder:
+    """Accumulates nodes and initializers with unique, readable names."""
+
+    def __init__(self, wdtype: np.dtype) -> None:
+        self.nodes: list[onnx.NodeProto] = []
+        self.inits: list[onnx.TensorProto] = []
+        self.wdtype = wdtype
+        self._n = 0
+
+    def weight(self, name: str, a: np.ndarray) -> str:
+        self.inits.append(numpy_helper.from_array(np.ascontiguousarray(a, self.wdtype), name))
+        return name
+
+    def const_i64(self, name: str, values: Sequence[int]) -> str:
+        self.inits.append(numpy_helper.from_array(np.asarray(values, np.int64), name))
+        return name
+
+    def op(self, op_type: str, inputs: Sequence[str], out: str | None = None, **attrs: object) -> str:
+        self._n += 1
+        out = out or f"{op_type.lower()}_{self._n}"
+        self.nodes.append(
+            helper.make_node(op_type, list(inputs), [out], name=f"{op_type}_{self._n}", **attrs)
+        )
+        return out
+
+
+def build_model(
+    f: FoldedEnsemble,
+    groups: Sequence[OutputGroup],
+    *,
+    precision: str = "fp32",
+    graph_name: str = "ddad",
+    metadata: dict[str, str] | None = None,
+) -> onnx.ModelProto:
+    """The fused inference graph of ensemble ``f`` (see the module docstring).
+
+    Args:
+        f: folded weights of K members (for the dual graph: A's and B's members concatenated).
+        groups: which member ranges are reduced into which outputs.
+        precision: "fp32" or "fp16" (weights and compute; I/O and reductions stay float32).
+        graph_name: the ONNX graph's name.
+        metadata: string key/values stored in the model's ``metadata_props``.
+
+    Returns:
+        onnx.ModelProto, opset 17, IR version compatible with onnxruntime >= 1.18.
+    """
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    for g in groups:
+        if g.start < 0 or g.count < 1 or g.start + g.count > f.k:
+            raise ValueError(f"output group {g} does not fit {f.k} members")
+    fp16 = precision == "fp16"
+    b = _Builder(np.dtype(np.float16 if fp16 else np.float32))
+    k, out_c = f.k, f.out
+
+    h = INPUT_NAME
+    if fp16:
+        h = b.op("Cast", [h], "x_fp16", to=TensorProto.FLOAT16)
+
+    # Encoder: the first conv reads the shared single-channel input with group 1.
+    conv = dict(kernel_shape=[4, 4], strides=[2, 2], pads=[1, 1, 1, 1])
+    for i, (w, bias) in enumerate(zip(f.enc_w, f.enc_b, strict=True)):
+        wn, bn = b.weight(f"enc{i}.weight", w), b.weight(f"enc{i}.bias", bias)
+        h = b.op("Conv", [h, wn, bn], group=1 if i == 0 else k, **conv)
+        h = b.op("Relu", [h])
+    flat = f.fc_w[0].shape[1]  # 1024
+    h = b.op("Reshape", [h, b.const_i64("shape_nk_flat", [0, k, flat])])
+    h = b.op("Transpose", [h], perm=[1, 0, 2])  # [K, N, 1024]
+
+    def linear(h: str, j: int, relu: bool) -> str:
+        wn = b.weight(f"fc{j + 1}.weight", f.fc_w[j])
+        bn = b.weight(f"fc{j + 1}.bias", f.fc_b[j][:, None, :])  # [K, 1, out]
+        h = b.op("Add", [b.op("MatMul", [h, wn]), bn])
+        return b.op("Relu", [h]) if relu else h
+
+    h = linear(h, 0, True)
+    h = linear(h, 1, False)  # bare 16-d code [K, N, 16]
+    if f.memory is not None:
+        mem_t = b.weight("memory.transposed", np.transpose(f.memory, (0, 2, 1)))  # [K, 16, 25]
+        mem = b.weight("memory", f.memory)  # [K, 25, 16]
+        logits = b.op("MatMul", [h, mem_t])  # [K, N, 25]
+        if fp16:
+            logits = b.op("Cast", [logits], to=TensorProto.FLOAT)
+        addr = b.op("Softmax", [logits], axis=-1)
+        if fp16:
+            addr = b.op("Cast", [addr], to=TensorProto.FLOAT16)
+        h = b.op("MatMul", [addr, mem])  # [K, N, 16]
+    h = linear(h, 2, True)
+    h = linear(h, 3, False)  # [K, N, 1024]
+    h = b.op("Transpose", [h], perm=[1, 0, 2])  # [N, K, 1024]
+    dec_in = f.dec_w[0].shape[0]  # K*64
+    side = int(round((flat * k / dec_in) ** 0.5))  # 4
+    h = b.op("Reshape", [h, b.const_i64("shape_dec_in", [0, dec_in, side, side])])
+
+    for i, (w, bias) in enumerate(zip(f.dec_w, f.dec_b, strict=True)):
+        ins = [h, b.weight(f"dec{i}.weight", w)]
+        if bias is not None:
+            ins.append(b.weight(f"dec{i}.bias", bias))
+        h = b.op("ConvTranspose", ins, group=k, **conv)
+        if bias is not None:
+            h = b.op("Relu", [h])
+    if fp16:
+        h = b.op("Cast", [h], "decoder_out_fp32", to=TensorProto.FLOAT)
+    hw = IMAGE_SIZE
+    r = b.op("Reshape", [h, b.const_i64("shape_members", [0, k, out_c, hw, hw])], "members")
+
+    outputs: list[str] = []
+    ax1 = b.const_i64("axis_members", [1])
+    ax2 = b.const_i64("axis_channels", [2])
+    for g in groups:
+        names = g.names(f.kind)
+        starts = b.const_i64(f"slice_start{g.suffix}", [g.start])
+        ends = b.const_i64(f"slice_end{g.suffix}", [g.start + g.count])
+        rg = r
+        if (g.start, g.count) != (0, k):
+            rg = b.op("Slice", [r, starts, ends, ax1])  # [N, Kg, out, 64, 64]
+        rec = rg
+        if out_c == 2:
+            rec = b.op("Slice", [rg, b.const_i64("c0", [0]), b.const_i64("c1", [1]), ax2])
+        mean_k = b.op("ReduceMean", [rec], axes=[1], keepdims=1)  # [N, 1, 1, 64, 64]
+        b.op("Squeeze", [mean_k, ax1], names[0])
+        d = b.op("Sub", [rec, mean_k])
+        var_k = b.op("ReduceMean", [b.op("Mul", [d, d])], axes=[1], keepdims=0)
+        b.op("Sqrt", [var_k], names[1])
+        if len(names) == 3:
+            lv = b.op("Slice", [rg, b.const_i64("c1", [1]), b.const_i64("c2", [2]), ax2])
+            b.op("ReduceMean", [b.op("Exp", [lv])], names[2], axes=[1], keepdims=0)
+        outputs += names
+
+    # Slices of the same constants were registered twice above: keep one initializer per name.
+    seen: dict[str, onnx.TensorProto] = {}
+    for t in b.inits:
+        seen.setdefault(t.name, t)
+    dims = ["N", 1, IMAGE_SIZE, IMAGE_SIZE]
+    graph = helper.make_graph(
+        b.nodes,
+        graph_name,
+        [helper.make_tensor_value_info(INPUT_NAME, TensorProto.FLOAT, dims)],
+        [helper.make_tensor_value_info(n, TensorProto.FLOAT, dims) for n in outputs],
+        initializer=list(seen.values()),
+    )
+    model = helper.make_model(
+        graph,
+        opset_imports=[helper.make_opsetid("", OPSET)],
+        producer_name="ddad-edge",
+        ir_version=8,
+    )
+    for key, value in sorted((metadata or {}).items()):
+        entry = model.metadata_props.add()
+        entry.key, entry.value = key, value
+    return model
+
+
+def check(model: onnx.ModelProto) -> None:
+    """``onnx.checker.check_model(full_check=True)`` (structure + shape inference)."""
+    onnx.checker.check_model(model, full_check=True)
+
+
+def output_names(model: onnx.ModelProto) -> list[str]:
+    """The graph's output names, in order."""
+    return [o.name for o in model.graph.output]
+
+
+def op_counts(model: onnx.ModelProto) -> dict[str, int]:
+    """How many nodes of each op type the graph has (for the manifest and reports)."""
+    counts: dict[str, int] = {}
+    for n in model.graph.node:
+        counts[n.op_type] = counts.get(n.op_type, 0) + 1
+    return dict(sorted(counts.items()))

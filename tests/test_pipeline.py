@@ -1,0 +1,109 @@
+"""Training runs end to end: run folder, resume, refusals, and the CLI on real data."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from ddad_edge.cli import app
+from ddad_edge.data import make_split
+from ddad_edge.train import RunDirError, TrainConfig, train_run
+
+runner = CliRunner()
+
+
+def _tiny_manifest(tmp_path: Path) -> tuple[dict, dict[str, torch.Tensor]]:
+    g = torch.Generator().manual_seed(0)
+    x = torch.nn.functional.interpolate(torch.rand(48, 1, 8, 8, generator=g), size=64) * 2 - 1
+    manifest = {"sha256": "0" * 64, "root": str(tmp_path), "counts": {}}
+    return manifest, {"A": x, "B": x[:32]}
+
+
+def test_resume_continues_exactly(tmp_path: Path) -> None:
+    manifest, data = _tiny_manifest(tmp_path)
+    cfg = TrainConfig(kind="ae", k=2, epochs=2, batch_size=16, seed=5)
+    straight = train_run(manifest, data, tmp_path / "straight", cfg)
+    one = TrainConfig(kind="ae", k=2, epochs=1, batch_size=16, seed=5)
+    train_run(manifest, data, tmp_path / "resumed", one)
+    resumed = train_run(manifest, data, tmp_path / "resumed", cfg, resume=True)
+    for m in ("A", "B"):
+        assert resumed[m]["epoch"] == 2 and len(resumed[m]["history"]) == 2
+        np.testing.assert_allclose(resumed[m]["history"], straight[m]["history"], rtol=1e-6)
+        for name, t in straight[m]["model"].items():
+            torch.testing.assert_close(resumed[m]["model"][name], t, rtol=1e-5, atol=1e-6)
+    hist = json.loads((tmp_path / "resumed" / "history.json").read_text())
+    assert len(hist["A"]["loss_per_epoch"]) == 2
+
+
+def test_refuses_to_overwrite_or_mismatched_resume(tmp_path: Path) -> None:
+    manifest, data = _tiny_manifest(tmp_path)
+    cfg = TrainConfig(kind="ae", k=2, epochs=1, batch_size=16)
+    train_run(manifest, data, tmp_path / "run", cfg)
+    with pytest.raises(RunDirError, match="already holds a run"):
+        train_run(manifest, data, tmp_path / "run", cfg)
+    with pytest.raises(RunDirError, match="kind"):
+        train_run(manifest, data, tmp_path / "run", TrainConfig(kind="aeu", k=2, epochs=1,
+                                                                  batch_size=16), resume=True)
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "precious.txt").write_text("user data")
+    with pytest.raises(RunDirError, match="not empty"):
+        train_run(manifest, data, tmp_path / "other", cfg)
+    assert (tmp_path / "other" / "precious.txt").read_text() == "user data"
+
+
+def test_cli_split_train_eval_on_kermany(kermany: Path, tmp_path: Path) -> None:
+    split = tmp_path / "split.json"
+    r = runner.invoke(app, ["split", str(kermany), "--labels", "labels.csv", "--normal-train",
+                            "128", "--unlabeled", "64", "--ar", "0.5", "--seed", "0", "-o", str(split)])
+    assert r.exit_code == 0, r.output
+    run = tmp_path / "run"
+    r = runner.invoke(app, ["train", "--split", str(split), "--model", "ae", "--k", "2",
+                            "--epochs", "2", "--batch-size", "32", "-o", str(run)])
+    assert r.exit_code == 0, r.output
+    for f in ("config.json", "module_A.pt", "module_B.pt", "history.json", "curves.png"):
+        assert (run / f).is_file(), f
+    cfg = json.loads((run / "config.json").read_text())
+    assert cfg["split_sha256"] == json.loads(split.read_text())["sha256"]
+    r = runner.invoke(app, ["eval", str(run), "--split", str(split)])
+    assert r.exit_code == 0, r.output
+    metrics = json.loads((run / "eval" / "metrics.json").read_text())
+    assert metrics["n_test"] == 624
+    for name in ("rec", "intra", "inter"):
+        assert 0.0 <= metrics["metrics"][name]["auc"] <= 1.0
+        assert 0.0 <= metrics["metrics"][name]["ap"] <= 1.0
+    for f in ("roc.png", "histograms.png", "heatmaps.png", "scores.csv"):
+        assert (run / "eval" / f).stat().st_size > 1000, f
+    assert "Kermany" in metrics["data_note"]
+
+
+def test_cli_errors_are_one_line(tmp_path: Path) -> None:
+    r = runner.invoke(app, ["train", "--split", str(tmp_path / "nope.json"), "-o", str(tmp_path / "r")])
+    assert r.exit_code == 1
+    assert "cannot read split manifest" in r.output and "Traceback" not in r.output
+
+
+def test_split_refusal_via_cli(tmp_path: Path) -> None:
+    for sub, n in (("NORMAL", 5), ("ABNORMAL", 5)):
+        (tmp_path / "d" / sub).mkdir(parents=True)
+        for i in range(n):
+            (tmp_path / "d" / sub / f"{i}.png").write_bytes(b"")
+    r = runner.invoke(app, ["split", str(tmp_path / "d"), "--normal-train", "50", "--unlabeled",
+                            "2", "-o", str(tmp_path / "s.json")])
+    assert r.exit_code == 1 and "not enough normal" in r.output
+    assert not (tmp_path / "s.json").exists()
+
+
+def test_make_split_marks_phantoms_synthetic(tmp_path: Path) -> None:
+    from ddad_edge.data import read_labels_csv
+    from ddad_edge.phantom import make_phantom_dataset
+
+    csv = make_phantom_dataset(tmp_path / "ph", n_train_normal=20, n_train_abnormal=10,
+                               n_test_normal=5, n_test_abnormal=5, size=64)
+    m = make_split(tmp_path / "ph", read_labels_csv(tmp_path / "ph", csv), normal_train=10,
+                   unlabeled=10, ar=0.5)
+    assert m["data_note"].startswith("SYNTHETIC")

@@ -1,0 +1,98 @@
+"""The split command: protocol counts, reproducibility, refusals."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from ddad_edge.data import (
+    Item,
+    SplitError,
+    make_split,
+    read_labels_csv,
+    read_manifest,
+    scan_folder,
+    write_manifest,
+)
+
+
+def _items(n_norm: int, n_abn: int, with_test: bool = False) -> list[Item]:
+    items = [Item(f"n{i}.png", 0, "train") for i in range(n_norm)]
+    items += [Item(f"a{i}.png", 1, "train") for i in range(n_abn)]
+    if with_test:
+        items += [Item(f"tn{i}.png", 0, "test") for i in range(5)]
+        items += [Item(f"ta{i}.png", 1, "test") for i in range(7)]
+    return items
+
+
+def test_counts_and_disjointness(tmp_path: Path) -> None:
+    m = make_split(tmp_path, _items(100, 80, True), normal_train=50, unlabeled=40, ar=0.25, seed=3)
+    assert m["counts"] == {"D": 50, "Du": 40, "Du_abnormal": 10, "Dt": 12, "Dt_abnormal": 7}
+    assert sum(m["unlabeled_labels_for_analysis_only"]) == 10
+    d, du, dt = set(m["normal_train"]), set(m["unlabeled"]), set(m["test"])
+    assert not (d & du) and not (d & dt) and not (du & dt)
+    assert all(p.startswith("n") for p in d)
+
+
+def test_reproducible_from_seed(tmp_path: Path) -> None:
+    a = make_split(tmp_path, _items(100, 80, True), normal_train=50, unlabeled=40, ar=0.5, seed=1)
+    b = make_split(tmp_path, _items(100, 80, True), normal_train=50, unlabeled=40, ar=0.5, seed=1)
+    c = make_split(tmp_path, _items(100, 80, True), normal_train=50, unlabeled=40, ar=0.5, seed=2)
+    assert a == b
+    assert a["normal_train"] != c["normal_train"]
+
+
+def test_carves_out_test_without_split_column(tmp_path: Path) -> None:
+    m = make_split(tmp_path, _items(100, 50), normal_train=40, unlabeled=20, ar=0.5, seed=0,
+                   test_fraction=0.2)
+    assert m["counts"]["Dt"] == 30 and m["counts"]["Dt_abnormal"] == 10
+    assert "carved" in m["test_source"]
+
+
+@pytest.mark.parametrize(
+    ("kw", "msg"),
+    [
+        ({"normal_train": 90, "unlabeled": 40, "ar": 0.5}, "not enough normal"),
+        ({"normal_train": 10, "unlabeled": 100, "ar": 0.9}, "not enough abnormal"),
+        ({"normal_train": 10, "unlabeled": 10, "ar": 1.5}, "anomaly rate"),
+    ],
+)
+def test_impossible_requests_are_refused(tmp_path: Path, kw: dict, msg: str) -> None:
+    with pytest.raises(SplitError, match=msg):
+        make_split(tmp_path, _items(100, 80, True), seed=0, **kw)
+
+
+def test_manifest_roundtrip_and_tamper_check(tmp_path: Path) -> None:
+    m = make_split(tmp_path, _items(30, 30, True), normal_train=10, unlabeled=10, ar=0.5)
+    out = tmp_path / "split.json"
+    digest = write_manifest(m, out)
+    assert read_manifest(out)["sha256"] == digest
+    data = json.loads(out.read_text())
+    data["test_labels"][0] = 1 - data["test_labels"][0]
+    out.write_text(json.dumps(data))
+    with pytest.raises(SplitError, match="sha256"):
+        read_manifest(out)
+
+
+def test_folder_labels_and_csv_errors(tmp_path: Path) -> None:
+    for sub in ("train/NORMAL", "train/PNEUMONIA", "test/NORMAL"):
+        (tmp_path / sub).mkdir(parents=True)
+        (tmp_path / sub / "x.png").write_bytes(b"")
+    items = {it.path: it for it in scan_folder(tmp_path)}
+    assert items["train/NORMAL/x.png"].label == 0 and items["train/PNEUMONIA/x.png"].label == 1
+    assert items["test/NORMAL/x.png"].split == "test"
+    (tmp_path / "labels.csv").write_text("path,label\ntrain/NORMAL/x.png,2\n")
+    with pytest.raises(SplitError, match="not 0 or 1"):
+        read_labels_csv(tmp_path, tmp_path / "labels.csv")
+    (tmp_path / "labels.csv").write_text("path,label\nmissing.png,0\n")
+    with pytest.raises(SplitError, match="not found"):
+        read_labels_csv(tmp_path, tmp_path / "labels.csv")
+
+
+def test_kermany_protocol(kermany: Path) -> None:
+    items = read_labels_csv(kermany, kermany / "labels.csv")
+    m = make_split(kermany, items, normal_train=1000, unlabeled=853, ar=0.6, seed=0)
+    assert m["counts"] == {"D": 1000, "Du": 853, "Du_abnormal": 512, "Dt": 624, "Dt_abnormal": 390}
+    assert "Kermany" in m["data_note"]
