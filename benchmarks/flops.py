@@ -3,7 +3,8 @@
 FLOPs (one multiply-add = 2 FLOPs; bias adds, BatchNorm, activations and the score arithmetic are
 not counted: they are O(activations), negligible next to the convolutions and matmuls):
 
-- Conv / ConvInteger / QLinearConv: 2 * N * C_out * prod(out spatial) * (C_in / group) * prod(kernel)
+- Conv / ConvInteger / QLinearConv:
+  2 * N * C_out * prod(out spatial) * (C_in / group) * prod(kernel)
 - ConvTranspose: 2 * N * C_in * prod(in spatial) * (C_out / group) * prod(kernel)
 - MatMul / MatMulInteger / QLinearMatMul: 2 * prod(output shape) * K (batch dims broadcast)
 - Gemm: 2 * M * N * K
@@ -29,8 +30,17 @@ import onnx
 from onnx import TensorProto, helper, shape_inference
 
 COUNTED_OPS: frozenset[str] = frozenset(
-    {"Conv", "ConvTranspose", "ConvInteger", "QLinearConv", "MatMul", "Gemm", "MatMulInteger",
-     "QLinearMatMul", "FusedMatMul"}
+    {
+        "Conv",
+        "ConvTranspose",
+        "ConvInteger",
+        "QLinearConv",
+        "MatMul",
+        "Gemm",
+        "MatMulInteger",
+        "QLinearMatMul",
+        "FusedMatMul",
+    }
 )
 UNCOUNTED_COMPUTE_OPS: frozenset[str] = frozenset({"Einsum", "Attention", "LSTM", "GRU", "RNN"})
 _WEIGHT_INPUT = {"Conv": 1, "ConvTranspose": 1, "ConvInteger": 1, "QLinearConv": 3}
@@ -144,7 +154,9 @@ def _shapes_via_ort(
     for i in sess.get_inputs():
         if i.name in inits:
             continue
-        shape = [batch if j == 0 else (d if isinstance(d, int) else 1) for j, d in enumerate(i.shape)]
+        shape = [
+            batch if j == 0 else (d if isinstance(d, int) else 1) for j, d in enumerate(i.shape)
+        ]
         dtype = np.float16 if "float16" in i.type else np.float32
         feeds[i.name] = np.zeros(shape, dtype)
     outs = [o.name for o in sess.get_outputs()]

@@ -1,6 +1,7 @@
 """Latency and throughput harness: time-bounded repetition of the three stages of DDAD scoring.
 
-One repetition on a batch of B image files runs, through a :class:`~ddad_edge.benchmarks.lanes.Lane`:
+One repetition on a batch of B image files runs, through a lane
+(:class:`ddad_edge.benchmarks.lanes.Lane`):
 
 1. preprocessing: ``lane.load(paths)`` (decode + grey + resize + normalise, the runtime's code),
 2. inference: ``lane.infer(x)`` (both modules, x float32 [B, 1, 64, 64] -> member statistics),
@@ -24,7 +25,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-
 from ddad_edge.benchmarks.stats import summarize_times
 
 STAGES: tuple[str, ...] = ("preprocess", "inference", "scoring")
@@ -57,7 +57,9 @@ def repeat_timed(run_once: Callable[[], dict[str, float]], budget: Budget) -> di
             samples.setdefault(stage, []).append(s)
         n = len(next(iter(samples.values())))
         elapsed = time.perf_counter() - t_start
-        if (n >= budget.min_reps and elapsed >= budget.min_seconds) or elapsed >= budget.max_seconds:
+        if (
+            n >= budget.min_reps and elapsed >= budget.min_seconds
+        ) or elapsed >= budget.max_seconds:
             return {k: np.asarray(v, np.float64) for k, v in samples.items()}
 
 
@@ -74,8 +76,10 @@ def stage_runner(lane: Any, paths: Sequence[str | Path]) -> Callable[[], dict[st
         lane.scores(batch.x, stats)
         t3 = time.perf_counter()
         if batch.errors:
-            raise RuntimeError(f"{len(batch.errors)} benchmark input(s) failed to load, e.g. "
-                               f"{batch.errors[0][1]}: {batch.errors[0][2]}")
+            raise RuntimeError(
+                f"{len(batch.errors)} benchmark input(s) failed to load, e.g. "
+                f"{batch.errors[0][1]}: {batch.errors[0][2]}"
+            )
         return {"preprocess": t1 - t0, "inference": t2 - t1, "scoring": t3 - t2}
 
     return run_once

@@ -29,7 +29,14 @@ from typing import Any
 import numpy as np
 
 LIBRARIES: tuple[str, ...] = (
-    "numpy", "onnx", "onnxruntime", "torch", "tensorrt", "PIL", "pydicom", "matplotlib",
+    "numpy",
+    "onnx",
+    "onnxruntime",
+    "torch",
+    "tensorrt",
+    "PIL",
+    "pydicom",
+    "matplotlib",
 )
 
 
@@ -60,8 +67,19 @@ def cpu_info() -> dict[str, Any]:
             cores.add((phys, core))
         elif key == "flags" and not flags:
             flags = set(val.split())
-    interesting = ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "avx512_fp16",
-                   "avx_vnni", "amx_tile", "amx_int8", "amx_bf16", "f16c")
+    interesting = (
+        "avx2",
+        "fma",
+        "avx512f",
+        "avx512_vnni",
+        "avx512_bf16",
+        "avx512_fp16",
+        "avx_vnni",
+        "amx_tile",
+        "amx_int8",
+        "amx_bf16",
+        "f16c",
+    )
     try:
         usable = len(os.sched_getaffinity(0))
     except AttributeError:  # pragma: no cover - non-Linux
@@ -105,13 +123,18 @@ def gpu_info() -> dict[str, Any]:
         out["cuda_available"] = bool(torch.cuda.is_available())
         out["torch_cuda"] = torch.version.cuda
         if out["cuda_available"]:
-            out["devices"] = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
+            out["devices"] = [
+                torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())
+            ]
     except Exception as e:  # noqa: BLE001
         out["torch_error"] = f"{type(e).__name__}: {e}"[:200]
     try:
         r = subprocess.run(
             ["nvidia-smi", "--query-gpu=name,driver_version,memory.total", "--format=csv,noheader"],
-            capture_output=True, text=True, timeout=20, check=False,
+            capture_output=True,
+            text=True,
+            timeout=20,
+            check=False,
         )
         if r.returncode == 0 and r.stdout.strip():
             out["nvidia_smi"] = r.stdout.strip().splitlines()
@@ -161,7 +184,9 @@ def describe_machine() -> dict[str, Any]:
     }
 
 
-def _best_of(fn: Callable[[], None], min_reps: int, min_seconds: float, max_seconds: float) -> list[float]:
+def _best_of(
+    fn: Callable[[], None], min_reps: int, min_seconds: float, max_seconds: float
+) -> list[float]:
     """Durations (s) of fn() after one untimed call: >= min_reps calls and >= min_seconds total,
     stopping at max_seconds."""
     fn()
@@ -192,10 +217,15 @@ def measure_matmul_peak(
     out: dict[str, Any] = {"n": n, "flops_per_call": flops}
 
     def summary(times: list[float]) -> dict[str, Any]:
-        return {"best_gflops": flops / min(times) / 1e9,
-                "median_gflops": flops / float(np.median(times)) / 1e9, "reps": len(times)}
+        return {
+            "best_gflops": flops / min(times) / 1e9,
+            "median_gflops": flops / float(np.median(times)) / 1e9,
+            "reps": len(times),
+        }
 
-    out["numpy"] = summary(_best_of(lambda: np.matmul(a, b, out=c), min_reps, min_seconds, max_seconds))
+    out["numpy"] = summary(
+        _best_of(lambda: np.matmul(a, b, out=c), min_reps, min_seconds, max_seconds)
+    )
     try:
         import torch
 
@@ -206,12 +236,18 @@ def measure_matmul_peak(
         out["torch"]["threads"] = torch.get_num_threads()
     except ImportError as e:
         out["torch"] = {"error": str(e)}
-    out["peak_gflops"] = max(v["best_gflops"] for v in (out["numpy"], out["torch"]) if "best_gflops" in v)
+    out["peak_gflops"] = max(
+        v["best_gflops"] for v in (out["numpy"], out["torch"]) if "best_gflops" in v
+    )
     return out
 
 
 def measure_bandwidth(
-    nbytes: int = 256 * 2**20, *, min_reps: int = 3, min_seconds: float = 0.5, max_seconds: float = 5.0
+    nbytes: int = 256 * 2**20,
+    *,
+    min_reps: int = 3,
+    min_seconds: float = 0.5,
+    max_seconds: float = 5.0,
 ) -> dict[str, Any]:
     """Memory bandwidth from a full read and a copy of float32 arrays of ``nbytes``.
 

@@ -29,8 +29,12 @@ def fail(msg: str, code: int = 1) -> None:
 
 def progress() -> Progress:
     return Progress(
-        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-        console=console, transient=False,
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=console,
+        transient=False,
     )
 
 
@@ -53,14 +57,28 @@ def load_part_with_progress(manifest: dict, part: str, label: str):
 
 @app.command()
 def split(
-    data: Annotated[Path, typer.Argument(help="Folder of images (PNG/JPEG/DICOM), labelled by CSV or folder name.")],
-    labels: Annotated[Path | None, typer.Option(help="CSV with columns path,label[,split] (paths relative to DATA; relative CSV paths are looked up in DATA first).")] = None,
+    data: Annotated[
+        Path,
+        typer.Argument(help="Folder of images (PNG/JPEG/DICOM), labelled by CSV or folder name."),
+    ],
+    labels: Annotated[
+        Path | None,
+        typer.Option(
+            help="CSV with columns path,label[,split]; paths relative to DATA. "
+            "A relative CSV path is looked up in DATA first."
+        ),
+    ] = None,
     normal_train: Annotated[int, typer.Option(help="|D|: known normal training images.")] = 1000,
     unlabeled: Annotated[int, typer.Option(help="|Du|: unlabeled training images.")] = 853,
     ar: Annotated[float, typer.Option(help="Anomaly rate of Du (share of abnormal images).")] = 0.6,
     seed: Annotated[int, typer.Option(help="Seed of the shuffles.")] = 0,
-    test_fraction: Annotated[float, typer.Option(help="Share of each class carved out for Dt when the data has no test split.")] = 0.2,
-    output: Annotated[Path, typer.Option("-o", "--output", help="Split manifest (JSON) to write.")] = Path("split.json"),
+    test_fraction: Annotated[
+        float,
+        typer.Option(help="Share of each class carved out for Dt when the data has no test split."),
+    ] = 0.2,
+    output: Annotated[
+        Path, typer.Option("-o", "--output", help="Split manifest (JSON) to write.")
+    ] = Path("split.json"),
 ) -> None:
     """Draw D (known normal), Du (unlabeled, anomaly rate AR) and Dt (test) from a labelled folder.
 
@@ -72,12 +90,23 @@ def split(
         fail(f"{data}: not a folder")
     try:
         if labels is not None:
-            csv_path = labels if labels.is_absolute() or labels.exists() and not (data / labels).exists() else data / labels
+            csv_path = (
+                labels
+                if labels.is_absolute() or labels.exists() and not (data / labels).exists()
+                else data / labels
+            )
             items = read_labels_csv(data, csv_path)
         else:
             items = scan_folder(data)
-        manifest = make_split(data, items, normal_train=normal_train, unlabeled=unlabeled, ar=ar,
-                              seed=seed, test_fraction=test_fraction)
+        manifest = make_split(
+            data,
+            items,
+            normal_train=normal_train,
+            unlabeled=unlabeled,
+            ar=ar,
+            seed=seed,
+            test_fraction=test_fraction,
+        )
         digest = write_manifest(manifest, output)
     except SplitError as e:
         fail(str(e))
@@ -85,14 +114,22 @@ def split(
     out_console.print(
         f"wrote {output}: D={c['D']} Du={c['Du']} (abnormal {c['Du_abnormal']}, AR {ar}) "
         f"Dt={c['Dt']} (abnormal {c['Dt_abnormal']}); test from {manifest['test_source']}; "
-        f"sha256 {digest[:12]}", highlight=False,
+        f"sha256 {digest[:12]}",
+        highlight=False,
     )
 
 
 @app.command()
 def train(
     split_path: Annotated[Path, typer.Option("--split", help="Split manifest written by `split`.")],
-    output: Annotated[Path, typer.Option("-o", "--output", help="Run folder to write (config, module_A.pt, module_B.pt, history, curves.png).")],
+    output: Annotated[
+        Path,
+        typer.Option(
+            "-o",
+            "--output",
+            help="Run folder to write (config, module_A.pt, module_B.pt, history, curves.png).",
+        ),
+    ],
     model: Annotated[str, typer.Option(help="Base network: ae, memae or aeu.")] = "ae",
     k: Annotated[int, typer.Option("--k", help="Members per module.")] = 3,
     epochs: Annotated[int, typer.Option(help="Epochs per module.")] = 250,
@@ -102,20 +139,43 @@ def train(
     batch_size: Annotated[int, typer.Option(help="Batch size (last partial batch dropped).")] = 64,
     seed: Annotated[int, typer.Option(help="Seed of initialisation and shuffles.")] = 0,
     threads: Annotated[int, typer.Option(help="torch CPU threads (0: torch's default).")] = 0,
-    resume: Annotated[bool, typer.Option(help="Continue an interrupted run from its last completed epoch.")] = False,
-    data_root: Annotated[Path | None, typer.Option(help="Data folder, if it moved since `split`.")] = None,
+    resume: Annotated[
+        bool, typer.Option(help="Continue an interrupted run from its last completed epoch.")
+    ] = False,
+    data_root: Annotated[
+        Path | None, typer.Option(help="Data folder, if it moved since `split`.")
+    ] = None,
 ) -> None:
     """Train module A (on D ∪ Du) and module B (on D), K members each, fused.
 
     Reads the split manifest and its images; writes the run folder. Checkpoints every epoch.
     """
-    run_training(split_path, output, kind=model, k=k, epochs=epochs, lr=lr, beta1=beta1,
-                 beta2=beta2, batch_size=batch_size, seed=seed, threads=threads, resume=resume,
-                 data_root=data_root)
+    run_training(
+        split_path,
+        output,
+        kind=model,
+        k=k,
+        epochs=epochs,
+        lr=lr,
+        beta1=beta1,
+        beta2=beta2,
+        batch_size=batch_size,
+        seed=seed,
+        threads=threads,
+        resume=resume,
+        data_root=data_root,
+    )
 
 
-def run_training(split_path: Path, output: Path, *, threads: int = 0, resume: bool = False,
-                 data_root: Path | None = None, **cfg_kwargs) -> None:
+def run_training(
+    split_path: Path,
+    output: Path,
+    *,
+    threads: int = 0,
+    resume: bool = False,
+    data_root: Path | None = None,
+    **cfg_kwargs,
+) -> None:
     import numpy as np
     import torch
 
@@ -134,8 +194,11 @@ def run_training(split_path: Path, output: Path, *, threads: int = 0, resume: bo
     d = load_part_with_progress(manifest, "normal_train", "D (known normal)")
     du = load_part_with_progress(manifest, "unlabeled", "Du (unlabeled)")
     data = {"A": torch.from_numpy(np.concatenate([d.x, du.x])), "B": torch.from_numpy(d.x)}
-    skipped = [{"part": part, "path": p, "reason": r}
-               for part, b in (("normal_train", d), ("unlabeled", du)) for _, p, r in b.errors]
+    skipped = [
+        {"part": part, "path": p, "reason": r}
+        for part, b in (("normal_train", d), ("unlabeled", du))
+        for _, p, r in b.errors
+    ]
     with progress() as p:
         tasks = {}
 
@@ -145,26 +208,37 @@ def run_training(split_path: Path, output: Path, *, threads: int = 0, resume: bo
             p.advance(tasks[module])
 
         def on_epoch(module: str, epoch: int, total: int, losses, seconds: float) -> None:
-            line = (f"module {module} epoch {epoch}/{total} loss {float(np.mean(losses)):.5f} "
-                    f"({seconds:.1f} s/epoch)")
-            p.update(tasks[module], description=line,
-                     completed=epoch * (len(data[module]) // cfg.batch_size))
+            line = (
+                f"module {module} epoch {epoch}/{total} loss {float(np.mean(losses)):.5f} "
+                f"({seconds:.1f} s/epoch)"
+            )
+            p.update(
+                tasks[module],
+                description=line,
+                completed=epoch * (len(data[module]) // cfg.batch_size),
+            )
             if not console.is_terminal:  # logs get one line per epoch
                 console.print(line, highlight=False)
 
         try:
-            states = train_run(manifest, data, output, cfg, resume=resume,
-                               on_epoch=on_epoch, on_step=on_step)
+            states = train_run(
+                manifest, data, output, cfg, resume=resume, on_epoch=on_epoch, on_step=on_step
+            )
         except (RunDirError, ValueError, FloatingPointError) as e:
             fail(str(e))
     atomic_write_text(output / "skipped.json", json.dumps(skipped, indent=1))
     from ddad_edge import plots
 
-    series = {f"{m}/member{i}": [e[i] for e in s["history"]]
-              for m, s in states.items() for i in range(cfg.k)}
+    series = {
+        f"{m}/member{i}": [e[i] for e in s["history"]]
+        for m, s in states.items()
+        for i in range(cfg.k)
+    }
     plots.plot_training_curves(series, output / "curves.png", data_note(manifest))
-    secs = {m: float(np.mean(s["epoch_seconds"])) if s["epoch_seconds"] else 0.0
-            for m, s in states.items()}
+    secs = {
+        m: float(np.mean(s["epoch_seconds"])) if s["epoch_seconds"] else 0.0
+        for m, s in states.items()
+    }
     out_console.print(
         f"trained {cfg.kind} K={cfg.k} for {cfg.epochs} epochs into {output} "
         f"(mean epoch: A {secs['A']:.2f} s, B {secs['B']:.2f} s; skipped {len(skipped)} files)",
@@ -175,9 +249,15 @@ def run_training(split_path: Path, output: Path, *, threads: int = 0, resume: bo
 @app.command("eval")
 def eval_cmd(
     run: Annotated[Path, typer.Argument(help="Run folder written by `train`.")],
-    split_path: Annotated[Path, typer.Option("--split", help="Split manifest (its test part is scored).")],
-    output: Annotated[Path | None, typer.Option("-o", "--output", help="Report folder (default RUN/eval).")] = None,
-    data_root: Annotated[Path | None, typer.Option(help="Data folder, if it moved since `split`.")] = None,
+    split_path: Annotated[
+        Path, typer.Option("--split", help="Split manifest (its test part is scored).")
+    ],
+    output: Annotated[
+        Path | None, typer.Option("-o", "--output", help="Report folder (default RUN/eval).")
+    ] = None,
+    data_root: Annotated[
+        Path | None, typer.Option(help="Data folder, if it moved since `split`.")
+    ] = None,
 ) -> None:
     """Score the test set with the trained run: AUC/AP per score (rec, intra, inter).
 
@@ -187,7 +267,9 @@ def eval_cmd(
     run_eval(run, split_path, output, data_root)
 
 
-def run_eval(run: Path, split_path: Path, output: Path | None, data_root: Path | None = None) -> dict:
+def run_eval(
+    run: Path, split_path: Path, output: Path | None, data_root: Path | None = None
+) -> dict:
     import numpy as np
 
     from ddad_edge.checkpoint import read_config
@@ -209,15 +291,31 @@ def run_eval(run: Path, split_path: Path, output: Path | None, data_root: Path |
     except (FileNotFoundError, RuntimeError, ValueError) as e:
         fail(str(e))
     output = output or run / "eval"
-    meta = {"run": str(run), "model": config["train"]["kind"], "k": config["train"]["k"],
-            "epochs": config["train"]["epochs"], "split_sha256": manifest["sha256"],
-            "n_test": len(labels), "n_test_abnormal": int(labels.sum()),
-            "skipped": [{"path": p, "reason": r} for _, p, r in test.errors],
-            "data_note": data_note(manifest)}
-    write_report(output, x=test.x, labels=labels, paths=paths, stats=stats, scores=scores,
-                 metrics=metrics, meta=meta, title_note=data_note(manifest))
-    table = Table(title=f"{meta['model']} K={meta['k']} on {len(labels)} test images "
-                  f"({data_note(manifest)})")
+    meta = {
+        "run": str(run),
+        "model": config["train"]["kind"],
+        "k": config["train"]["k"],
+        "epochs": config["train"]["epochs"],
+        "split_sha256": manifest["sha256"],
+        "n_test": len(labels),
+        "n_test_abnormal": int(labels.sum()),
+        "skipped": [{"path": p, "reason": r} for _, p, r in test.errors],
+        "data_note": data_note(manifest),
+    }
+    write_report(
+        output,
+        x=test.x,
+        labels=labels,
+        paths=paths,
+        stats=stats,
+        scores=scores,
+        metrics=metrics,
+        meta=meta,
+        title_note=data_note(manifest),
+    )
+    table = Table(
+        title=f"{meta['model']} K={meta['k']} on {len(labels)} test images ({data_note(manifest)})"
+    )
     table.add_column("score")
     table.add_column("AUC", justify="right")
     table.add_column("AP", justify="right")
@@ -230,8 +328,14 @@ def run_eval(run: Path, split_path: Path, output: Path | None, data_root: Path |
 
 @app.command()
 def demo(
-    output: Annotated[Path, typer.Option("-o", "--output", help="Folder for the demo's data, split, run and report.")] = Path("demo-out"),
-    data: Annotated[Path | None, typer.Option(help="Run on this real labelled folder instead of the synthetic phantoms.")] = None,
+    output: Annotated[
+        Path,
+        typer.Option("-o", "--output", help="Folder for the demo's data, split, run and report."),
+    ] = Path("demo-out"),
+    data: Annotated[
+        Path | None,
+        typer.Option(help="Run on this real labelled folder instead of the synthetic phantoms."),
+    ] = None,
     labels: Annotated[Path | None, typer.Option(help="Labels CSV for --data.")] = None,
     model: Annotated[str, typer.Option(help="ae, memae or aeu.")] = "ae",
     k: Annotated[int, typer.Option("--k")] = 3,
@@ -255,20 +359,23 @@ def demo(
         data = output / "phantoms"
         if not (data / "labels.csv").exists():
             console.print("generating SYNTHETIC phantom images (not real patients)")
-            make_phantom_dataset(data, n_train_normal=normal_train + unlabeled,
-                                 n_train_abnormal=unlabeled, seed=seed)
+            make_phantom_dataset(
+                data, n_train_normal=normal_train + unlabeled, n_train_abnormal=unlabeled, seed=seed
+            )
         labels = data / "labels.csv"
     try:
         items = read_labels_csv(data, labels) if labels else scan_folder(data)
-        manifest = make_split(data, items, normal_train=normal_train, unlabeled=unlabeled, ar=ar,
-                              seed=seed)
+        manifest = make_split(
+            data, items, normal_train=normal_train, unlabeled=unlabeled, ar=ar, seed=seed
+        )
         write_manifest(manifest, output / "split.json")
     except SplitError as e:
         fail(str(e))
     run_dir = output / "run"
     resume = (run_dir / "config.json").exists()
-    run_training(output / "split.json", run_dir, kind=model, k=k, epochs=epochs, seed=seed,
-                 resume=resume)
+    run_training(
+        output / "split.json", run_dir, kind=model, k=k, epochs=epochs, seed=seed, resume=resume
+    )
     run_eval(run_dir, output / "split.json", None)
 
 

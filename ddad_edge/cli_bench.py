@@ -1,9 +1,384 @@
-"""Commands registered on the ddad-edge CLI (filled in by its owner)."""
+"""Benchmark commands of the ddad-edge CLI: ``bench`` (latency, throughput, machine limits, cold
+start, training) and ``parity`` (AUC parity of every backend against the PyTorch reference).
+
+Thin: parse, call ``ddad_edge.benchmarks``, print. Also reachable as
+``python -m ddad_edge.benchmarks bench|parity ...``.
+"""
 
 from __future__ import annotations
 
+import json
+import tempfile
+from pathlib import Path
+from typing import Annotated
+
 import typer
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+console = Console(stderr=True)
+out_console = Console()
+
+PARITY_FAILED_EXIT = 3
+"""Exit status of ``parity`` when a lane's |ΔAUC| exceeds its tolerance (1: usage/run error)."""
+
+
+HELP_BACKENDS = (
+    "Lanes, comma-separated: torch, ort, ort-fp16, ort-int8, ort-fp16w, "
+    "torch-cuda[-fp16][-graphs], ort-cuda[-fp16], ort-trt[-fp16], trt[-fp16]; groups: cpu, "
+    "gpu, default (all; lanes that cannot run here are reported as not available). torch is "
+    "always included."
+)
+HELP_IMAGES = (
+    "Folder of input images for the sweep (default: ../shared/data/kermany-cxr/test when "
+    "present, else SYNTHETIC phantoms)."
+)
+HELP_FULLRES = (
+    "Folder of full-resolution images for the end-to-end pass (default: "
+    "../shared/data/kermany-fullres)."
+)
+HELP_DICOM = "Folder of DICOM files for the end-to-end pass (default: ../shared/data/dicom-cxr)."
+HELP_SKIP = "Sections to skip, comma-separated: limits, sweep, e2e, coldstart, training, variants."
+HELP_PARITY_JSON = (
+    "parity.json from `ddad-edge parity`, to decide which smaller-weight variant is kept."
+)
+HELP_GRAPH = (
+    "NAME=PATH: also compare this ONNX dual graph (run by the Scorer on onnxruntime CPU, FP32 "
+    "tolerance). Repeatable."
+)
+
+
+def _fail(msg: str, code: int = 1) -> None:
+    console.print(f"[bold red]error:[/] {escape(msg)}", highlight=False)
+    raise typer.Exit(code)
+
+
+def _progress(msg: str) -> None:
+    console.print(f"[dim]·[/] {escape(msg)}", highlight=False)
+
+
+def _ints(text: str, what: str) -> list[int]:
+    try:
+        values = [int(t) for t in text.split(",") if t.strip()]
+    except ValueError:
+        _fail(f"{what}: expected comma-separated integers, got {text!r}")
+    if not values or min(values) < 1:
+        _fail(f"{what}: expected positive integers, got {text!r}")
+    return values
+
+
+def _run_dir(bundle: Path, ckpt: Path | None) -> Path | None:
+    """--ckpt, else the run recorded in the bundle manifest (model.source_run) when it exists."""
+    from ddad_edge.runtime.bundle import BundleError, read_manifest
+
+    if ckpt is not None:
+        return ckpt
+    try:
+        src = read_manifest(bundle).get("model", {}).get("source_run")
+    except BundleError as e:
+        _fail(str(e))
+    if src and (Path(src) / "config.json").is_file():
+        return Path(src)
+    console.print(
+        f"[yellow]warning:[/] the bundle's source run {escape(repr(src))} is not here; pass "
+        "--ckpt RUN for the PyTorch reference",
+        highlight=False,
+    )
+    return None
+
+
+def _lanes(text: str) -> list[str]:
+    from ddad_edge.benchmarks.lanes import parse_lanes
+
+    try:
+        return parse_lanes(text)
+    except ValueError as e:
+        _fail(str(e))
+    return []
+
+
+def bench(
+    bundle: Annotated[Path, typer.Argument(help="Bundle folder written by `ddad-edge export`.")],
+    output: Annotated[
+        Path,
+        typer.Option("-o", "--output", help="Report folder (bench.json, bench.md, PNG plots)."),
+    ] = Path("bench"),
+    backends: Annotated[
+        str,
+        typer.Option(help=HELP_BACKENDS),
+    ] = "default",
+    batches: Annotated[str, typer.Option(help="Batch sizes of the sweep.")] = "1,8,64,256",
+    ckpt: Annotated[
+        Path | None,
+        typer.Option(
+            help="PyTorch run folder for the reference (default: the bundle's source run)."
+        ),
+    ] = None,
+    images: Annotated[
+        Path | None,
+        typer.Option(help=HELP_IMAGES),
+    ] = None,
+    fullres: Annotated[
+        Path | None,
+        typer.Option(help=HELP_FULLRES),
+    ] = None,
+    dicom: Annotated[
+        Path | None,
+        typer.Option(help=HELP_DICOM),
+    ] = None,
+    warmup: Annotated[int, typer.Option(help="Untimed repetitions before each measurement.")] = 2,
+    min_reps: Annotated[
+        int, typer.Option(help="Sweep: at least this many timed repetitions per batch size...")
+    ] = 3,
+    min_seconds: Annotated[float, typer.Option(help="...and at least this many seconds...")] = 1.0,
+    max_seconds: Annotated[float, typer.Option(help="...but stop after this many seconds.")] = 8.0,
+    latency_reps: Annotated[
+        int, typer.Option(help="Batch 1: at least this many timed repetitions...")
+    ] = 20,
+    latency_seconds: Annotated[
+        float, typer.Option(help="...and at least this many seconds (stop after 5x).")
+    ] = 2.0,
+    e2e_batch: Annotated[int, typer.Option(help="Files per batch in the end-to-end passes.")] = 16,
+    coldstart_reps: Annotated[
+        int, typer.Option(help="Fresh processes per cold-start measurement.")
+    ] = 3,
+    train_steps: Annotated[
+        int, typer.Option(help="Timed training steps per side (fused / separate).")
+    ] = 5,
+    threads: Annotated[
+        int,
+        typer.Option(
+            help="onnxruntime intra-op threads (0: the runtime's default, physical cores)."
+        ),
+    ] = 0,
+    torch_threads: Annotated[
+        int,
+        typer.Option(help="torch CPU threads for the reference and training (0: torch's default)."),
+    ] = 0,
+    skip: Annotated[
+        str,
+        typer.Option(help=HELP_SKIP),
+    ] = "",
+    parity: Annotated[
+        Path | None,
+        typer.Option(help=HELP_PARITY_JSON),
+    ] = None,
+    quick: Annotated[
+        bool,
+        typer.Option(help="Smoke test: tiny machine-limit sizes (limits then NOT meaningful)."),
+    ] = False,
+) -> None:
+    """Latency, throughput and machine limits of every backend vs the PyTorch eager reference.
+
+    Reads the bundle, its source run (or --ckpt) and input images; writes bench.json, bench.md,
+    latency_vs_batch.png and throughput_vs_batch.png into the output folder.
+    """
+    from ddad_edge.benchmarks import inputs
+    from ddad_edge.benchmarks.bench import SECTIONS, BenchConfig, run_bench
+    from ddad_edge.benchmarks.latency import Budget
+    from ddad_edge.benchmarks.report import write_bench_report
+    from ddad_edge.runtime.bundle import BundleError
+
+    batch_list = _ints(batches, "--batches")
+    skipped = {s.strip() for s in skip.split(",") if s.strip()}
+    if skipped - set(SECTIONS):
+        _fail(f"--skip: unknown section(s) {', '.join(sorted(skipped - set(SECTIONS)))}")
+    lanes = _lanes(backends)
+    run_dir = _run_dir(bundle, ckpt)
+    parity_result = json.loads(parity.read_text()) if parity else None
+    with tempfile.TemporaryDirectory(prefix="ddad-bench-") as scratch:
+        try:
+            pool, note, kermany = inputs.image_pool(images, max(batch_list), Path(scratch))
+        except ValueError as e:
+            _fail(str(e))
+        cfg = BenchConfig(
+            bundle=bundle,
+            run_dir=run_dir,
+            lanes=lanes,
+            batches=batch_list,
+            images=pool,
+            images_note=note,
+            kermany=kermany,
+            work_dir=Path(scratch) / "variants",
+            fullres=fullres or inputs.shared_folder("kermany-fullres"),
+            dicom=dicom or inputs.shared_folder("dicom-cxr"),
+            latency_budget=Budget(warmup, latency_reps, latency_seconds, 5 * latency_seconds),
+            sweep_budget=Budget(min(warmup, 1), min_reps, min_seconds, max_seconds),
+            e2e_batch=e2e_batch,
+            coldstart_reps=coldstart_reps,
+            train_steps=train_steps,
+            quick_limits=quick,
+            intra_op_threads=threads or None,
+            torch_threads=torch_threads or None,
+            parity=parity_result,
+            sections=tuple(s for s in SECTIONS if s not in skipped),
+        )
+        try:
+            result = run_bench(cfg, _progress)
+        except (BundleError, FileNotFoundError) as e:
+            _fail(str(e))
+        paths = write_bench_report(result, output)
+    _print_bench(result)
+    out_console.print(
+        f"report: {escape(str(paths['markdown']))} (+ bench.json, PNG plots)", highlight=False
+    )
+
+
+def _print_bench(result: dict) -> None:
+    from ddad_edge.benchmarks.report import fmt
+
+    t = Table(
+        title=f"batch-1 scoring latency and throughput ({result['model']['kind']} "
+        f"K={result['model']['k']})"
+    )
+    for c in (
+        "lane",
+        "p50 ms",
+        "p99 ms",
+        "vs torch",
+        *[f"b{b} img/s" for b in result["config"]["batches"]],
+    ):
+        t.add_column(c, justify="left" if c == "lane" else "right", no_wrap=c == "lane")
+    for name, e in result["lanes"].items():
+        if not e.get("available"):
+            continue
+        pts = e.get("sweep", {}).get("points", {})
+        p1 = pts.get("1", {}).get("scoring_latency", {})
+        t.add_row(
+            name,
+            fmt(p1.get("p50_ms")),
+            fmt(p1.get("p99_ms")),
+            fmt(e.get("vs_torch", {}).get("1", {}).get("speedup")) + "x",
+            *[
+                fmt(pts.get(str(b), {}).get("throughput_ips"), ".0f")
+                for b in result["config"]["batches"]
+            ],
+        )
+    out_console.print(t)
+    for name, e in result["lanes"].items():
+        if not e.get("available"):
+            out_console.print(
+                f"{name}: not available: {escape(str(e.get('reason')))}", highlight=False
+            )
+    for tg in result.get("targets", []):
+        status = {True: "[green]met[/]", False: "[red]not met[/]", None: "not measured"}[tg["met"]]
+        out_console.print(
+            f"target: {escape(tg['target'])}: {escape(tg['measured'])} ({status})", highlight=False
+        )
+
+
+def parity(
+    bundle: Annotated[Path, typer.Argument(help="Bundle folder written by `ddad-edge export`.")],
+    split: Annotated[
+        Path, typer.Option("--split", help="Split manifest; its test part is scored.")
+    ],
+    output: Annotated[
+        Path,
+        typer.Option(
+            "-o", "--output", help="Report folder (parity.json, parity.md, delta_auc.png)."
+        ),
+    ] = Path("parity"),
+    backends: Annotated[
+        str, typer.Option(help="Lanes to compare with torch FP32 (same names as `bench`).")
+    ] = "default",
+    ckpt: Annotated[
+        Path | None,
+        typer.Option(
+            help="PyTorch run folder for the reference (default: the bundle's source run)."
+        ),
+    ] = None,
+    graph: Annotated[
+        list[str] | None,
+        typer.Option(help=HELP_GRAPH),
+    ] = None,
+    n_boot: Annotated[
+        int, typer.Option(help="Paired bootstrap resamples for the ΔAUC interval.")
+    ] = 1000,
+    seed: Annotated[int, typer.Option(help="Seed of the bootstrap.")] = 0,
+    max_images: Annotated[
+        int | None,
+        typer.Option(
+            help="Score only this many test images, evenly spaced within each class (smoke runs)."
+        ),
+    ] = None,
+    data_root: Annotated[
+        Path | None, typer.Option(help="Data folder, if it moved since `split`.")
+    ] = None,
+) -> None:
+    """AUC/AP parity of every backend and precision against the PyTorch FP32 reference.
+
+    Reads the bundle, its source run (or --ckpt) and the split's test images; writes parity.json,
+    parity.md and delta_auc.png. Exits with status 3 when a lane's |ΔAUC| exceeds its tolerance
+    (FP32: 0.001; FP16, INT8, FP16-weight: 0.003).
+    """
+    from ddad_edge.benchmarks.lanes import LaneUnavailable
+    from ddad_edge.benchmarks.parity_run import ParityConfig, run_parity_bundle
+    from ddad_edge.benchmarks.report import write_parity_report
+    from ddad_edge.data import SplitError
+    from ddad_edge.runtime.bundle import BundleError
+
+    extra = {}
+    for item in graph or []:
+        name, sep, path = item.partition("=")
+        if not sep or not name or not Path(path).is_file():
+            _fail(f"--graph {item!r}: expected NAME=PATH to an existing ONNX file")
+        extra[name] = Path(path)
+    lanes = [n for n in _lanes(backends) if n != "torch"]
+    run_dir = _run_dir(bundle, ckpt)
+    with tempfile.TemporaryDirectory(prefix="ddad-parity-") as scratch:
+        cfg = ParityConfig(
+            bundle=bundle,
+            run_dir=run_dir,
+            split=split,
+            lanes=lanes,
+            work_dir=Path(scratch),
+            extra_graphs=extra,
+            n_boot=n_boot,
+            seed=seed,
+            max_images=max_images,
+            data_root=data_root,
+        )
+        try:
+            result = run_parity_bundle(cfg, _progress)
+        except (BundleError, SplitError, LaneUnavailable, FileNotFoundError, ValueError) as e:
+            _fail(str(e))
+    paths = write_parity_report(result, output)
+    _print_parity(result)
+    out_console.print(
+        f"report: {escape(str(paths['markdown']))} (+ parity.json, delta_auc.png)", highlight=False
+    )
+    if not result["passed"]:
+        for v in result["violations"]:
+            console.print(f"[bold red]parity FAILED:[/] {escape(v)}", highlight=False)
+        raise typer.Exit(PARITY_FAILED_EXIT)
+
+
+def _print_parity(result: dict) -> None:
+    from ddad_edge.benchmarks.report import fmt
+    from ddad_edge.runtime.scores import SCORE_NAMES
+
+    t = Table(
+        title=f"ΔAUC vs torch FP32 on {result['n_images']} test images "
+        f"({result['config'].get('data_note', '')})"
+    )
+    for c in ("lane", *SCORE_NAMES, "tolerance", "result"):
+        t.add_column(c, justify="left" if c == "lane" else "right", no_wrap=c == "lane")
+    ref = result["reference"]["scores"]
+    t.add_row("torch (AUC)", *[fmt(ref[n]["auc"], ".4f") for n in SCORE_NAMES], "", "")
+    for name, e in result["lanes"].items():
+        t.add_row(
+            name,
+            *[fmt(e["scores"][n]["delta_auc"], "+.4f") for n in SCORE_NAMES],
+            f"{e['tolerance']:.3f}",
+            "pass" if e["passed"] else "[red]FAIL[/]",
+        )
+    out_console.print(t)
+    for name, reason in result.get("unavailable", {}).items():
+        out_console.print(f"{name}: not available: {escape(reason)}", highlight=False)
 
 
 def register(app: typer.Typer) -> None:
-    """Add this module's commands to the app."""
+    """Add ``bench`` and ``parity`` to the app."""
+    app.command("bench")(bench)
+    app.command("parity")(parity)

@@ -1,9 +1,331 @@
-"""Commands registered on the ddad-edge CLI (filled in by its owner)."""
+"""Deployment commands: export, verify, build, score. Thin: parse, call the library, print.
+
+Library errors become one red line on stderr naming the file and the reason, and exit code 1
+(no tracebacks). Heavy imports (torch, onnx, onnxruntime, TensorRT) happen inside the commands.
+"""
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+from typing import Annotated, NoReturn
+
 import typer
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+console = Console(stderr=True)
+out_console = Console()
+
+
+def _fail(msg: str, code: int = 1) -> NoReturn:
+    console.print(f"[bold red]error:[/] {escape(msg)}", highlight=False, soft_wrap=True)
+    raise typer.Exit(code)
+
+
+def _one_line(e: BaseException) -> str:
+    """An exception as one line (multi-line messages are joined with ' | ')."""
+    text = " | ".join(line.strip() for line in str(e).splitlines() if line.strip())
+    return text or type(e).__name__
+
+
+def export(
+    ckpt: Annotated[
+        Path,
+        typer.Option(
+            "--ckpt", help="Run folder written by `train` (config.json, module_A.pt, module_B.pt)."
+        ),
+    ],
+    output: Annotated[Path, typer.Option("-o", "--output", help="Bundle folder to create.")],
+    images: Annotated[
+        list[Path] | None,
+        typer.Option(
+            "--images", help="Parity images (files or folders); default: the run's test data."
+        ),
+    ] = None,
+    split: Annotated[
+        Path | None,
+        typer.Option(help="Split manifest of the run: its test part gives the parity images."),
+    ] = None,
+    n_parity: Annotated[int, typer.Option(help="Images in the parity gate.")] = 32,
+    n_golden: Annotated[int, typer.Option(help="Of those, images stored in golden.npz.")] = 8,
+    module_graphs: Annotated[
+        bool, typer.Option(help="Also write module_A_fp32.onnx and module_B_fp32.onnx.")
+    ] = True,
+    fp16_module_graphs: Annotated[
+        bool, typer.Option(help="Also write module_A_fp16.onnx and module_B_fp16.onnx.")
+    ] = False,
+    force: Annotated[
+        bool, typer.Option(help="Replace an existing bundle at OUTPUT (after the gate passed).")
+    ] = False,
+    allow_incomplete: Annotated[
+        bool, typer.Option(help="Export a run that has not finished its epochs.")
+    ] = False,
+) -> None:
+    """Export a trained run as a bundle: fused ONNX graphs, golden vectors, manifest.
+
+    Reads the run folder (checkpoints, config.json) and real images (the run's data, or --split /
+    --images). Writes OUTPUT/: dual_fp32.onnx, dual_fp16.onnx, module_{A,B}_fp32.onnx,
+    golden.npz, manifest.json. Every graph must first match the PyTorch FP32 reference on those
+    images (FP32: 1e-5 of each output's range; FP16: 2e-2); otherwise nothing is written.
+    """
+    from ddad_edge.export.bundle import ExportError, export_bundle
+    from ddad_edge.export.parity import ParityError
+
+    try:
+        res = export_bundle(
+            ckpt,
+            output,
+            images=images,
+            split=split,
+            n_parity=n_parity,
+            n_golden=n_golden,
+            module_graphs=module_graphs,
+            fp16_module_graphs=fp16_module_graphs,
+            overwrite=force,
+            allow_incomplete=allow_incomplete,
+        )
+    except (ExportError, ParityError, OSError, ValueError) as e:
+        _fail(_one_line(e))
+    m = res.manifest
+    table = Table(
+        title=f"{m['model']['kind']} K={m['model']['k']}: parity on "
+        f"{m['parity']['images']['n']} images ({m['parity']['images']['origin']})"
+    )
+    for col in ("graph", "MB", "max error / scale", "tolerance", "image scores (rel)", "ok"):
+        table.add_column(col, justify="left" if col == "graph" else "right")
+    sizes = {g: e["bytes"] for g, e in m["graphs"].items()}
+    for r in res.parity:
+        key = r.graph.split(" ")[0]
+        mb = f"{sizes[key] / 1e6:.1f}" if key == r.graph else ""
+        sc = max(r.score_errors.values()) if r.score_errors else None
+        table.add_row(
+            r.graph,
+            mb,
+            f"{r.worst:.2e}",
+            f"{r.tolerance:g}",
+            "" if sc is None else f"{sc:.1e}",
+            "yes" if r.passed else "NO",
+        )
+    out_console.print(table)
+    out_console.print(f"wrote {output} ({len(m['files'])} files)", highlight=False)
+
+
+def verify(
+    bundle: Annotated[Path, typer.Argument(help="Bundle folder written by `export`.")],
+    backend: Annotated[
+        str,
+        typer.Option(
+            help="auto, ort (CUDA if available, else CPU), ort-cpu, ort-cuda, ort-trt or trt."
+        ),
+    ] = "ort",
+    precision: Annotated[str, typer.Option(help="fp32, fp16 or all.")] = "all",
+    graph: Annotated[str, typer.Option(help="dual or modules.")] = "dual",
+    tolerance: Annotated[
+        float | None,
+        typer.Option(
+            help="Override the tolerance (max error / output scale); default fp32 1e-5, fp16 2e-2."
+        ),
+    ] = None,
+) -> None:
+    """Check a bundle: file hashes, then replay golden.npz on a backend and compare with the
+    stored PyTorch FP32 outputs.
+
+    Reads BUNDLE (writes nothing). Prints, per output, the max abs error relative to the output's
+    scale (its range, or magnitude when larger). Exit code 1 when a file does not match its hash
+    or an error is past the tolerance.
+    """
+    from ddad_edge.runtime.backends import BackendUnavailable
+    from ddad_edge.runtime.bundle import BundleError, open_bundle
+    from ddad_edge.runtime.scorer import Scorer, make_backends
+
+    precs = ["fp32", "fp16"] if precision == "all" else [precision]
+    if any(p not in ("fp32", "fp16") for p in precs):
+        _fail(f"--precision must be fp32, fp16 or all, got {precision!r}")
+    try:
+        b = open_bundle(bundle, verify=True)
+    except BundleError as e:
+        _fail(_one_line(e))
+    out_console.print(
+        f"{bundle}: all {len(b.manifest['files'])} files match their sha256", highlight=False
+    )
+    failed = False
+    for p in precs:
+        try:
+            backends, prec, notes = make_backends(b, backend, p, graph)
+            scorer = Scorer(b, backends, prec, notes=notes)
+            report = scorer.replay_golden(tolerance=tolerance)
+            desc = scorer.describe()
+            scorer.close()
+        except (BackendUnavailable, BundleError, ValueError) as e:
+            _fail(_one_line(e))
+        table = Table(
+            title=f"{report['graph']} on {desc['backend']} ({desc['device']}): "
+            f"{report['n']} golden images"
+        )
+        for col in ("output", "max abs error", "scale", "error / scale", "tolerance", "ok"):
+            table.add_column(col, justify="left" if col == "output" else "right")
+        for name, e in report["errors"].items():
+            ok = e["rel"] <= report["tolerance"]
+            table.add_row(
+                name,
+                f"{e['max_abs']:.3e}",
+                f"{e['scale']:.4g}",
+                f"{e['rel']:.2e}",
+                f"{report['tolerance']:g}",
+                "yes" if ok else "NO",
+            )
+        out_console.print(table)
+        sc = ", ".join(f"{k} {v:.1e}" for k, v in report["score_errors"].items())
+        out_console.print(f"image scores, max relative error: {sc}", highlight=False)
+        failed |= not report["passed"]
+    if failed:
+        _fail(f"{bundle}: golden vectors do not match within tolerance")
+    out_console.print("verify passed", highlight=False)
+
+
+def build(
+    bundle: Annotated[Path, typer.Argument(help="Bundle folder written by `export`.")],
+    precision: Annotated[str, typer.Option(help="fp16 (from dual_fp16.onnx) or fp32.")] = "fp16",
+    max_batch: Annotated[int, typer.Option(help="Largest batch of the optimization profile.")] = 64,
+    opt_batch: Annotated[
+        int | None, typer.Option(help="Batch the engine is tuned for (default: max batch).")
+    ] = None,
+    workspace_mib: Annotated[int, typer.Option(help="Builder workspace memory limit, MiB.")] = 1024,
+    force: Annotated[
+        bool, typer.Option(help="Rebuild even when a matching engine exists.")
+    ] = False,
+) -> None:
+    """Build a TensorRT engine for this machine's GPU (needs TensorRT and an NVIDIA GPU).
+
+    Reads BUNDLE/dual_<precision>.onnx (hash-checked). Writes
+    BUNDLE/engines/<gpu>-trt<version>-<precision>.plan, its JSON sidecar and the timing cache
+    BUNDLE/engines/timing.cache. Skips the build when a matching engine exists (--force rebuilds).
+    """
+    from ddad_edge.runtime.backends import BackendUnavailable
+    from ddad_edge.runtime.bundle import BundleError
+
+    try:
+        from ddad_edge.export.trt_build import BuildError, build_engine
+
+        res = build_engine(
+            bundle,
+            precision=precision,
+            max_batch=max_batch,
+            opt_batch=opt_batch,
+            workspace_mib=workspace_mib,
+            force=force,
+        )
+    except (BackendUnavailable, BundleError, BuildError, ValueError, OSError) as e:
+        _fail(_one_line(e))
+    verb = "built" if res.built else "up to date (use --force to rebuild):"
+    out_console.print(f"{verb} {res.plan}", highlight=False)
+
+
+def score(
+    bundle: Annotated[Path, typer.Argument(help="Bundle folder written by `export`.")],
+    inputs: Annotated[list[Path], typer.Argument(help="Images: PNG, JPEG, DICOM, ...")],
+    as_json: Annotated[
+        bool, typer.Option("--json", help="One JSON record per input on stdout (JSON Lines).")
+    ] = False,
+    heatmaps: Annotated[
+        Path | None, typer.Option(help="Folder for overlay PNGs (<input stem>.<map>.png).")
+    ] = None,
+    heatmap_map: Annotated[
+        str, typer.Option(help="Map drawn in the overlays: rec, intra or inter.")
+    ] = "inter",
+    backend: Annotated[
+        str,
+        typer.Option(
+            help="auto (trt > ort-cuda > ort-cpu), trt, ort, ort-trt, ort-cuda or ort-cpu."
+        ),
+    ] = "auto",
+    precision: Annotated[
+        str, typer.Option(help="auto (fp16 on GPU, fp32 on CPU), fp32 or fp16.")
+    ] = "auto",
+    batch_size: Annotated[int, typer.Option(help="Images per inference call.")] = 64,
+    workers: Annotated[int, typer.Option(help="Threads decoding images.")] = 2,
+) -> None:
+    """Score images with a bundle: image-level rec, intra and inter scores.
+
+    Reads BUNDLE and the images; writes overlay PNGs into --heatmaps DIR when given (never over an
+    input). Prints a table, or with --json one JSON record per input
+    ({"source", "scores", "error"[, "heatmap"]}) on stdout. An input that cannot be read gets an
+    error record and the others are still scored: the exit code is non-zero only if ALL inputs
+    failed (or the bundle/backend cannot be used).
+    """
+    from ddad_edge.runtime.backends import BackendUnavailable
+    from ddad_edge.runtime.bundle import BundleError
+    from ddad_edge.runtime.scorer import Scorer
+    from ddad_edge.runtime.scores import SCORE_NAMES
+
+    if heatmap_map not in SCORE_NAMES:
+        _fail(f"--heatmap-map must be one of {', '.join(SCORE_NAMES)}")
+    try:
+        scorer = Scorer.from_bundle(
+            bundle, backend=backend, precision=precision, max_batch=batch_size, workers=workers
+        )
+    except (BackendUnavailable, BundleError, ValueError) as e:
+        _fail(_one_line(e))
+    d = scorer.describe()
+    console.print(
+        f"{d['backend']} on {d['device']}, {d['precision']}, {d['model']['kind']} "
+        f"K={d['model']['k']}",
+        highlight=False,
+    )
+    results = scorer.score([str(p) for p in inputs], maps=heatmaps is not None)
+    scorer.close()
+    written: list = [None] * len(results)
+    if heatmaps is not None:
+        from ddad_edge.runtime.heatmaps import ImageLoadError, write_overlays
+
+        vmax = scorer.bundle.manifest.get("display", {}).get("heatmap_vmax", {}).get(heatmap_map)
+        try:
+            written = write_overlays(
+                [r.source for r in results],
+                [r.maps[heatmap_map] if r.maps else None for r in results],
+                heatmaps,
+                score=heatmap_map,
+                vmax=vmax,
+            )
+        except (ImageLoadError, OSError) as e:
+            _fail(_one_line(e))
+    if as_json:
+        for r, png in zip(results, written, strict=True):
+            rec = r.to_json()
+            if heatmaps is not None:
+                rec["heatmap"] = str(png) if png else None
+            print(json.dumps(rec))
+    else:
+        table = Table()
+        table.add_column("input")
+        for n in SCORE_NAMES:
+            table.add_column(n, justify="right")
+        table.add_column("error")
+        for r in results:
+            s = r.scores or {}
+            table.add_row(
+                escape(r.source),
+                *(f"{s[n]:.6g}" if n in s else "" for n in SCORE_NAMES),
+                escape(r.error or ""),
+            )
+        out_console.print(table)
+    n_bad = sum(r.error is not None for r in results)
+    if n_bad:
+        console.print(f"{n_bad} of {len(results)} inputs could not be scored", highlight=False)
+    if results and n_bad == len(results):
+        raise typer.Exit(1)
+
+
+def _help(func: object) -> str:
+    """A command's docstring with each paragraph on one line (the terminal re-wraps it)."""
+    doc = (getattr(func, "__doc__", None) or "").strip()
+    paras = [" ".join(line.strip() for line in p.splitlines()) for p in doc.split("\n\n")]
+    return "\n\n".join(paras)
 
 
 def register(app: typer.Typer) -> None:
-    """Add this module's commands to the app."""
+    """Add export, verify, build and score to the app."""
+    for func in (export, verify, build, score):
+        app.command(help=_help(func))(func)

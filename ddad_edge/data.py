@@ -64,7 +64,9 @@ def read_labels_csv(root: Path, csv_path: Path) -> list[Item]:
             try:
                 label = int(row["label"])
             except ValueError as e:
-                raise SplitError(f"{csv_path} line {n}: label {row['label']!r} is not 0 or 1") from e
+                raise SplitError(
+                    f"{csv_path} line {n}: label {row['label']!r} is not 0 or 1"
+                ) from e
             if label not in (0, 1):
                 raise SplitError(f"{csv_path} line {n}: label {label} is not 0 or 1")
             split = (row.get("split") or "").strip() or None

@@ -50,21 +50,27 @@ def evaluate_arrays(
 
 
 def _example_rows(
-    x: np.ndarray, stats: dict[str, np.ndarray], maps: dict[str, np.ndarray], labels: np.ndarray,
-    scores: dict[str, np.ndarray], per_class: int = 3,
+    x: np.ndarray,
+    stats: dict[str, np.ndarray],
+    maps: dict[str, np.ndarray],
+    labels: np.ndarray,
+    scores: dict[str, np.ndarray],
+    per_class: int = 3,
 ) -> tuple[list[dict[str, np.ndarray]], list[str]]:
     """Pick evenly spaced examples of each class (by index, not by score) for the heatmap grid."""
     rows, titles = [], []
     for lab, name in ((0, "normal"), (1, "abnormal")):
         idx = np.flatnonzero(labels == lab)
         for i in idx[np.linspace(0, len(idx) - 1, min(per_class, len(idx))).astype(int)]:
-            rows.append({
-                "input": to_display(x[i, 0]),
-                "mu_A": to_display(stats["mean_a"][i, 0]),
-                "mu_B": to_display(stats["mean_b"][i, 0]),
-                "intra": maps["intra"][i, 0],
-                "inter": maps["inter"][i, 0],
-            })
+            rows.append(
+                {
+                    "input": to_display(x[i, 0]),
+                    "mu_A": to_display(stats["mean_a"][i, 0]),
+                    "mu_B": to_display(stats["mean_b"][i, 0]),
+                    "intra": maps["intra"][i, 0],
+                    "inter": maps["inter"][i, 0],
+                }
+            )
             titles.append(f"{name} #{i} (inter {scores['inter'][i]:.4f})")
     return rows, titles
 

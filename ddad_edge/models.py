@@ -66,13 +66,19 @@ class ReconNet(nn.Module):
             enc += [nn.Conv2d(cin, cout, 4, 2, 1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(True)]
         self.encoder = nn.Sequential(*enc)
         self.fc_in = nn.Sequential(
-            nn.Linear(FLAT, HIDDEN), nn.BatchNorm1d(HIDDEN), nn.ReLU(True), nn.Linear(HIDDEN, LATENT)
+            nn.Linear(FLAT, HIDDEN),
+            nn.BatchNorm1d(HIDDEN),
+            nn.ReLU(True),
+            nn.Linear(HIDDEN, LATENT),
         )
         self.memory = nn.Parameter(torch.empty(MEM_SLOTS, LATENT)) if kind == "memae" else None
         if self.memory is not None:
             nn.init.uniform_(self.memory, -1.0 / LATENT**0.5, 1.0 / LATENT**0.5)
         self.fc_out = nn.Sequential(
-            nn.Linear(LATENT, HIDDEN), nn.BatchNorm1d(HIDDEN), nn.ReLU(True), nn.Linear(HIDDEN, FLAT)
+            nn.Linear(LATENT, HIDDEN),
+            nn.BatchNorm1d(HIDDEN),
+            nn.ReLU(True),
+            nn.Linear(HIDDEN, FLAT),
         )
         dec: list[nn.Module] = []
         for cin, cout in zip(DEC_CHANNELS[:-1], DEC_CHANNELS[1:], strict=True):
@@ -98,7 +104,9 @@ class ReconNet(nn.Module):
 
 
 class StackedLinear(nn.Module):
-    """K independent Linear layers: weight [K, in, out], bias [K, out]. x [K, N, in] -> [K, N, out]."""
+    """K independent Linear layers: weight [K, in, out], bias [K, out].
+
+    x [K, N, in] -> [K, N, out]."""
 
     def __init__(self, k: int, fin: int, fout: int) -> None:
         super().__init__()
@@ -226,8 +234,19 @@ class FusedEnsemble(nn.Module):
             pairs.append((f"encoder.{i}.weight", f"encoder.{i}.weight", "cat"))
             for s in ("weight", "bias", "running_mean", "running_var"):
                 pairs.append((f"encoder.{i + 1}.{s}", f"encoder.{i + 1}.{s}", "cat"))
-            pairs.append((f"encoder.{i + 1}.num_batches_tracked", f"encoder.{i + 1}.num_batches_tracked", "first"))
-        for fused, member in (("fc1", "fc_in.0"), ("fc2", "fc_in.3"), ("fc3", "fc_out.0"), ("fc4", "fc_out.3")):
+            pairs.append(
+                (
+                    f"encoder.{i + 1}.num_batches_tracked",
+                    f"encoder.{i + 1}.num_batches_tracked",
+                    "first",
+                )
+            )
+        for fused, member in (
+            ("fc1", "fc_in.0"),
+            ("fc2", "fc_in.3"),
+            ("fc3", "fc_out.0"),
+            ("fc4", "fc_out.3"),
+        ):
             pairs.append((f"{fused}.weight", f"{member}.weight", "stackT"))
             pairs.append((f"{fused}.bias", f"{member}.bias", "stack"))
         for fused, member in (("bn1.bn", "fc_in.1"), ("bn3.bn", "fc_out.1")):
@@ -240,7 +259,13 @@ class FusedEnsemble(nn.Module):
             pairs.append((f"decoder.{i}.weight", f"decoder.{i}.weight", "cat"))
             for s in ("weight", "bias", "running_mean", "running_var"):
                 pairs.append((f"decoder.{i + 1}.{s}", f"decoder.{i + 1}.{s}", "cat"))
-            pairs.append((f"decoder.{i + 1}.num_batches_tracked", f"decoder.{i + 1}.num_batches_tracked", "first"))
+            pairs.append(
+                (
+                    f"decoder.{i + 1}.num_batches_tracked",
+                    f"decoder.{i + 1}.num_batches_tracked",
+                    "first",
+                )
+            )
         pairs.append(("decoder.9.weight", "decoder.9.weight", "cat"))
         return pairs
 

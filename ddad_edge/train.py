@@ -118,8 +118,16 @@ def train_module(
     else:
         model = FusedEnsemble.seeded(cfg.kind, cfg.k, cfg.seed * 10 + MODULE_IDS[module])
         opt = make_optimizer(model, cfg)
-        state = {"kind": cfg.kind, "k": cfg.k, "epoch": 0, "epochs": cfg.epochs, "history": [],
-                 "epoch_seconds": [], "n_train": len(data), "config": asdict(cfg)}
+        state = {
+            "kind": cfg.kind,
+            "k": cfg.k,
+            "epoch": 0,
+            "epochs": cfg.epochs,
+            "history": [],
+            "epoch_seconds": [],
+            "n_train": len(data),
+            "config": asdict(cfg),
+        }
     for epoch in range(state["epoch"], cfg.epochs):
         perms = [member_permutation(cfg.seed, module, i, epoch, len(data)) for i in range(cfg.k)]
         t0 = time.perf_counter()
@@ -156,12 +164,15 @@ def check_run_dir(out: Path, cfg: TrainConfig, manifest: dict[str, Any], resume:
             raise RunDirError(f"{out} exists and is not empty; choose a new output folder")
         return
     if not resume:
-        raise RunDirError(f"{out} already holds a run; pass --resume to continue it, or pick a new -o")
+        raise RunDirError(
+            f"{out} already holds a run; pass --resume to continue it, or pick a new -o"
+        )
     old = json.loads(cfg_path.read_text())
     for key in ("kind", "k", "seed", "lr", "beta1", "beta2", "batch_size"):
         if old["train"][key] != getattr(cfg, key):
             raise RunDirError(
-                f"{out}: cannot resume with {key}={getattr(cfg, key)!r}; the run used {old['train'][key]!r}"
+                f"{out}: cannot resume with {key}={getattr(cfg, key)!r}; "
+                f"the run used {old['train'][key]!r}"
             )
     if old["split_sha256"] != manifest["sha256"]:
         raise RunDirError(f"{out}: cannot resume with a different split manifest")
@@ -190,12 +201,20 @@ def train_run(
     states = {}
     for module in ("A", "B"):
         states[module] = train_module(
-            module, data[module], cfg, module_path(out, module),
-            resume=resume, on_epoch=on_epoch, on_step=on_step,
+            module,
+            data[module],
+            cfg,
+            module_path(out, module),
+            resume=resume,
+            on_epoch=on_epoch,
+            on_step=on_step,
         )
     history = {
-        m: {"loss_per_epoch": s["history"], "epoch_seconds": s["epoch_seconds"],
-            "n_train": s["n_train"]}
+        m: {
+            "loss_per_epoch": s["history"],
+            "epoch_seconds": s["epoch_seconds"],
+            "n_train": s["n_train"],
+        }
         for m, s in states.items()
     }
     atomic_write_text(out / "history.json", json.dumps(history, indent=1))

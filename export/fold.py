@@ -173,4 +173,3 @@ def concat_members(a: FoldedEnsemble, b: FoldedEnsemble) -> FoldedEnsemble:
         dec_w=[cat(x, y) for x, y in zip(a.dec_w, b.dec_w, strict=True)],  # type: ignore[misc]
         dec_b=[cat(x, y) for x, y in zip(a.dec_b, b.dec_b, strict=True)],
     )
-

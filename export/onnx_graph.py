@@ -30,9 +30,8 @@ from dataclasses import dataclass
 
 import numpy as np
 import onnx
-from onnx import TensorProto, helper, numpy_helper
-
 from ddad_edge.export.fold import FoldedEnsemble
+from onnx import TensorProto, helper, numpy_helper
 
 OPSET = 17
 INPUT_NAME = "x"
@@ -86,7 +85,9 @@ class _Builder:
         self.inits.append(numpy_helper.from_array(np.asarray(values, np.int64), name))
         return name
 
-    def op(self, op_type: str, inputs: Sequence[str], out: str | None = None, **attrs: object) -> str:
+    def op(
+        self, op_type: str, inputs: Sequence[str], out: str | None = None, **attrs: object
+    ) -> str:
         self._n += 1
         out = out or f"{op_type.lower()}_{self._n}"
         self.nodes.append(

@@ -51,7 +51,9 @@ def load_inputs(
     else:
         results = [one(i) for i in range(len(paths))]
     ok = [i for i, r in enumerate(results) if not isinstance(r, ImageLoadError)]
-    errors = [(i, str(paths[i]), r.reason) for i, r in enumerate(results) if isinstance(r, ImageLoadError)]
+    errors = [
+        (i, str(paths[i]), r.reason) for i, r in enumerate(results) if isinstance(r, ImageLoadError)
+    ]
     if ok:
         x = np.stack([results[i] for i in ok]).astype(np.float32, copy=False)
     else:

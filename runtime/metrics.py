@@ -35,7 +35,7 @@ def roc_auc(labels: np.ndarray, scores: np.ndarray) -> float:
 
 
 def roc_curve(labels: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(false positive rate, true positive rate) at every distinct threshold, from (0, 0) to (1, 1)."""
+    """(false positive rate, true positive rate) at every distinct threshold, (0,0) to (1,1)."""
     y, s = _check(labels, scores)
     order = np.argsort(-s, kind="mergesort")
     y, s = y[order], s[order]

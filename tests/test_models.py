@@ -22,8 +22,12 @@ def test_ae_parameter_count_and_shapes() -> None:
     expected = (
         (1 * 16 + 16 * 32 + 32 * 64 + 64 * 64) * 16  # encoder convs
         + 2 * (16 + 32 + 64 + 64)  # encoder BN affine
-        + (1024 * 2048 + 2048) + 2 * 2048 + (2048 * 16 + 16)
-        + (16 * 2048 + 2048) + 2 * 2048 + (2048 * 1024 + 1024)
+        + (1024 * 2048 + 2048)
+        + 2 * 2048
+        + (2048 * 16 + 16)
+        + (16 * 2048 + 2048)
+        + 2 * 2048
+        + (2048 * 1024 + 1024)
         + (64 * 64 + 64 * 32 + 32 * 16 + 16 * 1) * 16  # decoder convT
         + 2 * (64 + 32 + 16)  # decoder BN affine
     )
@@ -106,9 +110,7 @@ def test_fused_training_equals_separate_runs(kind: str) -> None:
         total = 0.0
         for b in range(steps):
             xb = data[torch.from_numpy(perms[i][b * bs : (b + 1) * bs])]
-            loss = member_losses(
-                _as_stack(net(xb)), xb.unsqueeze(0)
-            )[0]
+            loss = member_losses(_as_stack(net(xb)), xb.unsqueeze(0))[0]
             o.zero_grad()
             loss.backward()
             o.step()

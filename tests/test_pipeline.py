@@ -47,8 +47,13 @@ def test_refuses_to_overwrite_or_mismatched_resume(tmp_path: Path) -> None:
     with pytest.raises(RunDirError, match="already holds a run"):
         train_run(manifest, data, tmp_path / "run", cfg)
     with pytest.raises(RunDirError, match="kind"):
-        train_run(manifest, data, tmp_path / "run", TrainConfig(kind="aeu", k=2, epochs=1,
-                                                                  batch_size=16), resume=True)
+        train_run(
+            manifest,
+            data,
+            tmp_path / "run",
+            TrainConfig(kind="aeu", k=2, epochs=1, batch_size=16),
+            resume=True,
+        )
     (tmp_path / "other").mkdir()
     (tmp_path / "other" / "precious.txt").write_text("user data")
     with pytest.raises(RunDirError, match="not empty"):
@@ -58,12 +63,45 @@ def test_refuses_to_overwrite_or_mismatched_resume(tmp_path: Path) -> None:
 
 def test_cli_split_train_eval_on_kermany(kermany: Path, tmp_path: Path) -> None:
     split = tmp_path / "split.json"
-    r = runner.invoke(app, ["split", str(kermany), "--labels", "labels.csv", "--normal-train",
-                            "128", "--unlabeled", "64", "--ar", "0.5", "--seed", "0", "-o", str(split)])
+    r = runner.invoke(
+        app,
+        [
+            "split",
+            str(kermany),
+            "--labels",
+            "labels.csv",
+            "--normal-train",
+            "128",
+            "--unlabeled",
+            "64",
+            "--ar",
+            "0.5",
+            "--seed",
+            "0",
+            "-o",
+            str(split),
+        ],
+    )
     assert r.exit_code == 0, r.output
     run = tmp_path / "run"
-    r = runner.invoke(app, ["train", "--split", str(split), "--model", "ae", "--k", "2",
-                            "--epochs", "2", "--batch-size", "32", "-o", str(run)])
+    r = runner.invoke(
+        app,
+        [
+            "train",
+            "--split",
+            str(split),
+            "--model",
+            "ae",
+            "--k",
+            "2",
+            "--epochs",
+            "2",
+            "--batch-size",
+            "32",
+            "-o",
+            str(run),
+        ],
+    )
     assert r.exit_code == 0, r.output
     for f in ("config.json", "module_A.pt", "module_B.pt", "history.json", "curves.png"):
         assert (run / f).is_file(), f
@@ -82,7 +120,9 @@ def test_cli_split_train_eval_on_kermany(kermany: Path, tmp_path: Path) -> None:
 
 
 def test_cli_errors_are_one_line(tmp_path: Path) -> None:
-    r = runner.invoke(app, ["train", "--split", str(tmp_path / "nope.json"), "-o", str(tmp_path / "r")])
+    r = runner.invoke(
+        app, ["train", "--split", str(tmp_path / "nope.json"), "-o", str(tmp_path / "r")]
+    )
     assert r.exit_code == 1
     assert "cannot read split manifest" in r.output and "Traceback" not in r.output
 
@@ -92,8 +132,19 @@ def test_split_refusal_via_cli(tmp_path: Path) -> None:
         (tmp_path / "d" / sub).mkdir(parents=True)
         for i in range(n):
             (tmp_path / "d" / sub / f"{i}.png").write_bytes(b"")
-    r = runner.invoke(app, ["split", str(tmp_path / "d"), "--normal-train", "50", "--unlabeled",
-                            "2", "-o", str(tmp_path / "s.json")])
+    r = runner.invoke(
+        app,
+        [
+            "split",
+            str(tmp_path / "d"),
+            "--normal-train",
+            "50",
+            "--unlabeled",
+            "2",
+            "-o",
+            str(tmp_path / "s.json"),
+        ],
+    )
     assert r.exit_code == 1 and "not enough normal" in r.output
     assert not (tmp_path / "s.json").exists()
 
@@ -102,8 +153,19 @@ def test_make_split_marks_phantoms_synthetic(tmp_path: Path) -> None:
     from ddad_edge.data import read_labels_csv
     from ddad_edge.phantom import make_phantom_dataset
 
-    csv = make_phantom_dataset(tmp_path / "ph", n_train_normal=20, n_train_abnormal=10,
-                               n_test_normal=5, n_test_abnormal=5, size=64)
-    m = make_split(tmp_path / "ph", read_labels_csv(tmp_path / "ph", csv), normal_train=10,
-                   unlabeled=10, ar=0.5)
+    csv = make_phantom_dataset(
+        tmp_path / "ph",
+        n_train_normal=20,
+        n_train_abnormal=10,
+        n_test_normal=5,
+        n_test_abnormal=5,
+        size=64,
+    )
+    m = make_split(
+        tmp_path / "ph",
+        read_labels_csv(tmp_path / "ph", csv),
+        normal_train=10,
+        unlabeled=10,
+        ar=0.5,
+    )
     assert m["data_note"].startswith("SYNTHETIC")

@@ -31,7 +31,12 @@ def test_rgb_is_converted_to_luma() -> None:
 
 @pytest.mark.parametrize(
     "bad",
-    [np.zeros((4, 4, 2)), np.full((8, 8), 2.0), np.full((8, 8), np.nan), np.zeros((8, 8), np.int32)],
+    [
+        np.zeros((4, 4, 2)),
+        np.full((8, 8), 2.0),
+        np.full((8, 8), np.nan),
+        np.zeros((8, 8), np.int32),
+    ],
 )
 def test_preprocess_rejects_bad_arrays(bad: np.ndarray) -> None:
     with pytest.raises(PreprocessError):

@@ -45,8 +45,9 @@ def test_reproducible_from_seed(tmp_path: Path) -> None:
 
 
 def test_carves_out_test_without_split_column(tmp_path: Path) -> None:
-    m = make_split(tmp_path, _items(100, 50), normal_train=40, unlabeled=20, ar=0.5, seed=0,
-                   test_fraction=0.2)
+    m = make_split(
+        tmp_path, _items(100, 50), normal_train=40, unlabeled=20, ar=0.5, seed=0, test_fraction=0.2
+    )
     assert m["counts"]["Dt"] == 30 and m["counts"]["Dt_abnormal"] == 10
     assert "carved" in m["test_source"]
 

@@ -1,0 +1,357 @@
+"""The whole ``ddad-edge bench`` run: machine, limits, lanes (batch sweep, stage split, end to
+end), cold start, training, variants and targets, as one JSON-ready dict.
+
+Every lane is measured in the same process and the same run as the PyTorch eager reference
+(``torch``), which every ratio is taken against. Lanes that cannot run here are kept in the
+result with ``{"available": False, "reason": ...}``.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from ddad_edge.benchmarks import endtoend, flops, latency, machine, variants
+from ddad_edge.benchmarks.lanes import LANE_SPECS, REFERENCE_LANE, LaneUnavailable, open_lane
+from ddad_edge.benchmarks.latency import Budget
+from ddad_edge.benchmarks.targets import MAIN_LANE, evaluate_targets
+
+from ddad_edge import __version__
+
+SECTIONS: tuple[str, ...] = ("limits", "sweep", "e2e", "coldstart", "training", "variants")
+Progress = Callable[[str], None]
+
+
+@dataclass
+class BenchConfig:
+    """What to measure (see benchmarks/README.md for the meaning of each figure).
+
+    images: the pool of files the batch sweep draws from (cycled when smaller than a batch).
+    fullres, dicom: folders for the end-to-end passes (None: skipped, and the report says so).
+    work_dir: scratch folder for the variant bundles.
+    parity: a parity result (``ddad-edge parity``'s JSON) to judge the variants with.
+    """
+
+    bundle: Path
+    run_dir: Path | None
+    lanes: list[str]
+    batches: list[int]
+    images: list[Path]
+    images_note: str
+    work_dir: Path
+    kermany: bool = False
+    fullres: Path | None = None
+    dicom: Path | None = None
+    latency_budget: Budget = field(
+        default_factory=lambda: Budget(warmup=3, min_reps=20, min_seconds=2.0, max_seconds=10.0)
+    )
+    sweep_budget: Budget = field(
+        default_factory=lambda: Budget(warmup=1, min_reps=3, min_seconds=1.0, max_seconds=8.0)
+    )
+    e2e_batch: int = 16
+    coldstart_reps: int = 3
+    coldstart_backend: str = "ort-cpu"
+    train_steps: int = 5
+    train_batch: int = 64
+    quick_limits: bool = False
+    intra_op_threads: int | None = None
+    torch_threads: int | None = None
+    parity: dict[str, Any] | None = None
+    sections: tuple[str, ...] = SECTIONS
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["images"] = len(self.images)
+        d.pop("parity")
+        return {k: (str(v) if isinstance(v, Path) else v) for k, v in d.items()}
+
+
+def _nothing(_: str) -> None:
+    return None
+
+
+def _graph_costs(paths: dict[str, Path], batches: Sequence[int]) -> dict[str, Any]:
+    """Graph label -> flops.graph_cost of that ONNX file (batches 1, 64 and the sweep's)."""
+    counted = sorted({1, 64, *batches})
+    out = {}
+    for label, p in sorted(paths.items()):
+        out[label] = flops.graph_cost(p, counted)
+        out[label]["graph"] = label
+    return out
+
+
+def _ratios(lane: dict[str, Any], ref: dict[str, Any]) -> dict[str, Any]:
+    """Per batch: speedup of the scoring latency (ref p50 / lane p50) and throughput ratio."""
+    out = {}
+    for b, p in lane.get("sweep", {}).get("points", {}).items():
+        r = ref.get("sweep", {}).get("points", {}).get(b)
+        if r:
+            out[b] = {
+                "speedup": r["scoring_latency"]["p50_ms"] / p["scoring_latency"]["p50_ms"],
+                "throughput_ratio": p["throughput_ips"] / r["throughput_ips"],
+            }
+    return out
+
+
+def _lane_limits(
+    lane: dict[str, Any], graph: dict[str, Any] | None, limits: dict[str, Any] | None
+) -> dict[str, Any]:
+    """Achieved fraction of the measured machine limits for one CPU lane."""
+    if graph is None or limits is None:
+        return {}
+    pts = lane.get("sweep", {}).get("points", {})
+    wb = graph["weights"]["total"]
+    floor_s = wb / (limits["bandwidth"]["read_gbps"] * 1e9)
+    out: dict[str, Any] = {"graph": graph["graph"], "weight_bytes": wb, "floor_ms": floor_s * 1e3}
+    if "1" in pts:
+        out["b1_latency_over_floor"] = pts["1"]["scoring_latency"]["p50_ms"] / (floor_s * 1e3)
+        out["b1_inference_over_floor"] = pts["1"]["stages"]["inference"]["p50_ms"] / (floor_s * 1e3)
+    if "64" in pts:
+        fl = graph["flops"]["64"]["flops"]
+        gflops = fl / (pts["64"]["stages"]["inference"]["p50_ms"] / 1e3) / 1e9
+        out["b64_gflops"] = gflops
+        out["b64_fraction_of_peak"] = gflops / limits["matmul"]["peak_gflops"]
+    return out
+
+
+def _variant_summary(result: dict[str, Any], parity: dict[str, Any] | None) -> dict[str, Any]:
+    """Latency and ΔAUC of each variant lane and which (if any) is kept."""
+    ort = result["lanes"].get("ort", {})
+    ort_p50 = ort.get("sweep", {}).get("points", {}).get("1", {}).get("scoring_latency", {})
+    rows: dict[str, Any] = {}
+    for name, e in result["lanes"].items():
+        spec = LANE_SPECS[name]
+        if spec.family != "variant":
+            continue
+        row: dict[str, Any] = {"note": variants.VARIANT_NOTES[spec.precision]}
+        if not e.get("available"):
+            row["decision"] = f"not available: {e.get('reason')}"
+            rows[name] = row
+            continue
+        p1 = e.get("sweep", {}).get("points", {}).get("1")
+        row["weight_mb"] = e.get("limits", {}).get("weight_bytes", 0) / 1e6 or None
+        if p1:
+            row["b1_p50_ms"] = p1["scoring_latency"]["p50_ms"]
+            if ort_p50:
+                row["speedup_vs_ort"] = ort_p50["p50_ms"] / row["b1_p50_ms"]
+        lane_parity = (parity or {}).get("lanes", {}).get(name)
+        if lane_parity is None:
+            row["decision"] = "undecided: no parity result (run `ddad-edge parity`, pass --parity)"
+        else:
+            d = float(lane_parity["max_abs_delta_auc"])
+            row["max_abs_delta_auc"] = d
+            if d > 0.003:
+                row["decision"] = "rejected: |ΔAUC| > 0.003"
+            elif row.get("speedup_vs_ort", 0.0) <= 1.0:
+                row["decision"] = "not kept: no faster than ort FP32 at batch 1"
+            else:
+                row["decision"] = "eligible"
+        rows[name] = row
+    eligible = [n for n, r in rows.items() if r.get("decision") == "eligible"]
+    kept = min(eligible, key=lambda n: rows[n]["b1_p50_ms"]) if eligible else None
+    if kept:
+        rows[kept]["decision"] = "kept"
+    return {
+        "lanes": rows,
+        "kept": kept,
+        "rule": "A variant is kept only if its max |ΔAUC| over the three scores is <= 0.003 and "
+        "it is faster than ort FP32 at batch 1; of several, the fastest.",
+    }
+
+
+def _training(cfg: BenchConfig, kind: str, k: int, on: Progress) -> dict[str, Any]:
+    from ddad_edge.benchmarks.training import compare_fused_separate
+    from ddad_edge.runtime.batch import load_inputs
+
+    n = cfg.train_batch * (cfg.train_steps + 1)
+    data = load_inputs(latency.batch_paths(cfg.images, min(n, len(cfg.images)))).x
+    data = np.concatenate([data] * int(np.ceil(n / len(data))))[: max(n, len(data))]
+    sizes = None
+    if cfg.run_dir is not None:
+        try:
+            from ddad_edge.checkpoint import read_config
+
+            c = read_config(cfg.run_dir)["counts"]
+            sizes = {"A": int(c["D"]) + int(c["Du"]), "B": int(c["D"])}
+        except (FileNotFoundError, KeyError):
+            sizes = None
+    import torch
+
+    devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+    out: dict[str, Any] = {}
+    for dev in devices:
+        on(f"training: fused vs separate on {dev}")
+        out[dev] = compare_fused_separate(
+            data,
+            kind=kind,
+            k=k,
+            batch_size=cfg.train_batch,
+            steps=cfg.train_steps,
+            epoch_sizes=sizes,
+            device=dev,
+        )
+    first = out["cuda" if "cuda" in out else "cpu"]
+    return {
+        **first,
+        "by_device": out,
+        "data_note": "timing only: preprocessed benchmark inputs, models discarded",
+    }
+
+
+def run_bench(cfg: BenchConfig, on_progress: Progress = _nothing) -> dict[str, Any]:
+    """Run every requested section (``cfg.sections``) and return the result dict.
+
+    ``cfg.torch_threads`` applies to this call only (the previous setting is restored)."""
+    if not cfg.torch_threads:
+        return _run_bench(cfg, on_progress)
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(cfg.torch_threads)
+    try:
+        return _run_bench(cfg, on_progress)
+    finally:
+        torch.set_num_threads(previous)
+
+
+def _run_bench(cfg: BenchConfig, on: Progress) -> dict[str, Any]:
+    from ddad_edge.runtime.bundle import open_bundle
+
+    t_start = time.perf_counter()
+    bundle = open_bundle(cfg.bundle, verify=False)
+    result: dict[str, Any] = {
+        "tool": "ddad-edge bench",
+        "toolkit_version": __version__,
+        "config": cfg.to_dict(),
+        "model": {"kind": bundle.kind, "k": bundle.k},
+        "inputs": {"n_pool": len(cfg.images), "note": cfg.images_note, "kermany": cfg.kermany},
+    }
+    on("describing the machine")
+    result["machine"] = machine.describe_machine()
+    limits = None
+    if "limits" in cfg.sections:
+        on("measuring matmul peak and memory bandwidth")
+        limits = result["limits"] = machine.measure_limits(quick=cfg.quick_limits)
+
+    variant_bundles: dict[str, Path] = {}
+    variant_errors: dict[str, str] = {}
+    wanted_variants = [
+        LANE_SPECS[n].precision for n in cfg.lanes if LANE_SPECS[n].family == "variant"
+    ]
+    for v in wanted_variants:
+        on(f"building the {v} variant graph")
+        try:
+            variant_bundles[v] = variants.make_variant_bundle(cfg.bundle, v, cfg.work_dir / v)
+        except Exception as e:  # noqa: BLE001 - recorded as the lane's reason
+            variant_errors[v] = f"building the {v} variant failed: {type(e).__name__}: {e}"
+
+    max_batch = max([*cfg.batches, cfg.e2e_batch, 1])
+    lanes: dict[str, Any] = {}
+    graph_of: dict[str, str] = {}  # lane -> graph label
+    label_paths: dict[str, Path] = {}  # graph label -> ONNX file
+    for name in cfg.lanes:
+        spec = LANE_SPECS[name]
+        if spec.family == "variant" and spec.precision in variant_errors:
+            lanes[name] = {"available": False, "reason": variant_errors[spec.precision]}
+            continue
+        on(f"opening lane {name}")
+        try:
+            lane = open_lane(
+                name,
+                bundle=cfg.bundle,
+                run_dir=cfg.run_dir,
+                variant_bundles=variant_bundles,
+                max_batch=max_batch,
+                intra_op_threads=cfg.intra_op_threads,
+            )
+        except LaneUnavailable as e:
+            lanes[name] = {"available": False, "reason": str(e)}
+            continue
+        entry: dict[str, Any] = {"available": True, "info": lane.info()}
+        gp = lane.graph_path or (
+            bundle.graph_path("dual", "fp32") if spec.family == "torch" else None
+        )
+        if gp is not None:
+            label = Path(gp).name + (f" [{spec.precision}]" if spec.family == "variant" else "")
+            graph_of[name] = label
+            label_paths[label] = Path(gp)
+        try:
+            if "sweep" in cfg.sections:
+                entry["sweep"] = latency.measure_lane(
+                    lane,
+                    cfg.images,
+                    cfg.batches,
+                    latency_budget=cfg.latency_budget,
+                    sweep_budget=cfg.sweep_budget,
+                    on_point=lambda n, b: on(f"lane {n}: batch {b}"),
+                )
+            if "e2e" in cfg.sections:
+                entry["end_to_end"] = {}
+                for key, folder in (("fullres", cfg.fullres), ("dicom", cfg.dicom)):
+                    if folder is None or not Path(folder).is_dir():
+                        entry["end_to_end"][key] = {"skipped": f"no folder ({folder})"}
+                        continue
+                    files = endtoend.list_files(Path(folder))
+                    endtoend.warm_page_cache(files)
+                    on(f"lane {name}: end to end on {len(files)} files of {folder}")
+                    entry["end_to_end"][key] = endtoend.run_folder(lane, files, cfg.e2e_batch)
+        except Exception as e:  # noqa: BLE001 - a lane failing mid-run is recorded, not fatal
+            entry = {
+                "available": False,
+                "reason": f"failed while measuring: {type(e).__name__}: {e}",
+                "partial": entry,
+            }
+        finally:
+            lane.close()
+        lanes[name] = entry
+    result["lanes"] = lanes
+
+    on("counting FLOPs and weight bytes of the graphs")
+    costs = _graph_costs(label_paths, cfg.batches)
+    result["graphs"] = costs
+    ref = lanes.get(REFERENCE_LANE, {})
+    for name, entry in lanes.items():
+        if not entry.get("available"):
+            continue
+        entry["graph"] = graph_of.get(name)
+        if name != REFERENCE_LANE and ref.get("available"):
+            entry["vs_torch"] = _ratios(entry, ref)
+        if name == REFERENCE_LANE:
+            entry["vs_torch"] = _ratios(entry, entry)
+        cpu_lane = LANE_SPECS[name].backend in ("cpu", "ort-cpu")
+        graph = costs.get(graph_of[name]) if name in graph_of else None
+        entry["limits"] = (
+            _lane_limits(entry, graph, limits)
+            if cpu_lane
+            else {"note": "the measured limits are CPU figures; not applied to GPU lanes"}
+        )
+
+    if "coldstart" in cfg.sections:
+        from ddad_edge.benchmarks.coldstart import measure_cold_start
+
+        on("cold start: runtime and torch in fresh processes")
+        result["cold_start"] = measure_cold_start(
+            image=Path(cfg.images[0]),
+            bundle=cfg.bundle,
+            run_dir=cfg.run_dir,
+            backend=cfg.coldstart_backend,
+            precision="fp32",
+            reps=cfg.coldstart_reps,
+        )
+    if "training" in cfg.sections:
+        try:
+            result["training"] = _training(cfg, bundle.kind, bundle.k, on)
+        except (ValueError, RuntimeError) as e:
+            result["training"] = {"error": f"not measured: {e}"}
+    if "variants" in cfg.sections and wanted_variants:
+        result["variants"] = _variant_summary(result, cfg.parity)
+    result["targets"] = evaluate_targets(result, MAIN_LANE)
+    load = os.getloadavg() if hasattr(os, "getloadavg") else None
+    result["machine"]["loadavg_end"] = list(load) if load else None
+    result["seconds"] = time.perf_counter() - t_start
+    return result

@@ -1,0 +1,365 @@
+"""The scorers under test ("lanes"), all with the same three stages:
+
+- ``load(paths) -> LoadedBatch``: decode + preprocess (always the runtime's implementation),
+- ``infer(x) -> stats``: x float32 [N, 1, 64, 64] -> {"mean_a", "std_a", "mean_b", "std_b"
+  [, "var_b"]}, float32 [N, 1, 64, 64] host arrays,
+- ``scores(x, stats) -> {name: float32 [N]}`` and ``maps(x, stats) -> {name: float32 [N,1,64,64]}``
+  (always the runtime's scoring implementation).
+
+Lanes:
+
+- ``torch``: the PyTorch FP32 eager reference on CPU (``ddad_edge.reference.dual_stats`` on the
+  run's two modules). Every other lane is compared with it.
+- ``torch-cuda``, ``torch-cuda-fp16`` (autocast), ``torch-cuda-graphs``,
+  ``torch-cuda-fp16-graphs`` (the same, replayed from a CUDA graph captured per batch size).
+- ``ort``, ``ort-fp16``: the runtime ``Scorer`` on onnxruntime CPU, bundle graphs dual_fp32 /
+  dual_fp16; ``ort-cuda[-fp16]``, ``ort-trt[-fp16]``, ``trt[-fp16]``: the Scorer's GPU backends.
+- ``ort-int8``, ``ort-fp16w``: the Scorer on a variant bundle whose dual_fp32 graph was rewritten
+  with smaller weights (see :mod:`ddad_edge.benchmarks.variants`).
+
+A lane that cannot run here raises :class:`LaneUnavailable` with the reason, which the reports
+print as "not available: <reason>" (never dropped silently).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from ddad_edge.runtime.batch import LoadedBatch, load_inputs
+from ddad_edge.runtime.scores import (
+    ensemble_stats,
+    ensemble_variance,
+    image_scores,
+    score_maps,
+)
+
+
+class LaneUnavailable(Exception):
+    """This lane cannot run on this machine; ``str(e)`` is the reason."""
+
+
+@dataclass(frozen=True)
+class LaneSpec:
+    """What a lane name means.
+
+    family: "torch", "runtime" (the bundle's own graphs) or "variant" (a rewritten graph).
+    backend: torch device ("cpu"/"cuda") or Scorer backend ("ort-cpu", "ort-cuda", ...).
+    precision: "fp32", "fp16", "int8" or "fp16w" (FP16 weight storage, FP32 compute).
+    """
+
+    name: str
+    family: str
+    backend: str
+    precision: str
+    cuda_graphs: bool = False
+
+    @property
+    def tolerance_class(self) -> str:
+        """Which parity tolerance applies: "fp32", or "reduced" for fp16 / int8 / fp16w."""
+        return "fp32" if self.precision == "fp32" else "reduced"
+
+
+LANE_SPECS: dict[str, LaneSpec] = {
+    s.name: s
+    for s in (
+        LaneSpec("torch", "torch", "cpu", "fp32"),
+        LaneSpec("torch-cuda", "torch", "cuda", "fp32"),
+        LaneSpec("torch-cuda-fp16", "torch", "cuda", "fp16"),
+        LaneSpec("torch-cuda-graphs", "torch", "cuda", "fp32", cuda_graphs=True),
+        LaneSpec("torch-cuda-fp16-graphs", "torch", "cuda", "fp16", cuda_graphs=True),
+        LaneSpec("ort", "runtime", "ort-cpu", "fp32"),
+        LaneSpec("ort-fp16", "runtime", "ort-cpu", "fp16"),
+        LaneSpec("ort-int8", "variant", "ort-cpu", "int8"),
+        LaneSpec("ort-fp16w", "variant", "ort-cpu", "fp16w"),
+        LaneSpec("ort-cuda", "runtime", "ort-cuda", "fp32"),
+        LaneSpec("ort-cuda-fp16", "runtime", "ort-cuda", "fp16"),
+        LaneSpec("ort-trt", "runtime", "ort-trt", "fp32"),
+        LaneSpec("ort-trt-fp16", "runtime", "ort-trt", "fp16"),
+        LaneSpec("trt", "runtime", "trt", "fp32"),
+        LaneSpec("trt-fp16", "runtime", "trt", "fp16"),
+    )
+}
+REFERENCE_LANE = "torch"
+CPU_LANES: tuple[str, ...] = ("torch", "ort", "ort-fp16", "ort-int8", "ort-fp16w")
+GPU_LANES: tuple[str, ...] = (
+    "torch-cuda",
+    "torch-cuda-fp16",
+    "torch-cuda-graphs",
+    "torch-cuda-fp16-graphs",
+    "ort-cuda",
+    "ort-cuda-fp16",
+    "ort-trt",
+    "ort-trt-fp16",
+    "trt",
+    "trt-fp16",
+)
+DEFAULT_LANES: tuple[str, ...] = (*CPU_LANES, *GPU_LANES)
+
+
+def parse_lanes(text: str) -> list[str]:
+    """Comma-separated lane names ("default" = every known lane; "cpu", "gpu" = those groups).
+
+    Always puts the reference lane first (it is added when missing).
+    """
+    names: list[str] = []
+    for raw in text.split(","):
+        t = raw.strip()
+        if not t:
+            continue
+        group = {"default": DEFAULT_LANES, "all": DEFAULT_LANES, "cpu": CPU_LANES, "gpu": GPU_LANES}
+        for n in group.get(t, (t,)):
+            if n not in LANE_SPECS:
+                raise ValueError(f"unknown backend {n!r}; known: {', '.join(LANE_SPECS)}")
+            if n not in names:
+                names.append(n)
+    if REFERENCE_LANE in names:
+        names.remove(REFERENCE_LANE)
+    return [REFERENCE_LANE, *names]
+
+
+class Lane:
+    """Base class: the runtime's loader and scoring; subclasses implement ``infer``."""
+
+    spec: LaneSpec
+    graph_path: Path | None = None
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    def load(self, paths: Sequence[str | os.PathLike[str]]) -> LoadedBatch:
+        """Decode + preprocess files -> LoadedBatch (x float32 [n_ok, 1, 64, 64])."""
+        return load_inputs(paths)
+
+    def infer(self, x: np.ndarray) -> dict[str, np.ndarray]:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def maps(self, x: np.ndarray, stats: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Score maps {rec, intra, inter} float32 [N, 1, 64, 64]."""
+        return score_maps(x, stats["mean_a"], stats["mean_b"], stats["std_b"], stats.get("var_b"))
+
+    def scores(self, x: np.ndarray, stats: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Image scores {rec, intra, inter} float32 [N]."""
+        return image_scores(self.maps(x, stats))
+
+    def info(self) -> dict[str, Any]:
+        """What runs in this lane (for the reports)."""
+        return {
+            "backend": self.spec.backend,
+            "precision": self.spec.precision,
+            "graph": str(self.graph_path) if self.graph_path else None,
+        }
+
+    def close(self) -> None:
+        """Release sessions / device memory."""
+
+
+# --- PyTorch --------------------------------------------------------------------------------
+
+
+class TorchLane(Lane):
+    """The PyTorch eager reference (CPU FP32: ``ddad_edge.reference.dual_stats``), or the same
+    modules on CUDA (FP32 / FP16 autocast, optionally replayed from CUDA graphs)."""
+
+    def __init__(self, spec: LaneSpec, run_dir: Path) -> None:
+        import torch
+
+        from ddad_edge.checkpoint import load_module
+
+        self.spec = spec
+        self.run_dir = Path(run_dir)
+        if spec.backend == "cuda" and not torch.cuda.is_available():
+            raise LaneUnavailable(
+                "no CUDA device visible to torch "
+                f"(torch {torch.__version__}, built for CUDA {torch.version.cuda})"
+            )
+        self.device = torch.device(spec.backend)
+        try:
+            self.model_a = load_module(self.run_dir, "A").to(self.device).eval()
+            self.model_b = load_module(self.run_dir, "B").to(self.device).eval()
+        except (FileNotFoundError, RuntimeError) as e:
+            raise LaneUnavailable(f"cannot load the PyTorch run {self.run_dir}: {e}") from e
+        self._graphs: dict[int, tuple[Any, Any, tuple[Any, ...]]] = {}
+
+    def info(self) -> dict[str, Any]:
+        import torch
+
+        d = super().info()
+        d.update(
+            run=str(self.run_dir),
+            device=str(self.device),
+            cuda_graphs=self.spec.cuda_graphs,
+            autocast_fp16=self.spec.precision == "fp16",
+            torch_threads=torch.get_num_threads(),
+        )
+        if self.device.type == "cuda":
+            d["gpu"] = torch.cuda.get_device_name(self.device)
+        return d
+
+    def _forward(self, xb: Any) -> tuple[Any, ...]:
+        """Both modules on a device batch: (recon_a, recon_b[, logvar_b]), float32."""
+        import torch
+
+        amp = self.spec.precision == "fp16"
+        # autocast's weight-cast cache must be off inside CUDA graph capture (PyTorch docs)
+        with torch.autocast("cuda", dtype=torch.float16, enabled=amp, cache_enabled=False):
+            oa = self.model_a.forward_shared(xb)
+            ob = self.model_b.forward_shared(xb)
+        outs = (oa.recon, ob.recon) + ((ob.logvar,) if ob.logvar is not None else ())
+        return tuple(o.float() for o in outs)
+
+    def _graphed(self, xb: Any) -> tuple[Any, ...]:
+        """``_forward`` replayed from a CUDA graph captured once per batch size."""
+        import torch
+
+        n = int(xb.shape[0])
+        if n not in self._graphs:
+            static_x = xb.clone()
+            stream = torch.cuda.Stream()
+            stream.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(stream):
+                for _ in range(3):
+                    self._forward(static_x)
+            torch.cuda.current_stream().wait_stream(stream)
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph):
+                outs = self._forward(static_x)
+            self._graphs[n] = (graph, static_x, outs)
+        graph, static_x, outs = self._graphs[n]
+        static_x.copy_(xb)
+        graph.replay()
+        return outs
+
+    def infer(self, x: np.ndarray) -> dict[str, np.ndarray]:
+        """Without CUDA graphs: ``ddad_edge.reference.dual_stats`` itself (under autocast for
+        the FP16 lanes), the whole batch in one forward pass. With CUDA graphs: the captured
+        forward pass, then the same numpy member statistics as ``dual_stats``."""
+        import torch
+
+        if not self.spec.cuda_graphs:
+            from ddad_edge.reference import dual_stats
+
+            amp = self.spec.precision == "fp16"
+            with torch.autocast("cuda", dtype=torch.float16, enabled=amp):
+                return dual_stats(self.model_a, self.model_b, x, batch_size=max(len(x), 1))
+        with torch.inference_mode():
+            xb = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)).to(self.device)
+            host = [o.cpu().numpy() for o in self._graphed(xb)]  # synchronises the device
+        mean_a, std_a = ensemble_stats(host[0])
+        mean_b, std_b = ensemble_stats(host[1])
+        stats = {"mean_a": mean_a, "std_a": std_a, "mean_b": mean_b, "std_b": std_b}
+        if len(host) == 3:
+            stats["var_b"] = ensemble_variance(host[2])
+        return stats
+
+    def close(self) -> None:
+        self._graphs.clear()
+
+
+# --- The runtime Scorer ---------------------------------------------------------------------
+
+
+class RuntimeLane(Lane):
+    """The deployed runtime: ``ddad_edge.runtime.scorer.Scorer`` on a bundle (or on a variant
+    bundle, for the rewritten graphs), through its own ``load``/``infer``/``scores`` stages.
+
+    ``max_batch`` is passed to the Scorer so that a benchmark batch runs as ONE inference call
+    (the Scorer would otherwise split it into chunks of its default 64).
+    """
+
+    def __init__(
+        self,
+        spec: LaneSpec,
+        bundle: Path,
+        *,
+        graph_precision: str | None = None,
+        max_batch: int = 256,
+        intra_op_threads: int | None = None,
+    ) -> None:
+        self.spec = spec
+        self.bundle = Path(bundle)
+        try:
+            from ddad_edge.runtime.scorer import Scorer
+        except ImportError as e:
+            raise LaneUnavailable(f"the runtime Scorer is not importable: {e}") from e
+        precision = graph_precision or spec.precision
+        try:
+            self.scorer = Scorer.from_bundle(
+                self.bundle,
+                backend=spec.backend,
+                precision=precision,
+                max_batch=max_batch,
+                intra_op_threads=intra_op_threads,
+            )
+        except Exception as e:  # noqa: BLE001 - any failure to open a backend is "not available"
+            raise LaneUnavailable(f"{spec.backend}/{precision}: {e}") from e
+        backend = next(iter(self.scorer.backends.values()))
+        path = getattr(backend, "path", None)
+        self.graph_path = (
+            Path(path)
+            if path and str(path).endswith(".onnx")
+            else (self.scorer.bundle.graph_path("dual", self.scorer.precision))
+        )
+
+    def info(self) -> dict[str, Any]:
+        d = super().info()
+        d["bundle"] = str(self.bundle)
+        d["scorer"] = self.scorer.describe()
+        return d
+
+    def load(self, paths: Sequence[str | os.PathLike[str]]) -> LoadedBatch:
+        return self.scorer.load(list(paths))
+
+    def infer(self, x: np.ndarray) -> dict[str, np.ndarray]:
+        return self.scorer.infer(x)
+
+    def maps(self, x: np.ndarray, stats: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        return self.scorer.scores(x, stats, maps=True).maps
+
+    def scores(self, x: np.ndarray, stats: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        return self.scorer.scores(x, stats).image
+
+    def close(self) -> None:
+        self.scorer.close()
+
+
+def open_lane(
+    name: str,
+    *,
+    bundle: Path,
+    run_dir: Path | None,
+    variant_bundles: dict[str, Path] | None = None,
+    max_batch: int = 256,
+    intra_op_threads: int | None = None,
+) -> Lane:
+    """Open one lane by name.
+
+    Args:
+        name: a key of LANE_SPECS.
+        bundle: the export bundle folder.
+        run_dir: the PyTorch run (needed by the torch lanes).
+        variant_bundles: precision ("int8", "fp16w") -> variant bundle folder (variant lanes).
+        max_batch: largest batch one Scorer inference call takes.
+        intra_op_threads: onnxruntime CPU threads (None: the runtime's default, physical cores).
+
+    Raises:
+        LaneUnavailable: with the reason this lane cannot run here.
+    """
+    spec = LANE_SPECS[name]
+    if spec.family == "torch":
+        if run_dir is None:
+            raise LaneUnavailable("no PyTorch run: the bundle manifest names none; pass --ckpt RUN")
+        return TorchLane(spec, run_dir)
+    if spec.family == "variant":
+        vb = (variant_bundles or {}).get(spec.precision)
+        if vb is None:
+            raise LaneUnavailable(f"no {spec.precision} variant graph was built")
+        return RuntimeLane(
+            spec, vb, graph_precision="fp32", max_batch=max_batch, intra_op_threads=intra_op_threads
+        )
+    return RuntimeLane(spec, bundle, max_batch=max_batch, intra_op_threads=intra_op_threads)

@@ -1,0 +1,111 @@
+"""The issue's performance targets, evaluated on a bench result (reported, never asserted).
+
+Each target is {"id", "target", "measured", "value", "met" (True/False, or None when it could not
+be measured), "how"}. The lane the targets are judged on is ``ort`` (onnxruntime CPU, FP32), the
+deployment default on CPU; ``torch`` is the PyTorch eager reference.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+MAIN_LANE = "ort"
+
+
+def _point(result: dict[str, Any], lane: str, batch: int) -> dict[str, Any] | None:
+    entry = result.get("lanes", {}).get(lane, {})
+    return entry.get("sweep", {}).get("points", {}).get(str(batch))
+
+
+def _target(
+    tid: str, target: str, how: str, value: float | None, ok: bool | None, measured: str
+) -> dict[str, Any]:
+    return {
+        "id": tid,
+        "target": target,
+        "how": how,
+        "value": value,
+        "met": ok,
+        "measured": measured,
+    }
+
+
+def evaluate_targets(result: dict[str, Any], lane: str = MAIN_LANE) -> list[dict[str, Any]]:
+    """The five targets of the issue, measured on ``lane`` (see the module docstring)."""
+    out = []
+    for batch, need in ((1, 3.0), (64, 1.5)):
+        p, ref = _point(result, lane, batch), _point(result, "torch", batch)
+        how = (
+            f"torch p50 / {lane} p50 of the batch-{batch} scoring latency (inference + scores)"
+            if batch == 1
+            else f"{lane} / torch scoring throughput at batch {batch}"
+        )
+        if p and ref:
+            if batch == 1:
+                v = ref["scoring_latency"]["p50_ms"] / p["scoring_latency"]["p50_ms"]
+            else:
+                v = p["throughput_ips"] / ref["throughput_ips"]
+            out.append(
+                _target(
+                    f"speedup_b{batch}",
+                    f"{lane} >= {need}x torch eager at batch {batch}",
+                    how,
+                    v,
+                    v >= need,
+                    f"{v:.2f}x",
+                )
+            )
+        else:
+            out.append(
+                _target(
+                    f"speedup_b{batch}",
+                    f"{lane} >= {need}x torch eager at batch {batch}",
+                    how,
+                    None,
+                    None,
+                    f"not measured (batch {batch} of {lane} and torch needed)",
+                )
+            )
+    frac = result.get("lanes", {}).get(lane, {}).get("limits", {})
+    why = "machine limits not measured" if not result.get("limits") else None
+    v = frac.get("b64_fraction_of_peak")
+    out.append(
+        _target(
+            "b64_peak_fraction",
+            "batch-64 throughput >= 70% of the measured matmul peak",
+            "graph FLOPs at batch 64 / median batch-64 inference time, over the matmul peak",
+            v,
+            None if v is None else v >= 0.70,
+            f"{100 * v:.1f}% of peak"
+            if v is not None
+            else f"not measured ({why or f'batch 64 of {lane} needed'})",
+        )
+    )
+    v = frac.get("b1_latency_over_floor")
+    out.append(
+        _target(
+            "b1_floor_ratio",
+            "batch-1 latency within 1.3x of the weight-read floor",
+            "batch-1 scoring latency p50 / (graph weight bytes / measured read bandwidth)",
+            v,
+            None if v is None else v <= 1.3,
+            f"{v:.2f}x the floor"
+            if v is not None
+            else f"not measured ({why or f'batch 1 of {lane} needed'})",
+        )
+    )
+    e2e = result.get("lanes", {}).get(lane, {}).get("end_to_end", {}).get("fullres")
+    v = e2e.get("preprocess_over_scoring") if isinstance(e2e, dict) and e2e.get("n_ok") else None
+    out.append(
+        _target(
+            "fullres_preprocess_vs_scoring",
+            "end to end on full-resolution images, preprocessing <= scoring",
+            "decode + preprocess time / (inference + scores) time over the full-resolution folder",
+            v,
+            None if v is None else v <= 1.0,
+            f"preprocessing = {v:.2f}x scoring"
+            if v is not None
+            else f"not measured (no full-res end-to-end pass of {lane})",
+        )
+    )
+    return out

@@ -1,0 +1,456 @@
+"""The torch-free DDAD scorer: bundle -> backend -> image scores (and maps).
+
+Stages, exposed separately so benchmarks can time them:
+
+1. :meth:`Scorer.load` -- files (PNG/JPEG/DICOM) or arrays -> preprocessed batch
+   x float32 [N, 1, 64, 64] in [-1, 1] (``runtime.batch`` / ``runtime.preprocess``).
+2. :meth:`Scorer.infer` -- x -> member statistics {mean_a, std_a, mean_b, std_b[, var_b]},
+   float32 [N, 1, 64, 64], from the dual graph (or the two module graphs).
+3. :meth:`Scorer.scores` -- statistics -> maps and image scores with ``runtime.scores`` (the one
+   scoring implementation; nothing is scored inside the graphs).
+
+:meth:`Scorer.score` runs all three per chunk of ``max_batch`` inputs and returns one
+:class:`ScoreResult` per input; an input that cannot be loaded gets its ``error`` and the rest
+are scored.
+
+Backends (``backend=``): "trt" (a TensorRT engine built by ``ddad-edge build``), "ort-trt",
+"ort-cuda", "ort-cpu", "ort" (ort-cuda when onnxruntime has CUDA, else ort-cpu) and "auto"
+(trt > ort-cuda > ort-cpu, the first that works here; why the others were skipped is kept in
+``Scorer.notes``). ``precision="auto"`` means fp16 on GPU backends and fp32 on CPU.
+
+Thread safety: :meth:`score`, :meth:`infer` and friends may be called from several threads.
+onnxruntime sessions allow concurrent ``run`` calls, so ORT backends are not locked; the
+TensorRT backend (one execution context, fixed device buffers) is serialised with a lock.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from ddad_edge.runtime.backends import (
+    CUDA_EP,
+    ORT_BACKENDS,
+    Backend,
+    BackendUnavailable,
+    OrtBackend,
+    TrtBackend,
+    gpu_info,
+    import_tensorrt,
+    ort_providers,
+)
+from ddad_edge.runtime.batch import LoadedBatch, load_inputs
+from ddad_edge.runtime.bundle import (
+    PRECISIONS,
+    TOLERANCES,
+    Bundle,
+    BundleError,
+    check_engine,
+    graph_key,
+    open_bundle,
+    relative_errors,
+)
+from ddad_edge.runtime.preprocess import IMAGE_SIZE, PreprocessError, preprocess
+from ddad_edge.runtime.scores import SCORE_NAMES, image_scores, score_maps
+
+BACKENDS = ("auto", "trt", "ort-trt", "ort-cuda", "ort-cpu", "ort")
+GRAPHS = ("dual", "modules")
+Input = str | os.PathLike[str] | np.ndarray
+
+
+@dataclass
+class ScoreResult:
+    """The outcome for one input.
+
+    source: the path as given, or ``"array[i]"`` for the i-th input when it was an array.
+    scores: {"rec", "intra", "inter"} -> image score (float), None when the input failed.
+    maps: with ``maps=True``: {"rec", "intra", "inter"} -> float32 [64, 64] pixel maps.
+    error: why the input could not be scored (None when it was).
+    """
+
+    source: str
+    scores: dict[str, float] | None = None
+    maps: dict[str, np.ndarray] | None = field(default=None, repr=False)
+    error: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        """JSON-ready record: source, scores, error (maps left out)."""
+        return {"source": self.source, "scores": self.scores, "error": self.error}
+
+
+@dataclass
+class ScoreArrays:
+    """Scores of a batch: image {name: float32 [N]}, maps {name: float32 [N, 1, 64, 64]} or None."""
+
+    image: dict[str, np.ndarray]
+    maps: dict[str, np.ndarray] | None = None
+
+
+def _ort_names(backend: str) -> list[str]:
+    if backend == "ort":
+        return ["ort-cuda", "ort-cpu"] if CUDA_EP in ort_providers() else ["ort-cpu"]
+    return [backend]
+
+
+def _precision_for(backend: str, precision: str) -> str:
+    if precision != "auto":
+        return precision
+    return "fp32" if backend == "ort-cpu" else "fp16"
+
+
+def make_backends(
+    bundle: Bundle,
+    backend: str = "auto",
+    precision: str = "auto",
+    graph: str = "dual",
+    *,
+    intra_op_threads: int | None = None,
+) -> tuple[dict[str, Backend], str, list[str]]:
+    """Pick, create and load the backend(s) for a bundle.
+
+    Returns:
+        ({graph name: loaded backend}, precision used, notes on skipped candidates). The graph
+        names are "dual", or "module_A" and "module_B".
+
+    Raises:
+        BackendUnavailable / BundleError: the requested backend cannot run here (no candidate
+        works in auto mode), with the reasons.
+    """
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {', '.join(BACKENDS)}; got {backend!r}")
+    if precision not in (*PRECISIONS, "auto"):
+        raise ValueError(f"precision must be fp32, fp16 or auto; got {precision!r}")
+    if graph not in GRAPHS:
+        raise ValueError(f"graph must be one of {', '.join(GRAPHS)}; got {graph!r}")
+    graphs = ["dual"] if graph == "dual" else ["module_A", "module_B"]
+    if backend == "auto":
+        candidates = ["trt", "ort-cuda", "ort-cpu"]
+    else:
+        candidates = _ort_names(backend)
+    notes: list[str] = []
+    last: Exception | None = None
+    for cand in candidates:
+        prec = _precision_for(cand, precision)
+        try:
+            if cand == "trt":
+                trt_backend, trt_prec = _trt_backend(bundle, graph, precision)
+                return {"dual": trt_backend}, trt_prec, notes
+            if cand == "ort-cuda" and backend == "auto" and CUDA_EP not in ort_providers():
+                raise BackendUnavailable("onnxruntime has no CUDAExecutionProvider")
+            out: dict[str, Backend] = {}
+            try:
+                for g in graphs:
+                    path = bundle.graph_path(g, prec)
+                    b = OrtBackend(
+                        path, _providers(cand, bundle), intra_op_threads=intra_op_threads, name=cand
+                    )
+                    b.load()
+                    out[g] = b
+            except BaseException:
+                for loaded in out.values():
+                    loaded.close()
+                raise
+            return out, prec, notes
+        except (BackendUnavailable, BundleError) as e:
+            last = e
+            notes.append(f"{cand}: {e}")
+            if backend != "auto" and len(candidates) == 1:
+                raise
+    raise BackendUnavailable("; ".join(notes)) from last
+
+
+def _trt_backend(bundle: Bundle, graph: str, asked: str) -> tuple[Backend, str]:
+    """A loaded TrtBackend for the engine matching this GPU/TensorRT, and its precision
+    (precision "auto": the fp16 engine, else the fp32 one)."""
+    if graph != "dual":
+        raise BackendUnavailable("TensorRT engines are built from the dual graph only")
+    trt = import_tensorrt()  # BackendUnavailable with the install hint when missing
+    try:
+        gpu = gpu_info()
+    except BackendUnavailable:
+        raise
+    except Exception as e:  # CUDA bindings present but no usable GPU/driver
+        raise BackendUnavailable(f"no usable CUDA GPU: {e}") from e
+    precs = ["fp16", "fp32"] if asked == "auto" else [asked]
+    errors = []
+    for p in precs:
+        try:
+            plan, _ = check_engine(bundle, p, trt.__version__, gpu)
+        except BundleError as e:
+            errors.append(str(e))
+            continue
+        b = TrtBackend(plan)
+        try:
+            b.load()
+        except BackendUnavailable:
+            raise
+        except Exception as e:  # TensorRT / CUDA runtime errors
+            b.close()
+            raise BackendUnavailable(f"{plan}: TensorRT could not load the engine: {e}") from e
+        return b, p
+    raise BackendUnavailable("; ".join(errors))
+
+
+def _providers(name: str, bundle: Bundle) -> list[Any]:
+    provs: list[Any] = list(ORT_BACKENDS[name])
+    if name == "ort-trt":
+        cache = bundle.engines_dir / "ort-trt-cache"
+        cache.mkdir(parents=True, exist_ok=True)
+        opts = {
+            "trt_engine_cache_enable": True,
+            "trt_engine_cache_path": str(cache),
+            "trt_timing_cache_enable": True,
+        }
+        provs[0] = (provs[0], opts)
+    return provs
+
+
+class Scorer:
+    """Score chest X-rays with a bundle (see the module docstring); build with
+    :meth:`from_bundle`."""
+
+    def __init__(
+        self,
+        bundle: Bundle,
+        backends: dict[str, Backend],
+        precision: str,
+        *,
+        max_batch: int = 64,
+        workers: int = 1,
+        notes: list[str] | None = None,
+    ) -> None:
+        if max_batch < 1:
+            raise ValueError("max_batch must be >= 1")
+        self.bundle = bundle
+        self.backends = backends
+        self.precision = precision
+        self.graph = "dual" if "dual" in backends else "modules"
+        self.max_batch = max_batch
+        self.workers = workers
+        self.notes = list(notes or [])
+        self.kind = bundle.kind
+        thread_safe = all(getattr(b, "thread_safe", False) for b in backends.values())
+        self._lock = None if thread_safe else threading.Lock()
+
+    @classmethod
+    def from_bundle(
+        cls,
+        bundle_dir: str | os.PathLike[str],
+        backend: str = "auto",
+        precision: str = "auto",
+        graph: str = "dual",
+        *,
+        max_batch: int = 64,
+        workers: int = 1,
+        verify: bool = True,
+        intra_op_threads: int | None = None,
+    ) -> Scorer:
+        """Open (and hash-verify) a bundle and load a backend for it.
+
+        Args:
+            bundle_dir: folder written by ``ddad-edge export``.
+            backend: "auto" (trt > ort-cuda > ort-cpu), "trt", "ort-trt", "ort-cuda", "ort-cpu"
+                or "ort".
+            precision: "fp32", "fp16" or "auto" (fp16 on GPU backends, fp32 on CPU).
+            graph: "dual" (one graph, default) or "modules" (module_A + module_B graphs).
+            max_batch: inputs per inference call (and per loading chunk in :meth:`score`).
+            workers: threads decoding image files.
+            verify: check the sha256 of every bundle file first.
+            intra_op_threads: onnxruntime CPU threads (default: physical cores).
+        """
+        bundle = open_bundle(bundle_dir, verify=verify)
+        backends, prec, notes = make_backends(
+            bundle, backend, precision, graph, intra_op_threads=intra_op_threads
+        )
+        return cls(bundle, backends, prec, max_batch=max_batch, workers=workers, notes=notes)
+
+    # -- description ------------------------------------------------------------------------------
+    @property
+    def backend_name(self) -> str:
+        """Name of the backend that runs, e.g. "ort-cpu" or "trt"."""
+        return next(iter(self.backends.values())).name
+
+    @property
+    def device(self) -> str:
+        """Human description of where inference runs."""
+        return next(iter(self.backends.values())).device
+
+    def describe(self) -> dict[str, Any]:
+        """Backend, device, providers, precision, graph and notes, for logs and reports."""
+        first = next(iter(self.backends.values()))
+        return {
+            "backend": self.backend_name,
+            "device": self.device,
+            "active_providers": list(first.active_providers),
+            "precision": self.precision,
+            "graph": self.graph,
+            "model": {"kind": self.kind, "k": self.bundle.k},
+            "notes": self.notes
+            + [n for b in self.backends.values() if (n := getattr(b, "fallback_note", None))],
+        }
+
+    # -- stages -----------------------------------------------------------------------------------
+    def load(self, inputs: Sequence[Input] | Input) -> LoadedBatch:
+        """Decode and preprocess inputs.
+
+        Args:
+            inputs: file paths (PNG/JPEG/DICOM/...) and/or image arrays (uint8, uint16 or float
+                in [0, 1]; HxW or HxWx3); a single path or array is one input.
+
+        Returns:
+            LoadedBatch: x float32 [n_ok, 1, 64, 64] in [-1, 1], ``ok`` indices into inputs,
+            ``errors`` (index, source, reason) for inputs that could not be loaded.
+        """
+        items = _as_list(inputs)
+        paths = [(i, it) for i, it in enumerate(items) if not isinstance(it, np.ndarray)]
+        xs: dict[int, np.ndarray] = {}
+        errors: list[tuple[int, str, str]] = []
+        if paths:
+            lb = load_inputs([p for _, p in paths], workers=self.workers)
+            for row, j in enumerate(lb.ok):
+                xs[paths[j][0]] = lb.x[row]
+            errors += [(paths[j][0], src, reason) for j, src, reason in lb.errors]
+        for i, it in enumerate(items):
+            if isinstance(it, np.ndarray):
+                try:
+                    xs[i] = preprocess(it)
+                except PreprocessError as e:
+                    errors.append((i, f"array[{i}]", str(e)))
+        ok = sorted(xs)
+        x = (
+            np.stack([xs[i] for i in ok]).astype(np.float32, copy=False)
+            if ok
+            else np.zeros((0, 1, IMAGE_SIZE, IMAGE_SIZE), np.float32)
+        )
+        return LoadedBatch(x, ok, sorted(errors))
+
+    def infer(self, x: np.ndarray) -> dict[str, np.ndarray]:
+        """Member statistics for x float32 [N, 1, 64, 64] in [-1, 1].
+
+        Returns:
+            {mean_a, std_a, mean_b, std_b[, var_b]} -> float32 [N, 1, 64, 64] (std: population,
+            across each module's K members; var_b: AE-U only).
+        """
+        x = np.ascontiguousarray(x, dtype=np.float32)
+        if x.ndim != 4 or x.shape[1:] != (1, IMAGE_SIZE, IMAGE_SIZE):
+            raise ValueError(f"expected x [N, 1, {IMAGE_SIZE}, {IMAGE_SIZE}], got {x.shape}")
+        if len(x) == 0:
+            names = ["mean_a", "std_a", "mean_b", "std_b"] + (
+                ["var_b"] if self.kind == "aeu" else []
+            )
+            return {n: np.zeros_like(x) for n in names}
+        parts = [
+            self._infer_chunk(x[i : i + self.max_batch]) for i in range(0, len(x), self.max_batch)
+        ]
+        return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+
+    def _infer_chunk(self, x: np.ndarray) -> dict[str, np.ndarray]:
+        if self._lock is not None:
+            with self._lock:
+                return self._run(x)
+        return self._run(x)
+
+    def _run(self, x: np.ndarray) -> dict[str, np.ndarray]:
+        if self.graph == "dual":
+            out = self.backends["dual"].infer({"x": x})
+        else:
+            a = self.backends["module_A"].infer({"x": x})
+            b = self.backends["module_B"].infer({"x": x})
+            out = {"mean_a": a["mean"], "std_a": a["std"], "mean_b": b["mean"], "std_b": b["std"]}
+            if "var" in b:
+                out["var_b"] = b["var"]
+        return {k: np.asarray(v, dtype=np.float32) for k, v in out.items()}
+
+    def scores(
+        self, x: np.ndarray, stats: dict[str, np.ndarray], maps: bool = False
+    ) -> ScoreArrays:
+        """Anomaly maps and image scores from x and its statistics (``runtime.scores``).
+
+        Returns:
+            ScoreArrays: image {rec, intra, inter} float32 [N]; maps float32 [N, 1, 64, 64]
+            when ``maps`` is True.
+        """
+        m = score_maps(x, stats["mean_a"], stats["mean_b"], stats["std_b"], stats.get("var_b"))
+        return ScoreArrays(image_scores(m), m if maps else None)
+
+    def score(self, inputs: Sequence[Input] | Input, maps: bool = False) -> list[ScoreResult]:
+        """Load, infer and score inputs in chunks of ``max_batch``; one result per input, in
+        order. Inputs that fail to load carry ``error`` and no scores."""
+        items = _as_list(inputs)
+        results: list[ScoreResult] = [ScoreResult(_source(it, i)) for i, it in enumerate(items)]
+        for start in range(0, len(items), self.max_batch):
+            chunk = items[start : start + self.max_batch]
+            lb = self.load(chunk)
+            for j, _, reason in lb.errors:
+                results[start + j].error = reason
+            if not lb.ok:
+                continue
+            arr = self.scores(lb.x, self.infer(lb.x), maps=maps)
+            for row, j in enumerate(lb.ok):
+                r = results[start + j]
+                r.scores = {n: float(arr.image[n][row]) for n in SCORE_NAMES}
+                if arr.maps is not None:
+                    r.maps = {n: arr.maps[n][row, 0] for n in SCORE_NAMES}
+        return results
+
+    # -- golden vectors ---------------------------------------------------------------------------
+    def replay_golden(self, tolerance: float | None = None) -> dict[str, Any]:
+        """Run the bundle's golden inputs and compare with the stored PyTorch FP32 outputs.
+
+        Args:
+            tolerance: largest allowed error / scale; default ``TOLERANCES[precision]``.
+
+        Returns:
+            {"errors": {output: {max_abs, range, rel}}, "score_errors": {score: max relative
+            error}, "tolerance": float, "passed": bool, "n": int}. ``rel`` is the max abs error
+            relative to the reference output's scale (``bundle.relative_errors``).
+        """
+        g = self.bundle.golden()
+        x = g["x"]
+        stats = self.infer(x)
+        errs = relative_errors(stats, {k: g[k] for k in stats if k in g})
+        got = self.scores(x, stats).image
+        score_errs = {}
+        for n in SCORE_NAMES:
+            ref = g[f"score_{n}"].astype(np.float64)
+            scale = np.maximum(np.abs(ref), np.finfo(np.float32).tiny)
+            score_errs[n] = float(np.max(np.abs(got[n] - ref) / scale))
+        tol = TOLERANCES[self.precision] if tolerance is None else float(tolerance)
+        passed = all(e["rel"] <= tol for e in errs.values())
+        return {
+            "n": int(len(x)),
+            "errors": errs,
+            "score_errors": score_errs,
+            "tolerance": tol,
+            "passed": passed,
+            "graph": graph_key("dual" if self.graph == "dual" else "modules", self.precision),
+        }
+
+    # -- lifetime ---------------------------------------------------------------------------------
+    def close(self) -> None:
+        """Release the backend(s)."""
+        for b in self.backends.values():
+            b.close()
+
+    def __enter__(self) -> Scorer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _as_list(inputs: Sequence[Input] | Input) -> list[Input]:
+    if isinstance(inputs, (str, os.PathLike, np.ndarray)):
+        return [inputs]
+    return list(inputs)
+
+
+def _source(item: Input, i: int) -> str:
+    return f"array[{i}]" if isinstance(item, np.ndarray) else os.fspath(item)
+
+
+__all__ = ["BACKENDS", "GRAPHS", "ScoreArrays", "ScoreResult", "Scorer", "make_backends"]

@@ -1,0 +1,415 @@
+"""Benchmarks: FLOP/weight counting, timing statistics, bootstrap/Spearman, report writers, and
+smoke runs of `bench` and `parity` on a tiny run + bundle (SYNTHETIC phantom data, no real data
+needed). Kept small: everything here is a correctness check, no figure is a measurement."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from ddad_edge.benchmarks import flops, report, stats
+from ddad_edge.benchmarks.latency import Budget, repeat_timed, summarize_stages
+from onnx import TensorProto, helper, numpy_helper
+from typer.testing import CliRunner
+
+from ddad_edge.cli import app
+
+runner = CliRunner()
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+# --- FLOPs and weight bytes ------------------------------------------------------------------
+
+
+def _tiny_graph() -> onnx.ModelProto:
+    """x [N,1,8,8] -> Conv(1->4, k3, pad 1) -> Conv(4->4, k1, group 2) -> ConvTranspose(4->2,
+    k2, s2) [N,2,16,16] -> Reshape [N,512] -> Gemm(512->3) -> MatMul(3->5).
+
+    FLOPs per image: 2*4*64*1*9 + 2*4*64*2*1 + 2*4*64*2*4 + 2*3*512 + 2*5*3 = 12830."""
+    rng = np.random.default_rng(0)
+    w = {
+        "w1": rng.standard_normal((4, 1, 3, 3)).astype(np.float32),
+        "w2": rng.standard_normal((4, 2, 1, 1)).astype(np.float32),
+        "wt": rng.standard_normal((4, 2, 2, 2)).astype(np.float32),
+        "g": rng.standard_normal((512, 3)).astype(np.float16).astype(np.float32),
+        "m": rng.standard_normal((3, 5)).astype(np.float16),
+        "shape": np.array([0, 512], np.int64),
+    }
+    nodes = [
+        helper.make_node("Conv", ["x", "w1"], ["c1"], pads=[1, 1, 1, 1]),
+        helper.make_node("Conv", ["c1", "w2"], ["c2"], group=2),
+        helper.make_node("ConvTranspose", ["c2", "wt"], ["t"], strides=[2, 2]),
+        helper.make_node("Reshape", ["t", "shape"], ["r"]),
+        helper.make_node("Gemm", ["r", "g"], ["gm"]),
+        helper.make_node("Cast", ["gm"], ["gm16"], to=TensorProto.FLOAT16),
+        helper.make_node("MatMul", ["gm16", "m"], ["y"]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "tiny",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 1, 8, 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT16, ["N", 5])],
+        [numpy_helper.from_array(v, k) for k, v in w.items()],
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+
+
+PER_IMAGE = 2 * 4 * 64 * 9 + 2 * 4 * 64 * 2 + 2 * 4 * 64 * 2 * 4 + 2 * 3 * 512 + 2 * 5 * 3
+
+
+@pytest.mark.parametrize("batch", [1, 7])
+def test_flops_of_tiny_graph(batch: int) -> None:
+    r = flops.count_flops(_tiny_graph(), batch)
+    assert r["flops"] == PER_IMAGE * batch
+    assert r["by_op"] == {
+        "Conv": (2 * 4 * 64 * 9 + 2 * 4 * 64 * 2) * batch,
+        "ConvTranspose": 2 * 4 * 64 * 2 * 4 * batch,
+        "Gemm": 2 * 3 * 512 * batch,
+        "MatMul": 2 * 5 * 3 * batch,
+    }
+    assert r["shape_source"] == "onnx"
+
+
+def test_flops_onnxruntime_fallback_matches(monkeypatch: pytest.MonkeyPatch) -> None:
+    model = _tiny_graph()
+    monkeypatch.setattr(
+        flops, "_static_shapes", lambda m, b: {t.name: tuple(t.dims) for t in m.graph.initializer}
+    )
+    r = flops.count_flops(model, 3)
+    assert r["shape_source"] == "onnxruntime"
+    assert r["flops"] == PER_IMAGE * 3
+
+
+def test_weight_bytes_by_dtype() -> None:
+    wb = flops.weight_bytes(_tiny_graph())
+    f32 = 4 * (4 * 9 + 4 * 2 + 4 * 2 * 4 + 512 * 3)
+    assert wb["by_dtype"] == {"float16": 2 * 15, "float32": f32, "int64": 16}
+    assert wb["total"] == f32 + 30 + 16
+    assert wb["n_tensors"] == 6
+
+
+# --- timing and statistics -------------------------------------------------------------------
+
+
+def test_summarize_times_percentiles() -> None:
+    s = stats.summarize_times(np.arange(1, 101) / 1e3)  # 1..100 ms
+    assert s["n"] == 100 and s["min_ms"] == pytest.approx(1) and s["max_ms"] == pytest.approx(100)
+    assert s["p50_ms"] == pytest.approx(50.5)
+    assert s["p95_ms"] == pytest.approx(95.05)
+    assert s["p99_ms"] == pytest.approx(99.01)
+    assert s["mean_ms"] == pytest.approx(50.5)
+    with pytest.raises(ValueError):
+        stats.summarize_times([])
+
+
+def test_repeat_timed_respects_budget() -> None:
+    calls = []
+
+    def once() -> dict[str, float]:
+        calls.append(1)
+        return {"preprocess": 0.001, "inference": 0.002, "scoring": 0.0005}
+
+    samples = repeat_timed(once, Budget(warmup=2, min_reps=5, min_seconds=0.0, max_seconds=5.0))
+    assert len(calls) == 7 and len(samples["inference"]) == 5
+    point = summarize_stages(samples, batch=4)
+    assert point["scoring_latency"]["p50_ms"] == pytest.approx(2.5)
+    assert point["end_to_end"]["p50_ms"] == pytest.approx(3.5)
+    assert point["throughput_ips"] == pytest.approx(4 / 0.0025)
+
+
+def test_spearman() -> None:
+    a = np.array([1.0, 2, 3, 4, 5])
+    assert stats.spearman(a, a**3) == pytest.approx(1.0)
+    assert stats.spearman(a, -a) == pytest.approx(-1.0)
+    b = np.array([5.0, 6, 7, 8, 7])  # ties: ranks 1, 2, 3.5, 5, 3.5
+    ra, rb = np.array([1, 2, 3, 4, 5.0]), np.array([1, 2, 3.5, 5, 3.5])
+    assert stats.spearman(a, b) == pytest.approx(np.corrcoef(ra, rb)[0, 1])
+    assert np.isnan(stats.spearman(a, np.ones(5)))
+
+
+def test_bootstrap_delta_auc_interval() -> None:
+    rng = np.random.default_rng(1)
+    labels = np.r_[np.zeros(60, int), np.ones(60, int)]
+    good = labels + rng.normal(0, 0.5, labels.size)
+    same = stats.paired_bootstrap_delta(labels, good, good.copy(), n_boot=200)
+    assert same["delta"] == 0 and same["lo"] <= 0 <= same["hi"]
+    noise = rng.normal(0, 1, labels.size)
+    worse = stats.paired_bootstrap_delta(labels, good, noise, n_boot=200)
+    assert worse["delta"] < -0.2 and worse["hi"] < 0
+
+
+# --- report writers --------------------------------------------------------------------------
+
+
+def _fake_point(batch: int, ms: float) -> dict:
+    t = stats.summarize_times(np.full(5, ms / 1e3))
+    return {
+        "batch": batch,
+        "stages": {"preprocess": t, "inference": t, "scoring": t},
+        "scoring_latency": t,
+        "end_to_end": t,
+        "throughput_ips": batch / (ms / 1e3),
+        "throughput_e2e_ips": batch / (ms / 1e3),
+    }
+
+
+def _fake_machine() -> dict:
+    return {
+        "date_utc": "2000-01-01T00:00:00+00:00",
+        "cpu": {"model": "test cpu", "flags": []},
+        "gpu": {"devices": []},
+        "versions": {"numpy": "1"},
+        "threads": {},
+    }
+
+
+def test_bench_report_writes_json_markdown_png(tmp_path: Path) -> None:
+    lanes = {
+        name: {
+            "available": True,
+            "sweep": {"points": {"1": _fake_point(1, ms), "8": _fake_point(8, 4 * ms)}},
+            "vs_torch": {"1": {"speedup": 10.0 / ms, "throughput_ratio": 10.0 / ms}},
+            "limits": {"b1_latency_over_floor": float("nan")},
+        }
+        for name, ms in (("torch", 10.0), ("ort", 2.0))
+    }
+    lanes["trt"] = {"available": False, "reason": "tensorrt is not importable"}
+    result = {
+        "config": {"batches": [1, 8], "bundle": "b"},
+        "model": {"kind": "ae", "k": 3},
+        "machine": _fake_machine(),
+        "lanes": lanes,
+        "inputs": {"kermany": True, "note": "n"},
+        "targets": [{"id": "x", "target": "t", "measured": "m", "met": None, "how": "h"}],
+    }
+    paths = report.write_bench_report(result, tmp_path / "out")
+    data = json.loads(paths["json"].read_text())  # strict JSON: NaN became null
+    assert data["lanes"]["ort"]["limits"]["b1_latency_over_floor"] is None
+    md = paths["markdown"].read_text()
+    assert "not available: tensorrt is not importable" in md and "Targets" in md
+    assert "CC BY 4.0" in md
+    for key in ("latency_png", "throughput_png"):
+        assert paths[key].read_bytes()[:8] == PNG_MAGIC
+
+
+# --- smoke runs on a tiny run + bundle (SYNTHETIC phantoms) -----------------------------------
+
+
+def _write_run(run: Path, manifest: dict, kind: str = "ae", k: int = 2) -> None:
+    """A complete run folder with random weights scaled to He-like gain (x2.5 on PyTorch's
+    default init) so the outputs depend on the input: untrained default-init networks give
+    nearly input-independent reconstructions, whose image scores tie in float32."""
+    from dataclasses import asdict
+
+    from ddad_edge.checkpoint import atomic_torch_save, module_path
+    from ddad_edge.models import FusedEnsemble
+    from ddad_edge.train import TrainConfig
+
+    cfg = TrainConfig(kind=kind, k=k, epochs=1)
+    run.mkdir(parents=True)
+    for seed, module in enumerate(("A", "B")):
+        model = FusedEnsemble.seeded(kind, k, seed)
+        with torch.no_grad():
+            for p in model.parameters():
+                if p.dim() >= 2:
+                    p.mul_(2.5)
+        state = {
+            "kind": kind,
+            "k": k,
+            "epoch": 1,
+            "epochs": 1,
+            "model": model.state_dict(),
+            "history": [],
+            "epoch_seconds": [],
+            "config": asdict(cfg),
+        }
+        atomic_torch_save(state, module_path(run, module))
+    config = {
+        "train": asdict(cfg),
+        "split_sha256": manifest["sha256"],
+        "data_root": manifest["root"],
+        "counts": manifest["counts"],
+    }
+    (run / "config.json").write_text(json.dumps(config))
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """A phantom data set and split, a K=2 AE run (random weights) and its bundle."""
+    pytest.importorskip("ddad_edge.export.bundle", reason="export (issue 3) not importable yet")
+    from ddad_edge.export.bundle import export_bundle
+
+    from ddad_edge.data import make_split, read_labels_csv, write_manifest
+    from ddad_edge.phantom import make_phantom_dataset
+
+    root = tmp_path_factory.mktemp("bench")
+    data = root / "phantoms"
+    make_phantom_dataset(
+        data, n_train_normal=12, n_train_abnormal=4, n_test_normal=16, n_test_abnormal=16, size=64
+    )
+    manifest = make_split(
+        data, read_labels_csv(data, data / "labels.csv"), normal_train=6, unlabeled=6, ar=0.5
+    )
+    write_manifest(manifest, root / "split.json")
+    _write_run(root / "run", json.loads((root / "split.json").read_text()))
+    export_bundle(
+        root / "run",
+        root / "bundle",
+        images=[data / "test"],
+        n_parity=8,
+        n_golden=2,
+        module_graphs=False,
+    )
+    return {
+        "root": root,
+        "data": data,
+        "split": root / "split.json",
+        "run": root / "run",
+        "bundle": root / "bundle",
+    }
+
+
+def test_bench_cli_smoke(tiny: dict[str, Path]) -> None:
+    out = tiny["root"] / "bench-out"
+    r = runner.invoke(
+        app,
+        [
+            "bench",
+            str(tiny["bundle"]),
+            "-o",
+            str(out),
+            "--backends",
+            "ort,ort-int8,trt",
+            "--batches",
+            "1,2",
+            "--images",
+            str(tiny["data"] / "test"),
+            "--fullres",
+            str(tiny["data"] / "train" / "ABNORMAL"),
+            "--dicom",
+            str(tiny["root"] / "nodicom"),
+            "--warmup",
+            "1",
+            "--min-reps",
+            "2",
+            "--min-seconds",
+            "0",
+            "--max-seconds",
+            "1",
+            "--latency-reps",
+            "3",
+            "--latency-seconds",
+            "0",
+            "--skip",
+            "coldstart,training",
+            "--quick",
+            "--torch-threads",
+            "1",
+        ],
+    )
+    assert r.exit_code == 0, r.output
+    res = json.loads((out / "bench.json").read_text())
+    assert list(res["lanes"])[:2] == ["torch", "ort"]
+    ort = res["lanes"]["ort"]
+    assert ort["available"] and set(ort["sweep"]["points"]) == {"1", "2"}
+    assert ort["vs_torch"]["2"]["throughput_ratio"] > 0
+    assert ort["end_to_end"]["fullres"]["n_ok"] == 4
+    assert "skipped" in ort["end_to_end"]["dicom"]
+    assert ort["limits"]["floor_ms"] > 0 and ort["limits"]["b1_latency_over_floor"] > 0
+    assert res["lanes"]["ort-int8"]["available"]
+    assert res["graphs"]["dual_fp32.onnx [int8]"]["weights"]["by_dtype"]["int8"] > 0
+    g = res["graphs"]["dual_fp32.onnx"]
+    assert g["flops"]["2"]["flops"] == 2 * g["flops"]["1"]["flops"] > 0
+    assert not res["lanes"]["trt"]["available"] or res["machine"]["gpu"]["cuda_available"]
+    assert {t["id"] for t in res["targets"]} >= {"speedup_b1", "b1_floor_ratio"}
+    assert "undecided" in res["variants"]["lanes"]["ort-int8"]["decision"]
+    for f in ("bench.md", "latency_vs_batch.png", "throughput_vs_batch.png"):
+        assert (out / f).is_file()
+
+
+def _tampered_graph(bundle: Path, out: Path) -> Path:
+    """The bundle's dual FP32 graph with module A's last linear layer replaced by noise."""
+    m = onnx.load(str(bundle / "dual_fp32.onnx"))
+    for i, t in enumerate(m.graph.initializer):
+        if t.name == "fc4.weight":
+            w = numpy_helper.to_array(t).copy()
+            k = w.shape[0] // 2
+            w[:k] = np.random.default_rng(0).normal(0, 3 * w.std(), w[:k].shape)
+            m.graph.initializer[i].CopyFrom(numpy_helper.from_array(w, t.name))
+    onnx.save(m, str(out))
+    return out
+
+
+def test_parity_cli_pass_and_tampered_fail(tiny: dict[str, Path]) -> None:
+    ok = runner.invoke(
+        app,
+        [
+            "parity",
+            str(tiny["bundle"]),
+            "--split",
+            str(tiny["split"]),
+            "-o",
+            str(tiny["root"] / "parity-ok"),
+            "--backends",
+            "ort",
+            "--n-boot",
+            "50",
+        ],
+    )
+    assert ok.exit_code == 0, ok.output
+    res = json.loads((tiny["root"] / "parity-ok" / "parity.json").read_text())
+    assert res["passed"] and res["n_images"] == 32
+    assert res["lanes"]["ort"]["scores"]["inter"]["spearman"] > 0.999
+    bad_graph = _tampered_graph(tiny["bundle"], tiny["root"] / "tampered.onnx")
+    bad = runner.invoke(
+        app,
+        [
+            "parity",
+            str(tiny["bundle"]),
+            "--split",
+            str(tiny["split"]),
+            "-o",
+            str(tiny["root"] / "parity-bad"),
+            "--backends",
+            "ort",
+            "--graph",
+            f"tampered={bad_graph}",
+            "--n-boot",
+            "50",
+        ],
+    )
+    assert bad.exit_code == 3, bad.output
+    assert "tampered" in bad.output and "exceeds" in bad.output
+    res = json.loads((tiny["root"] / "parity-bad" / "parity.json").read_text())
+    assert not res["lanes"]["tampered"]["passed"] and res["lanes"]["ort"]["passed"]
+    assert (tiny["root"] / "parity-bad" / "delta_auc.png").read_bytes()[:8] == PNG_MAGIC
+
+
+def test_cold_start_runtime_is_torch_free(tiny: dict[str, Path]) -> None:
+    from ddad_edge.benchmarks.coldstart import measure_cold_start
+
+    image = sorted((tiny["data"] / "test").rglob("*.png"))[0]
+    r = measure_cold_start(image=image, bundle=tiny["bundle"], run_dir=None, reps=1)
+    assert r["runtime"]["first_score_s"] > 0 and r["runtime"]["peak_rss_mib"] > 0
+    assert r["runtime"]["torch_imported"] is False
+    assert "not available" in r["torch"]["error"]
+
+
+def test_training_fused_vs_separate_runs() -> None:
+    from ddad_edge.benchmarks.training import compare_fused_separate
+
+    x = np.random.default_rng(0).uniform(-1, 1, (8, 1, 64, 64)).astype(np.float32)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # a smoke test: one thread is fastest on a shared, busy machine
+    try:
+        r = compare_fused_separate(
+            x, kind="ae", k=2, batch_size=4, steps=1, warmup_steps=1, epoch_sizes={"A": 40, "B": 20}
+        )
+    finally:
+        torch.set_num_threads(threads)
+    assert r["fused"]["step_s"] > 0 and len(r["separate"]["member_step_s"]) == 2
+    assert r["fused"]["epoch_s_per_module"]["A"] == pytest.approx(10 * r["fused"]["step_s"])

@@ -1,0 +1,329 @@
+"""Export: BatchNorm folding, the fused ONNX graphs (FP32/FP16, dual/module), the parity gate
+against the PyTorch reference on real images, the bundle layout, and FP16 accuracy/AUC.
+
+Real images come from ../shared/data (kermany-cxr); without it the runs train on SYNTHETIC
+phantoms and the real-data tests skip with the reason. The small trained runs and their bundles
+are built once per test process by ``shared_run`` / ``shared_bundle`` (also used by the other
+deployment test modules).
+"""
+
+from __future__ import annotations
+
+import atexit
+import functools
+import json
+import shutil
+import tempfile
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from ddad_edge.export.bundle import ExportError, export_bundle
+from ddad_edge.export.fold import concat_members, fold_ensemble
+from ddad_edge.export.fp16 import emulate_fp16_storage
+from ddad_edge.export.onnx_graph import build_model, check, dual_groups, module_groups
+from ddad_edge.export.parity import ParityError, run_onnx
+from ddad_edge.runtime.bundle import TOLERANCES, open_bundle, relative_errors
+from ddad_edge.runtime.metrics import roc_auc
+from ddad_edge.runtime.scores import SCORE_NAMES, STD_DEFINITION, image_scores, score_maps
+from onnx import TensorProto
+
+from ddad_edge.models import KINDS, FusedEnsemble
+from ddad_edge.reference import dual_stats, module_stats
+
+SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+KERMANY = SHARED_DATA / "kermany-cxr"
+K = 2
+FP16_TOL_MEASURED = 5e-3
+"""FP16 bound asserted in the tests (max error / output scale). Measured on these runs: about
+5e-4 on onnxruntime CPU (FP16 weights) and 1e-3 under FP16-storage emulation; the bundle's
+verify tolerance (TOLERANCES["fp16"] = 2e-2) leaves room for GPU FP16 accumulation."""
+
+
+def have_kermany() -> bool:
+    return (KERMANY / "labels.csv").is_file()
+
+
+def require_kermany() -> Path:
+    if not have_kermany():
+        pytest.skip(f"real data not found at {KERMANY} (../shared/data is absent on this machine)")
+    return KERMANY
+
+
+# ----------------------------------------------------------------------------------------------
+# Shared small runs and bundles (built once per process, removed at exit)
+# ----------------------------------------------------------------------------------------------
+@functools.lru_cache(maxsize=1)
+def _workdir() -> Path:
+    d = Path(tempfile.mkdtemp(prefix="ddad-deploy-tests-"))
+    atexit.register(shutil.rmtree, d, True)
+    return d
+
+
+@functools.lru_cache(maxsize=1)
+def training_images() -> tuple[np.ndarray, str]:
+    """64 preprocessed training images [64, 1, 64, 64] and the data root the run will name:
+    real Kermany train normals when available, else SYNTHETIC phantoms written to disk."""
+    from ddad_edge.runtime.batch import load_inputs
+
+    if have_kermany():
+        paths = sorted((KERMANY / "train" / "NORMAL").iterdir())[:64]
+        return load_inputs(paths, workers=2).x, str(KERMANY)
+    from ddad_edge.phantom import make_phantom_dataset
+
+    root = _workdir() / "phantoms"
+    make_phantom_dataset(
+        root, n_train_normal=64, n_train_abnormal=0, n_test_normal=8, n_test_abnormal=8, size=96
+    )
+    paths = sorted((root / "train" / "NORMAL").iterdir())
+    return load_inputs(paths).x, str(root)
+
+
+def make_run(out: Path, kind: str, k: int = K, steps: int = 2, seed: int = 0) -> Path:
+    """A run folder trained for ``steps`` batches of 32 per module (``train.train_run`` format)."""
+    from ddad_edge.train import TrainConfig, train_run
+
+    x, root = training_images()
+    x = torch.from_numpy(x[: 32 * steps])
+    manifest = {"sha256": f"{seed:064d}", "root": root, "counts": {"D": len(x), "Du": 0}}
+    cfg = TrainConfig(kind=kind, k=k, epochs=1, batch_size=32, seed=seed)
+    train_run(manifest, {"A": x, "B": x}, out, cfg)
+    return out
+
+
+@functools.cache
+def shared_run(kind: str) -> Path:
+    """A small trained run per kind: "ae" 2 steps per module, the others 1 (time budget)."""
+    return make_run(_workdir() / f"run-{kind}", kind, steps=2 if kind == "ae" else 1)
+
+
+@functools.cache
+def shared_bundle(kind: str) -> Path:
+    """The bundle of ``shared_run(kind)``; module graphs only for "ae" (time budget)."""
+    out = _workdir() / f"bundle-{kind}"
+    full = kind == "ae"
+    export_bundle(shared_run(kind), out, n_parity=16 if full else 8, n_golden=8, module_graphs=full)
+    return out
+
+
+def perturbed(kind: str, k: int, seed: int) -> FusedEnsemble:
+    """A seeded ensemble with non-trivial BatchNorm statistics and affine terms (eval mode)."""
+    m = FusedEnsemble.seeded(kind, k, seed)
+    g = torch.Generator().manual_seed(seed)
+    for mod in m.modules():
+        if isinstance(mod, (torch.nn.BatchNorm1d, torch.nn.BatchNorm2d)):
+            c = mod.num_features
+            mod.running_mean.copy_(torch.rand(c, generator=g) - 0.5)
+            mod.running_var.copy_(torch.rand(c, generator=g) * 1.5 + 0.5)
+            mod.weight.data.copy_(torch.rand(c, generator=g) + 0.5)
+            mod.bias.data.copy_((torch.rand(c, generator=g) - 0.5) * 0.4)
+    return m.eval()
+
+
+def _random_inputs(n: int = 4) -> np.ndarray:
+    g = torch.Generator().manual_seed(1)
+    x = torch.nn.functional.interpolate(
+        torch.rand(n, 1, 16, 16, generator=g), size=64, mode="bilinear"
+    )
+    return (x * 2 - 1).numpy().astype(np.float32)
+
+
+# ----------------------------------------------------------------------------------------------
+# Graph construction (no data needed)
+# ----------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("kind", KINDS)
+def test_folded_dual_graph_matches_pytorch(kind: str) -> None:
+    ma, mb = perturbed(kind, K, 1), perturbed(kind, K, 2)
+    x = _random_inputs()
+    ref = dual_stats(ma, mb, x)
+    model = build_model(concat_members(fold_ensemble(ma), fold_ensemble(mb)), dual_groups(K))
+    check(model)
+    got, _ = run_onnx(model.SerializeToString(), x)
+    assert sorted(got) == sorted(ref)
+    for name, e in relative_errors(got, ref).items():
+        assert e["rel"] <= 1e-5, (name, e)
+    if kind != "aeu":
+        return
+    # a module graph too, with its var output for AE-U
+    mod = build_model(fold_ensemble(mb), module_groups(K))
+    got_b, _ = run_onnx(mod.SerializeToString(), x)
+    ref_b = module_stats(mb, x)
+    assert sorted(got_b) == sorted(ref_b)
+    for name, e in relative_errors(got_b, ref_b).items():
+        assert e["rel"] <= 1e-5, (name, e)
+
+
+def test_graph_design_fused_not_branched() -> None:
+    ma, mb = perturbed("memae", K, 1), perturbed("memae", K, 2)
+    model = build_model(
+        concat_members(fold_ensemble(ma), fold_ensemble(mb)),
+        dual_groups(K),
+        metadata={"ddad.k": str(K)},
+    )
+    ops = Counter(n.op_type for n in model.graph.node)
+    assert ops["Conv"] == 4 and ops["ConvTranspose"] == 4  # not 4 per member
+    assert ops["MatMul"] == 6  # 4 linears + 2 memory matmuls, all batched over 2K members
+    assert ops["BatchNormalization"] == 0  # folded
+    convs = [n for n in model.graph.node if n.op_type in ("Conv", "ConvTranspose")]
+    groups = [next((a.i for a in n.attribute if a.name == "group"), 1) for n in convs]
+    assert groups == [1, 2 * K, 2 * K, 2 * K] + [2 * K] * 4
+    inits = {t.name: t for t in model.graph.initializer}
+    assert list(inits["enc0.weight"].dims) == [2 * K * 16, 1, 4, 4]
+    assert list(inits["fc1.weight"].dims) == [2 * K, 1024, 2048]
+    assert [n.name for n in model.graph.output] == ["mean_a", "std_a", "mean_b", "std_b"]
+    assert model.opset_import[0].version >= 17
+    x = model.graph.input[0]
+    assert x.name == "x" and x.type.tensor_type.shape.dim[0].dim_param == "N"
+    assert {p.key: p.value for p in model.metadata_props}["ddad.k"] == str(K)
+
+
+def test_fp16_graph_keeps_io_and_reductions_in_fp32() -> None:
+    ma, mb = perturbed("aeu", K, 1), perturbed("aeu", K, 2)
+    model = build_model(
+        concat_members(fold_ensemble(ma), fold_ensemble(mb)), dual_groups(K), precision="fp16"
+    )
+    check(model)
+    inferred = onnx.shape_inference.infer_shapes(model)
+    types = {
+        v.name: v.type.tensor_type.elem_type
+        for v in [*inferred.graph.value_info, *inferred.graph.input, *inferred.graph.output]
+    }
+    weights = [t for t in model.graph.initializer if t.data_type != TensorProto.INT64]
+    assert weights and all(t.data_type == TensorProto.FLOAT16 for t in weights)
+    assert types["x"] == TensorProto.FLOAT
+    assert all(types[o.name] == TensorProto.FLOAT for o in model.graph.output)
+    assert [o.name for o in model.graph.output][-1] == "var_b"
+    for n in model.graph.node:
+        if n.op_type in ("ReduceMean", "Sqrt", "Exp", "Sub", "Mul"):
+            assert all(types.get(i, TensorProto.FLOAT) == TensorProto.FLOAT for i in n.input), (
+                n.name
+            )
+        if n.op_type in ("Conv", "ConvTranspose", "MatMul"):
+            assert types[n.output[0]] == TensorProto.FLOAT16, n.name
+
+
+def test_fp16_runs_on_ort_cpu_and_under_emulation() -> None:
+    ma, mb = perturbed("ae", K, 1), perturbed("ae", K, 2)
+    x = _random_inputs()
+    ref = dual_stats(ma, mb, x)
+    model = build_model(
+        concat_members(fold_ensemble(ma), fold_ensemble(mb)), dual_groups(K), precision="fp16"
+    )
+    got, _ = run_onnx(model.SerializeToString(), x)
+    emu_model = emulate_fp16_storage(model)
+    assert not any(t.data_type == TensorProto.FLOAT16 for t in emu_model.graph.initializer)
+    emu, _ = run_onnx(emu_model.SerializeToString(), x, optimize=False)
+    worst_ort = max(e["rel"] for e in relative_errors(got, ref).values())
+    worst_emu = max(e["rel"] for e in relative_errors(emu, ref).values())
+    assert 0 < worst_ort <= FP16_TOL_MEASURED
+    assert 0 < worst_emu <= FP16_TOL_MEASURED
+    # FP16 storage of the activations adds error on top of FP16 weights alone
+    assert worst_emu != worst_ort
+
+
+# ----------------------------------------------------------------------------------------------
+# Bundles of small trained runs, gated on real images
+# ----------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("kind", KINDS)
+def test_export_bundle_with_parity(kind: str) -> None:
+    out = shared_bundle(kind)
+    b = open_bundle(out)  # every file matches its hash
+    m = b.manifest
+    assert b.kind == kind and b.k == K
+    names = {"dual_fp32.onnx", "dual_fp16.onnx", "golden.npz"}
+    if kind == "ae":
+        names |= {"module_A_fp32.onnx", "module_B_fp32.onnx"}
+    assert set(m["files"]) == names
+    assert sorted(p.name for p in out.iterdir()) == sorted(names | {"manifest.json"})
+    assert m["std_definition"] == STD_DEFINITION
+    assert m["input_contract"]["size"] == 64 and "MONOCHROME1" in m["input_contract"]["dicom"]
+    assert m["scores"]["names"] == list(SCORE_NAMES)
+    assert m["split_sha256"] and m["training_config"]["kind"] == kind
+    assert m["created_utc"].endswith("Z")
+    if have_kermany():
+        assert not m["parity"]["images"]["synthetic"]
+        assert "kermany" in m["parity"]["images"]["origin"]
+        assert m["parity"]["images"]["n"] == (16 if kind == "ae" else 8)
+    results = {r["graph"]: r for r in m["parity"]["results"]}
+    assert all(r["passed"] for r in results.values())
+    fp32 = [f[:-5] for f in names if f.endswith("fp32.onnx")]
+    assert set(results) == {*fp32, "dual_fp16", "dual_fp16 (fp16 storage emulation)"}
+    for key in fp32:
+        assert max(e["rel"] for e in results[key]["errors"].values()) <= 1e-5
+    assert max(results["dual_fp32"]["score_errors"].values()) <= 1e-6
+    for key in ("dual_fp16", "dual_fp16 (fp16 storage emulation)"):
+        assert max(e["rel"] for e in results[key]["errors"].values()) <= FP16_TOL_MEASURED
+    outs = ["mean_a", "std_a", "mean_b", "std_b"] + (["var_b"] if kind == "aeu" else [])
+    assert list(m["graphs"]["dual_fp32"]["outputs"]) == outs
+    g = b.golden()
+    assert g["x"].shape == (8, 1, 64, 64) and g["x"].dtype == np.float32
+    assert all(g[o].shape == (8, 1, 64, 64) for o in outs)
+    assert g["score_inter"].shape == (8,) and len(g["sources"]) == 8
+    meta = {p.key: p.value for p in onnx.load(str(out / "dual_fp16.onnx")).metadata_props}
+    assert meta["ddad.model_kind"] == kind and meta["ddad.precision"] == "fp16"
+    assert meta["ddad.std_definition"] == STD_DEFINITION
+    assert meta["ddad.split_sha256"] == m["split_sha256"]
+    assert json.loads(meta["ddad.input_contract"])["size"] == 64
+
+
+def test_export_gate_failure_writes_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import ddad_edge.export.bundle as eb
+
+    monkeypatch.setattr(eb, "TOLERANCES", {"fp32": 1e-12, "fp16": 1e-12})
+    out = tmp_path / "bundle"
+    with pytest.raises(ParityError, match="nothing written"):
+        export_bundle(shared_run("ae"), out, n_parity=4, n_golden=2, module_graphs=False)
+    assert not out.exists()
+    assert list(tmp_path.iterdir()) == []  # no temp folder left behind
+
+
+def test_export_refuses_existing_output_and_bad_run(tmp_path: Path) -> None:
+    out = tmp_path / "bundle"
+    out.mkdir()
+    (out / "keep.txt").write_text("user data")
+    with pytest.raises(ExportError, match="not empty"):
+        export_bundle(shared_run("ae"), out)
+    assert (out / "keep.txt").read_text() == "user data"
+    with pytest.raises(ExportError, match="config.json"):
+        export_bundle(tmp_path / "no-run", tmp_path / "b2")
+
+
+# ----------------------------------------------------------------------------------------------
+# The whole Kermany test split: FP32 scores identical, FP16 AUC within 0.003
+# ----------------------------------------------------------------------------------------------
+def test_full_test_split_fp32_scores_and_fp16_auc() -> None:
+    root = require_kermany()
+    from ddad_edge.runtime.batch import load_inputs
+
+    from ddad_edge.checkpoint import load_module
+    from ddad_edge.data import read_labels_csv
+
+    items = [it for it in read_labels_csv(root, root / "labels.csv") if it.split == "test"]
+    lb = load_inputs([root / it.path for it in items], workers=2)
+    labels = np.asarray([items[i].label for i in lb.ok])
+    x = lb.x
+    assert len(x) == 624 and labels.sum() == 390
+    run, bundle = shared_run("ae"), shared_bundle("ae")
+    ref = dual_stats(load_module(run, "A"), load_module(run, "B"), x)
+
+    def scores(stats: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        return image_scores(score_maps(x, stats["mean_a"], stats["mean_b"], stats["std_b"]))
+
+    fp32, _ = run_onnx((bundle / "dual_fp32.onnx").read_bytes(), x)
+    # FP16 as a GPU computes it (FP16 storage of weights and activations), emulated on CPU; the
+    # plain onnxruntime-CPU run of the FP16 graph (FP16 weights only) is checked by the gate.
+    fp16_model = onnx.load(str(bundle / "dual_fp16.onnx"))
+    emu, _ = run_onnx(emulate_fp16_storage(fp16_model).SerializeToString(), x, optimize=False)
+    for name, e in relative_errors(fp32, ref).items():
+        assert e["rel"] <= 1e-5, (name, e)
+    for name, e in relative_errors(emu, ref).items():
+        assert e["rel"] <= FP16_TOL_MEASURED <= TOLERANCES["fp16"], (name, e)
+    s_ref, s32, s_emu = scores(ref), scores(fp32), scores(emu)
+    for n in SCORE_NAMES:
+        np.testing.assert_allclose(s32[n], s_ref[n], rtol=1e-6, atol=0)
+        assert abs(roc_auc(labels, s_emu[n]) - roc_auc(labels, s32[n])) <= 0.003, n
