@@ -16,12 +16,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from ddad_edge import __version__
 from ddad_edge.benchmarks import endtoend, flops, latency, machine, variants
 from ddad_edge.benchmarks.lanes import LANE_SPECS, REFERENCE_LANE, LaneUnavailable, open_lane
 from ddad_edge.benchmarks.latency import Budget
 from ddad_edge.benchmarks.targets import MAIN_LANE, evaluate_targets
-
-from ddad_edge import __version__
 
 SECTIONS: tuple[str, ...] = ("limits", "sweep", "e2e", "coldstart", "training", "variants")
 Progress = Callable[[str], None]

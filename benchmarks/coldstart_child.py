@@ -31,11 +31,10 @@ def _runtime(args: argparse.Namespace) -> dict[str, float]:
 
 
 def _torch(args: argparse.Namespace) -> dict[str, float]:
-    from ddad_edge.runtime.batch import load_inputs
-    from ddad_edge.runtime.scores import image_scores, score_maps
-
     from ddad_edge.checkpoint import load_module
     from ddad_edge.reference import dual_stats
+    from ddad_edge.runtime.batch import load_inputs
+    from ddad_edge.runtime.scores import image_scores, score_maps
 
     t_import = time.time()
     model_a, model_b = load_module(args.run, "A"), load_module(args.run, "B")

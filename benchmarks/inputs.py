@@ -12,6 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+
 from ddad_edge.benchmarks.endtoend import list_files
 
 REPO = Path(__file__).resolve().parents[1]

@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
 from ddad_edge.runtime.batch import LoadedBatch, load_inputs
 from ddad_edge.runtime.scores import (
     ensemble_stats,

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
 from ddad_edge.benchmarks.stats import summarize_times
 
 STAGES: tuple[str, ...] = ("preprocess", "inference", "scoring")

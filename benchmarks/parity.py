@@ -20,6 +20,7 @@ from collections.abc import Callable
 from typing import Any
 
 import numpy as np
+
 from ddad_edge.benchmarks.lanes import Lane
 from ddad_edge.benchmarks.stats import paired_bootstrap_delta, spearman
 from ddad_edge.runtime.metrics import average_precision, roc_auc

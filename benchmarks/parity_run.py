@@ -11,6 +11,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from ddad_edge import __version__
 from ddad_edge.benchmarks import machine, variants
 from ddad_edge.benchmarks.lanes import (
     LANE_SPECS,
@@ -22,8 +24,6 @@ from ddad_edge.benchmarks.lanes import (
     open_lane,
 )
 from ddad_edge.benchmarks.parity import TOLERANCES, run_parity
-
-from ddad_edge import __version__
 
 Progress = Callable[[str], None]
 
@@ -75,9 +75,8 @@ def load_test_set(
     split: Path, data_root: Path | None = None, max_images: int | None = None
 ) -> TestSet:
     """The split's test images through the runtime loader (unreadable files are skipped)."""
-    from ddad_edge.runtime.batch import load_inputs
-
     from ddad_edge.data import read_manifest
+    from ddad_edge.runtime.batch import load_inputs
 
     manifest = read_manifest(split, data_root)
     labels = np.asarray(manifest["test_labels"], dtype=np.int64)

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
 from ddad_edge.runtime.scores import SCORE_NAMES
 
 KERMANY_NOTE = (

@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import numpy as np
+
 from ddad_edge.runtime.metrics import roc_auc
 
 PERCENTILES: tuple[int, ...] = (50, 95, 99)

@@ -31,8 +31,9 @@ from pathlib import Path
 
 import numpy as np
 import onnx
-from ddad_edge.runtime.bundle import MANIFEST, graph_key, read_manifest, sha256_file
 from onnx import TensorProto, helper, numpy_helper
+
+from ddad_edge.runtime.bundle import MANIFEST, graph_key, read_manifest, sha256_file
 
 VARIANTS: tuple[str, ...] = ("int8", "fp16w")
 FP16W_MIN_ELEMENTS = 1024

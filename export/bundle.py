@@ -30,6 +30,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from ddad_edge import __version__
 from ddad_edge.export.fold import FoldedEnsemble, concat_members, fold_ensemble
 from ddad_edge.export.fp16 import emulate_fp16_storage
 from ddad_edge.export.onnx_graph import (
@@ -61,8 +63,6 @@ from ddad_edge.runtime.bundle import (
 )
 from ddad_edge.runtime.preprocess import IMAGE_SIZE
 from ddad_edge.runtime.scores import SCORE_NAMES, STD_DEFINITION
-
-from ddad_edge import __version__
 
 INPUT_CONTRACT: dict[str, Any] = {
     "tensor": INPUT_NAME,
@@ -281,9 +281,8 @@ def export_bundle(
         ExportError: unusable run folder or output folder, no parity images.
         ParityError: a graph failed the gate (nothing is written).
     """
-    from ddad_edge.export.sources import SourceError
-
     from ddad_edge.checkpoint import load_checkpoint, load_module, read_config
+    from ddad_edge.export.sources import SourceError
 
     t_start = time.perf_counter()
     run_dir, out = Path(run_dir), Path(out_dir)

@@ -30,8 +30,9 @@ from dataclasses import dataclass
 
 import numpy as np
 import onnx
-from ddad_edge.export.fold import FoldedEnsemble
 from onnx import TensorProto, helper, numpy_helper
+
+from ddad_edge.export.fold import FoldedEnsemble
 
 OPSET = 17
 INPUT_NAME = "x"

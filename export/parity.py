@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+
 from ddad_edge.runtime.bundle import relative_errors
 from ddad_edge.runtime.scores import SCORE_NAMES, image_scores, score_maps
 
@@ -94,6 +95,7 @@ def run_onnx(
     import time
 
     import onnxruntime as ort
+
     from ddad_edge.runtime.backends import physical_cores
 
     so = ort.SessionOptions()

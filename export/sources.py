@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
 from ddad_edge.runtime.batch import load_inputs
 from ddad_edge.runtime.preprocess import preprocess
 

@@ -18,9 +18,10 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
+
 from ddad_edge.runtime.io import ImageLoadError, load_image
 from ddad_edge.runtime.preprocess import to_unit_grey
-from PIL import Image
 
 
 def overlay_paths(sources: Sequence[str], out_dir: Path, score: str) -> list[Path]:

@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+
 from ddad_edge.runtime.backends import (
     CUDA_EP,
     ORT_BACKENDS,

@@ -11,11 +11,11 @@ import numpy as np
 import onnx
 import pytest
 import torch
-from ddad_edge.benchmarks import flops, report, stats
-from ddad_edge.benchmarks.latency import Budget, repeat_timed, summarize_stages
 from onnx import TensorProto, helper, numpy_helper
 from typer.testing import CliRunner
 
+from ddad_edge.benchmarks import flops, report, stats
+from ddad_edge.benchmarks.latency import Budget, repeat_timed, summarize_stages
 from ddad_edge.cli import app
 
 runner = CliRunner()
@@ -241,9 +241,8 @@ def _write_run(run: Path, manifest: dict, kind: str = "ae", k: int = 2) -> None:
 def tiny(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """A phantom data set and split, a K=2 AE run (random weights) and its bundle."""
     pytest.importorskip("ddad_edge.export.bundle", reason="export (issue 3) not importable yet")
-    from ddad_edge.export.bundle import export_bundle
-
     from ddad_edge.data import make_split, read_labels_csv, write_manifest
+    from ddad_edge.export.bundle import export_bundle
     from ddad_edge.phantom import make_phantom_dataset
 
     root = tmp_path_factory.mktemp("bench")

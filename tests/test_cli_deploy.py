@@ -10,12 +10,12 @@ import shutil
 from pathlib import Path
 
 import pytest
-from ddad_edge.runtime.scores import SCORE_NAMES
 from test_export import shared_bundle, shared_run
 from test_runtime import BROKEN_DICOM, good_images
 from typer.testing import CliRunner
 
 from ddad_edge.cli import app
+from ddad_edge.runtime.scores import SCORE_NAMES
 
 runner = CliRunner()
 

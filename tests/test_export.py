@@ -21,18 +21,18 @@ import numpy as np
 import onnx
 import pytest
 import torch
+from onnx import TensorProto
+
 from ddad_edge.export.bundle import ExportError, export_bundle
 from ddad_edge.export.fold import concat_members, fold_ensemble
 from ddad_edge.export.fp16 import emulate_fp16_storage
 from ddad_edge.export.onnx_graph import build_model, check, dual_groups, module_groups
 from ddad_edge.export.parity import ParityError, run_onnx
+from ddad_edge.models import KINDS, FusedEnsemble
+from ddad_edge.reference import dual_stats, module_stats
 from ddad_edge.runtime.bundle import TOLERANCES, open_bundle, relative_errors
 from ddad_edge.runtime.metrics import roc_auc
 from ddad_edge.runtime.scores import SCORE_NAMES, STD_DEFINITION, image_scores, score_maps
-from onnx import TensorProto
-
-from ddad_edge.models import KINDS, FusedEnsemble
-from ddad_edge.reference import dual_stats, module_stats
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 KERMANY = SHARED_DATA / "kermany-cxr"
@@ -298,10 +298,9 @@ def test_export_refuses_existing_output_and_bad_run(tmp_path: Path) -> None:
 # ----------------------------------------------------------------------------------------------
 def test_full_test_split_fp32_scores_and_fp16_auc() -> None:
     root = require_kermany()
-    from ddad_edge.runtime.batch import load_inputs
-
     from ddad_edge.checkpoint import load_module
     from ddad_edge.data import read_labels_csv
+    from ddad_edge.runtime.batch import load_inputs
 
     items = [it for it in read_labels_csv(root, root / "labels.csv") if it.split == "test"]
     lb = load_inputs([root / it.path for it in items], workers=2)

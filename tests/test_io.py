@@ -18,16 +18,6 @@ from pathlib import Path
 import numpy as np
 import pydicom
 import pytest
-from ddad_edge.runtime.io import (
-    CODECS_HINT,
-    DicomWindowWarning,
-    ImageLoadError,
-    dicom_info,
-    is_dicom,
-    load_image,
-    load_input,
-)
-from ddad_edge.runtime.preprocess import preprocess, to_unit_grey
 from PIL import Image
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.pixels import apply_modality_lut, apply_windowing, get_decoder
@@ -39,6 +29,17 @@ from pydicom.uid import (
     SecondaryCaptureImageStorage,
     generate_uid,
 )
+
+from ddad_edge.runtime.io import (
+    CODECS_HINT,
+    DicomWindowWarning,
+    ImageLoadError,
+    dicom_info,
+    is_dicom,
+    load_image,
+    load_input,
+)
+from ddad_edge.runtime.preprocess import preprocess, to_unit_grey
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 DICOM_DIR = DATA / "dicom-cxr"

@@ -15,14 +15,15 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
+from onnx import numpy_helper
+from test_export import SHARED_DATA, have_kermany, shared_bundle
+
 from ddad_edge.runtime.backends import BackendUnavailable, OrtBackend, physical_cores
 from ddad_edge.runtime.bundle import BundleError, open_bundle, relative_errors, sha256_file
 from ddad_edge.runtime.heatmaps import overlay_paths, write_overlays
 from ddad_edge.runtime.preprocess import to_display
 from ddad_edge.runtime.scorer import Scorer
 from ddad_edge.runtime.scores import SCORE_NAMES
-from onnx import numpy_helper
-from test_export import SHARED_DATA, have_kermany, shared_bundle
 
 BROKEN_DICOM = SHARED_DATA / "dicom-cxr" / "edge_cases" / "pylibjpeg-data__966_BROKEN_J2K.dcm"
 MONO1_DICOM = SHARED_DATA / "dicom-cxr" / "original" / "fo-dicom__CR-MONO1-10-chest.dcm"

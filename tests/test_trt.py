@@ -14,6 +14,8 @@ import types
 from pathlib import Path
 
 import pytest
+from test_export import shared_bundle
+
 from ddad_edge.export.trt_build import existing_engine_ok, profile_shapes
 from ddad_edge.runtime import scorer as scorer_mod
 from ddad_edge.runtime.backends import TRT_MISSING, BackendUnavailable
@@ -29,7 +31,6 @@ from ddad_edge.runtime.bundle import (
     sha256_file,
     slugify,
 )
-from test_export import shared_bundle
 
 HAVE_TRT = importlib.util.find_spec("tensorrt") is not None
 GPU = {"name": "NVIDIA H100 80GB HBM3", "compute_capability": "9.0"}
