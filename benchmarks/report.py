@@ -6,14 +6,13 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import tempfile
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from ddad_edge.runtime.fileio import atomic_write, atomic_write_text
 from ddad_edge.runtime.scores import SCORE_NAMES
 
 KERMANY_NOTE = (
@@ -24,19 +23,6 @@ KERMANY_NOTE = (
 
 
 # --- files ------------------------------------------------------------------------------------
-
-
-def _atomic_write(path: Path, write: Callable[[Path], None]) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=path.suffix)
-    os.close(fd)
-    try:
-        write(Path(tmp))
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def jsonable(obj: Any) -> Any:
@@ -62,11 +48,11 @@ def jsonable(obj: Any) -> Any:
 def write_json(path: Path, obj: Any) -> None:
     """Strict JSON (see :func:`jsonable`), indented."""
     text = json.dumps(jsonable(obj), indent=1, allow_nan=False)
-    _atomic_write(path, lambda p: p.write_text(text + "\n"))
+    atomic_write_text(path, text + "\n")
 
 
 def write_text(path: Path, text: str) -> None:
-    _atomic_write(path, lambda p: p.write_text(text))
+    atomic_write_text(path, text)
 
 
 # --- formatting -------------------------------------------------------------------------------
@@ -488,7 +474,7 @@ def _figure() -> tuple[Any, Any]:
 
 
 def _save(fig: Any, path: Path) -> None:
-    _atomic_write(path, lambda p: fig.savefig(p, format="png"))
+    atomic_write(path, lambda f: fig.savefig(f, format="png"))
 
 
 def plot_sweep(result: dict[str, Any], out_dir: Path, note: str = "") -> list[Path]:

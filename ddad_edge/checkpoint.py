@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from ddad_edge.models import FusedEnsemble
+from ddad_edge.runtime.fileio import atomic_write
 
 MODULES = ("A", "B")
 
@@ -21,19 +20,8 @@ def module_path(run_dir: Path, module: str) -> Path:
 
 
 def atomic_torch_save(obj: Any, path: Path) -> None:
-    """torch.save to a temp file in the same folder, fsync, then rename over path."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """torch.save through the toolkit's atomic write (temp file, fsync, rename)."""
+    atomic_write(path, lambda f: torch.save(obj, f))
 
 
 def load_checkpoint(run_dir: Path, module: str) -> dict[str, Any]:

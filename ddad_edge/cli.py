@@ -179,7 +179,8 @@ def run_training(
     import numpy as np
     import torch
 
-    from ddad_edge.data import SplitError, atomic_write_text, read_manifest
+    from ddad_edge.data import SplitError, read_manifest
+    from ddad_edge.runtime.fileio import atomic_write_text
     from ddad_edge.train import RunDirError, TrainConfig, check_run_dir, train_run
 
     cfg = TrainConfig(**cfg_kwargs)

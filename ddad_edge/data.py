@@ -13,13 +13,13 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from ddad_edge.runtime.fileio import atomic_write_text
 
 IMAGE_EXTS = {".png", ".jpg", ".jpeg", ".dcm", ".dicom", ".tif", ".tiff", ".bmp"}
 NORMAL_NAMES = {"normal", "good", "0", "negative"}
@@ -37,20 +37,6 @@ class Item:
     path: str
     label: int
     split: str | None = None
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write text to path atomically (temp file in the same folder, then rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def read_labels_csv(root: Path, csv_path: Path) -> list[Item]:

@@ -15,8 +15,8 @@ from typing import Any
 import numpy as np
 
 from ddad_edge.checkpoint import load_module
-from ddad_edge.data import atomic_write_text
 from ddad_edge.reference import dual_stats
+from ddad_edge.runtime.fileio import atomic_write_text
 from ddad_edge.runtime.metrics import average_precision, roc_auc, roc_curve
 from ddad_edge.runtime.preprocess import to_display
 from ddad_edge.runtime.scores import SCORE_NAMES, image_scores, score_maps

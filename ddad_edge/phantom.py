@@ -18,12 +18,12 @@ from __future__ import annotations
 
 import csv
 import io
-import os
-import secrets
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
+
+from ddad_edge.runtime.fileio import atomic_write_text
 
 __all__ = [
     "LABELS_COLUMNS",
@@ -244,19 +244,6 @@ def phantom_image(rng: np.random.Generator, size: int = 128, abnormal: bool = Fa
     return np.clip(np.rint(img * 255.0), 0, 255).astype(np.uint8)
 
 
-def _write_text_atomic(path: Path, text: str) -> None:
-    """Write UTF-8 ``text`` to ``path`` atomically: a unique temp file in the same directory
-    (opened with "x", so normal umask permissions), then os.replace."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(6)}.tmp")
-    try:
-        with open(tmp, "x", encoding="utf-8", newline="") as fh:
-            fh.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
 def make_phantom_dataset(
     out_dir: Path,
     *,
@@ -328,8 +315,8 @@ def make_phantom_dataset(
     writer = csv.DictWriter(buf, fieldnames=list(LABELS_COLUMNS), lineterminator="\n")
     writer.writeheader()
     writer.writerows(rows)
-    _write_text_atomic(labels, buf.getvalue())
-    _write_text_atomic(
+    atomic_write_text(labels, buf.getvalue())
+    atomic_write_text(
         out_dir / "README.txt",
         _README.format(
             seed=seed,

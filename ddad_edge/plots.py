@@ -17,8 +17,6 @@ Design rules:
 from __future__ import annotations
 
 import math
-import os
-import secrets
 from collections.abc import Collection, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -59,20 +57,10 @@ def _new_figure(width_in: float, height_in: float) -> Figure:
 
 
 def _save_atomic(fig: Figure, out_png: Path) -> Path:
-    """Save ``fig`` as PNG to ``out_png`` atomically (temp file in the same dir + os.replace)."""
-    out_png = Path(out_png)
-    out_png.parent.mkdir(parents=True, exist_ok=True)
-    # A unique sibling name opened with "xb" (not mkstemp, whose files are always 0600), so the
-    # final PNG gets the usual umask-derived permissions.
-    tmp = out_png.with_name(f".{out_png.name}.{os.getpid()}.{secrets.token_hex(6)}.tmp")
-    try:
-        with open(tmp, "xb") as fh:
-            fig.savefig(fh, format="png", dpi=_DPI)
-        os.replace(tmp, out_png)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return out_png
+    """Save ``fig`` as PNG to ``out_png`` atomically."""
+    from ddad_edge.runtime.fileio import atomic_write
+
+    return atomic_write(out_png, lambda fh: fig.savefig(fh, format="png", dpi=_DPI))
 
 
 def plot_training_curves(

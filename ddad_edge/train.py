@@ -18,8 +18,8 @@ import torch
 
 from ddad_edge import __version__
 from ddad_edge.checkpoint import atomic_torch_save, load_checkpoint, module_path
-from ddad_edge.data import atomic_write_text
 from ddad_edge.models import KINDS, FusedEnsemble, member_losses
+from ddad_edge.runtime.fileio import atomic_write_text
 
 MODULE_IDS = {"A": 1, "B": 2}
 EpochCallback = Callable[[str, int, int, np.ndarray, float], None]

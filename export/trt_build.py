@@ -20,7 +20,6 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
-import secrets
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -32,6 +31,7 @@ from ddad_edge.runtime.bundle import (
     open_bundle,
     sha256_file,
 )
+from ddad_edge.runtime.fileio import atomic_write_bytes
 
 TIMING_CACHE = "timing.cache"
 
@@ -48,15 +48,6 @@ class BuildResult:
     sidecar: Path
     built: bool
     info: dict[str, Any]
-
-
-def _write_bytes_atomic(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
-    try:
-        tmp.write_bytes(data)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def profile_shapes(max_batch: int, opt_batch: int | None) -> dict[str, list[int]]:
@@ -168,9 +159,9 @@ def build_engine(
     if serialized is None:
         raise BuildError(f"{onnx_path}: TensorRT failed to build an engine (see its log above)")
     data = bytes(serialized)
-    _write_bytes_atomic(plan, data)
+    atomic_write_bytes(plan, data)
     try:
-        _write_bytes_atomic(cache_path, bytes(config.get_timing_cache().serialize()))
+        atomic_write_bytes(cache_path, bytes(config.get_timing_cache().serialize()))
     except AttributeError:  # pragma: no cover - API without timing-cache serialization
         pass
     info = {
@@ -189,5 +180,5 @@ def build_engine(
         "timing_cache": cache_path.name,
         "created_utc": dt.datetime.now(dt.timezone.utc).replace(microsecond=0).isoformat(),
     }
-    _write_bytes_atomic(side, json.dumps(info, indent=1).encode())
+    atomic_write_bytes(side, json.dumps(info, indent=1).encode())
     return BuildResult(plan, side, True, info)

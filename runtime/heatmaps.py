@@ -13,13 +13,13 @@ the inputs.
 from __future__ import annotations
 
 import os
-import secrets
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
+from ddad_edge.runtime.fileio import atomic_write
 from ddad_edge.runtime.io import ImageLoadError, load_image
 from ddad_edge.runtime.preprocess import to_unit_grey
 
@@ -103,12 +103,8 @@ def write_overlays(
         arr = arrays[i] if arrays is not None else None
         base = _base_image(src, arr, max_side)
         rgb = overlay_heatmap(base, np.asarray(amap, np.float32), vmax=vmax)
-        tmp = names[i].with_name(f".{names[i].name}.{secrets.token_hex(4)}.tmp")
-        try:
-            Image.fromarray(rgb, mode="RGB").save(tmp, format="PNG")
-            os.replace(tmp, names[i])
-        finally:
-            tmp.unlink(missing_ok=True)
+        png = Image.fromarray(rgb, mode="RGB")
+        atomic_write(names[i], lambda f, png=png: png.save(f, format="PNG"))
         written.append(names[i])
     return written
 
