@@ -345,6 +345,7 @@ def demo(
     unlabeled: Annotated[int, typer.Option()] = 200,
     ar: Annotated[float, typer.Option()] = 0.5,
     seed: Annotated[int, typer.Option()] = 0,
+    threads: Annotated[int, typer.Option(help="torch CPU threads (0: torch's default).")] = 0,
 ) -> None:
     """The whole pipeline in a few minutes on CPU: phantoms -> split -> train -> eval.
 
@@ -375,9 +376,47 @@ def demo(
     run_dir = output / "run"
     resume = (run_dir / "config.json").exists()
     run_training(
-        output / "split.json", run_dir, kind=model, k=k, epochs=epochs, seed=seed, resume=resume
+        output / "split.json",
+        run_dir,
+        kind=model,
+        k=k,
+        epochs=epochs,
+        seed=seed,
+        threads=threads,
+        resume=resume,
     )
     run_eval(run_dir, output / "split.json", None)
+    run_deploy_demo(run_dir, output, data, manifest)
+
+
+def run_deploy_demo(run_dir: Path, output: Path, data: Path, manifest: dict) -> None:
+    """Demo tail: export the run, then score a few test images with the torch-free runtime."""
+    from ddad_edge.export.bundle import export_bundle
+    from ddad_edge.runtime import Scorer
+
+    bundle = output / "bundle"
+    if not (bundle / "manifest.json").exists():
+        export_bundle(run_dir, bundle, split=output / "split.json")
+    picks = [data / manifest["test"][i] for i in (0, 1, -2, -1)]
+    labels = [manifest["test_labels"][i] for i in (0, 1, -2, -1)]
+    with Scorer.from_bundle(bundle, backend="auto") as scorer:
+        results = scorer.score(picks)
+        table = Table(
+            title=f"runtime ({scorer.backend_name}) on 4 test images ({data_note(manifest)})"
+        )
+        for col in ("image", "label", "rec", "intra", "inter"):
+            table.add_column(col)
+        for r, lab in zip(results, labels, strict=True):
+            vals = (
+                [f"{r.scores[s]:.4f}" for s in ("rec", "intra", "inter")]
+                if r.scores
+                else [r.error or "", "", ""]
+            )
+            table.add_row(Path(r.source).name, "abnormal" if lab else "normal", *vals)
+    out_console.print(table)
+    out_console.print(
+        f"bundle in {bundle}: try `ddad-edge score {bundle} IMAGE --json`", highlight=False
+    )
 
 
 # Deployment (export, verify, build, score) and benchmark (bench, parity) commands live in their

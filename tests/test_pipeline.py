@@ -169,3 +169,19 @@ def test_make_split_marks_phantoms_synthetic(tmp_path: Path) -> None:
         ar=0.5,
     )
     assert m["data_note"].startswith("SYNTHETIC")
+
+
+def test_demo_runs_end_to_end_on_phantoms(tmp_path: Path) -> None:
+    out = tmp_path / "demo"
+    args = ["demo", "-o", str(out), "--epochs", "1", "--k", "2", "--normal-train", "64",
+            "--unlabeled", "64", "--threads", "1"]  # fmt: skip
+    r = runner.invoke(app, args)
+    assert r.exit_code == 0, r.output
+    assert "SYNTHETIC" in r.output
+    metrics = json.loads((out / "run" / "eval" / "metrics.json").read_text())
+    assert metrics["data_note"].startswith("SYNTHETIC")
+    assert (out / "bundle" / "manifest.json").is_file()
+    assert "runtime (ort-cpu)" in r.output
+    # a second call resumes the finished run instead of refusing or retraining
+    r = runner.invoke(app, args)
+    assert r.exit_code == 0, r.output
