@@ -343,44 +343,21 @@ def _tampered_graph(bundle: Path, out: Path) -> Path:
     return out
 
 
+def _run_parity(tiny: dict[str, Path], out: str, *extra: str):
+    """`ddad-edge parity` on the tiny bundle's split, ort lane, into tiny root / out."""
+    args = ["parity", str(tiny["bundle"]), "--split", str(tiny["split"])]
+    args += ["-o", str(tiny["root"] / out), "--backends", "ort", *extra, "--n-boot", "50"]
+    return runner.invoke(app, args)
+
+
 def test_parity_cli_pass_and_tampered_fail(tiny: dict[str, Path]) -> None:
-    ok = runner.invoke(
-        app,
-        [
-            "parity",
-            str(tiny["bundle"]),
-            "--split",
-            str(tiny["split"]),
-            "-o",
-            str(tiny["root"] / "parity-ok"),
-            "--backends",
-            "ort",
-            "--n-boot",
-            "50",
-        ],
-    )
+    ok = _run_parity(tiny, "parity-ok")
     assert ok.exit_code == 0, ok.output
     res = json.loads((tiny["root"] / "parity-ok" / "parity.json").read_text())
     assert res["passed"] and res["n_images"] == 32
     assert res["lanes"]["ort"]["scores"]["inter"]["spearman"] > 0.999
     bad_graph = _tampered_graph(tiny["bundle"], tiny["root"] / "tampered.onnx")
-    bad = runner.invoke(
-        app,
-        [
-            "parity",
-            str(tiny["bundle"]),
-            "--split",
-            str(tiny["split"]),
-            "-o",
-            str(tiny["root"] / "parity-bad"),
-            "--backends",
-            "ort",
-            "--graph",
-            f"tampered={bad_graph}",
-            "--n-boot",
-            "50",
-        ],
-    )
+    bad = _run_parity(tiny, "parity-bad", "--graph", f"tampered={bad_graph}")
     assert bad.exit_code == 3, bad.output
     assert "tampered" in bad.output and "exceeds" in bad.output
     res = json.loads((tiny["root"] / "parity-bad" / "parity.json").read_text())
