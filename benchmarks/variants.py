@@ -1,15 +1,10 @@
 """Graph variants with smaller weights, to move the batch-1 weight-read floor.
 
-- ``int8``: the fused graph's batched MatMuls ([2K, N, in] x [2K, in, out] initializer) are first
-  split into 2K per-member 2-D MatMuls (Split / Squeeze / MatMul / Unsqueeze / Concat: the same
-  function, :func:`split_batched_matmuls`), then ``onnxruntime.quantization.quantize_dynamic``
-  quantises their weights to QInt8 with one scale per output column of each member
-  (``per_channel=True``). Activations are quantised on the fly (DynamicQuantizeLinear) and the
-  products run as onnxruntime's integer MatMul kernels; convolutions stay FP32. Why the split:
-  on the batched 3-D weights quantize_dynamic can only use one scale for all members of a layer
-  (its per-channel mode fails at run time on 3-D weights), and onnxruntime runs that form as a
-  generic MatMulInteger without weight prepacking, which was no faster than FP32 at batch 1 in
-  our trials.
+- ``int8``: ``onnxruntime.quantization.quantize_dynamic`` quantises the weights of the graph's
+  per-member 2-D MatMuls (the bottleneck linears and MemAE memory) to QInt8 with one scale per
+  output column (``per_channel=True``). Activations are quantised on the fly
+  (DynamicQuantizeLinear) and the products run as onnxruntime's integer MatMul kernels with
+  prepacked weights; convolutions stay FP32.
 - ``fp16w``: every large float32 initializer stored as float16 and Cast back to float32 in the
   graph; compute stays FP32. Halves the file, but onnxruntime may constant-fold the Casts at
   session creation, in which case the weights in memory (and the floor) do not change: the
@@ -38,73 +33,9 @@ from ddad_edge.runtime.bundle import MANIFEST, graph_key, read_manifest, sha256_
 VARIANTS: tuple[str, ...] = ("int8", "fp16w")
 FP16W_MIN_ELEMENTS = 1024
 VARIANT_NOTES: dict[str, str] = {
-    "int8": "per-member MatMuls, quantize_dynamic QInt8 per-channel weights; convs FP32",
+    "int8": "quantize_dynamic QInt8 per-channel MatMul weights; convs FP32",
     "fp16w": "float32 initializers >= 1024 elements stored as float16 + Cast; FP32 compute",
 }
-
-
-def split_batched_matmuls(model: onnx.ModelProto) -> onnx.ModelProto:
-    """Rewrite every MatMul whose B is a 3-D initializer W [K, in, out] (A: [K, N, in]) as K
-    2-D MatMuls: Split A on axis 0, Squeeze, MatMul with W[k], Unsqueeze, Concat on axis 0.
-    The function is unchanged (same products, same order of accumulation per member). Returns a
-    new model; ``model`` is not modified."""
-    m = onnx.ModelProto()
-    m.CopyFrom(model)
-    g = m.graph
-    inits = {t.name: t for t in g.initializer}
-    nodes: list[onnx.NodeProto] = []
-    added: list[onnx.TensorProto] = []
-    replaced: set[str] = set()
-    axis0 = "__split_mm_axis0"
-    for n in g.node:
-        w_t = inits.get(n.input[1]) if n.op_type == "MatMul" and len(n.input) == 2 else None
-        if w_t is None or len(w_t.dims) != 3:
-            nodes.append(n)
-            continue
-        w = numpy_helper.to_array(w_t)
-        k = w.shape[0]
-        sizes = f"__split_mm_ones{k}"
-        if sizes not in {t.name for t in added}:
-            added.append(numpy_helper.from_array(np.ones(k, np.int64), sizes))
-        base = n.name or n.output[0]
-        parts = [f"{base}/a{i}" for i in range(k)]
-        nodes.append(
-            helper.make_node("Split", [n.input[0], sizes], parts, axis=0, name=f"{base}/split")
-        )
-        outs = []
-        for i in range(k):
-            wi = f"{w_t.name}/member{i}"
-            added.append(numpy_helper.from_array(np.ascontiguousarray(w[i]), wi))
-            nodes.append(
-                helper.make_node(
-                    "Squeeze", [parts[i], axis0], [f"{parts[i]}/2d"], name=f"{base}/squeeze{i}"
-                )
-            )
-            nodes.append(
-                helper.make_node(
-                    "MatMul", [f"{parts[i]}/2d", wi], [f"{base}/y{i}"], name=f"{base}/matmul{i}"
-                )
-            )
-            nodes.append(
-                helper.make_node(
-                    "Unsqueeze",
-                    [f"{base}/y{i}", axis0],
-                    [f"{base}/y{i}/3d"],
-                    name=f"{base}/unsqueeze{i}",
-                )
-            )
-            outs.append(f"{base}/y{i}/3d")
-        nodes.append(helper.make_node("Concat", outs, [n.output[0]], axis=0, name=f"{base}/concat"))
-        replaced.add(w_t.name)
-    if not replaced:
-        return m
-    added.append(numpy_helper.from_array(np.array([0], np.int64), axis0))
-    keep = [t for t in g.initializer if t.name not in replaced]
-    del g.initializer[:]
-    g.initializer.extend(keep + added)
-    del g.node[:]
-    g.node.extend(nodes)
-    return m
 
 
 def make_int8(src: Path, dst: Path) -> Path:
@@ -113,14 +44,12 @@ def make_int8(src: Path, dst: Path) -> Path:
 
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    split = Path(dst).with_name(Path(dst).name + ".split.onnx")
-    onnx.save(split_batched_matmuls(onnx.load(str(src))), str(split))
     root = logging.getLogger()
     level = root.level
     root.setLevel(logging.ERROR)  # quantize_dynamic logs a pre-processing hint on the root logger
     try:
         quantize_dynamic(
-            str(split),
+            str(src),
             str(dst),
             op_types_to_quantize=["MatMul"],
             weight_type=QuantType.QInt8,
@@ -128,7 +57,6 @@ def make_int8(src: Path, dst: Path) -> Path:
         )
     finally:
         root.setLevel(level)
-        split.unlink(missing_ok=True)
     return Path(dst)
 
 

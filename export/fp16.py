@@ -21,7 +21,18 @@ from onnx import TensorProto, helper, numpy_helper
 
 # Ops whose float16 output equals one of their (already float16) inputs element-wise: rounding
 # after them changes nothing.
-_EXACT_OPS = {"Reshape", "Transpose", "Slice", "Squeeze", "Unsqueeze", "Relu", "Identity", "Split"}
+_EXACT_OPS = {
+    "Reshape",
+    "Transpose",
+    "Slice",
+    "Squeeze",
+    "Unsqueeze",
+    "Relu",
+    "Identity",
+    "Split",
+    "Concat",
+    "DepthToSpace",
+}
 
 
 def _elem_types(model: onnx.ModelProto) -> dict[str, int]:

@@ -7,16 +7,27 @@ Graph (K members, opset 17, input ``x`` float32 [N, 1, 64, 64], N dynamic):
 
 * Conv(x, [K*16, 1, 4, 4], group 1) + bias, Relu   -- all members read the same x: one conv
 * 3 x Conv(group K) + bias, Relu                     -> [N, K*64, 4, 4]
-* Reshape [N, K, 1024], Transpose -> [K, N, 1024]
-* MatMul [K,N,1024]x[K,1024,2048] + bias, Relu; MatMul x[K,2048,16] + bias   (batched, per member)
-* MemAE: Softmax(z M^T) M  (batched MatMuls, [K, 25, 16] memory)
-* MatMul x[K,16,2048] + bias, Relu; MatMul x[K,2048,1024] + bias
-* Transpose -> [N, K, 1024], Reshape [N, K*64, 4, 4]
-* 3 x ConvTranspose(group K) + bias, Relu; ConvTranspose(group K) -> [N, K*out, 64, 64]
+* Reshape [N, K*1024], Split into K chains [N, 1024]; per member k:
+  MatMul [1024, 2048] + bias, Relu; MatMul [2048, 16] + bias (bare code);
+  MemAE: Softmax(z M_k^T) M_k ([25, 16] memory); MatMul [16, 2048] + bias, Relu;
+  MatMul [2048, 1024] + bias; then Concat -> [N, K*1024], Reshape [N, K*64, 4, 4]
+* 3 x transposed conv (group K) + bias, Relu, each as its four sub-pixel phases (below)
+* ConvTranspose(group K) -> [N, K*out, 64, 64]
 * Reshape [N, K, out, 64, 64]; then per output group (a contiguous range of members, e.g. module
   A = members 0..K-1 and B = K..2K-1 in the dual graph): Slice, ReduceMean over members -> mean,
   population std sqrt(mean((r - mean)^2)) -> std, and (AE-U) mean(exp(logvar)) -> var.
   All outputs float32 [N, 1, 64, 64].
+
+Why this form (measured with onnxruntime 1.32 on the 2-core CPU, dual K=3 AE graph, batch 64,
+see benchmarks/README.md): the bottleneck as 2-D MatMuls per member runs in 14 ms where one
+batched [2K, N, 1024] x [2K, 1024, 2048] MatMul with Transposes took 22 ms (onnxruntime prepacks
+2-D constant weights only), and equal at batch 1 (both read each weight once). A transposed
+conv with kernel 4, stride 2, pad 1 is exactly four 2x2 convs, one per output phase (a, c) in
+{0,1}^2: output pixel (2i+a, 2j+c) reads input rows (i-1, i) if a = 0 else (i, i+1) with kernel
+rows (3, 1) or (2, 0), columns likewise; the four results are interleaved by DepthToSpace (DCR).
+Same multiply-adds as the transposed conv, but onnxruntime runs them with its blocked
+convolution kernels: the three hidden decoder layers take 45 ms instead of 61 ms at batch 64.
+The last layer (16 -> 1 or 2 channels per member) stays a ConvTranspose, which is faster there.
 
 Precision ``fp16``: weights and compute in float16, graph input/outputs float32; a Cast to
 float16 right after ``x``, the MemAE softmax in float32, and a Cast to float32 of the decoder
@@ -67,6 +78,36 @@ def dual_groups(k: int) -> list[OutputGroup]:
     """Output groups of the dual graph over 2K members (A first): mean_a, std_a, mean_b, std_b
     (+ var_b for AE-U; A's log-variance is not used by the scores)."""
     return [OutputGroup(0, k, "_a", with_var=False), OutputGroup(k, k, "_b", with_var=True)]
+
+
+# Kernel taps of a k4/s2/p1 transposed conv that output phase a (0 even, 1 odd) uses, ordered
+# as the taps of the equivalent 2x2 convolution (input offsets i-1, i for a = 0; i, i+1 for a = 1).
+_PHASE_TAPS = {0: [3, 1], 1: [2, 0]}
+
+
+def subpixel_weights(w: np.ndarray, groups: int) -> dict[tuple[int, int], np.ndarray]:
+    """The four 2x2 convolution weights equivalent to a grouped transposed conv.
+
+    Args:
+        w: ConvTranspose weight [groups*cin, cout, 4, 4] (kernel 4, stride 2, pad 1).
+        groups: the transposed conv's group count.
+
+    Returns:
+        {(a, c): Conv weight [groups*cout, cin, 2, 2]} for output row phase a and column phase
+        c; the Conv for (a, c) uses pads [1-a, 1-c, a, c] (top, left, bottom, right), stride 1.
+    """
+    gcin, cout = w.shape[:2]
+    if w.shape[2:] != (4, 4) or gcin % groups:
+        raise ValueError(f"expected a [groups*cin, cout, 4, 4] weight, got {w.shape}")
+    wg = w.reshape(groups, gcin // groups, cout, 4, 4)
+    out = {}
+    for a in (0, 1):
+        for c in (0, 1):
+            sub = wg[:, :, :, _PHASE_TAPS[a]][:, :, :, :, _PHASE_TAPS[c]]  # [g, cin, cout, 2, 2]
+            out[(a, c)] = np.ascontiguousarray(
+                sub.transpose(0, 2, 1, 3, 4).reshape(groups * cout, gcin // groups, 2, 2)
+            )
+    return out
 
 
 class _Builder:
@@ -136,42 +177,58 @@ def build_model(
         wn, bn = b.weight(f"enc{i}.weight", w), b.weight(f"enc{i}.bias", bias)
         h = b.op("Conv", [h, wn, bn], group=1 if i == 0 else k, **conv)
         h = b.op("Relu", [h])
+    # Bottleneck: one chain of 2-D MatMuls per member (see the module docstring for why).
     flat = f.fc_w[0].shape[1]  # 1024
-    h = b.op("Reshape", [h, b.const_i64("shape_nk_flat", [0, k, flat])])
-    h = b.op("Transpose", [h], perm=[1, 0, 2])  # [K, N, 1024]
+    h = b.op("Reshape", [h, b.const_i64("shape_n_kflat", [0, k * flat])])
+    parts = [f"member{m}.flat" for m in range(k)]
+    sizes = b.const_i64("split_members", [flat] * k)
+    b.nodes.append(helper.make_node("Split", [h, sizes], parts, name="Split_members", axis=1))
 
-    def linear(h: str, j: int, relu: bool) -> str:
-        wn = b.weight(f"fc{j + 1}.weight", f.fc_w[j])
-        bn = b.weight(f"fc{j + 1}.bias", f.fc_b[j][:, None, :])  # [K, 1, out]
+    def linear(h: str, m: int, j: int, relu: bool) -> str:
+        wn = b.weight(f"fc{j + 1}.weight.member{m}", f.fc_w[j][m])  # [in, out]
+        bn = b.weight(f"fc{j + 1}.bias.member{m}", f.fc_b[j][m])  # [out]
         h = b.op("Add", [b.op("MatMul", [h, wn]), bn])
         return b.op("Relu", [h]) if relu else h
 
-    h = linear(h, 0, True)
-    h = linear(h, 1, False)  # bare 16-d code [K, N, 16]
-    if f.memory is not None:
-        mem_t = b.weight("memory.transposed", np.transpose(f.memory, (0, 2, 1)))  # [K, 16, 25]
-        mem = b.weight("memory", f.memory)  # [K, 25, 16]
-        logits = b.op("MatMul", [h, mem_t])  # [K, N, 25]
-        if fp16:
-            logits = b.op("Cast", [logits], to=TensorProto.FLOAT)
-        addr = b.op("Softmax", [logits], axis=-1)
-        if fp16:
-            addr = b.op("Cast", [addr], to=TensorProto.FLOAT16)
-        h = b.op("MatMul", [addr, mem])  # [K, N, 16]
-    h = linear(h, 2, True)
-    h = linear(h, 3, False)  # [K, N, 1024]
-    h = b.op("Transpose", [h], perm=[1, 0, 2])  # [N, K, 1024]
+    codes = []
+    for m, h in enumerate(parts):
+        h = linear(h, m, 0, True)
+        h = linear(h, m, 1, False)  # bare 16-d code [N, 16]
+        if f.memory is not None:
+            mem_t = b.weight(f"memory.transposed.member{m}", f.memory[m].T)  # [16, 25]
+            logits = b.op("MatMul", [h, mem_t])  # [N, 25]
+            if fp16:
+                logits = b.op("Cast", [logits], to=TensorProto.FLOAT)
+            addr = b.op("Softmax", [logits], axis=-1)
+            if fp16:
+                addr = b.op("Cast", [addr], to=TensorProto.FLOAT16)
+            h = b.op("MatMul", [addr, b.weight(f"memory.member{m}", f.memory[m])])  # [N, 16]
+        h = linear(h, m, 2, True)
+        codes.append(linear(h, m, 3, False))  # [N, 1024]
+    h = b.op("Concat", codes, axis=1)  # [N, K*1024]
     dec_in = f.dec_w[0].shape[0]  # K*64
     side = int(round((flat * k / dec_in) ** 0.5))  # 4
     h = b.op("Reshape", [h, b.const_i64("shape_dec_in", [0, dec_in, side, side])])
 
+    # Decoder: every transposed conv but the last as four sub-pixel convs + DepthToSpace.
+    last = len(f.dec_w) - 1
     for i, (w, bias) in enumerate(zip(f.dec_w, f.dec_b, strict=True)):
-        ins = [h, b.weight(f"dec{i}.weight", w)]
-        if bias is not None:
-            ins.append(b.weight(f"dec{i}.bias", bias))
-        h = b.op("ConvTranspose", ins, group=k, **conv)
-        if bias is not None:
-            h = b.op("Relu", [h])
+        if i == last:
+            ins = [h, b.weight(f"dec{i}.weight", w)]
+            if bias is not None:
+                ins.append(b.weight(f"dec{i}.bias", bias))
+            h = b.op("ConvTranspose", ins, group=k, **conv)
+            if bias is not None:
+                h = b.op("Relu", [h])
+            continue
+        phases = []
+        for (a, c), wp in subpixel_weights(w, k).items():
+            ins = [h, b.weight(f"dec{i}.weight.phase{a}{c}", wp)]
+            if bias is not None:
+                ins.append(b.weight(f"dec{i}.bias", bias))
+            p = b.op("Conv", ins, group=k, kernel_shape=[2, 2], pads=[1 - a, 1 - c, a, c])
+            phases.append(b.op("Relu", [p]) if bias is not None else p)
+        h = b.op("DepthToSpace", [b.op("Concat", phases, axis=1)], blocksize=2, mode="DCR")
     if fp16:
         h = b.op("Cast", [h], "decoder_out_fp32", to=TensorProto.FLOAT)
     hw = IMAGE_SIZE
@@ -200,10 +257,13 @@ def build_model(
             b.op("ReduceMean", [b.op("Exp", [lv])], names[2], axes=[1], keepdims=0)
         outputs += names
 
-    # Slices of the same constants were registered twice above: keep one initializer per name.
+    # Shared constants (slice bounds, phase biases) are registered more than once above: keep one
+    # initializer per name, and only those a node reads.
+    used = {i for n in b.nodes for i in n.input}
     seen: dict[str, onnx.TensorProto] = {}
     for t in b.inits:
-        seen.setdefault(t.name, t)
+        if t.name in used:
+            seen.setdefault(t.name, t)
     dims = ["N", 1, IMAGE_SIZE, IMAGE_SIZE]
     graph = helper.make_graph(
         b.nodes,

@@ -331,14 +331,18 @@ def test_bench_cli_smoke(tiny: dict[str, Path]) -> None:
 
 
 def _tampered_graph(bundle: Path, out: Path) -> Path:
-    """The bundle's dual FP32 graph with module A's last linear layer replaced by noise."""
+    """The bundle's dual FP32 graph with module A's last linear layers replaced by noise."""
     m = onnx.load(str(bundle / "dual_fp32.onnx"))
+    k = int({p.key: p.value for p in m.metadata_props}["ddad.k"])  # members per module
+    module_a = {f"fc4.weight.member{i}" for i in range(k)}
+    hit = 0
     for i, t in enumerate(m.graph.initializer):
-        if t.name == "fc4.weight":
-            w = numpy_helper.to_array(t).copy()
-            k = w.shape[0] // 2
-            w[:k] = np.random.default_rng(0).normal(0, 3 * w.std(), w[:k].shape)
-            m.graph.initializer[i].CopyFrom(numpy_helper.from_array(w, t.name))
+        if t.name in module_a:
+            w = numpy_helper.to_array(t)
+            noise = np.random.default_rng(i).normal(0, 3 * w.std(), w.shape).astype(w.dtype)
+            m.graph.initializer[i].CopyFrom(numpy_helper.from_array(noise, t.name))
+            hit += 1
+    assert hit == k, f"expected {k} fc4 weights of module A, found {hit}"
     onnx.save(m, str(out))
     return out
 

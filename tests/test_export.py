@@ -26,7 +26,13 @@ from onnx import TensorProto
 from ddad_edge.export.bundle import ExportError, export_bundle
 from ddad_edge.export.fold import concat_members, fold_ensemble
 from ddad_edge.export.fp16 import emulate_fp16_storage
-from ddad_edge.export.onnx_graph import build_model, check, dual_groups, module_groups
+from ddad_edge.export.onnx_graph import (
+    build_model,
+    check,
+    dual_groups,
+    module_groups,
+    subpixel_weights,
+)
 from ddad_edge.export.parity import ParityError, run_onnx
 from ddad_edge.models import KINDS, FusedEnsemble
 from ddad_edge.reference import dual_stats, module_stats
@@ -156,7 +162,7 @@ def test_folded_dual_graph_matches_pytorch(kind: str) -> None:
         assert e["rel"] <= 1e-5, (name, e)
 
 
-def test_graph_design_fused_not_branched() -> None:
+def test_graph_design_one_graph_for_both_modules() -> None:
     ma, mb = perturbed("memae", K, 1), perturbed("memae", K, 2)
     model = build_model(
         concat_members(fold_ensemble(ma), fold_ensemble(mb)),
@@ -164,20 +170,44 @@ def test_graph_design_fused_not_branched() -> None:
         metadata={"ddad.k": str(K)},
     )
     ops = Counter(n.op_type for n in model.graph.node)
-    assert ops["Conv"] == 4 and ops["ConvTranspose"] == 4  # not 4 per member
-    assert ops["MatMul"] == 6  # 4 linears + 2 memory matmuls, all batched over 2K members
+    # encoder 4 grouped convs; 3 hidden decoder layers x 4 sub-pixel convs; 1 ConvTranspose
+    assert ops["Conv"] == 4 + 3 * 4 and ops["ConvTranspose"] == 1 and ops["DepthToSpace"] == 3
+    # per member: 4 linears + 2 memory matmuls (2-D MatMuls: weights prepacked by onnxruntime)
+    assert ops["MatMul"] == 2 * K * 6 and ops["Split"] == 1
     assert ops["BatchNormalization"] == 0  # folded
     convs = [n for n in model.graph.node if n.op_type in ("Conv", "ConvTranspose")]
     groups = [next((a.i for a in n.attribute if a.name == "group"), 1) for n in convs]
-    assert groups == [1, 2 * K, 2 * K, 2 * K] + [2 * K] * 4
+    assert groups == [1, 2 * K, 2 * K, 2 * K] + [2 * K] * 13
     inits = {t.name: t for t in model.graph.initializer}
     assert list(inits["enc0.weight"].dims) == [2 * K * 16, 1, 4, 4]
-    assert list(inits["fc1.weight"].dims) == [2 * K, 1024, 2048]
+    assert list(inits["fc1.weight.member0"].dims) == [1024, 2048]
+    assert f"fc1.weight.member{2 * K - 1}" in inits
     assert [n.name for n in model.graph.output] == ["mean_a", "std_a", "mean_b", "std_b"]
     assert model.opset_import[0].version >= 17
     x = model.graph.input[0]
     assert x.name == "x" and x.type.tensor_type.shape.dim[0].dim_param == "N"
     assert {p.key: p.value for p in model.metadata_props}["ddad.k"] == str(K)
+    used = {i for n in model.graph.node for i in n.input}
+    assert all(t.name in used for t in model.graph.initializer)  # no dead initializers
+
+
+@pytest.mark.parametrize("groups,cin,cout", [(1, 3, 2), (3, 4, 5)])
+def test_subpixel_convs_equal_the_transposed_conv(groups: int, cin: int, cout: int) -> None:
+    """The four 2x2 phase convs, interleaved, are exactly ConvTranspose(4, stride 2, pad 1)."""
+    rng = np.random.default_rng(groups)
+    x = torch.from_numpy(rng.standard_normal((2, groups * cin, 5, 6)))
+    w = rng.standard_normal((groups * cin, cout, 4, 4))
+    ref = torch.nn.functional.conv_transpose2d(
+        x, torch.from_numpy(w), stride=2, padding=1, groups=groups
+    ).numpy()
+    got = np.empty_like(ref)
+    for (a, c), wp in subpixel_weights(w, groups).items():
+        xp = torch.nn.functional.pad(x, (1 - c, c, 1 - a, a))  # (left, right, top, bottom)
+        y = torch.nn.functional.conv2d(xp, torch.from_numpy(wp), groups=groups).numpy()
+        got[:, :, a::2, c::2] = y
+    np.testing.assert_allclose(got, ref, rtol=0, atol=1e-12)
+    with pytest.raises(ValueError, match="groups"):
+        subpixel_weights(w[:, :, :3], groups)
 
 
 def test_fp16_graph_keeps_io_and_reductions_in_fp32() -> None:
@@ -323,6 +353,17 @@ def test_full_test_split_fp32_scores_and_fp16_auc() -> None:
     for name, e in relative_errors(emu, ref).items():
         assert e["rel"] <= FP16_TOL_MEASURED <= TOLERANCES["fp16"], (name, e)
     s_ref, s32, s_emu = scores(ref), scores(fp32), scores(emu)
+    resolvable = []
     for n in SCORE_NAMES:
         np.testing.assert_allclose(s32[n], s_ref[n], rtol=1e-6, atol=0)
+        # This run is trained for 2 steps only: a score whose spread over the 624 images is
+        # below ~100 float16 ulps (relative std < 0.05) ranks images by differences FP16 cannot
+        # represent, so its FP16 AUC is noise. Those are held to the per-image FP16 tolerance;
+        # AUC parity is asserted for the others (and on the trained model by `ddad-edge parity`).
+        spread = float(np.std(s32[n]) / np.mean(np.abs(s32[n])))
+        if spread < 0.05:
+            np.testing.assert_allclose(s_emu[n], s32[n], rtol=FP16_TOL_MEASURED, atol=0)
+            continue
+        resolvable.append(n)
         assert abs(roc_auc(labels, s_emu[n]) - roc_auc(labels, s32[n])) <= 0.003, n
+    assert resolvable, "no score of the test run is resolvable in FP16: AUC parity untested"

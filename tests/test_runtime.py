@@ -79,9 +79,9 @@ def test_tampered_weight_with_rehash_fails_numerically(bundle: Path, tmp_path: P
     b = copy_bundle(bundle, tmp_path / "b")
     path = b / "dual_fp32.onnx"
     model = onnx.load(str(path))
-    init = next(t for t in model.graph.initializer if t.name == "fc4.bias")
+    init = next(t for t in model.graph.initializer if t.name == "fc4.bias.member0")
     arr = numpy_helper.to_array(init).copy()
-    arr[0, :64] += 0.05  # member 0 of module A: one 4x4 patch of the decoder input
+    arr[:64] += 0.05  # member 0 of module A: one 4x4 patch of the decoder input
     init.CopyFrom(numpy_helper.from_array(arr, init.name))
     onnx.save(model, str(path))
     manifest = json.loads((b / "manifest.json").read_text())
