@@ -85,7 +85,7 @@ def load_test_set(
     if max_images is not None and max_images < len(rel):
         idx = _stratified(labels, max_images)
     paths = [str(Path(manifest["root"]) / rel[i]) for i in idx]
-    lb = load_inputs(paths, workers=2)
+    lb = load_inputs(paths)
     return TestSet(
         x=lb.x,
         labels=labels[idx][lb.ok],

@@ -139,6 +139,18 @@ def machine_section(machine: dict[str, Any], limits: dict[str, Any] | None) -> s
                 ],
             ],
         )
+        for n, r in sorted(
+            limits.get("bandwidth_at_weights", {}).items(), key=lambda kv: int(kv[0])
+        ):
+            where = {True: "fits in LLC", False: "exceeds LLC", None: "LLC unknown"}[
+                r.get("in_llc")
+            ]
+            text += (
+                f"- read, buffer of {int(n) / 1e6:.1f} MB read repeatedly ({where}): "
+                f"{r['read_gbps']:.1f} GB/s\n"
+            )
+        if bw.get("llc_bytes"):
+            text += f"- last-level cache: {bw['llc_bytes'] / 2**20:.0f} MiB\n"
         if limits.get("quick"):
             text += "\n**quick mode: small sizes, these limits are NOT meaningful.**\n"
     return text
@@ -294,12 +306,20 @@ def bench_markdown(result: dict[str, Any]) -> str:
                     fmt(
                         lim.get("b64_fraction_of_peak") and 100 * lim["b64_fraction_of_peak"], ".1f"
                     ),
+                    fmt(lim.get("floor_gbps"), ".1f"),
                     fmt(lim.get("floor_ms"), ".3f"),
                     fmt(lim.get("b1_latency_over_floor"), ".2f"),
                     fmt(lim.get("b1_inference_over_floor"), ".2f"),
+                    fmt(lim.get("floor_dram_ms"), ".3f"),
+                    fmt(lim.get("b1_latency_over_dram_floor"), ".2f"),
                 ]
             )
         out.append("\n## Achieved fraction of the machine\n\n")
+        out.append(
+            "Weight-read floor = weight bytes / read bandwidth of a buffer of the weights' size "
+            "read repeatedly (what batch-1 inference does: cache-resident when the weights fit "
+            "in the last-level cache); DRAM floor = weight bytes / DRAM read bandwidth.\n\n"
+        )
         out.append(
             table(
                 [
@@ -308,9 +328,12 @@ def bench_markdown(result: dict[str, Any]) -> str:
                     "weight MB",
                     "batch-64 GFLOP/s",
                     "% of matmul peak",
+                    "read GB/s at weight size",
                     "weight-read floor (ms)",
                     "batch-1 scoring / floor",
                     "batch-1 inference / floor",
+                    "DRAM floor (ms)",
+                    "batch-1 scoring / DRAM floor",
                 ],
                 rows,
             )

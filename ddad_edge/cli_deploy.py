@@ -245,7 +245,9 @@ def score(
         str, typer.Option(help="auto (fp16 on GPU, fp32 on CPU), fp32 or fp16.")
     ] = "auto",
     batch_size: Annotated[int, typer.Option(help="Images per inference call.")] = 64,
-    workers: Annotated[int, typer.Option(help="Threads decoding images.")] = 2,
+    workers: Annotated[
+        int, typer.Option(help="Threads decoding images (0: one per physical core).")
+    ] = 0,
 ) -> None:
     """Score images with a bundle: image-level rec, intra and inter scores.
 
@@ -264,7 +266,11 @@ def score(
         _fail(f"--heatmap-map must be one of {', '.join(SCORE_NAMES)}")
     try:
         scorer = Scorer.from_bundle(
-            bundle, backend=backend, precision=precision, max_batch=batch_size, workers=workers
+            bundle,
+            backend=backend,
+            precision=precision,
+            max_batch=batch_size,
+            workers=workers or None,
         )
     except (BackendUnavailable, BundleError, ValueError) as e:
         _fail(_one_line(e))

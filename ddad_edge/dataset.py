@@ -15,7 +15,7 @@ def load_part(
     manifest: dict[str, Any],
     part: str,
     *,
-    workers: int = 2,
+    workers: int | None = None,
     on_item: Callable[[int], None] | None = None,
 ) -> LoadedBatch:
     """Load one part of the split ("normal_train", "unlabeled" or "test").

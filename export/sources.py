@@ -58,7 +58,7 @@ def _image_files(folder: Path) -> list[Path]:
 
 
 def _load(paths: list[Path], origin: str) -> ParityImages:
-    lb = load_inputs(paths, workers=2)
+    lb = load_inputs(paths)
     sources = [str(paths[i]) for i in lb.ok]
     return ParityImages(lb.x, sources, origin, skipped=[(p, r) for _, p, r in lb.errors])
 

@@ -29,6 +29,8 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from ddad_edge.runtime.cpu import physical_cores
+
 TRT_MISSING = (
     "TensorRT is not installed: pip install 'ddad-edge[trt]' on a machine with an NVIDIA GPU"
 )
@@ -74,38 +76,6 @@ class Backend(Protocol):
 # ----------------------------------------------------------------------------------------------
 # Environment probes
 # ----------------------------------------------------------------------------------------------
-def physical_cores() -> int:
-    """Physical CPU cores available to this process (hyper-threads not counted).
-
-    Reads /proc/cpuinfo (unique (physical id, core id) pairs among the CPUs this process may
-    use); falls back to the number of usable logical CPUs.
-    """
-    try:
-        allowed = os.sched_getaffinity(0)
-    except AttributeError:  # pragma: no cover - not Linux
-        allowed = set(range(os.cpu_count() or 1))
-    try:
-        cores: set[tuple[str, str]] = set()
-        proc = phys = core = None
-        with open("/proc/cpuinfo") as f:
-            for line in [*f, "\n"]:
-                key, _, value = line.partition(":")
-                key, value = key.strip(), value.strip()
-                if key == "processor":
-                    proc = int(value)
-                elif key == "physical id":
-                    phys = value
-                elif key == "core id":
-                    core = value
-                elif not key and proc is not None:
-                    if proc in allowed:
-                        cores.add((phys or "0", core if core is not None else str(proc)))
-                    proc = phys = core = None
-        if cores:
-            return len(cores)
-    except (OSError, ValueError):
-        pass
-    return max(1, len(allowed))
 
 
 def import_onnxruntime() -> Any:
@@ -202,6 +172,10 @@ class OrtBackend:
         so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         so.intra_op_num_threads = self.intra_op_threads or physical_cores()
         so.log_severity_level = 3  # errors only: keep ORT's warnings off the user's console
+        # Worker threads spin only during a run: between runs (decoding the next images, the
+        # application's own work) they would otherwise keep both cores busy; measured on the
+        # 2-core CPU: full-resolution JPEG decoding 2.0 instead of 2.8 ms/image, same inference.
+        so.add_session_config_entry("session.force_spinning_stop", "1")
         if not self.path.is_file():
             raise BackendUnavailable(f"{self.path}: no such ONNX file")
         try:

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from ddad_edge.runtime.cpu import physical_cores
 from ddad_edge.runtime.io import ImageLoadError, load_input
 from ddad_edge.runtime.preprocess import IMAGE_SIZE
 
@@ -27,12 +28,13 @@ def load_inputs(
     paths: Sequence[str | os.PathLike],
     *,
     size: int = IMAGE_SIZE,
-    workers: int = 1,
+    workers: int | None = None,
     on_item: Callable[[int], None] | None = None,
 ) -> LoadedBatch:
     """Decode and preprocess every path; unreadable files become errors, the rest are loaded.
 
-    ``workers`` > 1 decodes in threads (Pillow and the DICOM codecs release the GIL).
+    ``workers``: decoding threads (Pillow and the DICOM codecs release the GIL); default the
+    number of physical cores. A single path is decoded in the calling thread.
     ``on_item(i)`` is called after each item (for progress bars).
     """
 
@@ -45,8 +47,9 @@ def load_inputs(
             if on_item is not None:
                 on_item(i)
 
-    if workers > 1:
-        with ThreadPoolExecutor(workers) as pool:
+    workers = physical_cores() if workers is None else workers
+    if workers > 1 and len(paths) > 1:
+        with ThreadPoolExecutor(min(workers, len(paths))) as pool:
             results = list(pool.map(one, range(len(paths))))
     else:
         results = [one(i) for i in range(len(paths))]

@@ -221,7 +221,7 @@ class Scorer:
         precision: str,
         *,
         max_batch: int = 64,
-        workers: int = 1,
+        workers: int | None = None,
         notes: list[str] | None = None,
     ) -> None:
         if max_batch < 1:
@@ -246,7 +246,7 @@ class Scorer:
         graph: str = "dual",
         *,
         max_batch: int = 64,
-        workers: int = 1,
+        workers: int | None = None,
         verify: bool = True,
         intra_op_threads: int | None = None,
     ) -> Scorer:
@@ -259,7 +259,7 @@ class Scorer:
             precision: "fp32", "fp16" or "auto" (fp16 on GPU backends, fp32 on CPU).
             graph: "dual" (one graph, default) or "modules" (module_A + module_B graphs).
             max_batch: inputs per inference call (and per loading chunk in :meth:`score`).
-            workers: threads decoding image files.
+            workers: threads decoding image files (default: physical cores).
             verify: check the sha256 of every bundle file first.
             intra_op_threads: onnxruntime CPU threads (default: physical cores).
         """

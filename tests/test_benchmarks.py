@@ -393,3 +393,35 @@ def test_training_fused_vs_separate_runs() -> None:
         torch.set_num_threads(threads)
     assert r["fused"]["step_s"] > 0 and len(r["separate"]["member_step_s"]) == 2
     assert r["fused"]["epoch_s_per_module"]["A"] == pytest.approx(10 * r["fused"]["step_s"])
+
+
+def test_weight_read_floor_uses_bandwidth_at_the_weight_size() -> None:
+    from ddad_edge.benchmarks.bench import _lane_limits
+    from ddad_edge.benchmarks.machine import llc_bytes, measure_read_bandwidth
+
+    r = measure_read_bandwidth(4 * 2**20, min_reps=2, min_seconds=0.0, max_seconds=0.5)
+    assert r["nbytes"] == 4 * 2**20 and r["read_gbps"] > 0
+    llc = llc_bytes()
+    assert llc is None or (r["in_llc"] is (4 * 2**20 <= llc))
+    wb = 100_000_000
+    graph = {"graph": "g.onnx", "weights": {"total": wb}, "flops": {"64": {"flops": 64e9}}}
+    lane = {
+        "sweep": {
+            "points": {
+                "1": {"scoring_latency": {"p50_ms": 4.0}, "stages": {"inference": {"p50_ms": 3.9}}},
+                "64": {"stages": {"inference": {"p50_ms": 500.0}}},
+            }
+        }
+    }
+    limits = {
+        "bandwidth": {"read_gbps": 25.0},
+        "matmul": {"peak_gflops": 200.0},
+        "bandwidth_at_weights": {str(wb): {"read_gbps": 50.0, "in_llc": True}},
+    }
+    out = _lane_limits(lane, graph, limits)
+    assert out["floor_ms"] == pytest.approx(2.0) and out["floor_dram_ms"] == pytest.approx(4.0)
+    assert out["b1_latency_over_floor"] == pytest.approx(2.0)
+    assert out["b1_latency_over_dram_floor"] == pytest.approx(1.0)
+    assert out["b64_fraction_of_peak"] == pytest.approx(0.64)
+    del limits["bandwidth_at_weights"]  # quick mode: only the DRAM figure
+    assert _lane_limits(lane, graph, limits)["floor_ms"] == pytest.approx(4.0)

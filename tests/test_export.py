@@ -367,3 +367,20 @@ def test_full_test_split_fp32_scores_and_fp16_auc() -> None:
         resolvable.append(n)
         assert abs(roc_auc(labels, s_emu[n]) - roc_auc(labels, s32[n])) <= 0.003, n
     assert resolvable, "no score of the test run is resolvable in FP16: AUC parity untested"
+
+
+@pytest.mark.parametrize("kind", ["ae", "memae", "aeu"])
+def test_graph_flops_are_the_networks_multiply_adds(kind: str) -> None:
+    """The sub-pixel decoder form adds no arithmetic: the graph's counted FLOPs equal the
+    network's multiply-adds (x2) computed from the layer shapes of method.md."""
+    from ddad_edge.benchmarks.flops import count_flops
+
+    f = concat_members(fold_ensemble(perturbed(kind, K, 1)), fold_ensemble(perturbed(kind, K, 2)))
+    out = 2 if kind == "aeu" else 1
+    enc = [(1, 16, 32), (16, 32, 16), (32, 64, 8), (64, 64, 4)]  # cin, cout, output side
+    dec = [(64, 64, 4), (64, 32, 8), (32, 16, 16), (16, out, 32)]  # cin, cout, input side
+    macs = sum(ci * co * 16 * s * s for ci, co, s in enc + dec)
+    macs += 1024 * 2048 + 2048 * 16 + 16 * 2048 + 2048 * 1024
+    macs += 2 * 25 * 16 if kind == "memae" else 0
+    got = count_flops(build_model(f, dual_groups(K)), 3)
+    assert got["flops"] == 2 * macs * 2 * K * 3
