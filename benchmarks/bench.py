@@ -23,7 +23,15 @@ from ddad_edge.benchmarks.lanes import LANE_SPECS, REFERENCE_LANE, LaneUnavailab
 from ddad_edge.benchmarks.latency import Budget
 from ddad_edge.benchmarks.targets import MAIN_LANE, evaluate_targets
 
-SECTIONS: tuple[str, ...] = ("limits", "sweep", "e2e", "coldstart", "training", "variants")
+SECTIONS: tuple[str, ...] = (
+    "limits",
+    "sweep",
+    "e2e",
+    "profile",
+    "coldstart",
+    "training",
+    "variants",
+)
 Progress = Callable[[str], None]
 
 
@@ -352,6 +360,19 @@ def _run_bench(cfg: BenchConfig, on: Progress) -> dict[str, Any]:
             else {"note": "the measured limits are CPU figures; not applied to GPU lanes"}
         )
 
+    main_graph = label_paths.get(graph_of.get(MAIN_LANE, ""))
+    if "profile" in cfg.sections and lanes.get(MAIN_LANE, {}).get("available") and main_graph:
+        from ddad_edge.benchmarks.opprofile import profile_by_class
+
+        on(f"profiling lane {MAIN_LANE} by op class")
+        result["profile"] = {
+            "lane": MAIN_LANE,
+            "graph": graph_of[MAIN_LANE],
+            "batches": {
+                str(b): profile_by_class(main_graph, b, intra_op_threads=cfg.intra_op_threads)
+                for b in (1, 64)
+            },
+        }
     if "coldstart" in cfg.sections:
         from ddad_edge.benchmarks.coldstart import measure_cold_start
 

@@ -8,6 +8,8 @@ not counted: they are O(activations), negligible next to the convolutions and ma
 - ConvTranspose: 2 * N * C_in * prod(in spatial) * (C_out / group) * prod(kernel)
 - MatMul / MatMulInteger / QLinearMatMul: 2 * prod(output shape) * K (batch dims broadcast)
 - Gemm: 2 * M * N * K
+- a MatMul by a constant permutation matrix (the decoder's pixel interleave) is data movement:
+  0 FLOPs
 
 Shapes come from ONNX shape inference with the batch dimension of every graph input fixed to the
 requested size (symbolic dims elsewhere resolved by data propagation); when a shape stays unknown,
@@ -193,6 +195,24 @@ def _needed(node: onnx.NodeProto) -> list[str]:
     return [node.input[0], node.output[0]]
 
 
+def _permutation_initializers(model: onnx.ModelProto) -> set[str]:
+    """Names of square 2-D initializers that are permutation matrices (0/1, one 1 per row and
+    column). A MatMul by one only reorders elements (the graph's pixel interleave): it is data
+    movement, not arithmetic, and is not counted."""
+    from onnx import numpy_helper
+
+    out = set()
+    for t in model.graph.initializer:
+        if len(t.dims) != 2 or t.dims[0] != t.dims[1] or t.dims[0] > 4096:
+            continue
+        if t.data_type not in (TensorProto.FLOAT, TensorProto.FLOAT16, TensorProto.DOUBLE):
+            continue
+        a = numpy_helper.to_array(t)
+        if np.isin(a, (0, 1)).all() and (a.sum(axis=0) == 1).all() and (a.sum(axis=1) == 1).all():
+            out.add(t.name)
+    return out
+
+
 def count_flops(model: onnx.ModelProto, batch: int) -> dict[str, Any]:
     """FLOPs of one forward pass of the graph at the given batch size.
 
@@ -201,7 +221,12 @@ def count_flops(model: onnx.ModelProto, batch: int) -> dict[str, Any]:
          "uncounted_ops": compute-heavy op types present but not counted,
          "shape_source": "onnx" or "onnxruntime"}.
     """
-    nodes = [n for n in model.graph.node if n.op_type in COUNTED_OPS]
+    perms = _permutation_initializers(model)
+    nodes = [
+        n
+        for n in model.graph.node
+        if n.op_type in COUNTED_OPS and not (n.op_type == "MatMul" and n.input[1] in perms)
+    ]
     shapes = _static_shapes(model, batch)
     source = "onnx"
     missing = {name for n in nodes for name in _needed(n) if shapes.get(name) is None}

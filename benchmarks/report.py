@@ -163,6 +163,41 @@ def _available(result: dict[str, Any]) -> dict[str, dict[str, Any]]:
     return {n: e for n, e in result["lanes"].items() if e.get("available")}
 
 
+def profile_section(result: dict[str, Any]) -> str:
+    """Markdown: kernel time per op class of the main lane (``result["profile"]``), or ""."""
+    prof = result.get("profile")
+    if not prof:
+        return ""
+    peak = (result.get("limits") or {}).get("matmul", {}).get("peak_gflops")
+    pts = prof["batches"]
+    rows = []
+    for c in next(iter(pts.values()))["classes"]:
+        row = [c]
+        for b in pts:
+            e = pts[b]["classes"][c]
+            row += [fmt(e["ms"]), fmt(100 * e["share"], ".0f")]
+        e64 = pts.get("64", {}).get("classes", {}).get(c, {})
+        g = e64.get("gflops")
+        row += [
+            fmt(e64.get("gflop"), ".3f"),
+            fmt(g, ".0f"),
+            fmt(g and peak and 100 * g / peak, ".0f"),
+        ]
+        rows.append(row)
+    heads = ["op class"]
+    for b in pts:
+        heads += [f"batch {b} ms", "%"]
+    heads += ["batch-64 GFLOP", "GFLOP/s", "% of matmul peak"]
+    walls = ", ".join(f"batch {b}: {fmt(p['wall_ms'])} ms" for b, p in pts.items())
+    return (
+        f"\n## Where the time goes ({prof['lane']}, onnxruntime profiler)\n\n"
+        f"Kernel time per op class per run of `{prof['graph']}` (profiler on; median run {walls}). "
+        "FLOPs by class are counted from the graph; data movement = the decoder's pixel "
+        "interleave, Concat, Split, reshapes and layout reorders; other = elementwise ops and "
+        "the member mean/std.\n\n" + table(heads, rows)
+    )
+
+
 def bench_markdown(result: dict[str, Any]) -> str:
     """The bench report as Markdown (see benchmarks/README.md for what each number means)."""
     cfg = result.get("config", {})
@@ -338,6 +373,7 @@ def bench_markdown(result: dict[str, Any]) -> str:
                 rows,
             )
         )
+        out.append(profile_section(result))
 
         for key, title in (("fullres", "full-resolution JPEG folder"), ("dicom", "DICOM folder")):
             rows, skipped = [], None

@@ -39,7 +39,9 @@ HELP_FULLRES = (
     "../shared/data/kermany-fullres)."
 )
 HELP_DICOM = "Folder of DICOM files for the end-to-end pass (default: ../shared/data/dicom-cxr)."
-HELP_SKIP = "Sections to skip, comma-separated: limits, sweep, e2e, coldstart, training, variants."
+HELP_SKIP = (
+    "Sections to skip, comma-separated: limits, sweep, e2e, profile, coldstart, training, variants."
+)
 HELP_PARITY_JSON = (
     "parity.json from `ddad-edge parity`, to decide which smaller-weight variant is kept."
 )

@@ -425,3 +425,28 @@ def test_weight_read_floor_uses_bandwidth_at_the_weight_size() -> None:
     assert out["b64_fraction_of_peak"] == pytest.approx(0.64)
     del limits["bandwidth_at_weights"]  # quick mode: only the DRAM figure
     assert _lane_limits(lane, graph, limits)["floor_ms"] == pytest.approx(4.0)
+
+
+def test_profile_by_op_class_accounts_for_the_graph(tiny: dict[str, Path]) -> None:
+    from ddad_edge.benchmarks.flops import count_flops, load_graph
+    from ddad_edge.benchmarks.opprofile import op_class, profile_by_class
+
+    assert [
+        op_class(o) for o in ("FusedGemm", "Conv", "ConvTranspose", "DepthToSpace", "Sqrt")
+    ] == [
+        "matmul",
+        "conv",
+        "convtranspose",
+        "data movement",
+        "other",
+    ]
+    assert op_class("MatMul", "Interleave_8_123_kernel_time") == "data movement"
+    graph = tiny["bundle"] / "dual_fp32.onnx"
+    prof = profile_by_class(graph, 2, reps=2, warmup=1)
+    cls = prof["classes"]
+    assert prof["reps"] == 2 and prof["kernel_ms"] > 0
+    assert sum(c["share"] for c in cls.values()) == pytest.approx(1.0)
+    total = count_flops(load_graph(graph), 2)["flops"]
+    assert sum(c["gflop"] for c in cls.values()) * 1e9 == pytest.approx(total)
+    for c in ("matmul", "conv", "convtranspose"):
+        assert cls[c]["ms"] > 0 and cls[c]["gflops"] > 0, c
