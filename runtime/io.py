@@ -464,14 +464,22 @@ def _window_edges(c: float, w: float, func: str) -> tuple[float, float]:
     return c - w / 2, c + w / 2
 
 
+def _to_unit(x: np.ndarray, lo: float, hi: float) -> np.ndarray:
+    """float32 clip((x - lo) / (hi - lo), 0, 1), computed in float64 (x is not modified)."""
+    y = np.subtract(x, lo, dtype=np.float64)
+    y *= 1.0 / (hi - lo)
+    np.clip(y, 0.0, 1.0, out=y)
+    return y.astype(np.float32)
+
+
 def _apply_window(x: np.ndarray, c: float, w: float, func: str) -> np.ndarray:
-    """VOI windowing straight to [0, 1] (float64), per PS3.3 C.11.2.1.2 / C.11.2.1.3."""
+    """VOI windowing straight to [0, 1] (float32), per PS3.3 C.11.2.1.2 / C.11.2.1.3."""
     if func == "SIGMOID":
-        return 1.0 / (1.0 + np.exp(-4.0 * (x - c) / w))
+        return (1.0 / (1.0 + np.exp(-4.0 * (x - c) / w))).astype(np.float32)
     lo, hi = _window_edges(c, w, func)
     if hi <= lo:  # LINEAR with width 1: a step at c - 0.5
-        return (x > lo).astype(np.float64)
-    return np.clip((x - lo) / (hi - lo), 0.0, 1.0)
+        return (x > lo).astype(np.float32)
+    return _to_unit(x, lo, hi)
 
 
 def _stored_range(ds: Any) -> tuple[float, float]:
@@ -507,7 +515,7 @@ def _voi_lut_bits(ds: Any) -> int | None:
 
 
 def _grey_to_unit(p: str, arr: np.ndarray, ds: Any) -> np.ndarray:
-    """Stored grey values -> float64 in [0, 1] through Modality LUT and VOI (before MONO1)."""
+    """Stored grey values -> float32 in [0, 1] through Modality LUT and VOI (before MONO1)."""
     from pydicom.pixels import apply_modality_lut, apply_voi
 
     try:
@@ -522,15 +530,14 @@ def _grey_to_unit(p: str, arr: np.ndarray, ds: Any) -> np.ndarray:
             y = np.asarray(apply_voi(xi, ds, 0), dtype=np.float64)
         except Exception as e:
             raise ImageLoadError(p, f"VOI LUT Sequence could not be applied: {_short(e)}") from e
-        return np.clip(y / (2.0**lut_bits - 1), 0.0, 1.0)
+        return _to_unit(y, 0.0, 2.0**lut_bits - 1)
 
-    x = x.astype(np.float64, copy=False)
+    x_min, x_max = float(x.min()), float(x.max())
     window = _window(ds)
     if window is not None:
         c, w, func = window
         if func != "SIGMOID":
             lo, hi = _window_edges(c, w, func)
-            x_min, x_max = float(x.min()), float(x.max())
             if x_max <= lo or x_min > hi:
                 warnings.warn(
                     f"{p}: window center {c:g} / width {w:g} lies entirely outside the pixel "
@@ -544,7 +551,6 @@ def _grey_to_unit(p: str, arr: np.ndarray, ds: Any) -> np.ndarray:
         return _apply_window(x, *window)
 
     lo, hi = _modality_range(ds)
-    x_min, x_max = float(x.min()), float(x.max())
     if x_min < lo or x_max > hi:
         warnings.warn(
             f"{p}: pixel values [{x_min:g}, {x_max:g}] exceed the declared range "
@@ -552,7 +558,7 @@ def _grey_to_unit(p: str, arr: np.ndarray, ds: Any) -> np.ndarray:
             DicomWindowWarning,
             4,
         )
-    return np.clip((x - lo) / (hi - lo), 0.0, 1.0)
+    return _to_unit(x, lo, hi)
 
 
 def _decode_pixels(p: str, ds: Any, ts: Any) -> np.ndarray:
@@ -616,7 +622,7 @@ def _load_dicom(p: str) -> np.ndarray:
             )
         v = _grey_to_unit(p, arr, ds)
         if photometric == "MONOCHROME1":
-            v = 1.0 - v
+            v = np.float32(1.0) - v
     else:
         if photometric == "PALETTE COLOR":
             from pydicom.pixels import apply_color_lut

@@ -31,7 +31,7 @@ def to_unit_grey(img: np.ndarray) -> np.ndarray:
             uint16 by 65535; float arrays must already lie in [0, 1].
 
     Returns:
-        float32 array, shape HxW, values in [0, 1].
+        float32 array, shape HxW, values in [0, 1] (the input itself when it already is one).
     """
     a = np.asarray(img)
     if a.ndim == 3 and a.shape[-1] in (3, 4):
@@ -56,11 +56,13 @@ def to_unit_grey(img: np.ndarray) -> np.ndarray:
     if a.dtype == np.bool_ or np.issubdtype(a.dtype, np.integer):
         raise PreprocessError(f"integer dtype {a.dtype} is ambiguous; pass uint8, uint16 or float")
     a = a.astype(np.float32, copy=False)
-    if not np.all(np.isfinite(a)):
+    lo, hi = float(a.min()), float(a.max())  # NaN anywhere makes both NaN; inf shows in one
+    if not (np.isfinite(lo) and np.isfinite(hi)):
         raise PreprocessError("image contains NaN or infinite values")
-    lo, hi = float(a.min()), float(a.max())
     if lo < -1e-6 or hi > 1.0 + 1e-6:
         raise PreprocessError(f"float image must lie in [0, 1], got [{lo:.4g}, {hi:.4g}]")
+    if lo >= 0.0 and hi <= 1.0:
+        return a  # already in range: no copy (the caller's array is never written to)
     return np.clip(a, 0.0, 1.0)
 
 
