@@ -144,6 +144,9 @@ def _lane_limits(
     return out
 
 
+VARIANT_TOLERANCE = 0.003
+
+
 def _variant_summary(result: dict[str, Any], parity: dict[str, Any] | None) -> dict[str, Any]:
     """Latency and ΔAUC of each variant lane and which (if any) is kept."""
     ort = result["lanes"].get("ort", {})
@@ -170,8 +173,19 @@ def _variant_summary(result: dict[str, Any], parity: dict[str, Any] | None) -> d
         else:
             d = float(lane_parity["max_abs_delta_auc"])
             row["max_abs_delta_auc"] = d
-            if d > 0.003:
-                row["decision"] = "rejected: |ΔAUC| > 0.003"
+            ci = [
+                abs(float(b))
+                for sc in lane_parity.get("scores", {}).values()
+                for b in sc.get("delta_auc_ci95") or []
+            ]
+            row["max_abs_delta_auc_ci95"] = max(ci) if ci else None
+            if d > VARIANT_TOLERANCE:
+                row["decision"] = f"rejected: |ΔAUC| > {VARIANT_TOLERANCE}"
+            elif ci and max(ci) > VARIANT_TOLERANCE:
+                row["decision"] = (
+                    f"rejected: the 95% interval of ΔAUC reaches {max(ci):.4f} "
+                    f"> {VARIANT_TOLERANCE}"
+                )
             elif row.get("speedup_vs_ort", 0.0) <= 1.0:
                 row["decision"] = "not kept: no faster than ort FP32 at batch 1"
             else:
@@ -184,8 +198,9 @@ def _variant_summary(result: dict[str, Any], parity: dict[str, Any] | None) -> d
     return {
         "lanes": rows,
         "kept": kept,
-        "rule": "A variant is kept only if its max |ΔAUC| over the three scores is <= 0.003 and "
-        "it is faster than ort FP32 at batch 1; of several, the fastest.",
+        "rule": f"A variant is kept only if, for each of the three scores, |ΔAUC| and both ends "
+        f"of its 95% bootstrap interval are <= {VARIANT_TOLERANCE}, and it is faster than ort "
+        "FP32 at batch 1; of several, the fastest.",
     }
 
 

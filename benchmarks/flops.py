@@ -195,7 +195,7 @@ def _needed(node: onnx.NodeProto) -> list[str]:
     return [node.input[0], node.output[0]]
 
 
-def _permutation_initializers(model: onnx.ModelProto) -> set[str]:
+def permutation_initializers(model: onnx.ModelProto) -> set[str]:
     """Names of square 2-D initializers that are permutation matrices (0/1, one 1 per row and
     column). A MatMul by one only reorders elements (the graph's pixel interleave): it is data
     movement, not arithmetic, and is not counted."""
@@ -221,7 +221,7 @@ def count_flops(model: onnx.ModelProto, batch: int) -> dict[str, Any]:
          "uncounted_ops": compute-heavy op types present but not counted,
          "shape_source": "onnx" or "onnxruntime"}.
     """
-    perms = _permutation_initializers(model)
+    perms = permutation_initializers(model)
     nodes = [
         n
         for n in model.graph.node
@@ -260,4 +260,11 @@ def graph_cost(path: str | os.PathLike[str], batches: list[int]) -> dict[str, An
     }
 
 
-__all__ = ["COUNTED_OPS", "count_flops", "graph_cost", "load_graph", "weight_bytes"]
+__all__ = [
+    "COUNTED_OPS",
+    "count_flops",
+    "graph_cost",
+    "load_graph",
+    "permutation_initializers",
+    "weight_bytes",
+]

@@ -450,3 +450,48 @@ def test_profile_by_op_class_accounts_for_the_graph(tiny: dict[str, Path]) -> No
     assert sum(c["gflop"] for c in cls.values()) * 1e9 == pytest.approx(total)
     for c in ("matmul", "conv", "convtranspose"):
         assert cls[c]["ms"] > 0 and cls[c]["gflops"] > 0, c
+
+
+def test_variant_kept_only_when_its_interval_is_within_tolerance() -> None:
+    from ddad_edge.benchmarks.bench import _variant_summary
+
+    def lane(p50: float) -> dict:
+        pt = {"scoring_latency": {"p50_ms": p50}}
+        return {"available": True, "sweep": {"points": {"1": pt}}, "limits": {}}
+
+    def par(d: float, hi: float) -> dict:
+        sc = {"delta_auc": d, "delta_auc_ci95": [d - 0.001, hi]}
+        return {"max_abs_delta_auc": abs(d), "scores": {"rec": sc, "intra": sc, "inter": sc}}
+
+    result = {"lanes": {"ort": lane(5.0), "ort-int8": lane(2.5), "ort-fp16w": lane(4.5)}}
+    parity = {"lanes": {"ort-int8": par(0.0028, 0.0051), "ort-fp16w": par(0.0001, 0.0002)}}
+    out = _variant_summary(result, parity)
+    assert out["lanes"]["ort-int8"]["decision"].startswith("rejected: the 95% interval")
+    assert out["kept"] == "ort-fp16w" and out["lanes"]["ort-fp16w"]["decision"] == "kept"
+    parity["lanes"]["ort-int8"] = par(0.0005, 0.0015)  # now inside: the faster one wins
+    assert _variant_summary(result, parity)["kept"] == "ort-int8"
+    parity["lanes"]["ort-int8"] = par(0.0031, 0.0032)
+    assert _variant_summary(result, parity)["lanes"]["ort-int8"]["decision"].startswith(
+        "rejected: |ΔAUC|"
+    )
+
+
+def test_int8_variant_keeps_the_pixel_interleave_in_float(
+    tiny: dict[str, Path], tmp_path: Path
+) -> None:
+    from ddad_edge.benchmarks.variants import make_int8
+    from ddad_edge.export.parity import run_onnx
+
+    src = tiny["bundle"] / "dual_fp32.onnx"
+    dst = make_int8(src, tmp_path / "int8.onnx")
+    model = onnx.load(str(dst))
+    ops = {n.name: n.op_type for n in model.graph.node}
+    interleave = [n for n in ops if n.startswith("Interleave")]
+    assert len(interleave) == 3 and all(ops[n] == "MatMul" for n in interleave)
+    assert any(t in ("MatMulInteger", "DynamicQuantizeMatMul") for t in ops.values())
+    x = np.random.default_rng(0).uniform(-1, 1, (2, 1, 64, 64)).astype(np.float32)
+    ref, _ = run_onnx(src.read_bytes(), x)
+    got, _ = run_onnx(dst.read_bytes(), x)
+    for k in ref:  # 8-bit weights of the bottleneck only: a few % of each output's range
+        rng_ = float(ref[k].max() - ref[k].min())
+        assert float(np.abs(got[k] - ref[k]).max()) <= 0.1 * rng_ + 1e-6, k
