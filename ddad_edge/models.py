@@ -229,18 +229,25 @@ class FusedEnsemble(nn.Module):
 
     def _pairs(self) -> list[tuple[str, str, str]]:
         """(fused name, member name, how) for every tensor in the state dict."""
+
+        def bn(fused: str, member: str) -> list[tuple[str, str, str]]:
+            stats = ("weight", "bias", "running_mean", "running_var")
+            out = [(f"{fused}.{s}", f"{member}.{s}", "cat") for s in stats]
+            return [
+                *out,
+                (f"{fused}.num_batches_tracked", f"{member}.num_batches_tracked", "first"),
+            ]
+
+        def conv_bn(seq: str, i: int) -> list[tuple[str, str, str]]:
+            """Conv i of nn.Sequential ``seq`` and its BatchNorm at i + 1 (same names)."""
+            return [
+                (f"{seq}.{i}.weight", f"{seq}.{i}.weight", "cat"),
+                *bn(f"{seq}.{i + 1}", f"{seq}.{i + 1}"),
+            ]
+
         pairs: list[tuple[str, str, str]] = []
         for i in range(0, 12, 3):
-            pairs.append((f"encoder.{i}.weight", f"encoder.{i}.weight", "cat"))
-            for s in ("weight", "bias", "running_mean", "running_var"):
-                pairs.append((f"encoder.{i + 1}.{s}", f"encoder.{i + 1}.{s}", "cat"))
-            pairs.append(
-                (
-                    f"encoder.{i + 1}.num_batches_tracked",
-                    f"encoder.{i + 1}.num_batches_tracked",
-                    "first",
-                )
-            )
+            pairs += conv_bn("encoder", i)
         for fused, member in (
             ("fc1", "fc_in.0"),
             ("fc2", "fc_in.3"),
@@ -250,22 +257,11 @@ class FusedEnsemble(nn.Module):
             pairs.append((f"{fused}.weight", f"{member}.weight", "stackT"))
             pairs.append((f"{fused}.bias", f"{member}.bias", "stack"))
         for fused, member in (("bn1.bn", "fc_in.1"), ("bn3.bn", "fc_out.1")):
-            for s in ("weight", "bias", "running_mean", "running_var"):
-                pairs.append((f"{fused}.{s}", f"{member}.{s}", "cat"))
-            pairs.append((f"{fused}.num_batches_tracked", f"{member}.num_batches_tracked", "first"))
+            pairs += bn(fused, member)
         if self.memory is not None:
             pairs.append(("memory", "memory", "stack"))
         for i in range(0, 9, 3):
-            pairs.append((f"decoder.{i}.weight", f"decoder.{i}.weight", "cat"))
-            for s in ("weight", "bias", "running_mean", "running_var"):
-                pairs.append((f"decoder.{i + 1}.{s}", f"decoder.{i + 1}.{s}", "cat"))
-            pairs.append(
-                (
-                    f"decoder.{i + 1}.num_batches_tracked",
-                    f"decoder.{i + 1}.num_batches_tracked",
-                    "first",
-                )
-            )
+            pairs += conv_bn("decoder", i)
         pairs.append(("decoder.9.weight", "decoder.9.weight", "cat"))
         return pairs
 
