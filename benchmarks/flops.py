@@ -213,6 +213,11 @@ def permutation_initializers(model: onnx.ModelProto) -> set[str]:
     return out
 
 
+def is_permutation_matmul(node: onnx.NodeProto, perms: set[str]) -> bool:
+    """True for a MatMul whose B is one of ``perms`` (from :func:`permutation_initializers`)."""
+    return node.op_type == "MatMul" and len(node.input) > 1 and node.input[1] in perms
+
+
 def count_flops(model: onnx.ModelProto, batch: int) -> dict[str, Any]:
     """FLOPs of one forward pass of the graph at the given batch size.
 
@@ -225,7 +230,7 @@ def count_flops(model: onnx.ModelProto, batch: int) -> dict[str, Any]:
     nodes = [
         n
         for n in model.graph.node
-        if n.op_type in COUNTED_OPS and not (n.op_type == "MatMul" and n.input[1] in perms)
+        if n.op_type in COUNTED_OPS and not is_permutation_matmul(n, perms)
     ]
     shapes = _static_shapes(model, batch)
     source = "onnx"
@@ -264,6 +269,7 @@ __all__ = [
     "COUNTED_OPS",
     "count_flops",
     "graph_cost",
+    "is_permutation_matmul",
     "load_graph",
     "permutation_initializers",
     "weight_bytes",

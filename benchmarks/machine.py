@@ -282,10 +282,9 @@ def default_bandwidth_bytes() -> int:
     return want
 
 
-def _read_gbps(n_floats: int, kw: dict[str, Any]) -> dict[str, Any]:
-    """Best "read" (full reduction) bandwidth of a float32 array of n_floats, numpy and torch."""
-    src = np.ones(n_floats, np.float32)
-    nbytes = n_floats * 4
+def _read_gbps(src: np.ndarray, kw: dict[str, Any]) -> dict[str, Any]:
+    """Best "read" (full reduction) bandwidth of the float32 array ``src``, numpy and torch."""
+    nbytes = src.nbytes
     out: dict[str, Any] = {
         "numpy": {"read_gbps": nbytes / min(_best_of(lambda: src.sum(), **kw)) / 1e9}
     }
@@ -316,9 +315,9 @@ def measure_bandwidth(
     n = (nbytes or default_bandwidth_bytes()) // 4
     kw = {"min_reps": min_reps, "min_seconds": min_seconds, "max_seconds": max_seconds}
     out: dict[str, Any] = {"nbytes": int(n * 4), "llc_bytes": llc_bytes()}
-    read = _read_gbps(n, kw)
     src = np.ones(n, np.float32)
     dst = np.empty_like(src)
+    read = _read_gbps(src, kw)
     out["numpy"] = {
         "read_gbps": read["numpy"]["read_gbps"],
         "copy_gbps": 2 * n * 4 / min(_best_of(lambda: np.copyto(dst, src), **kw)) / 1e9,
@@ -347,7 +346,7 @@ def measure_read_bandwidth(
     """Read bandwidth of a buffer of ``nbytes`` read repeatedly (cache-resident when it fits in
     the last-level cache), GB/s. Returns {"nbytes", "in_llc", "read_gbps", "numpy", "torch"}."""
     kw = {"min_reps": min_reps, "min_seconds": min_seconds, "max_seconds": max_seconds}
-    out = _read_gbps(max(1, nbytes // 4), kw)
+    out = _read_gbps(np.ones(max(1, nbytes // 4), np.float32), kw)
     llc = llc_bytes()
     return {"nbytes": int(nbytes), "in_llc": None if llc is None else nbytes <= llc, **out}
 

@@ -75,13 +75,9 @@ def profile_by_class(
     import onnxruntime as ort
 
     from ddad_edge.benchmarks.flops import count_flops, load_graph
-    from ddad_edge.runtime.cpu import physical_cores
+    from ddad_edge.runtime.backends import session_options
 
-    so = ort.SessionOptions()
-    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    so.intra_op_num_threads = intra_op_threads or physical_cores()
-    so.log_severity_level = 3
-    so.add_session_config_entry("session.force_spinning_stop", "1")
+    so = session_options(ort, intra_op_threads)
     x = np.random.default_rng(0).uniform(-1, 1, (batch, 1, 64, 64)).astype(np.float32)
     with tempfile.TemporaryDirectory() as tmp:
         so.enable_profiling = True

@@ -45,13 +45,13 @@ def make_int8(src: Path, dst: Path) -> Path:
 
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    from ddad_edge.benchmarks.flops import permutation_initializers
+    from ddad_edge.benchmarks.flops import is_permutation_matmul, permutation_initializers
 
     model = onnx.load(str(src))
     perms = permutation_initializers(model)
     # The decoder's pixel-interleave MatMuls only reorder activations: quantising them would
     # round every decoder activation to 8 bits (measured: max |ΔAUC| 0.17 on the AE bundle).
-    keep_fp32 = [n.name for n in model.graph.node if n.op_type == "MatMul" and n.input[1] in perms]
+    keep_fp32 = [n.name for n in model.graph.node if is_permutation_matmul(n, perms)]
     root = logging.getLogger()
     level = root.level
     root.setLevel(logging.ERROR)  # quantize_dynamic logs a pre-processing hint on the root logger

@@ -31,7 +31,6 @@ _EXACT_OPS = {
     "Identity",
     "Split",
     "Concat",
-    "DepthToSpace",
 }
 
 

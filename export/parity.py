@@ -96,16 +96,11 @@ def run_onnx(
 
     import onnxruntime as ort
 
-    from ddad_edge.runtime.backends import physical_cores
+    from ddad_edge.runtime.backends import session_options
 
-    so = ort.SessionOptions()
-    so.graph_optimization_level = (
-        ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        if optimize
-        else ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    )
-    so.intra_op_num_threads = threads or physical_cores()
-    so.log_severity_level = 3
+    so = session_options(ort, threads)
+    if not optimize:
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     sess = ort.InferenceSession(model_bytes, so, providers=["CPUExecutionProvider"])
     t0 = time.perf_counter()
     outs = sess.run(None, {"x": np.ascontiguousarray(x, np.float32)})
