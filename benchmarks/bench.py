@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from ddad_edge import __version__
-from ddad_edge.benchmarks import endtoend, flops, latency, machine, variants
+from ddad_edge.benchmarks import endtoend, flops, latency, machine, paired, variants
 from ddad_edge.benchmarks.lanes import LANE_SPECS, REFERENCE_LANE, LaneUnavailable, open_lane
 from ddad_edge.benchmarks.latency import Budget
 from ddad_edge.benchmarks.targets import MAIN_LANE, evaluate_targets
@@ -26,6 +26,7 @@ from ddad_edge.benchmarks.targets import MAIN_LANE, evaluate_targets
 SECTIONS: tuple[str, ...] = (
     "limits",
     "sweep",
+    "paired",
     "e2e",
     "profile",
     "coldstart",
@@ -62,6 +63,9 @@ class BenchConfig:
         default_factory=lambda: Budget(warmup=1, min_reps=3, min_seconds=1.0, max_seconds=8.0)
     )
     e2e_batch: int = 16
+    paired_batches: tuple[int, ...] = (1, 64)
+    paired_rounds: int = 10
+    paired_turn_seconds: float = 0.3
     coldstart_reps: int = 3
     coldstart_backend: str = "ort-cpu"
     train_steps: int = 5
@@ -202,6 +206,51 @@ def _variant_summary(result: dict[str, Any], parity: dict[str, Any] | None) -> d
         f"of its 95% bootstrap interval are <= {VARIANT_TOLERANCE}, and it is faster than ort "
         "FP32 at batch 1; of several, the fastest.",
     }
+
+
+def _paired(
+    cfg: BenchConfig,
+    lanes: dict[str, Any],
+    variant_bundles: dict[str, Path],
+    max_batch: int,
+    on: Progress,
+) -> dict[str, Any]:
+    """Interleaved speedup of the main lane over the reference at ``cfg.paired_batches``
+    (``benchmarks/paired.py``); {"lane", "reference", "batches": {str(b): paired_speedup}} or
+    {"skipped": reason}."""
+    missing = [n for n in (REFERENCE_LANE, MAIN_LANE) if not lanes.get(n, {}).get("available")]
+    if missing:
+        return {"skipped": f"lane(s) {', '.join(missing)} not measured in this run"}
+    opened = []
+    try:
+        for name in (REFERENCE_LANE, MAIN_LANE):
+            opened.append(
+                open_lane(
+                    name,
+                    bundle=cfg.bundle,
+                    run_dir=cfg.run_dir,
+                    variant_bundles=variant_bundles,
+                    max_batch=max_batch,
+                    intra_op_threads=cfg.intra_op_threads,
+                )
+            )
+        out: dict[str, Any] = {"lane": MAIN_LANE, "reference": REFERENCE_LANE, "batches": {}}
+        for b in cfg.paired_batches:
+            on(f"interleaved {MAIN_LANE} vs {REFERENCE_LANE}: batch {b}")
+            out["batches"][str(b)] = paired.paired_speedup(
+                opened[0],
+                opened[1],
+                cfg.images,
+                b,
+                rounds=cfg.paired_rounds,
+                turn_seconds=cfg.paired_turn_seconds,
+            )
+        return out
+    except (LaneUnavailable, RuntimeError) as e:
+        return {"skipped": f"failed: {type(e).__name__}: {e}"}
+    finally:
+        for lane in opened:
+            lane.close()
 
 
 def _training(cfg: BenchConfig, kind: str, k: int, on: Progress) -> dict[str, Any]:
@@ -350,6 +399,8 @@ def _run_bench(cfg: BenchConfig, on: Progress) -> dict[str, Any]:
             lane.close()
         lanes[name] = entry
     result["lanes"] = lanes
+    if "paired" in cfg.sections:
+        result["paired"] = _paired(cfg, lanes, variant_bundles, max_batch, on)
 
     on("counting FLOPs and weight bytes of the graphs")
     costs = _graph_costs(label_paths, cfg.batches)

@@ -351,6 +351,22 @@ def measure_read_bandwidth(
     return {"nbytes": int(nbytes), "in_llc": None if llc is None else nbytes <= llc, **out}
 
 
+READ_CURVE_MIB: tuple[int, ...] = (16, 32, 64, 96, 128, 192, 256, 512)
+
+
+def measure_read_curve(sizes_mib: tuple[int, ...] = READ_CURVE_MIB) -> list[dict[str, Any]]:
+    """Read bandwidth against buffer size (:func:`measure_read_bandwidth` at each size, MiB).
+
+    Shows how much of the last-level cache this process really gets: on a VM whose cache is
+    shared with other tenants the bandwidth falls off well below the nominal cache size.
+    Returns [{"mib", "read_gbps", "in_llc"}] in the order of ``sizes_mib``."""
+    out = []
+    for mib in sizes_mib:
+        r = measure_read_bandwidth(mib * 2**20, min_reps=3, min_seconds=0.2, max_seconds=1.0)
+        out.append({"mib": int(mib), "read_gbps": r["read_gbps"], "in_llc": r["in_llc"]})
+    return out
+
+
 def measure_limits(*, quick: bool = False) -> dict[str, Any]:
     """Matmul peak and memory bandwidth (``quick``: small sizes, for smoke tests only)."""
     if quick:
@@ -359,4 +375,9 @@ def measure_limits(*, quick: bool = False) -> dict[str, Any]:
             "bandwidth": measure_bandwidth(8 * 2**20, min_reps=2, min_seconds=0.0, max_seconds=0.5),
             "quick": True,
         }
-    return {"matmul": measure_matmul_peak(), "bandwidth": measure_bandwidth(), "quick": False}
+    return {
+        "matmul": measure_matmul_peak(),
+        "bandwidth": measure_bandwidth(),
+        "read_curve": measure_read_curve(),
+        "quick": False,
+    }

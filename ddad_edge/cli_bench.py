@@ -40,7 +40,8 @@ HELP_FULLRES = (
 )
 HELP_DICOM = "Folder of DICOM files for the end-to-end pass (default: ../shared/data/dicom-cxr)."
 HELP_SKIP = (
-    "Sections to skip, comma-separated: limits, sweep, e2e, profile, coldstart, training, variants."
+    "Sections to skip, comma-separated: limits, sweep, paired, e2e, profile, coldstart, training, "
+    "variants."
 )
 HELP_PARITY_JSON = (
     "parity.json from `ddad-edge parity`, to decide which smaller-weight variant is kept."
@@ -141,6 +142,17 @@ def bench(
     latency_seconds: Annotated[
         float, typer.Option(help="...and at least this many seconds (stop after 5x).")
     ] = 2.0,
+    paired_rounds: Annotated[
+        int,
+        typer.Option(
+            min=1,
+            help="Interleaved rounds of torch and ort turns for the batch-1/64 speedups.",
+        ),
+    ] = 10,
+    paired_seconds: Annotated[
+        float,
+        typer.Option(min=0.0, help="...each turn at least this many seconds (and 3 repetitions)."),
+    ] = 0.3,
     e2e_batch: Annotated[int, typer.Option(help="Files per batch in the end-to-end passes.")] = 16,
     coldstart_reps: Annotated[
         int, typer.Option(help="Fresh processes per cold-start measurement.")
@@ -208,6 +220,8 @@ def bench(
             latency_budget=Budget(warmup, latency_reps, latency_seconds, 5 * latency_seconds),
             sweep_budget=Budget(min(warmup, 1), min_reps, min_seconds, max_seconds),
             e2e_batch=e2e_batch,
+            paired_rounds=paired_rounds,
+            paired_turn_seconds=paired_seconds,
             coldstart_reps=coldstart_reps,
             train_steps=train_steps,
             quick_limits=quick,

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
@@ -119,6 +120,84 @@ def test_repeat_timed_respects_budget() -> None:
     assert point["scoring_latency"]["p50_ms"] == pytest.approx(2.5)
     assert point["end_to_end"]["p50_ms"] == pytest.approx(3.5)
     assert point["throughput_ips"] == pytest.approx(4 / 0.0025)
+
+
+class _ClockLane:
+    """A lane whose inference takes ``cost`` x the machine's current slowness on a fake clock;
+    the machine slows down by 2% with every inference of any lane (drift)."""
+
+    def __init__(self, name: str, cost: float, machine: dict[str, float], log: list[str]):
+        self.name, self.cost, self.machine, self.log = name, cost, machine, log
+
+    def load(self, paths: list[str]) -> Any:
+        from ddad_edge.runtime.batch import LoadedBatch
+
+        return LoadedBatch(np.zeros((len(paths), 1, 2, 2), np.float32), list(range(len(paths))))
+
+    def infer(self, x: np.ndarray) -> dict[str, np.ndarray]:
+        self.machine["clock"] += self.cost * self.machine["slowness"]
+        self.machine["slowness"] *= 1.02
+        self.log.append(self.name)
+        return {}
+
+    def scores(self, x: np.ndarray, stats: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        return {}
+
+
+def test_paired_speedup_cancels_drift(monkeypatch: pytest.MonkeyPatch) -> None:
+    import time
+
+    from ddad_edge.benchmarks.paired import paired_speedup
+
+    machine = {"clock": 0.0, "slowness": 1.0}
+    monkeypatch.setattr(time, "perf_counter", lambda: machine["clock"])
+    log: list[str] = []
+    ref, lane = _ClockLane("ref", 3e-3, machine, log), _ClockLane("lane", 1e-3, machine, log)
+    # measured one lane after the other, this drift would make 3x look like about 2.1x
+    r = paired_speedup(ref, lane, ["a.png"], 1, rounds=6, turn_seconds=0.0, min_reps=3, warmup=1)
+    assert r["ratio"] == pytest.approx(3.0, rel=0.02)  # one order only: 2.83x or 3.18x
+    assert r["ratio_min"] <= r["ratio_q25"] <= r["ratio"] <= r["ratio_q75"] <= r["ratio_max"]
+    assert len(r["per_round"]) == 6 and r["reps"] == {"ref": 18, "lane": 18}
+    timed = log[2:]  # after one warm-up call each: rounds alternate ABBA
+    assert timed[:3] == ["ref"] * 3 and timed[3:9] == ["lane"] * 6 and timed[9:12] == ["ref"] * 3
+    with pytest.raises(ValueError, match="rounds"):
+        paired_speedup(ref, lane, ["a.png"], 1, rounds=0)
+
+
+def test_speedup_targets_prefer_the_interleaved_ratio() -> None:
+    from ddad_edge.benchmarks.targets import evaluate_targets
+
+    def point(ms: float) -> dict[str, Any]:
+        return {"scoring_latency": {"p50_ms": ms}, "throughput_ips": 1e3 / ms}
+
+    lanes = {
+        "torch": {"sweep": {"points": {"1": point(9.0), "64": point(90.0)}}},
+        "ort": {"sweep": {"points": {"1": point(3.2), "64": point(60.0)}}},
+    }
+    sweep_only = {t["id"]: t for t in evaluate_targets({"lanes": lanes})}
+    assert sweep_only["speedup_b1"]["value"] == pytest.approx(9 / 3.2)
+    assert sweep_only["speedup_b1"]["met"] is False and sweep_only["speedup_b64"]["met"] is True
+    pb = {"ratio": 3.1, "ratio_q25": 3.0, "ratio_q75": 3.2, "ratio_min": 2.9, "ratio_max": 3.3}
+    paired = {"lane": "ort", "batches": {"1": {**pb, "rounds": 10}}}
+    both = {t["id"]: t for t in evaluate_targets({"lanes": lanes, "paired": paired})}
+    assert both["speedup_b1"]["value"] == 3.1 and both["speedup_b1"]["met"] is True
+    assert "interleaved" in both["speedup_b1"]["how"] and "2.81x" in both["speedup_b1"]["measured"]
+    assert both["speedup_b64"]["value"] == pytest.approx(1.5)  # no paired batch 64: the sweeps
+
+
+def test_read_curve_reports_each_size() -> None:
+    from ddad_edge.benchmarks.machine import measure_read_curve
+
+    curve = measure_read_curve((1, 2))
+    assert [c["mib"] for c in curve] == [1, 2]
+    assert all(c["read_gbps"] > 0 for c in curve)
+    limits = {
+        "matmul": {"n": 8, "numpy": {}, "torch": {}, "peak_gflops": 1.0},
+        "bandwidth": {"nbytes": 2**20, "numpy": {}, "torch": {}, "read_gbps": 1, "copy_gbps": 1},
+        "read_curve": curve,
+    }
+    text = report.machine_section({}, limits)
+    assert "read bandwidth vs buffer size" in text and "2 MiB" in text
 
 
 def test_spearman() -> None:
@@ -308,10 +387,17 @@ def test_bench_cli_smoke(tiny: dict[str, Path]) -> None:
             "--quick",
             "--torch-threads",
             "1",
+            "--paired-rounds",
+            "2",
+            "--paired-seconds",
+            "0",
         ],
     )
     assert r.exit_code == 0, r.output
     res = json.loads((out / "bench.json").read_text())
+    paired = res["paired"]["batches"]
+    assert set(paired) == {"1", "64"} and all(p["ratio"] > 0 for p in paired.values())
+    assert "Interleaved speedup" in (out / "bench.md").read_text()
     assert list(res["lanes"])[:2] == ["torch", "ort"]
     ort = res["lanes"]["ort"]
     assert ort["available"] and set(ort["sweep"]["points"]) == {"1", "2"}
