@@ -149,6 +149,10 @@ def _lane_limits(
 
 
 VARIANT_TOLERANCE = 0.003
+# a variant must be this much faster than ort FP32 at batch 1 to be kept: on this VM the median
+# interleaved torch/ort ratio of the same two lanes moved by -6% to +4% around its mean over six
+# runs (2.73x-3.12x, 2026-11-26), so a smaller gain cannot be told from noise
+VARIANT_MIN_SPEEDUP = 1.05
 
 
 def _variant_summary(result: dict[str, Any], parity: dict[str, Any] | None) -> dict[str, Any]:
@@ -171,6 +175,14 @@ def _variant_summary(result: dict[str, Any], parity: dict[str, Any] | None) -> d
             row["b1_p50_ms"] = p1["scoring_latency"]["p50_ms"]
             if ort_p50:
                 row["speedup_vs_ort"] = ort_p50["p50_ms"] / row["b1_p50_ms"]
+                row["speedup_how"] = "separate sweeps"
+        pv = result.get("paired", {}).get("variants_vs_main", {}).get(name, {})
+        if "ratio" in pv:
+            row["speedup_vs_ort"] = pv["ratio"]
+            row["speedup_how"] = (
+                f"interleaved, median of {pv['rounds']} rounds "
+                f"(quartiles {pv['ratio_q25']:.2f}-{pv['ratio_q75']:.2f}x)"
+            )
         lane_parity = (parity or {}).get("lanes", {}).get(name)
         if lane_parity is None:
             row["decision"] = "undecided: no parity result (run `ddad-edge parity`, pass --parity)"
@@ -190,21 +202,25 @@ def _variant_summary(result: dict[str, Any], parity: dict[str, Any] | None) -> d
                     f"rejected: the 95% interval of ΔAUC reaches {max(ci):.4f} "
                     f"> {VARIANT_TOLERANCE}"
                 )
-            elif row.get("speedup_vs_ort", 0.0) <= 1.0:
-                row["decision"] = "not kept: no faster than ort FP32 at batch 1"
+            elif row.get("speedup_vs_ort", 0.0) < VARIANT_MIN_SPEEDUP:
+                row["decision"] = (
+                    f"not kept: less than {VARIANT_MIN_SPEEDUP}x ort FP32 at batch 1 "
+                    "(within this machine's run-to-run noise)"
+                )
             else:
                 row["decision"] = "eligible"
         rows[name] = row
     eligible = [n for n, r in rows.items() if r.get("decision") == "eligible"]
-    kept = min(eligible, key=lambda n: rows[n]["b1_p50_ms"]) if eligible else None
+    kept = max(eligible, key=lambda n: rows[n]["speedup_vs_ort"]) if eligible else None
     if kept:
         rows[kept]["decision"] = "kept"
     return {
         "lanes": rows,
         "kept": kept,
         "rule": f"A variant is kept only if, for each of the three scores, |ΔAUC| and both ends "
-        f"of its 95% bootstrap interval are <= {VARIANT_TOLERANCE}, and it is faster than ort "
-        "FP32 at batch 1; of several, the fastest.",
+        f"of its 95% bootstrap interval are <= {VARIANT_TOLERANCE}, and it is at least "
+        f"{VARIANT_MIN_SPEEDUP}x as fast as ort FP32 at batch 1 (interleaved measurement when "
+        "the run has one); of several, the fastest.",
     }
 
 
@@ -215,42 +231,66 @@ def _paired(
     max_batch: int,
     on: Progress,
 ) -> dict[str, Any]:
-    """Interleaved speedup of the main lane over the reference at ``cfg.paired_batches``
-    (``benchmarks/paired.py``); {"lane", "reference", "batches": {str(b): paired_speedup}} or
-    {"skipped": reason}."""
+    """Interleaved speedups (``benchmarks/paired.py``): the main lane over the reference at
+    ``cfg.paired_batches``, and each measured variant lane over the main lane at batch 1.
+
+    Returns {"lane", "reference", "batches": {str(b): paired_speedup}, "variants_vs_main":
+    {variant lane: paired_speedup at batch 1}} or {"skipped": reason}."""
     missing = [n for n in (REFERENCE_LANE, MAIN_LANE) if not lanes.get(n, {}).get("available")]
     if missing:
         return {"skipped": f"lane(s) {', '.join(missing)} not measured in this run"}
-    opened = []
+
+    def opened(name: str) -> Any:
+        return open_lane(
+            name,
+            bundle=cfg.bundle,
+            run_dir=cfg.run_dir,
+            variant_bundles=variant_bundles,
+            max_batch=max_batch,
+            intra_op_threads=cfg.intra_op_threads,
+        )
+
+    def speedup(ref: Any, lane: Any, batch: int) -> dict[str, Any]:
+        on(f"interleaved {lane.name} vs {ref.name}: batch {batch}")
+        return paired.paired_speedup(
+            ref,
+            lane,
+            cfg.images,
+            batch,
+            rounds=cfg.paired_rounds,
+            turn_seconds=cfg.paired_turn_seconds,
+        )
+
+    out: dict[str, Any] = {"lane": MAIN_LANE, "reference": REFERENCE_LANE, "batches": {}}
     try:
-        for name in (REFERENCE_LANE, MAIN_LANE):
-            opened.append(
-                open_lane(
-                    name,
-                    bundle=cfg.bundle,
-                    run_dir=cfg.run_dir,
-                    variant_bundles=variant_bundles,
-                    max_batch=max_batch,
-                    intra_op_threads=cfg.intra_op_threads,
-                )
-            )
-        out: dict[str, Any] = {"lane": MAIN_LANE, "reference": REFERENCE_LANE, "batches": {}}
-        for b in cfg.paired_batches:
-            on(f"interleaved {MAIN_LANE} vs {REFERENCE_LANE}: batch {b}")
-            out["batches"][str(b)] = paired.paired_speedup(
-                opened[0],
-                opened[1],
-                cfg.images,
-                b,
-                rounds=cfg.paired_rounds,
-                turn_seconds=cfg.paired_turn_seconds,
-            )
+        main = opened(MAIN_LANE)
+    except LaneUnavailable as e:
+        return {"skipped": f"failed: {e}"}
+    try:
+        try:
+            ref = opened(REFERENCE_LANE)
+            try:
+                for b in cfg.paired_batches:
+                    out["batches"][str(b)] = speedup(ref, main, b)
+            finally:
+                ref.close()
+        except (LaneUnavailable, RuntimeError) as e:
+            return {"skipped": f"failed: {type(e).__name__}: {e}"}
+        out["variants_vs_main"] = {}
+        for name, entry in lanes.items():
+            if LANE_SPECS[name].family != "variant" or not entry.get("available"):
+                continue
+            try:
+                variant = opened(name)
+                try:
+                    out["variants_vs_main"][name] = speedup(main, variant, 1)
+                finally:
+                    variant.close()
+            except (LaneUnavailable, RuntimeError) as e:
+                out["variants_vs_main"][name] = {"error": f"{type(e).__name__}: {e}"}
         return out
-    except (LaneUnavailable, RuntimeError) as e:
-        return {"skipped": f"failed: {type(e).__name__}: {e}"}
     finally:
-        for lane in opened:
-            lane.close()
+        main.close()
 
 
 def _training(cfg: BenchConfig, kind: str, k: int, on: Progress) -> dict[str, Any]:

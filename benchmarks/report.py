@@ -537,7 +537,8 @@ def bench_markdown(result: dict[str, Any]) -> str:
                     v.get("note", ""),
                     fmt(v.get("weight_mb")),
                     fmt(v.get("b1_p50_ms")),
-                    fmt(v.get("speedup_vs_ort"), ".2f"),
+                    fmt(v.get("speedup_vs_ort"), ".2f")
+                    + (f" ({v['speedup_how']})" if v.get("speedup_how") else ""),
                     fmt(v.get("max_abs_delta_auc"), ".4f"),
                     v.get("decision", ""),
                 ]
