@@ -299,6 +299,7 @@ class RuntimeLane(Lane):
             )
         except Exception as e:  # noqa: BLE001 - any failure to open a backend is "not available"
             raise LaneUnavailable(f"{spec.backend}/{precision}: {e}") from e
+        self.scorer.settle()  # timings start once the weights are on huge pages (if they can be)
         backend = next(iter(self.scorer.backends.values()))
         path = getattr(backend, "path", None)
         self.graph_path = (

@@ -110,6 +110,7 @@ def make_backends(
     graph: str = "dual",
     *,
     intra_op_threads: int | None = None,
+    huge_pages: bool = True,
 ) -> tuple[dict[str, Backend], str, list[str]]:
     """Pick, create and load the backend(s) for a bundle.
 
@@ -147,7 +148,11 @@ def make_backends(
                 for g in graphs:
                     path = bundle.graph_path(g, prec)
                     b = OrtBackend(
-                        path, _providers(cand, bundle), intra_op_threads=intra_op_threads, name=cand
+                        path,
+                        _providers(cand, bundle),
+                        intra_op_threads=intra_op_threads,
+                        name=cand,
+                        huge_pages=huge_pages,
                     )
                     b.load()
                     out[g] = b
@@ -249,6 +254,7 @@ class Scorer:
         workers: int | None = None,
         verify: bool = True,
         intra_op_threads: int | None = None,
+        huge_pages: bool = True,
     ) -> Scorer:
         """Open (and hash-verify) a bundle and load a backend for it.
 
@@ -262,10 +268,17 @@ class Scorer:
             workers: threads decoding image files (default: physical cores).
             verify: check the sha256 of every bundle file first.
             intra_op_threads: onnxruntime CPU threads (default: physical cores).
+            huge_pages: back onnxruntime's CPU weights with transparent huge pages (Linux,
+                best effort; see ``runtime/hugepages.py``).
         """
         bundle = open_bundle(bundle_dir, verify=verify)
         backends, prec, notes = make_backends(
-            bundle, backend, precision, graph, intra_op_threads=intra_op_threads
+            bundle,
+            backend,
+            precision,
+            graph,
+            intra_op_threads=intra_op_threads,
+            huge_pages=huge_pages,
         )
         return cls(bundle, backends, prec, max_batch=max_batch, workers=workers, notes=notes)
 
@@ -292,7 +305,23 @@ class Scorer:
             "model": {"kind": self.kind, "k": self.bundle.k},
             "notes": self.notes
             + [n for b in self.backends.values() if (n := getattr(b, "fallback_note", None))],
+            "huge_pages": self._huge_pages(timeout=0.0),
         }
+
+    def _huge_pages(self, timeout: float | None) -> dict[str, str]:
+        out = {}
+        for g, b in self.backends.items():
+            job = getattr(b, "huge_pages_job", None)
+            if job is not None:
+                res = job.wait(timeout)
+                out[g] = res.summary() if res is not None else "in progress"
+        return out
+
+    def settle(self, timeout: float = 30.0) -> dict[str, str]:
+        """Wait for the backends' background work after loading (the huge-page collapse of the
+        CPU weights, ``runtime/hugepages.py``) so that later timings see the steady state.
+        Returns {graph: what it achieved} (empty when there was none)."""
+        return self._huge_pages(timeout)
 
     # -- stages -----------------------------------------------------------------------------------
     def load(self, inputs: Sequence[Input] | Input) -> LoadedBatch:

@@ -160,10 +160,13 @@ def test_ort_backend_cpu_options_and_gpu_fallback_detection(
 def test_auto_backend_reports_why_gpu_backends_were_skipped(bundle: Path) -> None:
     with Scorer.from_bundle(bundle, backend="auto") as s:
         d = s.describe()
+        settled = s.settle()
     assert d["backend"] in ("trt", "ort-cuda", "ort-cpu")
     if d["backend"] == "ort-cpu":
         assert d["precision"] == "fp32"
         assert any(n.startswith("trt:") for n in d["notes"])
+        # the CPU weights' huge-page advice, reported per graph
+        assert set(settled) == {"dual"} and "huge pages" in settled["dual"]
     with pytest.raises(ValueError, match="backend must be one of"):
         Scorer.from_bundle(bundle, backend="cuda")
 
