@@ -30,20 +30,36 @@ def test_anonymous_regions_keeps_private_writable_anonymous_and_heap() -> None:
     assert regions == {0x55D0C2000000: 0x55D0C4000000, 0x7F0000000000: 0x7F0000800000}
 
 
-def test_added_ranges_new_mappings_and_grown_heap() -> None:
-    mib = 2**20
-    before = {0: 64 * mib, 100 * mib: 110 * mib}
-    after = {
-        0: 80 * mib,  # grew by 16 MiB: only the new part
-        100 * mib: 110 * mib,  # unchanged
-        200 * mib: 208 * mib,  # new, 8 MiB
-        300 * mib: 301 * mib,  # new but below min_bytes
-    }
-    assert hugepages.added_ranges(before, after, min_bytes=4 * mib) == [
-        (64 * mib, 80 * mib),
-        (200 * mib, 208 * mib),
-    ]
-    assert hugepages.added_ranges(after, after) == []
+def _private(size: int) -> mmap.mmap:
+    """Private anonymous memory, as malloc gives (mmap.mmap(-1, n) alone is a shared mapping)."""
+    return mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+
+
+def test_dense_ranges_reads_present_bits(tmp_path: Path) -> None:
+    hp, per = hugepages.HUGE_PAGE, hugepages.HUGE_PAGE // 4096
+    present = np.uint64(1) << np.uint64(63)
+    entries = np.full(5 * per, present, np.uint64)  # five 2 MiB blocks from address 0
+    entries[per + 7] = 0  # block 1 has one page missing: not dense
+    path = tmp_path / "pagemap"
+    path.write_bytes(entries.tobytes())
+    regions = {0: 5 * hp - 1}  # the last block is cut by the region end: not whole
+    assert hugepages.dense_ranges(regions, str(path)) == [(0, hp), (2 * hp, 4 * hp)]
+    assert hugepages.dense_ranges(regions, str(tmp_path / "absent")) == []
+
+
+def test_dense_ranges_finds_written_memory_of_this_process() -> None:
+    if not Path("/proc/self/pagemap").exists():
+        pytest.skip("no /proc/self/pagemap (not Linux)")
+    hp = hugepages.HUGE_PAGE
+    buf = _private(5 * hp)
+    arr = np.frombuffer(buf, np.uint8)
+    arr[:] = 1  # every page written: present
+    addr = ctypes.addressof(ctypes.c_char.from_buffer(buf))
+    lo, hi = hugepages.huge_aligned(addr, addr + 5 * hp)
+    dense = hugepages.dense_ranges(hugepages.anonymous_regions())
+    assert all(any(a <= b and b + hp <= c for a, c in dense) for b in range(lo, hi, hp))
+    del arr
+    buf.close()
 
 
 def test_huge_aligned() -> None:
@@ -62,7 +78,7 @@ def _thp_mode() -> str | None:
 
 def test_advise_keeps_contents_and_reports_what_the_kernel_did() -> None:
     size = 8 * 2**20
-    buf = mmap.mmap(-1, size)
+    buf = _private(size)
     arr = np.frombuffer(buf, np.float32)
     arr[:] = np.arange(arr.size, dtype=np.float32)
     addr = ctypes.addressof(ctypes.c_char.from_buffer(buf))
@@ -72,7 +88,7 @@ def test_advise_keeps_contents_and_reports_what_the_kernel_did() -> None:
         assert res.ranges >= 1 and res.advised_bytes >= hugepages.HUGE_PAGE, res
     else:
         assert res.errors or res.advised_bytes == 0
-    assert "MiB of weights on huge pages" in res.summary()
+    assert "MiB on huge pages" in res.summary()
     del arr
     buf.close()
 
