@@ -186,6 +186,15 @@ class TorchLane(Lane):
         except (FileNotFoundError, RuntimeError) as e:
             raise LaneUnavailable(f"cannot load the PyTorch run {self.run_dir}: {e}") from e
         self._graphs: dict[int, tuple[Any, Any, tuple[Any, ...]]] = {}
+        self.huge_pages: str | None = None
+        if self.device.type == "cpu":
+            # The same huge-page advice the runtime gives its onnxruntime weights (what torch's
+            # own THP_MEM_ALLOC_ENABLE=1 would do): the comparison is not about page size. The
+            # advice is process-wide, so a runtime lane opened later would give it anyway.
+            from ddad_edge.runtime import hugepages
+
+            res = hugepages.advise(hugepages.dense_ranges(hugepages.anonymous_regions()))
+            self.huge_pages = res.summary()
 
     def info(self) -> dict[str, Any]:
         import torch
@@ -197,6 +206,7 @@ class TorchLane(Lane):
             cuda_graphs=self.spec.cuda_graphs,
             autocast_fp16=self.spec.precision == "fp16",
             torch_threads=torch.get_num_threads(),
+            huge_pages=self.huge_pages,
         )
         if self.device.type == "cuda":
             d["gpu"] = torch.cuda.get_device_name(self.device)
