@@ -308,20 +308,25 @@ class Scorer:
             "huge_pages": self._huge_pages(timeout=0.0),
         }
 
-    def _huge_pages(self, timeout: float | None) -> dict[str, str]:
+    def _huge_pages(self, timeout: float | None, start: bool = False) -> dict[str, str]:
         out = {}
         for g, b in self.backends.items():
+            if start and hasattr(b, "start_huge_pages"):
+                b.start_huge_pages()
             job = getattr(b, "huge_pages_job", None)
             if job is not None:
                 res = job.wait(timeout)
                 out[g] = res.summary() if res is not None else "in progress"
+            elif getattr(b, "huge_pages_pending", False):
+                out[g] = "pending: starts after the first inference"
         return out
 
     def settle(self, timeout: float = 30.0) -> dict[str, str]:
-        """Wait for the backends' background work after loading (the huge-page collapse of the
-        CPU weights, ``runtime/hugepages.py``) so that later timings see the steady state.
-        Returns {graph: what it achieved} (empty when there was none)."""
-        return self._huge_pages(timeout)
+        """Do the backends' background work now (the huge-page advice for the CPU weights,
+        ``runtime/hugepages.py``, which otherwise starts after the first inference) and wait
+        for it, so that later timings see the steady state. Returns {graph: what it achieved}
+        (empty when there was none)."""
+        return self._huge_pages(timeout, start=True)
 
     # -- stages -----------------------------------------------------------------------------------
     def load(self, inputs: Sequence[Input] | Input) -> LoadedBatch:

@@ -112,12 +112,15 @@ def test_ort_backend_huge_pages_change_no_output(tmp_path: Path) -> None:
     plain = OrtBackend(path, huge_pages=False)
     plain.load()
     assert plain.huge_pages_job is None
-    hp = OrtBackend(path)  # default: on
+    hp = OrtBackend(path)  # default: on, started after the first run
     hp.load()
-    assert hp.huge_pages_job is not None
+    assert hp.huge_pages_job is None
+    first = hp.infer({"x": x})["y"]
+    assert hp.huge_pages_job is not None and hp.start_huge_pages() is hp.huge_pages_job
     res = hp.huge_pages_job.wait(30)
     assert res is not None
-    np.testing.assert_array_equal(hp.infer({"x": x})["y"], plain.infer({"x": x})["y"])
+    np.testing.assert_array_equal(first, plain.infer({"x": x})["y"])
+    np.testing.assert_array_equal(hp.infer({"x": x})["y"], first)
 
 
 @pytest.mark.parametrize("retries", [0, 2])
