@@ -224,6 +224,20 @@ def _variant_summary(result: dict[str, Any], parity: dict[str, Any] | None) -> d
     }
 
 
+def _open_lane(
+    cfg: BenchConfig, name: str, variant_bundles: dict[str, Path], max_batch: int
+) -> Any:
+    """``open_lane`` with this run's bundle, PyTorch run and thread settings."""
+    return open_lane(
+        name,
+        bundle=cfg.bundle,
+        run_dir=cfg.run_dir,
+        variant_bundles=variant_bundles,
+        max_batch=max_batch,
+        intra_op_threads=cfg.intra_op_threads,
+    )
+
+
 def _paired(
     cfg: BenchConfig,
     lanes: dict[str, Any],
@@ -241,14 +255,7 @@ def _paired(
         return {"skipped": f"lane(s) {', '.join(missing)} not measured in this run"}
 
     def opened(name: str) -> Any:
-        return open_lane(
-            name,
-            bundle=cfg.bundle,
-            run_dir=cfg.run_dir,
-            variant_bundles=variant_bundles,
-            max_batch=max_batch,
-            intra_op_threads=cfg.intra_op_threads,
-        )
+        return _open_lane(cfg, name, variant_bundles, max_batch)
 
     def speedup(ref: Any, lane: Any, batch: int) -> dict[str, Any]:
         on(f"interleaved {lane.name} vs {ref.name}: batch {batch}")
@@ -390,14 +397,7 @@ def _run_bench(cfg: BenchConfig, on: Progress) -> dict[str, Any]:
             continue
         on(f"opening lane {name}")
         try:
-            lane = open_lane(
-                name,
-                bundle=cfg.bundle,
-                run_dir=cfg.run_dir,
-                variant_bundles=variant_bundles,
-                max_batch=max_batch,
-                intra_op_threads=cfg.intra_op_threads,
-            )
+            lane = _open_lane(cfg, name, variant_bundles, max_batch)
         except LaneUnavailable as e:
             lanes[name] = {"available": False, "reason": str(e)}
             continue
