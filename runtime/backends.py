@@ -22,6 +22,7 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import os
+import threading
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -165,6 +166,7 @@ class OrtBackend:
         self.huge_pages = huge_pages
         self.huge_pages_job: CollapseJob | None = None
         self._huge_pages_pending = False
+        self._huge_pages_lock = threading.Lock()  # infer() may be called from several threads
         self.providers = list(providers)
         self.allow_cpu_fallback = allow_cpu_fallback
         self.intra_op_threads = intra_op_threads
@@ -249,9 +251,10 @@ class OrtBackend:
     def start_huge_pages(self) -> CollapseJob | None:
         """Start the huge-page advice for the CPU weights (once; see ``huge_pages``) and return
         its job; None when it does not apply. ``infer`` starts it after the first run."""
-        if self._huge_pages_pending:
-            self._huge_pages_pending = False
-            self.huge_pages_job = hugepages.start_collapse()
+        with self._huge_pages_lock:
+            if self._huge_pages_pending:
+                self._huge_pages_pending = False
+                self.huge_pages_job = hugepages.start_collapse()
         return self.huge_pages_job
 
     def close(self) -> None:

@@ -145,3 +145,40 @@ def test_advise_retries_eagain(monkeypatch: pytest.MonkeyPatch, retries: int) ->
     else:
         assert res.collapsed_bytes == 0 and "EAGAIN" in res.errors[0]
     assert res.advised_bytes == 2 * hp
+
+
+def test_concurrent_first_inferences_start_one_job(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import threading
+
+    import onnx
+    from onnx import TensorProto, helper
+
+    g = helper.make_graph(
+        [helper.make_node("Relu", ["x"], ["y"])],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4])],
+    )
+    path = tmp_path / "relu.onnx"
+    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    started: list[int] = []
+    real = hugepages.start_collapse
+
+    def counting() -> hugepages.CollapseJob:
+        started.append(1)
+        return real()
+
+    monkeypatch.setattr(hugepages, "start_collapse", counting)
+    b = OrtBackend(path)
+    b.load()
+    assert b.huge_pages_pending
+    x = np.ones((2, 4), np.float32)
+    threads = [threading.Thread(target=b.infer, args=({"x": x},)) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(started) == 1 and not b.huge_pages_pending
+    assert b.huge_pages_job is not None and b.huge_pages_job.wait(30) is not None
