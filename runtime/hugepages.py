@@ -6,18 +6,18 @@ common default) such memory never gets 2 MiB pages, so streaming the weights cos
 every 4 KiB and the hardware prefetchers stop at every page boundary. numpy asks for huge pages
 for its large arrays; onnxruntime does not, and offers no option to.
 
-What this module does, right after a session is created: find the 2 MiB-aligned blocks of the
-process's private anonymous memory whose 4 KiB pages are all present (``/proc/self/pagemap``:
-memory that has been written, such as the weights onnxruntime has just packed) and ask the
-kernel to back them with huge pages: ``madvise(MADV_HUGEPAGE)``, then ``madvise(MADV_COLLAPSE)``
-(Linux >= 6.1), which rewrites those pages as huge pages on the spot. Both calls are advice:
-they never change the contents of memory or what any program computes, only how it is mapped;
-only fully present blocks are touched, so no memory is added to the process (RSS unchanged,
-measured). Other dense memory of the process (the Python heap, numpy arrays) gets the same
-advice, equally harmless. The session's memory cannot be singled out more precisely: glibc
-places onnxruntime's buffers in free heap space of a long-running process rather than in new
-mappings, and this kernel has no soft-dirty page tracking. Where the kernel refuses (THP
-disabled, an older kernel, not Linux) nothing changes and the result says why.
+What this module does, after the session's first inference (``OrtBackend``): find the 2 MiB-
+aligned blocks of the process's private anonymous memory whose 4 KiB pages are all present
+(``/proc/self/pagemap``: memory that has been written, such as the weights onnxruntime has
+packed) and ask the kernel to back them with huge pages: ``madvise(MADV_HUGEPAGE)``, then
+``madvise(MADV_COLLAPSE)`` (Linux >= 6.1), which rewrites those pages as huge pages on the spot.
+Both calls are advice: they never change the contents of memory or what any program computes,
+only how it is mapped; only fully present blocks are touched, so no memory is added to the
+process (RSS unchanged, measured). Other dense memory of the process (the Python heap, numpy
+arrays) gets the same advice, equally harmless. The session's memory cannot be singled out more
+precisely: glibc places onnxruntime's buffers in free heap space of a long-running process
+rather than in new mappings, and this kernel has no soft-dirty page tracking. Where the kernel
+refuses (THP disabled, an older kernel, not Linux) nothing changes and the result says why.
 
 Measured on the project's 2-core Xeon VM (2026-11-26, K=3 AE dual graph, batch 1, six
 alternating process pairs): 4.16-4.51 ms per run without, 3.85-4.19 ms with huge pages
@@ -39,7 +39,15 @@ import numpy as np
 
 MADV_HUGEPAGE = 14
 MADV_COLLAPSE = 25
-HUGE_PAGE = 2 * 2**20
+PAGE = 4096
+HUGE_PAGE = 2 * 2**20  # x86-64 and 4 KiB-page arm64; other page sizes are not handled
+
+
+def _page_size() -> int | None:
+    try:
+        return os.sysconf("SC_PAGE_SIZE")
+    except (AttributeError, ValueError, OSError):
+        return None
 
 
 def anonymous_regions(maps_text: str | None = None) -> dict[int, int]:
@@ -69,7 +77,7 @@ def dense_ranges(
 ) -> list[tuple[int, int]]:
     """The 2 MiB-aligned blocks of ``regions`` ({start: end}) whose 4 KiB pages are all present,
     merged into [start, end) ranges. [] when the page map cannot be read."""
-    page = 4096
+    page = PAGE
     per_block = HUGE_PAGE // page
     ranges: list[tuple[int, int]] = []
     try:
@@ -145,6 +153,8 @@ def advise(
 
     result = HugePageResult()
     fn, why = _madvise()
+    if fn is not None and _page_size() != PAGE:
+        fn, why = None, f"page size {_page_size()} bytes, not {PAGE} (not handled)"
     if fn is None:
         result.errors.append(f"huge pages not requested: {why}")
         return result
@@ -205,4 +215,6 @@ class CollapseJob:
 def start_collapse() -> CollapseJob:
     """Huge pages for the process's densely written anonymous memory (:func:`dense_ranges`),
     on a background thread."""
+    if _page_size() != PAGE:
+        return CollapseJob([])  # advise() records why nothing was done
     return CollapseJob(dense_ranges(anonymous_regions()))

@@ -182,3 +182,9 @@ def test_concurrent_first_inferences_start_one_job(
         t.join()
     assert len(started) == 1 and not b.huge_pages_pending
     assert b.huge_pages_job is not None and b.huge_pages_job.wait(30) is not None
+
+
+def test_other_page_sizes_are_left_alone(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(hugepages, "_page_size", lambda: 65536)
+    res = hugepages.start_collapse().wait(30)
+    assert res is not None and res.advised_bytes == 0 and "page size 65536" in res.errors[0]
