@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable, Sequence
+from contextlib import closing
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -273,14 +274,11 @@ def _paired(
         main = opened(MAIN_LANE)
     except LaneUnavailable as e:
         return {"skipped": f"failed: {e}"}
-    try:
+    with closing(main):
         try:
-            ref = opened(REFERENCE_LANE)
-            try:
+            with closing(opened(REFERENCE_LANE)) as ref:
                 for b in cfg.paired_batches:
                     out["batches"][str(b)] = speedup(ref, main, b)
-            finally:
-                ref.close()
         except (LaneUnavailable, RuntimeError) as e:
             return {"skipped": f"failed: {type(e).__name__}: {e}"}
         out["variants_vs_main"] = {}
@@ -288,16 +286,11 @@ def _paired(
             if LANE_SPECS[name].family != "variant" or not entry.get("available"):
                 continue
             try:
-                variant = opened(name)
-                try:
+                with closing(opened(name)) as variant:
                     out["variants_vs_main"][name] = speedup(main, variant, 1)
-                finally:
-                    variant.close()
             except (LaneUnavailable, RuntimeError) as e:
                 out["variants_vs_main"][name] = {"error": f"{type(e).__name__}: {e}"}
-        return out
-    finally:
-        main.close()
+    return out
 
 
 def _training(cfg: BenchConfig, kind: str, k: int, on: Progress) -> dict[str, Any]:

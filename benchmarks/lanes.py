@@ -193,8 +193,8 @@ class TorchLane(Lane):
             # advice is process-wide, so a runtime lane opened later would give it anyway.
             from ddad_edge.runtime import hugepages
 
-            res = hugepages.advise(hugepages.dense_ranges(hugepages.anonymous_regions()))
-            self.huge_pages = res.summary()
+            res = hugepages.start_collapse().wait()
+            self.huge_pages = res.summary() if res is not None else None
 
     def info(self) -> dict[str, Any]:
         import torch

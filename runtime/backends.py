@@ -144,10 +144,10 @@ class OrtBackend:
         name: the backend name reported to users (default derived from the first provider).
         huge_pages: when the session runs on CPU, ask the kernel to back the densely written
             memory of the process (which holds the session's weights) with transparent huge
-            pages, on a background thread started after the first run (started at load, the
-            copying delayed the first score by ~0.2 s on 2 cores)
-            (``runtime/hugepages.py``: advice only, never changes results; about 8% faster
-            batch-1 inference measured on the 2-core machine). ``huge_pages_job`` holds it.
+            pages (``runtime/hugepages.py``: advice only, never changes results; about 8% faster
+            batch-1 inference measured on the 2-core machine). It runs on a background thread
+            started after the first run (started at load, its copying delayed the first score
+            by ~0.2 s on 2 cores); ``huge_pages_job`` holds it.
     """
 
     thread_safe = True

@@ -77,8 +77,7 @@ def dense_ranges(
 ) -> list[tuple[int, int]]:
     """The 2 MiB-aligned blocks of ``regions`` ({start: end}) whose 4 KiB pages are all present,
     merged into [start, end) ranges. [] when the page map cannot be read."""
-    page = PAGE
-    per_block = HUGE_PAGE // page
+    per_block = HUGE_PAGE // PAGE
     ranges: list[tuple[int, int]] = []
     try:
         f = open(pagemap, "rb")
@@ -90,8 +89,8 @@ def dense_ranges(
             if span is None:
                 continue
             lo, hi = span
-            f.seek(lo // page * 8)
-            raw = f.read((hi - lo) // page * 8)
+            f.seek(lo // PAGE * 8)
+            raw = f.read((hi - lo) // PAGE * 8)
             entries = np.frombuffer(raw, np.uint64)
             n = entries.size // per_block
             present = (entries[: n * per_block].reshape(n, per_block) >> np.uint64(63)) == 1
@@ -153,8 +152,9 @@ def advise(
 
     result = HugePageResult()
     fn, why = _madvise()
-    if fn is not None and _page_size() != PAGE:
-        fn, why = None, f"page size {_page_size()} bytes, not {PAGE} (not handled)"
+    page_size = _page_size()
+    if fn is not None and page_size != PAGE:
+        fn, why = None, f"page size {page_size} bytes, not {PAGE} (not handled)"
     if fn is None:
         result.errors.append(f"huge pages not requested: {why}")
         return result
