@@ -175,6 +175,9 @@ def test_graph_design_one_graph_for_both_modules() -> None:
     # per member: 4 linears + 2 memory matmuls (2-D MatMuls: weights prepacked by onnxruntime);
     # plus one pixel-interleave MatMul (permutation matrix) per hidden decoder layer
     assert ops["MatMul"] == 2 * K * 6 + 3 and ops["Split"] == 1
+    # the phases are stacked by one Concat per hidden decoder layer (plus the bottleneck's), with
+    # no Unsqueeze copies in front of it
+    assert ops["Concat"] == 3 + 1 and ops["Unsqueeze"] == 0
     assert ops["BatchNormalization"] == 0  # folded
     convs = [n for n in model.graph.node if n.op_type in ("Conv", "ConvTranspose")]
     groups = [next((a.i for a in n.attribute if a.name == "group"), 1) for n in convs]
