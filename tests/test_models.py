@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import io
+
 import numpy as np
 import pytest
 import torch
@@ -134,6 +136,37 @@ def test_optimizer_is_pytorchs_fused_adam_with_the_papers_settings() -> None:
     assert opt.defaults["fused"] is True
     assert opt.defaults["lr"] == 1e-3 and opt.defaults["betas"] == (0.5, 0.99)
     assert opt.defaults["weight_decay"] == 0
+
+
+def test_plain_adam_state_resumes_in_the_fused_optimizer() -> None:
+    """A checkpoint written while training with plain Adam (runs before the fused kernel) loads
+    into ``make_optimizer`` and the next step matches plain Adam's (float64)."""
+    cfg = TrainConfig(kind="ae", k=2)
+    x = _images(8).double().unsqueeze(0).expand(2, -1, -1, -1, -1)
+
+    def step(model: FusedEnsemble, opt: torch.optim.Optimizer) -> None:
+        loss = member_losses(model(x), x).sum()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+
+    plain_model = FusedEnsemble.seeded("ae", 2, seed=5).double()
+    plain = torch.optim.Adam(plain_model.parameters(), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2))
+    for _ in range(2):
+        step(plain_model, plain)
+    buf = io.BytesIO()  # through a file's bytes, as a checkpoint (state_dict shares tensors)
+    torch.save({"model": plain_model.state_dict(), "optimizer": plain.state_dict()}, buf)
+    buf.seek(0)
+    ckpt = torch.load(buf)
+    resumed_model = FusedEnsemble("ae", 2).double()
+    resumed_model.load_state_dict(ckpt["model"])
+    resumed = make_optimizer(resumed_model, cfg)
+    resumed.load_state_dict(ckpt["optimizer"])
+    step(plain_model, plain)
+    step(resumed_model, resumed)
+    got = resumed_model.state_dict()
+    for name, want in plain_model.state_dict().items():
+        torch.testing.assert_close(got[name], want, atol=1e-9, rtol=1e-9, msg=name)
 
 
 def _as_stack(out):
