@@ -87,7 +87,7 @@ def import_onnxruntime() -> Any:
         return importlib.import_module("onnxruntime")
     except ImportError as e:
         raise BackendUnavailable(
-            "onnxruntime is not installed: pip install 'ddad-edge[runtime]'"
+            "onnxruntime is not installed: pip install ddad-edge"
         ) from e
 
 

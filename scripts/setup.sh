@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# One set-up for a fresh machine, used by the README's test command and by .ci/run:
+# system tools the DICOM and serving tests talk to (dcmtk, dicom3tools, Orthanc), then a virtual
+# environment with every extra the test suite exercises.
+#   VENV=.venv (default) bash scripts/setup.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+VENV=${VENV:-.venv}
+
+need_apt=()
+command -v storescu >/dev/null 2>&1 || need_apt+=(dcmtk)
+command -v dciodvfy >/dev/null 2>&1 || need_apt+=(dicom3tools)
+command -v Orthanc >/dev/null 2>&1 || need_apt+=(orthanc)
+if [ ${#need_apt[@]} -gt 0 ]; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_apt[@]}" >/dev/null
+  else
+    echo "setup: not root or no apt-get: install ${need_apt[*]} yourself; tests needing them skip" >&2
+  fi
+fi
+
+[ -x "$VENV/bin/python" ] || python3 -m venv "$VENV"
+"$VENV/bin/python" -m pip install -q --upgrade pip
+# torch is pinned to the CPU wheel through constraints.txt (unpinned it pulls a ~5 GB CUDA build).
+"$VENV/bin/python" -m pip install -q -c constraints.txt -e ".[train,dev,dicom-codecs,node,triton,signing]"
