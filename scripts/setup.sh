@@ -24,3 +24,6 @@ fi
 "$VENV/bin/python" -m pip install -q --upgrade pip
 # torch is pinned to the CPU wheel through constraints.txt (unpinned it pulls a ~5 GB CUDA build).
 "$VENV/bin/python" -m pip install -q -c constraints.txt -e ".[train,dev,dicom-codecs,node,triton,signing]"
+# The tritonserver binary (with the Python backend) the serving tests start. nvidia-pytriton pins
+# numpy<2 while the DICOM codecs need numpy 2; only its server binary is used, so no deps.
+"$VENV/bin/python" -m pip install -q --no-deps "nvidia-pytriton>=0.5"
