@@ -1,0 +1,176 @@
+"""Deliver queued results to the destination by C-STORE SCU, from the persisted outbox.
+
+A background thread takes the results that are due (``Journal.due``), opens one association
+to the destination and sends them one by one, marking each as sent the moment its C-STORE
+response says Success (or Warning). A result that fails (association refused or lost, failure
+status, unreadable file) is retried after an exponential backoff: ``backoff * 2**(tries - 1)``
+seconds, at most ``max_backoff``; after ``max_tries`` tries it is dead-lettered with the last
+reason. Nothing is removed from the spool: sent and dead-lettered files stay where they are.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import threading
+import time
+from dataclasses import dataclass
+
+from pydicom import dcmread
+from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
+from pynetdicom import AE
+
+from ddad_edge.node.journal import Journal, OutboxRow
+from ddad_edge.node.metrics import NodeMetrics
+
+log = logging.getLogger("ddad_edge.node.forwarder")
+
+_DEST = re.compile(r"(?P<ae>[^@]{1,16})@(?P<host>[^:@]+):(?P<port>[0-9]{1,5})")
+
+
+@dataclass(frozen=True)
+class Destination:
+    """Where results go: called AE title, host, port."""
+
+    ae_title: str
+    host: str
+    port: int
+
+    @classmethod
+    def parse(cls, text: str) -> Destination:
+        """``AE@host:port`` -> Destination. Raises ValueError naming what is wrong."""
+        m = _DEST.fullmatch(text.strip())
+        if not m or not (0 < int(m["port"]) < 65536):
+            raise ValueError(
+                f"destination must be AE@host:port (AE at most 16 chars); got {text!r}"
+            )
+        return cls(m["ae"], m["host"], int(m["port"]))
+
+    def __str__(self) -> str:
+        return f"{self.ae_title}@{self.host}:{self.port}"
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """Tries before dead-lettering and the backoff between them (seconds)."""
+
+    max_tries: int = 10
+    backoff: float = 1.0
+    max_backoff: float = 60.0
+
+    def retry_at(self, tries_so_far: int, now: float) -> float | None:
+        """When to try again after ``tries_so_far`` failed tries; None = dead-letter."""
+        if tries_so_far >= self.max_tries:
+            return None
+        return now + min(self.backoff * 2 ** (tries_so_far - 1), self.max_backoff)
+
+
+_SUCCESS_OR_WARNING = {0x0000, 0x0001, 0x0107, 0x0116, 0xB000, 0xB006, 0xB007}
+
+
+class Forwarder:
+    """Background delivery of the outbox to ``destination``. Call :meth:`wake` when results
+    were queued; :meth:`stop` finishes the C-STORE in progress and returns."""
+
+    def __init__(
+        self,
+        journal: Journal,
+        destination: Destination,
+        metrics: NodeMetrics,
+        *,
+        calling_ae: str = "DDAD",
+        policy: RetryPolicy | None = None,
+    ) -> None:
+        self.journal = journal
+        self.destination = destination
+        self.metrics = metrics
+        self.calling_ae = calling_ae
+        self.policy = policy or RetryPolicy()
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="ddad-forwarder", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    def stop(self, timeout: float = 30.0) -> None:
+        self._stop.set()
+        self._wake.set()
+        self._thread.join(timeout)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            rows = self.journal.due()
+            if rows:
+                self._send(rows)
+                continue
+            nxt = self.journal.next_due_at()
+            wait = 5.0 if nxt is None else min(5.0, max(0.0, nxt - time.time()))
+            self._wake.wait(wait)
+            self._wake.clear()
+
+    def _send(self, rows: list[OutboxRow]) -> None:
+        """Send ``rows`` on one association; each row's outcome goes to the journal."""
+        ae = AE(ae_title=self.calling_ae)
+        for sop in sorted({r.sop_class for r in rows}):
+            ae.add_requested_context(sop, [ExplicitVRLittleEndian, ImplicitVRLittleEndian])
+        ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 30
+        d = self.destination
+        try:
+            assoc = ae.associate(d.host, d.port, ae_title=d.ae_title)
+        except Exception as e:  # socket errors surface here on some platforms
+            self._failed_all(rows, f"association with {d} failed: {e}")
+            return
+        if not assoc.is_established:
+            self._failed_all(rows, f"association with {d} was rejected or aborted")
+            return
+        try:
+            for i, row in enumerate(rows):
+                if self._stop.is_set() or not assoc.is_established:
+                    if not assoc.is_established:
+                        self._failed_all(rows[i:], f"association with {d} was lost")
+                    return
+                self._send_one(assoc, row)
+        finally:
+            if assoc.is_established:
+                assoc.release()
+
+    def _send_one(self, assoc: object, row: OutboxRow) -> None:
+        try:
+            ds = dcmread(row.path)
+        except Exception as e:
+            self._failed(row, f"result file {row.path} unreadable: {e}")
+            return
+        try:
+            status = assoc.send_c_store(ds)  # type: ignore[attr-defined]
+        except Exception as e:
+            self._failed(row, f"C-STORE raised: {e}")
+            return
+        code = int(getattr(status, "Status", -1)) if status else -1
+        if code in _SUCCESS_OR_WARNING:
+            done = self.journal.mark_sent(row.result_uid)
+            self.metrics.sent.inc()
+            log.info("sent", extra={"sop_uid": row.sop_uid, "result_uid": row.result_uid})
+            if done:
+                obj = self.journal.get(row.sop_uid)
+                if obj is not None:
+                    self.metrics.latency.observe(max(0.0, time.time() - obj.received_at))
+        else:
+            reason = "no response" if code == -1 else f"status 0x{code:04X}"
+            self._failed(row, f"C-STORE to {self.destination}: {reason}")
+
+    def _failed_all(self, rows: list[OutboxRow], reason: str) -> None:
+        for row in rows:
+            self._failed(row, reason)
+
+    def _failed(self, row: OutboxRow, reason: str) -> None:
+        retry = self.policy.retry_at(row.attempts + 1, time.time())
+        dead = self.journal.mark_failed(row.result_uid, reason, retry)
+        if dead:
+            self.metrics.dead_lettered.inc()
+            log.error("dead-lettered", extra={"sop_uid": row.sop_uid, "reason": reason})
+        else:
+            log.warning("send failed", extra={"sop_uid": row.sop_uid, "reason": reason})

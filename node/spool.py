@@ -1,0 +1,91 @@
+"""The spool folder: received objects, result files, the journal and the optional JSON lines.
+
+Layout::
+
+    spool/
+      journal.sqlite      object states and the outbox (``node.journal``)
+      incoming/<uid>.dcm  each object as received: preamble, file meta and data set bytes
+      outbox/<uid>.dcm    each result (SR, Secondary Capture) until and after delivery
+      results.jsonl       one JSON record per processed object (when enabled)
+
+Every file is written atomically and fsynced (``runtime.fileio.atomic_write``) and its folder
+is fsynced after the rename, so a file the node has acknowledged survives a crash of the
+process and of the machine.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import threading
+from pathlib import Path
+from typing import Any
+
+from ddad_edge.runtime.fileio import atomic_write_bytes
+
+JOURNAL = "journal.sqlite"
+INCOMING = "incoming"
+OUTBOX = "outbox"
+JSONL = "results.jsonl"
+
+# A DICOM UID: digits and dots, at most 64 characters (PS3.5 9.1). Anything else that arrives
+# as a SOP Instance UID is not used as a file name.
+_UID = re.compile(r"[0-9]+(\.[0-9]+)*")
+
+
+def file_stem(uid: str) -> str:
+    """A safe file name stem for a UID: the UID itself when it is a valid DICOM UID, else
+    ``x-`` + its SHA-256 (so a hostile UID can never name a path outside the spool)."""
+    if len(uid) <= 64 and _UID.fullmatch(uid):
+        return uid
+    return "x-" + hashlib.sha256(uid.encode("utf-8", "surrogateescape")).hexdigest()
+
+
+def fsync_dir(path: Path) -> None:
+    """fsync a folder so that a rename inside it is durable."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class Spool:
+    """The spool folder at ``root`` (created with its subfolders when missing)."""
+
+    def __init__(self, root: str | os.PathLike[str]) -> None:
+        self.root = Path(root)
+        self.incoming = self.root / INCOMING
+        self.outbox = self.root / OUTBOX
+        for d in (self.root, self.incoming, self.outbox):
+            d.mkdir(parents=True, exist_ok=True)
+        self.journal_path = self.root / JOURNAL
+        self._jsonl_lock = threading.Lock()
+
+    def write_incoming(self, uid: str, data: bytes) -> Path:
+        """Store a received object's bytes durably; returns its path.
+
+        Raises:
+            OSError: it could not be stored (disk full, permissions, ...).
+        """
+        return self._write(self.incoming / f"{file_stem(uid)}.dcm", data)
+
+    def write_result(self, uid: str, data: bytes) -> Path:
+        """Store a result file's bytes durably in the outbox; returns its path."""
+        return self._write(self.outbox / f"{file_stem(uid)}.dcm", data)
+
+    @staticmethod
+    def _write(path: Path, data: bytes) -> Path:
+        atomic_write_bytes(path, data)
+        fsync_dir(path.parent)
+        return path
+
+    def append_jsonl(self, record: dict[str, Any]) -> None:
+        """Append one JSON record (one line) to ``results.jsonl`` and fsync it."""
+        line = json.dumps(record, sort_keys=True) + "\n"
+        with self._jsonl_lock, open(self.root / JSONL, "a", encoding="utf-8") as f:
+            f.write(line)
+            f.flush()
+            os.fsync(f.fileno())

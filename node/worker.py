@@ -1,0 +1,155 @@
+"""Process stored objects: gate, score, decide, build the results, queue them for delivery.
+
+The worker takes SOP Instance UIDs from an in-memory queue that the SCP feeds; at start it
+queues every object the journal still holds as ``received`` (a restart resumes them). Each
+object goes through ``process(row) -> Outcome`` (``node.pipeline``), its result files are
+written to the outbox durably, and the journal moves the object to its new state and queues the
+results in one transaction. An exception from ``process`` marks the object ``failed`` with the
+reason; the worker goes on with the next one.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from ddad_edge.node.journal import ABSTAINED, FAILED, RECEIVED, SCORED, Journal, ObjectRow, Result
+from ddad_edge.node.metrics import NodeMetrics
+from ddad_edge.node.spool import Spool
+
+log = logging.getLogger("ddad_edge.node.worker")
+
+
+@dataclass
+class ResultFile:
+    """One result object to deliver: SOP Instance/Class UIDs, kind ("sr"/"sc"), encoded bytes
+    (a DICOM file with file meta)."""
+
+    uid: str
+    sop_class: str
+    kind: str
+    data: bytes = field(repr=False)
+
+
+@dataclass
+class Outcome:
+    """What processing one object gave.
+
+    state: "scored" or "abstained"; reason: why abstained (None when scored); record: the JSON
+    record (scores, flag, threshold, notes, ...); results: files to deliver; times: seconds per
+    stage ({"read", "gate", "decode", "score", "build"}).
+    """
+
+    state: str
+    reason: str | None
+    record: dict[str, Any]
+    results: list[ResultFile]
+    times: dict[str, float] = field(default_factory=dict)
+
+
+Process = Callable[[ObjectRow], Outcome]
+
+
+class Worker:
+    """``threads`` background threads running ``process`` on queued objects."""
+
+    def __init__(
+        self,
+        journal: Journal,
+        spool: Spool,
+        metrics: NodeMetrics,
+        process: Process,
+        *,
+        on_results: Callable[[], None] = lambda: None,
+        threads: int = 1,
+        jsonl: bool = False,
+    ) -> None:
+        self.journal = journal
+        self.spool = spool
+        self.metrics = metrics
+        self.process = process
+        self.on_results = on_results
+        self.jsonl = jsonl
+        self._queue: queue.Queue[str] = queue.Queue()
+        self._stop = threading.Event()
+        self._threads = [
+            threading.Thread(target=self._run, name=f"ddad-worker-{i}", daemon=True)
+            for i in range(max(1, threads))
+        ]
+
+    def start(self) -> int:
+        """Queue every object still ``received`` and start the threads; returns how many were
+        resumed."""
+        pending = self.journal.in_state(RECEIVED)
+        for row in pending:
+            self.submit(row.sop_uid)
+        for t in self._threads:
+            t.start()
+        return len(pending)
+
+    def submit(self, sop_uid: str) -> None:
+        self._queue.put(sop_uid)
+
+    def depth(self) -> int:
+        """Objects queued, not yet taken by a thread."""
+        return self._queue.qsize()
+
+    def stop(self, timeout: float = 60.0) -> None:
+        """Finish the object in progress in each thread and return; queued objects stay
+        ``received`` in the journal for the next start."""
+        self._stop.set()
+        deadline = time.monotonic() + timeout
+        for t in self._threads:
+            t.join(max(0.0, deadline - time.monotonic()))
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                uid = self._queue.get(timeout=0.2)
+            except queue.Empty:
+                continue
+            row = self.journal.get(uid)
+            if row is None or row.state != RECEIVED:
+                continue
+            self.handle(row)
+
+    def handle(self, row: ObjectRow) -> str:
+        """Process one received object to its new state (returned)."""
+        t0 = time.time()
+        try:
+            out = self.process(row)
+            queued = [
+                Result(r.uid, r.sop_class, r.kind, str(self.spool.write_result(r.uid, r.data)))
+                for r in out.results
+            ]
+        except Exception as e:  # a bug or an environment failure: keep the reason, go on
+            reason = f"{type(e).__name__}: {e}"
+            self.journal.finish(row.sop_uid, FAILED, reason=reason)
+            self.metrics.failed.inc()
+            log.error("failed", extra={"sop_uid": row.sop_uid, "reason": reason})
+            return FAILED
+        times = {**out.times, "wait": t0 - row.received_at, "done_at": time.time()}
+        self.journal.finish(
+            row.sop_uid,
+            out.state,
+            reason=out.reason,
+            record=out.record,
+            times=times,
+            results=queued,
+        )
+        self.metrics.processing.observe(time.time() - row.received_at)
+        (self.metrics.scored if out.state == SCORED else self.metrics.abstained).inc()
+        if self.jsonl:
+            self.spool.append_jsonl({"sop_instance_uid": row.sop_uid, **out.record})
+        log.info(
+            out.state,
+            extra={"sop_uid": row.sop_uid, "reason": out.reason, "flag": out.record.get("flag")},
+        )
+        if queued:
+            self.on_results()
+        return out.state if out.state in (SCORED, ABSTAINED) else FAILED

@@ -1,0 +1,243 @@
+"""The node's parts against real DICOM software: the Storage SCP (persist before success,
+duplicates, out-of-resources, C-ECHO) with dcmtk's storescu/echoscu, the journal's states, and
+the forwarder (retries, backoff, dead letters) with dcmtk's storescp as the destination."""
+
+from __future__ import annotations
+
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+import pydicom
+import pytest
+from dicomnet import dcmtk_tools, free_port, make_xray, storescp, write_syntaxes
+from dicomnet import storescu as send
+from pydicom.uid import generate_uid
+
+from ddad_edge.node.forwarder import Destination, Forwarder, RetryPolicy
+from ddad_edge.node.journal import (
+    ABSTAINED,
+    DEAD_LETTERED,
+    RECEIVED,
+    RESULT_SENT,
+    SCORED,
+    Journal,
+    Result,
+)
+from ddad_edge.node.metrics import NodeMetrics
+from ddad_edge.node.scp import OUT_OF_RESOURCES, StoreHandler, start_scp
+from ddad_edge.node.spool import Spool, file_stem
+
+
+@pytest.fixture(scope="module")
+def dcmtk() -> dict[str, str]:
+    return dcmtk_tools()
+
+
+class Scp:
+    """The node's SCP alone (no worker): stored UIDs are collected in ``self.stored``."""
+
+    def __init__(self, root: Path) -> None:
+        self.spool = Spool(root)
+        self.journal = Journal(self.spool.journal_path)
+        self.metrics = NodeMetrics()
+        self.stored: list[str] = []
+        handler = StoreHandler(self.spool, self.journal, self.metrics, self.stored.append)
+        self.ae, self.server = start_scp("DDAD", "127.0.0.1", 0, handler)
+        self.port = self.server.server_address[1]
+
+    def close(self) -> None:
+        self.ae.shutdown()
+        self.journal.close()
+
+
+@pytest.fixture
+def scp(tmp_path: Path):
+    s = Scp(tmp_path / "spool")
+    yield s
+    s.close()
+
+
+def storescu(tools: dict[str, str], port: int, files: list[Path]) -> None:
+    for run in send(tools["storescu"], port, files):
+        assert run.returncode == 0, run.stdout + run.stderr
+
+
+def test_scp_persists_every_transfer_syntax_as_received(scp: Scp, dcmtk, tmp_path: Path) -> None:
+    files = write_syntaxes(tmp_path / "gen", dcmtk["dcmcjpeg"])
+    files.append(write_one(tmp_path / "dx.dcm", make_xray("1.2.840.10008.5.1.4.1.1.1.1")))
+    storescu(dcmtk, scp.port, files)
+    assert len(scp.stored) == len(files)
+    for f in files:
+        src = pydicom.dcmread(f)
+        uid = src.SOPInstanceUID
+        got = scp.spool.incoming / f"{file_stem(uid)}.dcm"
+        stored = pydicom.dcmread(got)
+        assert stored.file_meta.TransferSyntaxUID == src.file_meta.TransferSyntaxUID, f.name
+        assert stored.PixelData == src.PixelData, f.name  # the bytes as sent, not transcoded
+        assert scp.journal.get(uid).state == RECEIVED
+    assert scp.metrics.received._value.get() == len(files)
+
+
+def write_one(path: Path, ds: pydicom.Dataset) -> Path:
+    ds.save_as(path, enforce_file_format=True)
+    return path
+
+
+def test_resent_object_is_acknowledged_once_and_stored_once(scp: Scp, dcmtk, tmp_path) -> None:
+    f = write_one(tmp_path / "a.dcm", make_xray())
+    storescu(dcmtk, scp.port, [f])
+    storescu(dcmtk, scp.port, [f])
+    assert len(scp.stored) == 1
+    assert scp.metrics.duplicates._value.get() == 1
+    assert scp.journal.counts()[RECEIVED] == 1
+
+
+def test_store_failure_answers_out_of_resources_never_success(scp: Scp, tmp_path) -> None:
+    from pynetdicom import AE
+    from pynetdicom.sop_class import ComputedRadiographyImageStorage
+
+    # The incoming folder replaced by a plain file: every write fails (even for root).
+    scp.spool.incoming.rmdir()
+    scp.spool.incoming.write_text("not a folder")
+    ae = AE(ae_title="SENDER")
+    ae.add_requested_context(ComputedRadiographyImageStorage)
+    assoc = ae.associate("127.0.0.1", scp.port, ae_title="DDAD")
+    assert assoc.is_established
+    status = assoc.send_c_store(make_xray())
+    assoc.release()
+    assert status.Status == OUT_OF_RESOURCES
+    assert scp.stored == [] and scp.journal.counts()[RECEIVED] == 0
+    assert scp.metrics.store_failures._value.get() == 1
+
+
+def test_echo_answered(scp: Scp, dcmtk) -> None:
+    res = subprocess.run(
+        [dcmtk["echoscu"], "-aec", "DDAD", "127.0.0.1", str(scp.port)],
+        capture_output=True,
+        timeout=30,
+    )
+    assert res.returncode == 0, res.stderr
+
+
+def test_hostile_uid_never_names_a_path(tmp_path: Path) -> None:
+    spool = Spool(tmp_path / "s")
+    p = spool.write_incoming("../../etc/passwd", b"x")
+    assert p.parent == spool.incoming and p.name.startswith("x-")
+    assert file_stem("1.2.3") == "1.2.3"
+
+
+# ----------------------------------------------------------------------------------------------
+# Journal and forwarder
+# ----------------------------------------------------------------------------------------------
+def queue_results(spool: Spool, journal: Journal, n: int) -> list[str]:
+    """n received objects, each finished as scored with one result file (a CR image standing in
+    for a result: the forwarder sends any DICOM file)."""
+    uids = []
+    for i in range(n):
+        uid = generate_uid()
+        journal.add_received(uid, "1.2.840.10008.5.1.4.1.1.1", "SENDER", "unused")
+        res = make_xray(seed=i)
+        path = spool.write_result(res.SOPInstanceUID, encode(res))
+        journal.finish(
+            uid, SCORED, record={"flag": "normal"},
+            results=[Result(res.SOPInstanceUID, res.SOPClassUID, "sr", str(path))],
+        )  # fmt: skip
+        uids.append(uid)
+    return uids
+
+
+def encode(ds: pydicom.Dataset) -> bytes:
+    from io import BytesIO
+
+    buf = BytesIO()
+    ds.save_as(buf, enforce_file_format=True)
+    return buf.getvalue()
+
+
+def wait_for(cond, timeout: float = 30.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if cond():
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def test_journal_finish_is_once_and_counts(tmp_path: Path) -> None:
+    j = Journal(tmp_path / "j.sqlite")
+    assert j.add_received("1.2", "c", "A", "p") and not j.add_received("1.2", "c", "A", "p")
+    j.finish("1.2", ABSTAINED, reason="view position LL is not PA or AP")
+    j.finish("1.2", SCORED)  # no longer received: ignored
+    assert j.get("1.2").state == ABSTAINED and j.get("1.2").reason.startswith("view")
+    assert j.counts()[ABSTAINED] == 1
+    j.close()
+
+
+def test_forwarder_queues_while_destination_down_then_delivers_once(dcmtk, tmp_path) -> None:
+    spool = Spool(tmp_path / "spool")
+    journal = Journal(spool.journal_path)
+    uids = queue_results(spool, journal, 4)
+    port = free_port()
+    fwd = Forwarder(
+        journal, Destination("DEST", "127.0.0.1", port), NodeMetrics(),
+        policy=RetryPolicy(max_tries=100, backoff=0.1, max_backoff=0.4),
+    )  # fmt: skip
+    fwd.start()
+    try:
+        assert wait_for(lambda: journal.counts()["outbox-pending"] == 4 and _tried(journal), 10)
+        time.sleep(1.0)  # down for a while: several tries fail
+        with storescp(dcmtk["storescp"], tmp_path / "dest", port):
+            assert wait_for(lambda: journal.counts()[RESULT_SENT] == 4, 30)
+    finally:
+        fwd.stop()
+    received = [pydicom.dcmread(p).SOPInstanceUID for p in (tmp_path / "dest").glob("*.dcm")]
+    assert len(received) == 4 and len(set(received)) == 4  # each delivered exactly once
+    assert {journal.get(u).state for u in uids} == {RESULT_SENT}
+    journal.close()
+
+
+def _tried(journal: Journal) -> bool:
+    return any(a > 0 for (a,) in journal._db.execute("SELECT attempts FROM outbox"))
+
+
+def test_forwarder_dead_letters_after_n_tries_with_the_reason(tmp_path: Path) -> None:
+    spool = Spool(tmp_path / "spool")
+    journal = Journal(spool.journal_path)
+    (uid,) = queue_results(spool, journal, 1)
+    metrics = NodeMetrics()
+    fwd = Forwarder(
+        journal, Destination("DEST", "127.0.0.1", free_port()), metrics,
+        policy=RetryPolicy(max_tries=3, backoff=0.05, max_backoff=0.1),
+    )  # fmt: skip
+    fwd.start()
+    try:
+        assert wait_for(lambda: journal.get(uid).state == DEAD_LETTERED, 30)
+    finally:
+        fwd.stop()
+    (dead,) = journal.dead_letters()
+    assert dead[0] == uid and "association" in dead[2]
+    assert metrics.dead_lettered._value.get() == 1
+    assert Path(journal._db.execute("SELECT path FROM outbox").fetchone()[0]).is_file()
+    journal.close()
+
+
+def test_retry_policy_backoff_and_limit() -> None:
+    p = RetryPolicy(max_tries=4, backoff=1.0, max_backoff=3.0)
+    assert [p.retry_at(n, 0.0) for n in (1, 2, 3, 4)] == [1.0, 2.0, 3.0, None]
+    assert Destination.parse("PACS@10.0.0.2:104") == Destination("PACS", "10.0.0.2", 104)
+    with pytest.raises(ValueError, match="AE@host:port"):
+        Destination.parse("PACS:104")
+
+
+def test_scp_survives_concurrent_senders(scp: Scp, dcmtk, tmp_path: Path) -> None:
+    files = [write_one(tmp_path / f"{i}.dcm", make_xray(seed=i)) for i in range(12)]
+    threads = [
+        threading.Thread(target=storescu, args=(dcmtk, scp.port, files[i::4])) for i in range(4)
+    ]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert sorted(scp.stored) == sorted(pydicom.dcmread(f).SOPInstanceUID for f in files)
