@@ -12,6 +12,7 @@ for the next start.
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import threading
 import time
@@ -23,7 +24,7 @@ from ddad_edge.node.forwarder import Destination, Forwarder, RetryPolicy
 from ddad_edge.node.journal import Journal
 from ddad_edge.node.metrics import NodeMetrics
 from ddad_edge.node.scp import StoreHandler, start_scp
-from ddad_edge.node.spool import Spool
+from ddad_edge.node.spool import JOURNAL, Spool
 from ddad_edge.node.worker import Process, Worker
 
 log = logging.getLogger("ddad_edge.node")
@@ -140,9 +141,32 @@ def run_until_signalled(node: Node) -> None:
     previous = {s: signal.signal(s, lambda *_: stop.set()) for s in (signal.SIGTERM, signal.SIGINT)}
     try:
         node.start()
-        stop.wait()
+        while not stop.wait(1.0):
+            pass
         log.info("signal received: stopping")
     finally:
         node.stop()
         for s, h in previous.items():
             signal.signal(s, h)
+
+
+def spool_status(spool: str | os.PathLike[str]) -> dict[str, Any]:
+    """What a spool holds: {"counts": objects per state and outbox rows per state,
+    "dead_letters": [{"sop_instance_uid", "result", "reason"}, ...]}. Safe while a node runs on
+    the same spool (SQLite WAL readers do not block it).
+
+    Raises:
+        FileNotFoundError: ``spool`` has no journal (not a node's spool).
+    """
+    path = Path(spool) / JOURNAL
+    if not path.is_file():
+        raise FileNotFoundError(f"{spool}: no {JOURNAL} here (not a node spool)")
+    journal = Journal(path)
+    try:
+        dead = [
+            {"sop_instance_uid": uid, "result": kind, "reason": reason}
+            for uid, kind, reason in journal.dead_letters()
+        ]
+        return {"counts": journal.counts(), "dead_letters": dead}
+    finally:
+        journal.close()
