@@ -86,9 +86,7 @@ def import_onnxruntime() -> Any:
     try:
         return importlib.import_module("onnxruntime")
     except ImportError as e:
-        raise BackendUnavailable(
-            "onnxruntime is not installed: pip install ddad-edge"
-        ) from e
+        raise BackendUnavailable("onnxruntime is not installed: pip install ddad-edge") from e
 
 
 def session_options(ort: Any, intra_op_threads: int | None = None) -> Any:

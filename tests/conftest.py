@@ -1,23 +1,195 @@
-"""Shared fixtures: the real-data location and small helpers."""
+"""Shared fixtures: the real-data location, and one small trained run and bundle per model kind,
+made once per test session.
+
+The runs and bundles need the ``train`` extra (torch, onnx); without it every test that asks for
+them skips with that reason, so the runtime's own tests run in a runtime-only install. Real images
+come from ../shared/data (kermany-cxr); without it the runs train on SYNTHETIC phantoms and the
+real-data tests skip with the reason.
+"""
 
 from __future__ import annotations
 
+import importlib.util
+from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
 KERMANY = SHARED_DATA / "kermany-cxr"
+DICOM_CXR = SHARED_DATA / "dicom-cxr"
+K = 2
+"""Members per module of the shared runs."""
+N_TRAIN = 64
+"""Training images of the shared runs (two batches of 32)."""
+
+
+TRAIN_EXTRA = ("torch", "onnx", "matplotlib")
+MISSING_TRAIN_EXTRA = [m for m in TRAIN_EXTRA if importlib.util.find_spec(m) is None]
+TRAINING_SIDE_MODULES = [
+    "test_benchmarks.py",
+    "test_export.py",
+    "test_models.py",
+    "test_pipeline.py",
+    "test_plots.py",
+]
+"""Test modules that import the ``train`` extra at module level: not collected without it (a
+runtime-only install runs the rest; the header of the run says so). Add yours here."""
+collect_ignore = TRAINING_SIDE_MODULES if MISSING_TRAIN_EXTRA else []
+
+
+def pytest_report_header(config: pytest.Config) -> str | None:
+    if not MISSING_TRAIN_EXTRA:
+        return None
+    return (
+        f"runtime-only install ({', '.join(MISSING_TRAIN_EXTRA)} missing): not collecting "
+        f"{', '.join(TRAINING_SIDE_MODULES)}; tests needing a trained run or bundle skip"
+    )
+
+
+def have_kermany() -> bool:
+    return (KERMANY / "labels.csv").is_file()
 
 
 def require_kermany() -> Path:
     """The Kermany folder, or skip the test with the reason."""
-    if not (KERMANY / "labels.csv").is_file():
+    if not have_kermany():
         pytest.skip(f"real data not found at {KERMANY} (../shared/data is absent on this machine)")
     return KERMANY
+
+
+def require_train_extra() -> None:
+    """Skip unless torch and onnx are importable (the ``train`` extra)."""
+    for mod in ("torch", "onnx"):
+        if importlib.util.find_spec(mod) is None:
+            pytest.skip(f"{mod} is not installed: the test run/bundle needs pip install '.[train]'")
 
 
 @pytest.fixture(scope="session")
 def kermany() -> Path:
     return require_kermany()
+
+
+@pytest.fixture(scope="session")
+def real_data() -> bool:
+    """Whether ../shared/data's Kermany set is present (tests branch on it, never skip)."""
+    return have_kermany()
+
+
+@pytest.fixture(scope="session")
+def broken_dicom() -> Path | None:
+    """A DICOM file whose pixel data cannot be decoded, or None without ../shared/data."""
+    p = DICOM_CXR / "edge_cases" / "pylibjpeg-data__966_BROKEN_J2K.dcm"
+    return p if p.is_file() else None
+
+
+@pytest.fixture(scope="session")
+def mono1_dicom() -> Path | None:
+    """A MONOCHROME1 chest CR, or None without ../shared/data."""
+    p = DICOM_CXR / "original" / "fo-dicom__CR-MONO1-10-chest.dcm"
+    return p if p.is_file() else None
+
+
+@pytest.fixture(scope="session")
+def training_images(tmp_path_factory: pytest.TempPathFactory) -> tuple[np.ndarray, str]:
+    """N_TRAIN preprocessed training images [N_TRAIN, 1, 64, 64] float32 and the data root the
+    runs name: real Kermany train normals when available, else SYNTHETIC phantoms on disk."""
+    from ddad_edge.runtime.batch import load_inputs
+
+    if have_kermany():
+        paths = sorted((KERMANY / "train" / "NORMAL").iterdir())[:N_TRAIN]
+        return load_inputs(paths, workers=2).x, str(KERMANY)
+    from ddad_edge.phantom import make_phantom_dataset
+
+    root = tmp_path_factory.mktemp("phantoms")
+    counts = {"n_train_normal": N_TRAIN, "n_train_abnormal": 0}
+    make_phantom_dataset(root, **counts, n_test_normal=8, n_test_abnormal=8, size=96)
+    return load_inputs(sorted((root / "train" / "NORMAL").iterdir())).x, str(root)
+
+
+@pytest.fixture(scope="session")
+def make_run(training_images: tuple[np.ndarray, str]) -> Callable[..., Path]:
+    """``make_run(out, kind, k=K, steps=2, seed=0)``: a run folder (``train.train_run`` format)
+    trained one epoch of ``steps`` batches of 32 per module. Cheap: seconds on a CPU."""
+
+    def make(out: Path, kind: str, k: int = K, steps: int = 2, seed: int = 0) -> Path:
+        require_train_extra()
+        import torch
+
+        from ddad_edge.train import TrainConfig, train_run
+
+        x_all, root = training_images
+        x = torch.from_numpy(x_all[: 32 * steps])
+        manifest = {"sha256": f"{seed:064d}", "root": root, "counts": {"D": len(x), "Du": 0}}
+        cfg = TrainConfig(kind=kind, k=k, epochs=1, batch_size=32, seed=seed)
+        train_run(manifest, {"A": x, "B": x}, out, cfg)
+        return out
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def shared_run(
+    make_run: Callable[..., Path], tmp_path_factory: pytest.TempPathFactory
+) -> Callable[[str], Path]:
+    """``shared_run(kind)``: one small trained run per kind, made once per session ("ae" 2 steps
+    per module, the others 1). Treat it as read-only."""
+    runs: dict[str, Path] = {}
+
+    def get(kind: str) -> Path:
+        if kind not in runs:
+            out = tmp_path_factory.mktemp("runs") / f"run-{kind}"
+            runs[kind] = make_run(out, kind, steps=2 if kind == "ae" else 1)
+        return runs[kind]
+
+    return get
+
+
+@pytest.fixture(scope="session")
+def shared_bundle(
+    shared_run: Callable[[str], Path], tmp_path_factory: pytest.TempPathFactory
+) -> Callable[[str], Path]:
+    """``shared_bundle(kind)``: the bundle of ``shared_run(kind)``, made once per session; module
+    graphs and 16 parity images only for "ae" (8 for the others), 8 golden vectors. Read-only:
+    copy it before changing anything."""
+    bundles: dict[str, Path] = {}
+
+    def get(kind: str) -> Path:
+        if kind not in bundles:
+            run = shared_run(kind)
+            from ddad_edge.export.bundle import export_bundle
+
+            out = tmp_path_factory.mktemp("bundles") / f"bundle-{kind}"
+            full = kind == "ae"
+            export_bundle(run, out, n_parity=16 if full else 8, n_golden=8, module_graphs=full)
+            bundles[kind] = out
+        return bundles[kind]
+
+    return get
+
+
+@pytest.fixture(scope="session")
+def trained_run(shared_run: Callable[[str], Path]) -> Path:
+    """The shared AE run (K=2)."""
+    return shared_run("ae")
+
+
+@pytest.fixture(scope="session")
+def bundle(shared_bundle: Callable[[str], Path]) -> Path:
+    """The shared AE bundle (K=2, FP32 + FP16 dual graphs and FP32 module graphs)."""
+    return shared_bundle("ae")
+
+
+@pytest.fixture(scope="session")
+def good_images(bundle: Path) -> list[Path]:
+    """Three decodable test images (two normal, one abnormal): real Kermany test images when
+    available, else the phantom test images the shared bundle's parity check used."""
+    if have_kermany():
+        root = KERMANY / "test"
+        return sorted((root / "NORMAL").iterdir())[:2] + sorted((root / "PNEUMONIA").iterdir())[:1]
+    from ddad_edge.runtime.bundle import open_bundle
+
+    sources = open_bundle(bundle, verify=False).manifest["parity"]["images"]["sources"]
+    return [Path(p) for p in sources[:3]]

@@ -10,8 +10,6 @@ import shutil
 from pathlib import Path
 
 import pytest
-from test_export import shared_bundle, shared_run
-from test_runtime import BROKEN_DICOM, good_images
 from typer.testing import CliRunner
 
 from ddad_edge.cli import app
@@ -29,14 +27,14 @@ def one_line_error(result) -> str:
 
 
 @pytest.fixture(scope="module")
-def cli_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def cli_bundle(tmp_path_factory: pytest.TempPathFactory, trained_run: Path) -> Path:
     out = tmp_path_factory.mktemp("cli") / "bundle"
     res = runner.invoke(
         app,
         [
             "export",
             "--ckpt",
-            str(shared_run("ae")),
+            str(trained_run),
             "-o",
             str(out),
             "--n-parity",
@@ -51,10 +49,10 @@ def cli_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
-def test_export_writes_bundle_and_refuses_to_overwrite(cli_bundle: Path) -> None:
+def test_export_writes_bundle_and_refuses_to_overwrite(cli_bundle: Path, trained_run: Path) -> None:
     names = sorted(p.name for p in cli_bundle.iterdir())
     assert names == ["dual_fp16.onnx", "dual_fp32.onnx", "golden.npz", "manifest.json"]
-    res = runner.invoke(app, ["export", "--ckpt", str(shared_run("ae")), "-o", str(cli_bundle)])
+    res = runner.invoke(app, ["export", "--ckpt", str(trained_run), "-o", str(cli_bundle)])
     assert "not empty" in one_line_error(res)
     res = runner.invoke(
         app, ["export", "--ckpt", str(cli_bundle / "nope"), "-o", str(cli_bundle.parent / "x")]
@@ -98,24 +96,25 @@ def test_build_fails_cleanly_without_tensorrt(cli_bundle: Path) -> None:
     assert not (cli_bundle / "engines").exists()
 
 
-def test_score_json_and_heatmaps(tmp_path: Path) -> None:
-    bundle = shared_bundle("ae")
-    good = [str(p) for p in good_images(3)]
-    inputs = [good[0], str(BROKEN_DICOM), *good[1:]] if BROKEN_DICOM.is_file() else good
+def test_score_json_and_heatmaps(
+    tmp_path: Path, bundle: Path, good_images: list[Path], broken_dicom: Path | None
+) -> None:
+    good = [str(p) for p in good_images]
+    inputs = [good[0], str(broken_dicom), *good[1:]] if broken_dicom else good
     hm = tmp_path / "heatmaps"
     res = runner.invoke(app, ["score", str(bundle), *inputs, "--json", "--heatmaps", str(hm)])
     assert res.exit_code == 0, res.output
     recs = [json.loads(line) for line in res.stdout.splitlines()]
     assert [r["source"] for r in recs] == inputs
     for r in recs:
-        if r["source"] == str(BROKEN_DICOM):
+        if broken_dicom and r["source"] == str(broken_dicom):
             assert r["scores"] is None and "could not be decoded" in r["error"]
             assert r["heatmap"] is None
         else:
             assert r["error"] is None and set(r["scores"]) == set(SCORE_NAMES)
             assert Path(r["heatmap"]).is_file()
             assert Path(r["heatmap"]).name == f"{Path(r['source']).stem}.inter.png"
-    if BROKEN_DICOM.is_file():
+    if broken_dicom:
         assert "1 of 4 inputs could not be scored" in res.stderr
     # table output, and a map choice
     res = runner.invoke(
@@ -125,17 +124,18 @@ def test_score_json_and_heatmaps(tmp_path: Path) -> None:
     assert (hm / f"{Path(good[0]).stem}.intra.png").is_file()
 
 
-def test_score_exit_code_only_when_all_inputs_fail(tmp_path: Path) -> None:
-    bundle = shared_bundle("ae")
+def test_score_exit_code_only_when_all_inputs_fail(
+    tmp_path: Path, bundle: Path, good_images: list[Path], broken_dicom: Path | None
+) -> None:
     bad = [str(tmp_path / "missing.png")]
-    if BROKEN_DICOM.is_file():
-        bad.append(str(BROKEN_DICOM))
+    if broken_dicom:
+        bad.append(str(broken_dicom))
     res = runner.invoke(app, ["score", str(bundle), *bad, "--json"])
     assert res.exit_code == 1 and "Traceback" not in res.output
     assert all(json.loads(line)["error"] for line in res.stdout.splitlines())
-    res = runner.invoke(app, ["score", str(bundle), str(good_images(1)[0]), *bad, "--json"])
+    res = runner.invoke(app, ["score", str(bundle), str(good_images[0]), *bad, "--json"])
     assert res.exit_code == 0
-    err = one_line_error(runner.invoke(app, ["score", str(tmp_path), str(good_images(1)[0])]))
+    err = one_line_error(runner.invoke(app, ["score", str(tmp_path), str(good_images[0])]))
     assert "manifest.json: missing" in err
 
 

@@ -84,13 +84,15 @@ def test_advise_keeps_contents_and_reports_what_the_kernel_did() -> None:
     addr = ctypes.addressof(ctypes.c_char.from_buffer(buf))
     res = hugepages.advise([(addr, addr + size)])
     assert np.array_equal(arr, np.arange(arr.size, dtype=np.float32))  # advice only
-    if sys.platform.startswith("linux") and _thp_mode() in ("always", "madvise"):
-        assert res.ranges >= 1 and res.advised_bytes >= hugepages.HUGE_PAGE, res
-    else:
-        assert res.errors or res.advised_bytes == 0
-    assert "MiB on huge pages" in res.summary()
     del arr
     buf.close()
+    assert "MiB on huge pages" in res.summary()
+    if not sys.platform.startswith("linux"):
+        assert res.ranges == 0 and "not Linux" in res.errors[0]
+    elif _thp_mode() in ("always", "madvise"):
+        assert res.ranges >= 1 and res.advised_bytes >= hugepages.HUGE_PAGE, res
+    else:
+        pytest.skip(f"transparent huge pages are {_thp_mode()!r} here: the kernel may refuse")
 
 
 def test_ort_backend_huge_pages_change_no_output(tmp_path: Path) -> None:

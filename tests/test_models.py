@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import math
 
 import numpy as np
 import pytest
@@ -177,3 +178,55 @@ def _as_stack(out):
         return None if t is None else t.unsqueeze(0)
 
     return Outputs(recon=s(out.recon), logvar=s(out.logvar), mem_weights=s(out.mem_weights))
+
+
+# ----------------------------------------------------------------------------------------------
+# The losses against the paper's formulas, written out directly (float64, loops per member)
+# ----------------------------------------------------------------------------------------------
+def _loss_inputs(seed: int, k: int = 3, n: int = 4) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    x = rng.uniform(-1, 1, (k, n, 1, 64, 64))
+    recon = x + rng.normal(0, 0.3, x.shape)
+    logvar = rng.normal(0, 1.0, x.shape)
+    return x, recon, logvar
+
+
+def test_aeu_loss_is_eq4() -> None:
+    """Paper eq. 4: L = mean over pixels of exp(-s) (x - x_hat)^2 + s, with s = log sigma^2,
+    per member; and the plain AE loss is the MSE (eq. 1)."""
+    from ddad_edge.models import Outputs
+
+    x, recon, logvar = _loss_inputs(0)
+    got = member_losses(
+        Outputs(recon=torch.from_numpy(recon), logvar=torch.from_numpy(logvar)), torch.from_numpy(x)
+    ).numpy()
+    for i in range(len(x)):
+        sq = (x[i] - recon[i]) ** 2
+        want = (
+            sum(math.exp(-s) * e + s for s, e in zip(logvar[i].ravel(), sq.ravel(), strict=True))
+            / sq.size
+        )
+        assert got[i] == pytest.approx(want, rel=1e-12)
+    mse = member_losses(Outputs(recon=torch.from_numpy(recon)), torch.from_numpy(x)).numpy()
+    np.testing.assert_allclose(mse, ((x - recon) ** 2).reshape(len(x), -1).mean(1), rtol=1e-12)
+
+
+def test_memae_loss_adds_the_addressing_entropy() -> None:
+    """MemAE: MSE + 0.0002 x the mean over images of the entropy -sum_j w_j log w_j of the 25
+    memory addressing weights (method.md)."""
+    from ddad_edge.models import Outputs
+
+    x, recon, _ = _loss_inputs(1)
+    rng = np.random.default_rng(2)
+    logits = rng.normal(0, 2.0, (len(x), x.shape[1], 25))
+    w = np.exp(logits) / np.exp(logits).sum(-1, keepdims=True)
+    w[0, 0, :3] = [0.5, 0.5, 0.0]  # a zero weight contributes nothing (0 log 0 = 0)
+    w[0, 0, 3:] = 0.0
+    got = member_losses(
+        Outputs(recon=torch.from_numpy(recon), mem_weights=torch.from_numpy(w)),
+        torch.from_numpy(x),
+    ).numpy()
+    for i in range(len(x)):
+        entropies = [-sum(p * math.log(p) for p in row if p > 0) for row in w[i]]
+        want = ((x[i] - recon[i]) ** 2).mean() + 0.0002 * sum(entropies) / len(entropies)
+        assert got[i] == pytest.approx(want, rel=1e-12)

@@ -13,10 +13,7 @@ import threading
 from pathlib import Path
 
 import numpy as np
-import onnx
 import pytest
-from onnx import numpy_helper
-from test_export import SHARED_DATA, have_kermany, shared_bundle
 
 from ddad_edge.runtime.backends import BackendUnavailable, OrtBackend, physical_cores
 from ddad_edge.runtime.bundle import BundleError, open_bundle, relative_errors, sha256_file
@@ -24,26 +21,6 @@ from ddad_edge.runtime.heatmaps import overlay_paths, write_overlays
 from ddad_edge.runtime.preprocess import to_display
 from ddad_edge.runtime.scorer import Scorer
 from ddad_edge.runtime.scores import SCORE_NAMES
-
-BROKEN_DICOM = SHARED_DATA / "dicom-cxr" / "edge_cases" / "pylibjpeg-data__966_BROKEN_J2K.dcm"
-MONO1_DICOM = SHARED_DATA / "dicom-cxr" / "original" / "fo-dicom__CR-MONO1-10-chest.dcm"
-
-
-def good_images(n: int = 3) -> list[Path]:
-    """Real test images when available, else the phantom test images of the shared runs."""
-    if have_kermany():
-        root = SHARED_DATA / "kermany-cxr" / "test"
-        return (
-            sorted((root / "NORMAL").iterdir())[: n - 1]
-            + sorted((root / "PNEUMONIA").iterdir())[:1]
-        )
-    bundle = open_bundle(shared_bundle("ae"), verify=False)
-    return [Path(p) for p in bundle.manifest["parity"]["images"]["sources"][:n]]
-
-
-@pytest.fixture(scope="module")
-def bundle() -> Path:
-    return shared_bundle("ae")
 
 
 @pytest.fixture(scope="module")
@@ -78,6 +55,9 @@ def test_golden_replay_passes_fp32_fp16_and_module_graphs(bundle: Path) -> None:
 def test_tampered_weight_with_rehash_fails_numerically(bundle: Path, tmp_path: Path) -> None:
     b = copy_bundle(bundle, tmp_path / "b")
     path = b / "dual_fp32.onnx"
+    onnx = pytest.importorskip("onnx")
+    from onnx import numpy_helper
+
     model = onnx.load(str(path))
     init = next(t for t in model.graph.initializer if t.name == "fc4.bias.member0")
     arr = numpy_helper.to_array(init).copy()
@@ -174,8 +154,10 @@ def test_auto_backend_reports_why_gpu_backends_were_skipped(bundle: Path) -> Non
 # ----------------------------------------------------------------------------------------------
 # Scorer
 # ----------------------------------------------------------------------------------------------
-def test_score_mixed_inputs_with_per_item_errors(scorer: Scorer, tmp_path: Path) -> None:
-    files = good_images(3)
+def test_score_mixed_inputs_with_per_item_errors(
+    scorer: Scorer, tmp_path: Path, good_images: list[Path], broken_dicom: Path | None
+) -> None:
+    files = good_images
     broken = tmp_path / "not-an-image.png"
     broken.write_bytes(b"\x89PNG garbage")
     rgb16 = (np.random.default_rng(0).random((90, 70, 3)) * 65535).astype(np.uint16)
@@ -190,15 +172,15 @@ def test_score_mixed_inputs_with_per_item_errors(scorer: Scorer, tmp_path: Path)
         tmp_path / "missing.png",
         files[2],
     ]
-    if BROKEN_DICOM.is_file():
-        inputs.append(BROKEN_DICOM)
+    if broken_dicom:
+        inputs.append(broken_dicom)
     res = scorer.score(inputs, maps=True)
     assert [r.source for r in res][:4] == [str(files[0]), str(broken), str(files[1]), "array[3]"]
     bad = {i for i, r in enumerate(res) if r.error}
-    expected_bad = {1, 6, 7} | ({9} if BROKEN_DICOM.is_file() else set())
+    expected_bad = {1, 6, 7} | ({9} if broken_dicom else set())
     assert bad == expected_bad, [(r.source, r.error) for r in res]
     assert "[0, 1]" in res[6].error and "no such file" in res[7].error
-    if BROKEN_DICOM.is_file():
+    if broken_dicom:
         assert "could not be decoded" in res[9].error
     for i, r in enumerate(res):
         if i in bad:
@@ -231,8 +213,8 @@ def test_stages_match_score_and_golden(scorer: Scorer) -> None:
         scorer.infer(lb.x[:, :, :32])
 
 
-def test_concurrent_callers_get_the_same_results(scorer: Scorer) -> None:
-    files = good_images(3)
+def test_concurrent_callers_get_the_same_results(scorer: Scorer, good_images: list[Path]) -> None:
+    files = good_images
     expected = [r.scores for r in scorer.score(files)]
     out: dict[int, list] = {}
     errors: list[BaseException] = []
@@ -272,8 +254,8 @@ def test_overlay_names_never_collide_or_overwrite_inputs(tmp_path: Path) -> None
     assert len({p.resolve() for p in paths}) == 5
 
 
-def test_write_overlays(scorer: Scorer, tmp_path: Path) -> None:
-    files = good_images(2)
+def test_write_overlays(scorer: Scorer, tmp_path: Path, good_images: list[Path]) -> None:
+    files = good_images[:2]
     res = scorer.score(
         [*files, tmp_path / "missing.png", np.full((50, 60), 90, np.uint8)], maps=True
     )
@@ -300,10 +282,12 @@ def test_write_overlays(scorer: Scorer, tmp_path: Path) -> None:
 # ----------------------------------------------------------------------------------------------
 # No torch: the whole scorer in a subprocess where importing torch raises
 # ----------------------------------------------------------------------------------------------
-def test_runtime_runs_with_torch_unimportable(bundle: Path, tmp_path: Path) -> None:
-    files = [str(p) for p in good_images(2)]
-    if MONO1_DICOM.is_file():
-        files.append(str(MONO1_DICOM))
+def test_runtime_runs_with_torch_unimportable(
+    bundle: Path, tmp_path: Path, good_images: list[Path], mono1_dicom: Path | None
+) -> None:
+    files = [str(p) for p in good_images[:2]]
+    if mono1_dicom:
+        files.append(str(mono1_dicom))
     code = textwrap.dedent(
         f"""
         import json, sys

@@ -14,7 +14,6 @@ import types
 from pathlib import Path
 
 import pytest
-from test_export import shared_bundle
 
 from ddad_edge.export.trt_build import existing_engine_ok, profile_shapes
 from ddad_edge.runtime import scorer as scorer_mod
@@ -70,9 +69,10 @@ def test_sidecar_mismatches_name_each_difference() -> None:
     assert "asked for fp32" in engine_mismatches(side, **{**ok, "precision": "fp32"})[0]
 
 
-def _fake_bundle(tmp_path: Path) -> Bundle:
-    """A bundle folder whose graph files are links to a real exported bundle's files."""
-    real = shared_bundle("ae")
+@pytest.fixture
+def fake_bundle(tmp_path: Path, bundle: Path) -> Bundle:
+    """A bundle folder whose graph files are links to the shared exported bundle's files."""
+    real = bundle
     root = tmp_path / "bundle"
     root.mkdir()
     for p in real.iterdir():
@@ -98,8 +98,10 @@ def _write_engine(b: Bundle, precision: str, **override: str) -> Path:
     return plan
 
 
-def test_check_engine_finds_refuses_and_says_how_to_rebuild(tmp_path: Path) -> None:
-    b = _fake_bundle(tmp_path)
+def test_check_engine_finds_refuses_and_says_how_to_rebuild(
+    tmp_path: Path, fake_bundle: Bundle
+) -> None:
+    b = fake_bundle
     with pytest.raises(
         BundleError, match=r"no TensorRT engine .*`ddad-edge build .* --precision fp16"
     ):
@@ -122,8 +124,8 @@ def test_check_engine_finds_refuses_and_says_how_to_rebuild(tmp_path: Path) -> N
         check_engine(b, "fp16", "11.0.0", GPU)
 
 
-def test_build_idempotence_logic(tmp_path: Path) -> None:
-    b = _fake_bundle(tmp_path)
+def test_build_idempotence_logic(tmp_path: Path, fake_bundle: Bundle) -> None:
+    b = fake_bundle
     plan = _write_engine(b, "fp16")
     side = plan.with_suffix(".json")
     prof = profile_shapes(64, None)
@@ -163,9 +165,9 @@ class _StubTrtBackend:
 
 
 def test_engine_selection_in_auto_and_trt_modes(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fake_bundle: Bundle
 ) -> None:
-    b = _fake_bundle(tmp_path)
+    b = fake_bundle
     monkeypatch.setattr(
         scorer_mod, "import_tensorrt", lambda: types.SimpleNamespace(__version__=TRT_VERSION)
     )
@@ -194,22 +196,20 @@ def test_engine_selection_in_auto_and_trt_modes(
 @pytest.mark.skipif(
     HAVE_TRT, reason="tensorrt is installed: the missing-TensorRT errors cannot occur"
 )
-def test_missing_tensorrt_errors(tmp_path: Path) -> None:
+def test_missing_tensorrt_errors(tmp_path: Path, bundle: Path) -> None:
     from ddad_edge.export.trt_build import build_engine
 
     with pytest.raises(BackendUnavailable) as e:
-        build_engine(shared_bundle("ae"))
+        build_engine(bundle)
     assert str(e.value) == TRT_MISSING
-    assert "pip install 'ddad-edge[trt]'" in TRT_MISSING
     with pytest.raises(BackendUnavailable, match="TensorRT is not installed"):
-        scorer_mod.Scorer.from_bundle(shared_bundle("ae"), backend="trt")
+        scorer_mod.Scorer.from_bundle(bundle, backend="trt")
 
 
 @pytest.mark.skipif(not HAVE_TRT, reason="TensorRT is not installed (needs an NVIDIA GPU machine)")
-def test_real_tensorrt_build_and_run() -> None:  # pragma: no cover - needs a GPU
+def test_real_tensorrt_build_and_run(bundle: Path) -> None:  # pragma: no cover - needs a GPU
     from ddad_edge.export.trt_build import build_engine
 
-    bundle = shared_bundle("ae")
     first = build_engine(bundle, precision="fp16", max_batch=16)
     again = build_engine(bundle, precision="fp16", max_batch=16)
     assert not again.built and again.plan == first.plan
