@@ -96,24 +96,32 @@ installed, the error names the transfer syntax and says to
 
 from __future__ import annotations
 
+import errno
 import os
+import stat
 import warnings
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from .preprocess import IMAGE_SIZE, PreprocessError, preprocess, to_unit_grey
+from .preprocess import IMAGE_SIZE, PreprocessError, check_input, preprocess, to_unit_grey
 
 __all__ = [
     "CODECS_HINT",
     "DICOM_EXTENSIONS",
+    "Decoded",
     "DicomWindowWarning",
     "ImageLoadError",
+    "InputWarning",
+    "MultiFrameWarning",
     "dicom_info",
     "is_dicom",
     "load_image",
     "load_input",
+    "read_image",
+    "read_input",
 ]
 
 DICOM_EXTENSIONS = (".dcm", ".dicom")
@@ -156,8 +164,34 @@ class ImageLoadError(Exception):
         return (type(self), (self.path, self.reason))
 
 
-class DicomWindowWarning(UserWarning):
+class InputWarning(UserWarning):
+    """Something about one input that the caller should know although it was scored."""
+
+
+class DicomWindowWarning(InputWarning):
     """A DICOM file's VOI window / declared bit depth did not fit its pixels (see module doc)."""
+
+
+class MultiFrameWarning(InputWarning):
+    """The file holds several frames (animated GIF, multi-page TIFF, multi-frame DICOM); only
+    the first was used."""
+
+
+Notes = list[InputWarning]
+"""Warnings gathered while decoding one input, in order (one list per call: thread-safe)."""
+
+
+@dataclass
+class Decoded:
+    """One decoded input.
+
+    image: float32 HxW in [0, 1] (:func:`read_image`) or the network input float32
+        [1, size, size] in [-1, 1] (:func:`read_input`).
+    warnings: one line each, what the caller should know (e.g. only the first frame was used).
+    """
+
+    image: np.ndarray
+    warnings: list[str] = field(default_factory=list)
 
 
 def _short(exc: BaseException) -> str:
@@ -213,14 +247,22 @@ def is_dicom(path: str | os.PathLike[str]) -> bool:
 
 def _check_file(p: str) -> None:
     """Raise ImageLoadError for a path that is not a readable, non-empty regular file."""
-    if not os.path.exists(p):
-        raise ImageLoadError(p, "no such file")
-    if os.path.isdir(p):
-        raise ImageLoadError(p, "is a directory, not an image file")
     try:
-        size = os.path.getsize(p)
+        st = os.stat(p)
     except OSError as e:
+        if e.errno == errno.ELOOP:
+            raise ImageLoadError(p, "symbolic link loop (too many levels of links)") from e
+        if e.errno == errno.ENOENT:
+            why = "no such file (broken symbolic link)" if os.path.islink(p) else "no such file"
+            raise ImageLoadError(p, why) from e
         raise ImageLoadError(p, f"cannot read file: {_short(e)}") from e
+    except ValueError as e:  # e.g. an embedded NUL character
+        raise ImageLoadError(p, f"not a valid path: {_short(e)}") from e
+    if stat.S_ISDIR(st.st_mode):
+        raise ImageLoadError(p, "is a directory, not an image file")
+    if not stat.S_ISREG(st.st_mode):
+        raise ImageLoadError(p, "not a regular file (device, pipe or socket)")
+    size = st.st_size
     if size == 0:
         raise ImageLoadError(p, "file is empty (0 bytes)")
     if not os.access(p, os.R_OK):
@@ -230,6 +272,40 @@ def _check_file(p: str) -> None:
 # ---------------------------------------------------------------------------------------------
 # Public entry points
 # ---------------------------------------------------------------------------------------------
+
+
+def read_image(path: str | os.PathLike[str], *, target_size: int | None = IMAGE_SIZE) -> Decoded:
+    """Decode one image file to grey, with the warnings the decoding raised.
+
+    As :func:`load_image`, but the warnings come back in :attr:`Decoded.warnings` instead of
+    through :mod:`warnings` (safe from several threads), and ANY failure, including one a
+    library did not foresee, is an :class:`ImageLoadError` naming the file.
+    """
+    notes: Notes = []
+    img = _decode(os.fspath(path), target_size, notes)
+    return Decoded(img, [str(n) for n in notes])
+
+
+def _decode(p: str, target_size: int | None, notes: Notes) -> np.ndarray:
+    """The body of :func:`read_image` (warnings appended to ``notes``)."""
+    if target_size is not None and (isinstance(target_size, bool) or int(target_size) < 1):
+        raise ValueError(f"target_size must be a positive int or None, got {target_size!r}")
+    try:
+        _check_file(p)
+        if is_dicom(p):
+            img = _load_dicom(p, notes)
+        else:
+            img = _load_pillow(p, None if target_size is None else int(target_size), notes)
+        img = to_unit_grey(img)
+    except ImageLoadError:
+        raise
+    except PreprocessError as e:
+        raise ImageLoadError(p, str(e)) from e
+    except MemoryError as e:
+        raise ImageLoadError(p, "not enough memory to decode this image") from e
+    except Exception as e:  # a malformed header can break a library in ways nobody listed
+        raise ImageLoadError(p, f"could not be decoded: {type(e).__name__}: {_short(e)}") from e
+    return img
 
 
 def load_image(path: str | os.PathLike[str], *, target_size: int | None = IMAGE_SIZE) -> np.ndarray:
@@ -249,19 +325,16 @@ def load_image(path: str | os.PathLike[str], *, target_size: int | None = IMAGE_
     Raises:
         ImageLoadError: the file is missing, empty, not an image, truncated, corrupt, or needs a
             DICOM codec that is not installed; ``str(e)`` names the file and the reason.
+
+    Warns:
+        InputWarning (DicomWindowWarning, MultiFrameWarning): see :func:`read_image`.
     """
-    if target_size is not None and (isinstance(target_size, bool) or int(target_size) < 1):
-        raise ValueError(f"target_size must be a positive int or None, got {target_size!r}")
+    notes: Notes = []
     p = os.fspath(path)
-    _check_file(p)
-    if is_dicom(p):
-        img = _load_dicom(p)
-    else:
-        img = _load_pillow(p, None if target_size is None else int(target_size))
-    try:
-        return to_unit_grey(img)
-    except PreprocessError as e:
-        raise ImageLoadError(p, str(e)) from e
+    img = _decode(p, target_size, notes)
+    for n in notes:
+        warnings.warn(type(n)(f"{p}: {n}"), stacklevel=2)
+    return img
 
 
 def load_input(path: str | os.PathLike[str], *, size: int = IMAGE_SIZE) -> np.ndarray:
@@ -277,12 +350,27 @@ def load_input(path: str | os.PathLike[str], *, size: int = IMAGE_SIZE) -> np.nd
         ImageLoadError: as :func:`load_image`; a ``PreprocessError`` (e.g. image smaller than
             2x2) is re-raised as ``ImageLoadError`` naming the file.
     """
+    return read_input(path, size=size).image
+
+
+def read_input(path: str | os.PathLike[str], *, size: int = IMAGE_SIZE) -> Decoded:
+    """:func:`read_image` + preprocessing + :func:`~ddad_edge.runtime.preprocess.check_input`.
+
+    Returns:
+        Decoded: image float32 [1, size, size] in [-1, 1], and the decoding's warnings.
+
+    Raises:
+        ImageLoadError: as :func:`read_image`, or the image cannot be a chest radiograph
+            (too small, constant), naming the file.
+    """
     p = os.fspath(path)
-    img = load_image(p, target_size=size)
+    d = read_image(p, target_size=size)
     try:
-        return preprocess(img, size)
+        x = preprocess(d.image, size)
+        check_input(x)
     except PreprocessError as e:
         raise ImageLoadError(p, str(e)) from e
+    return Decoded(x, d.warnings)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -301,10 +389,13 @@ _EXIF_TRANSPOSE = {
 }
 
 
-def _load_pillow(p: str, target_size: int | None) -> np.ndarray:
+def _load_pillow(p: str, target_size: int | None, notes: Notes) -> np.ndarray:
     """Decode with Pillow; returns uint8/uint16 HxW[x3] or float32 HxW (range checked later)."""
     try:
         with Image.open(p) as im:
+            frames = int(getattr(im, "n_frames", 1) or 1)
+            if frames > 1:  # animated GIF/PNG/WebP, multi-page TIFF: Pillow opens frame 0
+                notes.append(MultiFrameWarning(_first_frame_note(frames)))
             try:
                 orientation = int(im.getexif().get(0x0112, 1))
             except Exception:  # a broken EXIF block must not stop the pixels from loading
@@ -437,7 +528,11 @@ def _first(value: Any) -> float:
     return float(value)
 
 
-def _window(ds: Any) -> tuple[float, float, str] | None:
+def _first_frame_note(frames: int) -> str:
+    return f"{frames} frames; only the first was scored"
+
+
+def _window(ds: Any, notes: Notes | None = None) -> tuple[float, float, str] | None:
     """(center, width, function) of the first window, or None when there is no usable one."""
     if ds.get("WindowCenter") is None or ds.get("WindowWidth") is None:
         return None
@@ -446,15 +541,20 @@ def _window(ds: Any) -> tuple[float, float, str] | None:
         w = _first(ds.WindowWidth)
         func = str(ds.get("VOILUTFunction", "LINEAR") or "LINEAR").strip().upper()
     except Exception as e:
-        warnings.warn(f"unreadable Window Center/Width ignored: {_short(e)}", DicomWindowWarning, 5)
+        _note(notes, f"unreadable Window Center/Width ignored: {_short(e)}")
         return None
     if func not in ("LINEAR", "LINEAR_EXACT", "SIGMOID"):
-        warnings.warn(f"unknown VOI LUT Function {func!r}, using LINEAR", DicomWindowWarning, 5)
+        _note(notes, f"unknown VOI LUT Function {func!r}, using LINEAR")
         func = "LINEAR"
     if not (np.isfinite(c) and np.isfinite(w)) or w < (1 if func == "LINEAR" else 1e-12):
-        warnings.warn(f"invalid window (center {c}, width {w}) ignored", DicomWindowWarning, 5)
+        _note(notes, f"invalid window (center {c}, width {w}) ignored")
         return None
     return c, w, func
+
+
+def _note(notes: Notes | None, text: str) -> None:
+    if notes is not None:
+        notes.append(DicomWindowWarning(text))
 
 
 def _window_edges(c: float, w: float, func: str) -> tuple[float, float]:
@@ -514,7 +614,7 @@ def _voi_lut_bits(ds: Any) -> int | None:
     return int(item.LUTDescriptor[2])
 
 
-def _grey_to_unit(p: str, arr: np.ndarray, ds: Any) -> np.ndarray:
+def _grey_to_unit(p: str, arr: np.ndarray, ds: Any, notes: Notes) -> np.ndarray:
     """Stored grey values -> float32 in [0, 1] through Modality LUT and VOI (before MONO1)."""
     from pydicom.pixels import apply_modality_lut, apply_voi
 
@@ -533,35 +633,37 @@ def _grey_to_unit(p: str, arr: np.ndarray, ds: Any) -> np.ndarray:
         return _to_unit(y, 0.0, 2.0**lut_bits - 1)
 
     x_min, x_max = float(x.min()), float(x.max())
-    window = _window(ds)
+    window = _window(ds, notes)
     if window is not None:
         c, w, func = window
         if func != "SIGMOID":
             lo, hi = _window_edges(c, w, func)
             if x_max <= lo or x_min > hi:
-                warnings.warn(
-                    f"{p}: window center {c:g} / width {w:g} lies entirely outside the pixel "
+                _note(
+                    notes,
+                    f"window center {c:g} / width {w:g} lies entirely outside the pixel "
                     f"values [{x_min:g}, {x_max:g}]; window ignored, scaling to the stored "
                     "bit depth instead",
-                    DicomWindowWarning,
-                    4,
                 )
                 window = None
     if window is not None:
         return _apply_window(x, *window)
 
     lo, hi = _modality_range(ds)
+    if not hi > lo:
+        raise ImageLoadError(
+            p, f"Modality LUT maps every stored value to {lo:g} (Rescale Slope 0?): no image"
+        )
     if x_min < lo or x_max > hi:
-        warnings.warn(
-            f"{p}: pixel values [{x_min:g}, {x_max:g}] exceed the declared range "
+        _note(
+            notes,
+            f"pixel values [{x_min:g}, {x_max:g}] exceed the declared range "
             f"[{lo:g}, {hi:g}] (Bits Stored {ds.get('BitsStored')}); clipped",
-            DicomWindowWarning,
-            4,
         )
     return _to_unit(x, lo, hi)
 
 
-def _decode_pixels(p: str, ds: Any, ts: Any) -> np.ndarray:
+def _decode_pixels(p: str, ds: Any, ts: Any, notes: Notes) -> np.ndarray:
     from pydicom.pixels import get_decoder
 
     try:
@@ -577,6 +679,8 @@ def _decode_pixels(p: str, ds: Any, ts: Any) -> np.ndarray:
         n_frames = int(frames) if frames not in (None, "") else 1
     except (TypeError, ValueError):
         n_frames = 1
+    if n_frames > 1:
+        notes.append(MultiFrameWarning(_first_frame_note(n_frames)))
     try:
         ds.pixel_array_options(index=0 if n_frames > 1 else None)
         return np.asarray(ds.pixel_array)
@@ -589,9 +693,61 @@ def _decode_pixels(p: str, ds: Any, ts: Any) -> np.ndarray:
         ) from e
 
 
-def _load_dicom(p: str) -> np.ndarray:
+_SINGLE_VALUED = (
+    "Rows",
+    "Columns",
+    "SamplesPerPixel",
+    "BitsAllocated",
+    "BitsStored",
+    "HighBit",
+    "PixelRepresentation",
+    "PlanarConfiguration",
+    "NumberOfFrames",
+    "PhotometricInterpretation",
+    "RescaleSlope",
+    "RescaleIntercept",
+)
+_LUT_SEQUENCES = ("ModalityLUTSequence", "VOILUTSequence")
+
+
+def _element_name(keyword: str) -> str:
+    from pydicom.datadict import dictionary_description, tag_for_keyword
+
+    tag = tag_for_keyword(keyword)
+    return f"{dictionary_description(tag)} ({tag >> 16:04X},{tag & 0xFFFF:04X})" if tag else keyword
+
+
+def _check_header(p: str, ds: Any) -> None:
+    """Refuse, naming the element, a header the pixel pipeline cannot trust: an image-pixel
+    element (PS3.3 C.7.6.3) whose value cannot be read or has several values where the standard
+    allows one, and a LUT Descriptor (C.11.1, C.11.2) that does not have its three values."""
+    for key in _SINGLE_VALUED:
+        try:
+            value = ds.get(key)
+        except Exception as e:  # a wrong length or VR in the file: pydicom fails on access
+            raise ImageLoadError(p, f"DICOM {_element_name(key)} is malformed: {_short(e)}") from e
+        if isinstance(value, (list, tuple)) or type(value).__name__ == "MultiValue":
+            raise ImageLoadError(
+                p, f"DICOM {_element_name(key)} has {len(value)} values, expected 1"
+            )
+    for key in _LUT_SEQUENCES:
+        try:
+            items = list(ds.get(key) or [])
+            descriptors = [it.get("LUTDescriptor") for it in items]
+        except Exception as e:
+            raise ImageLoadError(p, f"DICOM {_element_name(key)} is malformed: {_short(e)}") from e
+        for d in descriptors:
+            n = 0 if d is None else len(d) if not isinstance(d, (int, float)) else 1
+            if d is not None and n != 3:
+                raise ImageLoadError(
+                    p, f"DICOM {_element_name(key)}: LUT Descriptor has {n} value(s), expected 3"
+                )
+
+
+def _load_dicom(p: str, notes: Notes) -> np.ndarray:
     """DICOM -> float32 HxW in [0, 1] (pipeline in the module docstring)."""
     ds = _read_dicom(p)
+    _check_header(p, ds)
     if not any(k in ds for k in ("PixelData", "FloatPixelData", "DoubleFloatPixelData")):
         raise ImageLoadError(p, "DICOM data set has no Pixel Data (not an image, or not DICOM)")
     rows, cols = ds.get("Rows"), ds.get("Columns")
@@ -611,7 +767,7 @@ def _load_dicom(p: str) -> np.ndarray:
         )
 
     ts = _transfer_syntax(ds, p, fix=True)
-    arr = _decode_pixels(p, ds, ts)
+    arr = _decode_pixels(p, ds, ts, notes)
     if arr.size == 0:
         raise ImageLoadError(p, "DICOM pixel data decoded to an empty array")
 
@@ -620,7 +776,7 @@ def _load_dicom(p: str) -> np.ndarray:
             raise ImageLoadError(
                 p, f"{photometric} image should have one sample per pixel, got shape {arr.shape}"
             )
-        v = _grey_to_unit(p, arr, ds)
+        v = _grey_to_unit(p, arr, ds, notes)
         if photometric == "MONOCHROME1":
             v = np.float32(1.0) - v
     else:

@@ -34,6 +34,8 @@ def to_unit_grey(img: np.ndarray) -> np.ndarray:
         float32 array, shape HxW, values in [0, 1] (the input itself when it already is one).
     """
     a = np.asarray(img)
+    if a.dtype.kind not in "buif":  # str, bytes, object, datetime, structured, complex, ...
+        raise PreprocessError(f"dtype {a.dtype} is not an image dtype (uint8, uint16 or float)")
     if a.ndim == 3 and a.shape[-1] in (3, 4):
         a = a[..., :3]
         if a.dtype == np.uint8:
@@ -64,6 +66,26 @@ def to_unit_grey(img: np.ndarray) -> np.ndarray:
     if lo >= 0.0 and hi <= 1.0:
         return a  # already in range: no copy (the caller's array is never written to)
     return np.clip(a, 0.0, 1.0)
+
+
+def check_input(x: np.ndarray) -> None:
+    """Refuse a network input that cannot come from a chest radiograph.
+
+    Args:
+        x: float32 [1, size, size] (or [size, size]) in [-1, 1], from :func:`preprocess`.
+
+    Raises:
+        PreprocessError: every pixel has the same value (a blank frame, or a DICOM header whose
+            rescale/window maps all pixels to one grey): scoring it would give a number that
+            means nothing.
+    """
+    lo, hi = float(np.min(x)), float(np.max(x))
+    if not (np.isfinite(lo) and np.isfinite(hi)):
+        raise PreprocessError("network input contains NaN or infinite values")
+    if hi == lo:
+        raise PreprocessError(
+            f"image is constant (every pixel {lo * 0.5 + 0.5:.4g} on a 0-1 scale): not a radiograph"
+        )
 
 
 def resize(img01: np.ndarray, size: int = IMAGE_SIZE) -> np.ndarray:

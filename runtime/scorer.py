@@ -44,7 +44,7 @@ from ddad_edge.runtime.backends import (
     import_tensorrt,
     ort_providers,
 )
-from ddad_edge.runtime.batch import LoadedBatch, load_inputs
+from ddad_edge.runtime.batch import LoadedBatch, item_error, load_inputs
 from ddad_edge.runtime.bundle import (
     PRECISIONS,
     TOLERANCES,
@@ -55,7 +55,7 @@ from ddad_edge.runtime.bundle import (
     open_bundle,
     relative_errors,
 )
-from ddad_edge.runtime.preprocess import IMAGE_SIZE, PreprocessError, preprocess
+from ddad_edge.runtime.preprocess import IMAGE_SIZE, PreprocessError, check_input, preprocess
 from ddad_edge.runtime.scores import SCORE_NAMES, image_scores, score_maps
 
 BACKENDS = ("auto", "trt", "ort-trt", "ort-cuda", "ort-cpu", "ort")
@@ -67,20 +67,29 @@ Input = str | os.PathLike[str] | np.ndarray
 class ScoreResult:
     """The outcome for one input.
 
-    source: the path as given, or ``"array[i]"`` for the i-th input when it was an array.
+    source: the path as given, ``"array[i]"`` for the i-th input when it was an array, or
+        ``"input[i]"`` when it was neither a path nor an array.
     scores: {"rec", "intra", "inter"} -> image score (float), None when the input failed.
     maps: with ``maps=True``: {"rec", "intra", "inter"} -> float32 [64, 64] pixel maps.
-    error: why the input could not be scored (None when it was).
+    error: why the input could not be scored, one line (None when it was).
+    warnings: what the caller should know about a scored input, one line each (e.g. a
+        multi-frame file of which only the first frame was scored); empty when nothing.
     """
 
     source: str
     scores: dict[str, float] | None = None
     maps: dict[str, np.ndarray] | None = field(default=None, repr=False)
     error: str | None = None
+    warnings: list[str] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
-        """JSON-ready record: source, scores, error (maps left out)."""
-        return {"source": self.source, "scores": self.scores, "error": self.error}
+        """JSON-ready record: source, scores, error, warnings (maps left out)."""
+        return {
+            "source": self.source,
+            "scores": self.scores,
+            "error": self.error,
+            "warnings": list(self.warnings),
+        }
 
 
 @dataclass
@@ -329,39 +338,45 @@ class Scorer:
         return self._huge_pages(timeout, start=True)
 
     # -- stages -----------------------------------------------------------------------------------
-    def load(self, inputs: Sequence[Input] | Input) -> LoadedBatch:
-        """Decode and preprocess inputs.
+    def load(self, inputs: Sequence[Input] | Input, *, first_index: int = 0) -> LoadedBatch:
+        """Decode and preprocess inputs; never raises for a bad input.
 
         Args:
             inputs: file paths (PNG/JPEG/DICOM/...) and/or image arrays (uint8, uint16 or float
-                in [0, 1]; HxW or HxWx3); a single path or array is one input.
+                in [0, 1]; HxW or HxWx3); a single path or array is one input. Anything else
+                (None, a number, a list, ...) becomes that item's error.
+            first_index: index of ``inputs[0]`` in the caller's list (names ``array[i]``).
 
         Returns:
             LoadedBatch: x float32 [n_ok, 1, 64, 64] in [-1, 1], ``ok`` indices into inputs,
-            ``errors`` (index, source, reason) for inputs that could not be loaded.
+            ``errors`` (index, source, reason) for inputs that could not be loaded,
+            ``warnings`` {index: [line, ...]} for loaded inputs with something to report.
         """
         items = _as_list(inputs)
-        paths = [(i, it) for i, it in enumerate(items) if not isinstance(it, np.ndarray)]
+        paths = [(i, it) for i, it in enumerate(items) if _is_path(it)]
         xs: dict[int, np.ndarray] = {}
         errors: list[tuple[int, str, str]] = []
+        notes: dict[int, list[str]] = {}
         if paths:
             lb = load_inputs([p for _, p in paths], workers=self.workers)
             for row, j in enumerate(lb.ok):
                 xs[paths[j][0]] = lb.x[row]
             errors += [(paths[j][0], src, reason) for j, src, reason in lb.errors]
+            notes.update({paths[j][0]: w for j, w in lb.warnings.items()})
         for i, it in enumerate(items):
-            if isinstance(it, np.ndarray):
-                try:
-                    xs[i] = preprocess(it)
-                except PreprocessError as e:
-                    errors.append((i, f"array[{i}]", str(e)))
+            if _is_path(it):
+                continue
+            try:
+                xs[i] = _array_input(it)
+            except Exception as e:  # noqa: BLE001 - per-item isolation
+                errors.append((i, _source(it, first_index + i), item_error(e)))
         ok = sorted(xs)
         x = (
             np.stack([xs[i] for i in ok]).astype(np.float32, copy=False)
             if ok
             else np.zeros((0, 1, IMAGE_SIZE, IMAGE_SIZE), np.float32)
         )
-        return LoadedBatch(x, ok, sorted(errors))
+        return LoadedBatch(x, ok, sorted(errors), notes)
 
     def infer(self, x: np.ndarray) -> dict[str, np.ndarray]:
         """Member statistics for x float32 [N, 1, 64, 64] in [-1, 1].
@@ -414,14 +429,17 @@ class Scorer:
 
     def score(self, inputs: Sequence[Input] | Input, maps: bool = False) -> list[ScoreResult]:
         """Load, infer and score inputs in chunks of ``max_batch``; one result per input, in
-        order. Inputs that fail to load carry ``error`` and no scores."""
+        order. An input that fails to load (whatever it is: a bad file, a bad array, None)
+        carries ``error`` and no scores; no exception escapes for a bad input."""
         items = _as_list(inputs)
         results: list[ScoreResult] = [ScoreResult(_source(it, i)) for i, it in enumerate(items)]
         for start in range(0, len(items), self.max_batch):
             chunk = items[start : start + self.max_batch]
-            lb = self.load(chunk)
+            lb = self.load(chunk, first_index=start)
             for j, _, reason in lb.errors:
                 results[start + j].error = reason
+            for j, lines in lb.warnings.items():
+                results[start + j].warnings = list(lines)
             if not lb.ok:
                 continue
             arr = self.scores(lb.x, self.infer(lb.x), maps=maps)
@@ -478,14 +496,37 @@ class Scorer:
         self.close()
 
 
-def _as_list(inputs: Sequence[Input] | Input) -> list[Input]:
+def _as_list(inputs: Sequence[Input] | Input) -> list[Any]:
     if isinstance(inputs, (str, os.PathLike, np.ndarray)):
         return [inputs]
     return list(inputs)
 
 
-def _source(item: Input, i: int) -> str:
-    return f"array[{i}]" if isinstance(item, np.ndarray) else os.fspath(item)
+def _is_path(item: object) -> bool:
+    return isinstance(item, (str, os.PathLike))
+
+
+def _array_input(item: object) -> np.ndarray:
+    """Network input float32 [1, 64, 64] for an array item (ValueError/PreprocessError when
+    the item is not an image array or cannot be a radiograph)."""
+    if not isinstance(item, np.ndarray):
+        raise PreprocessError(
+            f"not an image: expected a file path or a numpy array, got {type(item).__name__}"
+        )
+    x = preprocess(item)
+    check_input(x)
+    return x
+
+
+def _source(item: object, i: int) -> str:
+    if isinstance(item, np.ndarray):
+        return f"array[{i}]"
+    if _is_path(item):
+        try:
+            return os.fsdecode(item)
+        except Exception:  # noqa: BLE001 - a PathLike whose __fspath__ fails
+            return f"input[{i}]"
+    return f"input[{i}]"
 
 
 __all__ = ["BACKENDS", "GRAPHS", "ScoreArrays", "ScoreResult", "Scorer", "make_backends"]

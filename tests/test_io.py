@@ -34,6 +34,7 @@ from ddad_edge.runtime.io import (
     CODECS_HINT,
     DicomWindowWarning,
     ImageLoadError,
+    MultiFrameWarning,
     dicom_info,
     is_dicom,
     load_image,
@@ -416,7 +417,8 @@ def test_dicom_voi_lut_sequence(tmp_path):
 def test_dicom_multiframe_gives_first_frame(tmp_path):
     frames = np.stack([np.full((8, 6), v, np.uint8) for v in (10, 200, 30)])
     frames[0, 0, 0] = 0
-    a = load_image(_write_dicom(tmp_path / "m.dcm", frames))
+    with pytest.warns(MultiFrameWarning, match="3 frames; only the first"):
+        a = load_image(_write_dicom(tmp_path / "m.dcm", frames))
     assert a.shape == (8, 6)
     np.testing.assert_allclose(a, frames[0] / 255.0, atol=1e-7)
 

@@ -165,7 +165,7 @@ def test_score_mixed_inputs_with_per_item_errors(
         str(files[0]),
         broken,
         files[1],
-        np.full((80, 100), 128, np.uint8),
+        np.tile(np.arange(100, dtype=np.uint8), (80, 1)),
         rgb16,
         np.linspace(0, 1, 64 * 64).reshape(64, 64),
         np.full((10, 10), 3.0),  # float outside [0, 1]
@@ -256,15 +256,14 @@ def test_overlay_names_never_collide_or_overwrite_inputs(tmp_path: Path) -> None
 
 def test_write_overlays(scorer: Scorer, tmp_path: Path, good_images: list[Path]) -> None:
     files = good_images[:2]
-    res = scorer.score(
-        [*files, tmp_path / "missing.png", np.full((50, 60), 90, np.uint8)], maps=True
-    )
+    ramp = np.tile(np.arange(60, 120, dtype=np.uint8), (50, 1))  # a constant one is refused
+    res = scorer.score([*files, tmp_path / "missing.png", ramp], maps=True)
     written = write_overlays(
         [r.source for r in res],
         [r.maps["inter"] if r.maps else None for r in res],
         tmp_path / "hm",
         vmax=0.05,
-        arrays=[None, None, None, np.full((50, 60), 90, np.uint8)],
+        arrays=[None, None, None, ramp],
     )
     assert written[2] is None
     assert [p.name for p in written if p] == [
@@ -305,9 +304,10 @@ def test_runtime_runs_with_torch_unimportable(
         from ddad_edge.runtime import Scorer
         from ddad_edge.runtime.heatmaps import write_overlays
         scorer = Scorer.from_bundle({str(bundle)!r}, backend="auto")
-        res = scorer.score({files!r} + [np.zeros((40, 40), np.uint8)], maps=True)
+        ramp = np.tile(np.arange(40, dtype=np.uint8), (40, 1))
+        res = scorer.score({files!r} + [ramp], maps=True)
         rep = scorer.replay_golden()
-        arrays = [None] * {len(files)} + [np.zeros((40, 40), np.uint8)]
+        arrays = [None] * {len(files)} + [ramp]
         pngs = write_overlays([r.source for r in res], [r.maps["inter"] for r in res],
                               {str(tmp_path / "hm")!r}, arrays=arrays)
         heavy = sorted(m for m in sys.modules if m.split(".")[0] in ("torch", "onnx"))
