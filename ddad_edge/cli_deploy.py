@@ -248,18 +248,30 @@ def score(
     workers: Annotated[
         int, typer.Option(help="Threads decoding images (0: one per physical core).")
     ] = 0,
+    calibration: Annotated[
+        Path | None,
+        typer.Option(help="Calibration file of this bundle (`calibrate`): adds the flag."),
+    ] = None,
+    operating_point: Annotated[
+        float | None,
+        typer.Option(help="Specificity of the operating point to use (default: the file's)."),
+    ] = None,
 ) -> None:
-    """Score images with a bundle: image-level rec, intra and inter scores.
+    """Gate and score images with a bundle: image-level rec, intra and inter scores, and with
+    --calibration a flag (abnormal/normal) at the calibrated operating point.
 
-    Reads BUNDLE and the images; writes overlay PNGs into --heatmaps DIR when given (never over an
-    input). Prints a table, or with --json one JSON record per input
-    ({"source", "scores", "error"[, "heatmap"]}) on stdout. An input that cannot be read gets an
-    error record and the others are still scored: the exit code is non-zero only if ALL inputs
-    failed (or the bundle/backend cannot be used).
+    Reads BUNDLE, the images and --calibration; writes overlay PNGs into --heatmaps DIR when given
+    (never over an input). DICOM headers go through the input gate first: an image the model
+    does not cover (not CR/DX, not chest, not PA/AP, colour, ...) is abstained with its reason,
+    not scored; PNG/JPEG pass with a note that nothing could be checked. Prints a table, or with
+    --json one JSON record per input ({"source", "status": scored|abstained|error, "scores",
+    "flag", "threshold", "operating_point", "reason", "notes", "error"[, "heatmap"]}) on stdout.
+    An input that cannot be read gets an error record and the others are still scored: the exit
+    code is non-zero only if ALL inputs failed (or the bundle/backend/calibration cannot be used).
     """
     from ddad_edge.runtime.backends import BackendUnavailable
     from ddad_edge.runtime.bundle import BundleError
-    from ddad_edge.runtime.scorer import Scorer
+    from ddad_edge.runtime.scorer import Scorer, summarize
     from ddad_edge.runtime.scores import SCORE_NAMES
 
     if heatmap_map not in SCORE_NAMES:
@@ -271,6 +283,8 @@ def score(
             precision=precision,
             max_batch=batch_size,
             workers=workers or None,
+            calibration=calibration,
+            operating_point=operating_point,
         )
     except (BackendUnavailable, BundleError, ValueError) as e:
         _fail(_one_line(e))
@@ -304,24 +318,39 @@ def score(
                 rec["heatmap"] = str(png) if png else None
             print(json.dumps(rec))
     else:
-        table = Table()
-        table.add_column("input")
-        for n in SCORE_NAMES:
-            table.add_column(n, justify="right")
-        table.add_column("error")
-        for r in results:
-            s = r.scores or {}
-            table.add_row(
-                escape(r.source),
-                *(f"{s[n]:.6g}" if n in s else "" for n in SCORE_NAMES),
-                escape(r.error or ""),
-            )
-        out_console.print(table)
-    n_bad = sum(r.error is not None for r in results)
+        out_console.print(_results_table(results, SCORE_NAMES))
+    counts = summarize(results)
+    console.print(
+        ", ".join(f"{v} {k}" for k, v in counts.items() if v or k in ("scored", "abstained")),
+        highlight=False,
+    )
+    n_bad = counts["error"]
     if n_bad:
         console.print(f"{n_bad} of {len(results)} inputs could not be scored", highlight=False)
     if results and n_bad == len(results):
         raise typer.Exit(1)
+
+
+def _results_table(results: list, score_names: tuple[str, ...]) -> Table:
+    """input, status, scores, flag, and the reason / error / notes of each result."""
+    table = Table()
+    table.add_column("input")
+    table.add_column("status")
+    for n in score_names:
+        table.add_column(n, justify="right")
+    table.add_column("flag")
+    table.add_column("reason / error / notes")
+    for r in results:
+        s = r.scores or {}
+        why = r.error or r.reason or "; ".join(r.notes)
+        table.add_row(
+            escape(r.source),
+            r.status,
+            *(f"{s[n]:.6g}" if n in s else "" for n in score_names),
+            r.flag or "",
+            escape(why or ""),
+        )
+    return table
 
 
 def _help(func: object) -> str:

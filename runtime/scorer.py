@@ -55,6 +55,15 @@ from ddad_edge.runtime.bundle import (
     open_bundle,
     relative_errors,
 )
+from ddad_edge.runtime.calibration import Calibration, load_calibration
+from ddad_edge.runtime.gate import (
+    ARRAY_NOTE,
+    GateResult,
+    check_dataset,
+    check_file,
+    population_age,
+)
+from ddad_edge.runtime.io import ImageLoadError
 from ddad_edge.runtime.preprocess import IMAGE_SIZE, PreprocessError, check_input, preprocess
 from ddad_edge.runtime.scores import SCORE_NAMES, image_scores, score_maps
 
@@ -65,15 +74,22 @@ Input = str | os.PathLike[str] | np.ndarray
 
 @dataclass
 class ScoreResult:
-    """The outcome for one input.
+    """The outcome for one input: scored, abstained (the input gate said the model does not apply)
+    or error (it could not be read). The three are distinct everywhere results are reported.
 
     source: the path as given, ``"array[i]"`` for the i-th input when it was an array, or
         ``"input[i]"`` when it was neither a path nor an array.
-    scores: {"rec", "intra", "inter"} -> image score (float), None when the input failed.
+    scores: {"rec", "intra", "inter"} -> image score (float); None unless scored.
     maps: with ``maps=True``: {"rec", "intra", "inter"} -> float32 [64, 64] pixel maps.
-    error: why the input could not be scored, one line (None when it was).
+    error: why the input could not be read, one line (None otherwise).
     warnings: what the caller should know about a scored input, one line each (e.g. a
         multi-frame file of which only the first frame was scored); empty when nothing.
+    reason: why the input gate abstained (None otherwise; ``runtime/gate.py``).
+    notes: what the gate accepted with a caveat or could not check.
+    flag: "abnormal" / "normal" at the calibrated operating point (None when uncalibrated or not
+        scored).
+    operating_point: {"specificity", "score", "threshold", "threshold_interval",
+        "bundle_digest"} of the calibration in use, or None.
     """
 
     source: str
@@ -81,15 +97,48 @@ class ScoreResult:
     maps: dict[str, np.ndarray] | None = field(default=None, repr=False)
     error: str | None = None
     warnings: list[str] = field(default_factory=list)
+    reason: str | None = None
+    notes: list[str] = field(default_factory=list)
+    flag: str | None = None
+    operating_point: dict[str, Any] | None = None
+
+    @property
+    def status(self) -> str:
+        """ "error", "abstained" or "scored"."""
+        if self.error is not None:
+            return "error"
+        return "abstained" if self.reason is not None else "scored"
+
+    @property
+    def threshold(self) -> float | None:
+        """The calibrated threshold in use, or None."""
+        return None if self.operating_point is None else self.operating_point["threshold"]
 
     def to_json(self) -> dict[str, Any]:
-        """JSON-ready record: source, scores, error, warnings (maps left out)."""
+        """JSON-ready record (maps left out): source, status, scores, flag, threshold,
+        operating_point, reason, notes, error, warnings."""
         return {
             "source": self.source,
+            "status": self.status,
             "scores": self.scores,
+            "flag": self.flag,
+            "threshold": self.threshold,
+            "operating_point": self.operating_point,
+            "reason": self.reason,
+            "notes": self.notes,
             "error": self.error,
             "warnings": list(self.warnings),
         }
+
+
+def summarize(results: Sequence[ScoreResult]) -> dict[str, int]:
+    """Counts per status ("scored", "abstained", "error") and per flag ("abnormal", "normal")."""
+    out = {"scored": 0, "abstained": 0, "error": 0, "abnormal": 0, "normal": 0}
+    for r in results:
+        out[r.status] += 1
+        if r.flag is not None:
+            out[r.flag] += 1
+    return out
 
 
 @dataclass
@@ -237,6 +286,8 @@ class Scorer:
         max_batch: int = 64,
         workers: int | None = None,
         notes: list[str] | None = None,
+        calibration: Calibration | None = None,
+        gate: bool = True,
     ) -> None:
         if max_batch < 1:
             raise ValueError("max_batch must be >= 1")
@@ -248,6 +299,9 @@ class Scorer:
         self.workers = workers
         self.notes = list(notes or [])
         self.kind = bundle.kind
+        self.calibration = calibration
+        self.gate = gate
+        self.age_years = population_age(bundle.manifest)
         thread_safe = all(getattr(b, "thread_safe", False) for b in backends.values())
         self._lock = None if thread_safe else threading.Lock()
 
@@ -264,6 +318,9 @@ class Scorer:
         verify: bool = True,
         intra_op_threads: int | None = None,
         huge_pages: bool = True,
+        calibration: str | os.PathLike[str] | None = None,
+        operating_point: float | None = None,
+        gate: bool = True,
     ) -> Scorer:
         """Open (and hash-verify) a bundle and load a backend for it.
 
@@ -279,8 +336,22 @@ class Scorer:
             intra_op_threads: onnxruntime CPU threads (default: physical cores).
             huge_pages: back onnxruntime's CPU weights with transparent huge pages (Linux,
                 best effort; see ``runtime/hugepages.py``).
+            calibration: a calibration file for this bundle (``ddad-edge calibrate``); results
+                then carry a flag at its operating point.
+            operating_point: the specificity of the operating point to use (None: the file's
+                default).
+            gate: check DICOM headers before scoring and abstain on what the model does not
+                cover (``runtime/gate.py``).
+
+        Raises:
+            CalibrationError: the calibration file is unreadable or for another bundle.
         """
         bundle = open_bundle(bundle_dir, verify=verify)
+        cal = (
+            None
+            if calibration is None
+            else load_calibration(calibration, bundle.manifest, operating_point)
+        )
         backends, prec, notes = make_backends(
             bundle,
             backend,
@@ -289,7 +360,16 @@ class Scorer:
             intra_op_threads=intra_op_threads,
             huge_pages=huge_pages,
         )
-        return cls(bundle, backends, prec, max_batch=max_batch, workers=workers, notes=notes)
+        return cls(
+            bundle,
+            backends,
+            prec,
+            max_batch=max_batch,
+            workers=workers,
+            notes=notes,
+            calibration=cal,
+            gate=gate,
+        )
 
     # -- description ------------------------------------------------------------------------------
     @property
@@ -427,28 +507,82 @@ class Scorer:
         m = score_maps(x, stats["mean_a"], stats["mean_b"], stats["std_b"], stats.get("var_b"))
         return ScoreArrays(image_scores(m), m if maps else None)
 
+    def check(self, item: Input) -> GateResult:
+        """The input gate for one input (``runtime/gate.py``); arrays pass with a note.
+
+        Raises:
+            ImageLoadError: a DICOM header that cannot be read.
+        """
+        if isinstance(item, np.ndarray):
+            return GateResult(True, None, [ARRAY_NOTE])
+        if not _is_path(item):
+            return GateResult(True)  # not an image at all: loading reports the error
+        return check_file(item, age_years=self.age_years)
+
     def score(self, inputs: Sequence[Input] | Input, maps: bool = False) -> list[ScoreResult]:
-        """Load, infer and score inputs in chunks of ``max_batch``; one result per input, in
-        order. An input that fails to load (whatever it is: a bad file, a bad array, None)
-        carries ``error`` and no scores; no exception escapes for a bad input."""
-        items = _as_list(inputs)
+        """Gate, load, infer and score inputs in chunks of ``max_batch``; one result per input,
+        in order. Inputs the gate rejects are abstained (``reason``); an input that fails to load
+        (whatever it is: a bad file, a bad array, None) carries ``error``; neither has scores,
+        and no exception escapes for a bad input. With a calibration, scored inputs get
+        ``flag``."""
+        return self._score(_as_list(inputs), maps, self.gate)
+
+    def _score(self, items: list[Input], maps: bool, gate: bool) -> list[ScoreResult]:
         results: list[ScoreResult] = [ScoreResult(_source(it, i)) for i, it in enumerate(items)]
-        for start in range(0, len(items), self.max_batch):
-            chunk = items[start : start + self.max_batch]
-            lb = self.load(chunk, first_index=start)
+        todo = [i for i, it in enumerate(items) if self._gate_into(it, results[i], gate)]
+        for start in range(0, len(todo), self.max_batch):
+            idx = todo[start : start + self.max_batch]
+            lb = self.load([items[i] for i in idx])
             for j, _, reason in lb.errors:
-                results[start + j].error = reason
+                results[idx[j]].error = reason
             for j, lines in lb.warnings.items():
-                results[start + j].warnings = list(lines)
+                results[idx[j]].warnings = list(lines)
             if not lb.ok:
                 continue
             arr = self.scores(lb.x, self.infer(lb.x), maps=maps)
             for row, j in enumerate(lb.ok):
-                r = results[start + j]
+                r = results[idx[j]]
                 r.scores = {n: float(arr.image[n][row]) for n in SCORE_NAMES}
                 if arr.maps is not None:
                     r.maps = {n: arr.maps[n][row, 0] for n in SCORE_NAMES}
+                if self.calibration is not None:
+                    r.flag = self.calibration.point.flag(r.scores)
+                    r.operating_point = self.calibration.to_json()
         return results
+
+    def score_dataset(self, ds: Any, maps: bool = False) -> ScoreResult:
+        """Gate and score one pydicom Dataset (e.g. one received over the network; it needs its
+        file meta or a transfer syntax pydicom can write). ``source`` is ``"dicom:<SOP Instance
+        UID>"``. Scoring a file that is already on disk with :meth:`score` avoids a copy."""
+        import tempfile
+
+        source = f"dicom:{ds.get('SOPInstanceUID', '?')}"
+        g = check_dataset(ds, age_years=self.age_years) if self.gate else GateResult(True)
+        if not g.accepted:
+            return ScoreResult(source, reason=g.reason, notes=list(g.notes))
+        with tempfile.TemporaryDirectory(prefix="ddad-dataset-") as tmp:
+            path = os.path.join(tmp, "input.dcm")
+            try:
+                ds.save_as(path, enforce_file_format=False)
+            except Exception as e:  # pydicom raises many types on an inconsistent data set
+                return ScoreResult(source, error=f"data set could not be written: {e}")
+            r = self._score([path], maps, gate=False)[0]
+        r.source, r.notes = source, list(g.notes)
+        return r
+
+    def _gate_into(self, item: Input, result: ScoreResult, gate: bool) -> bool:
+        """Run the gate for one input and record its outcome; True when it is to be scored."""
+        try:
+            g = self.check(item) if gate else GateResult(True)
+        except ImageLoadError as e:
+            result.error = e.reason
+            return False
+        except Exception as e:  # noqa: BLE001 - per-item isolation (e.g. a failing PathLike)
+            result.error = item_error(e)
+            return False
+        result.notes = list(g.notes)
+        result.reason = g.reason
+        return g.accepted
 
     # -- golden vectors ---------------------------------------------------------------------------
     def replay_golden(self, tolerance: float | None = None) -> dict[str, Any]:
@@ -529,4 +663,12 @@ def _source(item: object, i: int) -> str:
     return f"input[{i}]"
 
 
-__all__ = ["BACKENDS", "GRAPHS", "ScoreArrays", "ScoreResult", "Scorer", "make_backends"]
+__all__ = [
+    "BACKENDS",
+    "GRAPHS",
+    "ScoreArrays",
+    "ScoreResult",
+    "Scorer",
+    "make_backends",
+    "summarize",
+]

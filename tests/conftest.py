@@ -10,6 +10,7 @@ real-data tests skip with the reason.
 from __future__ import annotations
 
 import importlib.util
+import os
 from collections.abc import Callable
 from pathlib import Path
 
@@ -17,7 +18,8 @@ import numpy as np
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED_DATA = REPO.parent / "shared" / "data"
+# ../shared/data beside the checkout; DDAD_SHARED_DATA points elsewhere (e.g. from a git worktree)
+SHARED_DATA = Path(os.environ.get("DDAD_SHARED_DATA") or REPO.parent / "shared" / "data")
 KERMANY = SHARED_DATA / "kermany-cxr"
 DICOM_CXR = SHARED_DATA / "dicom-cxr"
 K = 2
@@ -58,6 +60,26 @@ def require_kermany() -> Path:
     if not have_kermany():
         pytest.skip(f"real data not found at {KERMANY} (../shared/data is absent on this machine)")
     return KERMANY
+
+
+def require_dicom_cxr() -> Path:
+    """The real DICOM chest radiographs folder, or skip the test with the reason."""
+    if not (DICOM_CXR / "original").is_dir():
+        pytest.skip(f"real DICOM files not found at {DICOM_CXR} (../shared/data is absent)")
+    return DICOM_CXR
+
+
+def dciodvfy_errors(path: Path) -> list[str]:
+    """dciodvfy's (dicom3tools) "Error" lines for a DICOM file; warnings are allowed. Skips the
+    test when dciodvfy is not installed (scripts/setup.sh installs it)."""
+    import shutil
+    import subprocess
+
+    exe = shutil.which("dciodvfy")
+    if exe is None:
+        pytest.skip("dciodvfy (dicom3tools) is not installed: run scripts/setup.sh")
+    out = subprocess.run([exe, str(path)], capture_output=True, text=True, timeout=60)
+    return [ln for ln in (out.stdout + out.stderr).splitlines() if ln.startswith("Error")]
 
 
 def require_train_extra() -> None:

@@ -1,0 +1,274 @@
+"""Operating points: a threshold on one image score at a stated specificity (numpy only).
+
+A DDAD score has no meaning on its own scale; a site turns it into a decision by choosing the
+specificity it can live with on ITS OWN known-normal images (never images the model trained on):
+the threshold is the score below which that fraction of those normals fall. Everything above the
+threshold is flagged ``abnormal``. The sensitivity that threshold gives is known only where
+labelled abnormal images are available; it is reported with the calibration when they are.
+
+Threshold at specificity q on n normal scores s: the order statistic s_(ceil(q n)) (1-based), the
+smallest value with at least q of the normals at or below it; ``score > threshold`` is abnormal,
+so the specificity on the calibration normals is ceil(q n) / n >= q.
+
+Intervals: percentile bootstrap (normals and abnormals resampled with replacement, each
+separately, ``n_boot`` times, seeded): the threshold's interval from the resampled normals, the
+sensitivity's from the resampled abnormals scored against each resample's threshold, so it
+carries the threshold's uncertainty too.
+
+A calibration file is bound to one bundle by the bundle's digest (:func:`bundle_digest`) and to
+one score; :func:`load_calibration` refuses it for another bundle.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any
+
+import numpy as np
+
+from ddad_edge.runtime.fileio import atomic_write_text
+
+FORMAT = "ddad-edge-calibration"
+FORMAT_VERSION = 1
+DEFAULT_SPECIFICITIES = (0.90, 0.95, 0.99)
+DEFAULT_SCORE = "inter"
+"""The primary image score: inter for AE; for AE-U the runtime's inter is already the refined
+one (inter / sigma, ``runtime/scores.py``)."""
+
+
+class CalibrationError(ValueError):
+    """A calibration cannot be computed or used (too few normals, another bundle, bad file)."""
+
+
+@dataclass(frozen=True)
+class OperatingPoint:
+    """One decision rule: ``score > threshold`` is abnormal.
+
+    specificity: the target specificity on the calibration normals (0-1).
+    score: the image score it applies to ("inter", ...).
+    threshold: in that score's units.
+    """
+
+    specificity: float
+    score: str
+    threshold: float
+
+    def flag(self, scores: dict[str, float]) -> str:
+        """ "abnormal" or "normal" for one input's image scores."""
+        return "abnormal" if scores[self.score] > self.threshold else "normal"
+
+    def to_json(self) -> dict[str, Any]:
+        return {"specificity": self.specificity, "score": self.score, "threshold": self.threshold}
+
+
+def bundle_digest(manifest: dict[str, Any]) -> str:
+    """The bundle's identity: ``manifest["digest"]`` when the bundle records one, else the sha256
+    of its file list (name -> sha256, canonical JSON), which changes with any bundle file."""
+    if manifest.get("digest"):
+        return str(manifest["digest"])
+    files = {name: entry["sha256"] for name, entry in sorted(manifest.get("files", {}).items())}
+    return hashlib.sha256(json.dumps(files, sort_keys=True).encode()).hexdigest()
+
+
+def threshold_at(normals: np.ndarray, specificity: float) -> np.ndarray:
+    """Threshold(s) at a specificity: the ceil(q n)-th smallest normal score.
+
+    Args:
+        normals: float [n] or [B, n] (one row per bootstrap resample).
+        specificity: q in (0, 1).
+
+    Returns:
+        float64 scalar array or [B].
+    """
+    s = np.sort(np.asarray(normals, dtype=np.float64), axis=-1)
+    n = s.shape[-1]
+    k = min(n, max(1, math.ceil(specificity * n - 1e-9)))
+    return s[..., k - 1]
+
+
+def _interval(values: np.ndarray, level: float) -> list[float]:
+    a = (1.0 - level) / 2.0
+    lo, hi = np.quantile(values, [a, 1.0 - a])
+    return [float(lo), float(hi)]
+
+
+def _point(
+    normals: np.ndarray,
+    abnormals: np.ndarray | None,
+    q: float,
+    boot_n: np.ndarray,
+    boot_a: np.ndarray | None,
+    level: float,
+) -> dict[str, Any]:
+    """One operating point's threshold, achieved specificity, sensitivity and intervals."""
+    t = float(threshold_at(normals, q))
+    t_boot = threshold_at(boot_n, q)
+    out: dict[str, Any] = {
+        "specificity": q,
+        "threshold": t,
+        "threshold_interval": _interval(t_boot, level),
+        "specificity_on_normals": float(np.mean(normals <= t)),
+    }
+    if abnormals is not None and boot_a is not None:
+        sens_boot = np.mean(boot_a > t_boot[:, None], axis=1)
+        out["sensitivity"] = float(np.mean(abnormals > t))
+        out["sensitivity_interval"] = _interval(sens_boot, level)
+    return out
+
+
+def calibrate(
+    normals: np.ndarray,
+    abnormals: np.ndarray | None = None,
+    *,
+    specificities: tuple[float, ...] = DEFAULT_SPECIFICITIES,
+    n_boot: int = 2000,
+    level: float = 0.95,
+    seed: int = 0,
+) -> list[dict[str, Any]]:
+    """Operating points from image scores of known normals (and labelled abnormals).
+
+    Args:
+        normals: float [n] scores of known-normal images not used for training (n >= 20).
+        abnormals: float [m] scores of labelled abnormal images, or None.
+        specificities: target specificities, each in (0, 1).
+        n_boot: bootstrap resamples.
+        level: interval coverage (0.95 = 2.5th-97.5th percentiles).
+        seed: bootstrap RNG seed.
+
+    Returns:
+        One dict per specificity: specificity, threshold, threshold_interval [lo, hi],
+        specificity_on_normals; sensitivity, sensitivity_interval when abnormals are given.
+    """
+    s0 = np.asarray(normals, dtype=np.float64).ravel()
+    s1 = None if abnormals is None else np.asarray(abnormals, dtype=np.float64).ravel()
+    if len(s0) < 20:
+        raise CalibrationError(f"{len(s0)} normal images: at least 20 are needed")
+    if not np.all(np.isfinite(s0)) or (s1 is not None and not np.all(np.isfinite(s1))):
+        raise CalibrationError("scores contain NaN or infinite values")
+    if s1 is not None and len(s1) == 0:
+        s1 = None
+    for q in specificities:
+        if not 0.0 < q < 1.0:
+            raise CalibrationError(f"specificity must lie in (0, 1), got {q}")
+    rng = np.random.default_rng(seed)
+    boot_n = s0[rng.integers(0, len(s0), (n_boot, len(s0)))]
+    boot_a = None if s1 is None else s1[rng.integers(0, len(s1), (n_boot, len(s1)))]
+    return [_point(s0, s1, float(q), boot_n, boot_a, level) for q in specificities]
+
+
+def calibration_record(
+    manifest: dict[str, Any],
+    points: list[dict[str, Any]],
+    *,
+    score: str,
+    normals: dict[str, Any],
+    abnormals: dict[str, Any] | None,
+    bootstrap: dict[str, Any],
+    default_specificity: float | None = None,
+) -> dict[str, Any]:
+    """The calibration file's content for a bundle (see :func:`write_calibration`).
+
+    normals / abnormals: where the scores came from, e.g. {"source": "...", "n": 117}.
+    bootstrap: {"n", "level", "seed"}.
+    """
+    specs = [p["specificity"] for p in points]
+    default = default_specificity if default_specificity is not None else _nearest(specs, 0.95)
+    if default not in specs:
+        raise CalibrationError(f"default specificity {default} is not one of {specs}")
+    return {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "created_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "bundle_digest": bundle_digest(manifest),
+        "model_kind": manifest.get("model", {}).get("kind"),
+        "score": score,
+        "rule": "score > threshold is abnormal",
+        "default_specificity": default,
+        "normals": normals,
+        "abnormals": abnormals,
+        "bootstrap": bootstrap,
+        "operating_points": points,
+    }
+
+
+def _nearest(values: list[float], target: float) -> float:
+    return min(values, key=lambda v: abs(v - target))
+
+
+def write_calibration(record: dict[str, Any], path: str | os.PathLike[str]) -> None:
+    """Write a calibration record as JSON (atomic)."""
+    atomic_write_text(path, json.dumps(record, indent=1) + "\n")
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """A loaded calibration: its record and the operating point in use."""
+
+    record: dict[str, Any]
+    point: OperatingPoint
+
+    def to_json(self) -> dict[str, Any]:
+        """The operating point plus its threshold interval, for result records."""
+        out = self.point.to_json()
+        for p in self.record["operating_points"]:
+            if p["specificity"] == self.point.specificity:
+                out["threshold_interval"] = p.get("threshold_interval")
+        out["bundle_digest"] = self.record["bundle_digest"]
+        return out
+
+
+def load_calibration(
+    path: str | os.PathLike[str],
+    manifest: dict[str, Any],
+    specificity: float | None = None,
+) -> Calibration:
+    """Read a calibration file for a bundle and pick an operating point.
+
+    Args:
+        path: the JSON written by ``ddad-edge calibrate``.
+        manifest: the bundle's manifest (``Bundle.manifest``): its digest must match.
+        specificity: which operating point (None: the file's default).
+
+    Raises:
+        CalibrationError: unreadable file, another bundle, or no such operating point.
+    """
+    p = os.fspath(path)
+    try:
+        record = json.loads(open(p, encoding="utf-8").read())
+    except (OSError, ValueError) as e:
+        raise CalibrationError(f"{p}: cannot read calibration: {e}") from e
+    if not isinstance(record, dict) or record.get("format") != FORMAT:
+        raise CalibrationError(f"{p}: not a ddad-edge calibration file")
+    want = bundle_digest(manifest)
+    if record.get("bundle_digest") != want:
+        raise CalibrationError(
+            f"{p}: calibrated for another bundle (digest {str(record.get('bundle_digest'))[:12]}"
+            f"..., this bundle {want[:12]}...); calibrate this bundle on your normals"
+        )
+    q = record["default_specificity"] if specificity is None else float(specificity)
+    for pt in record.get("operating_points", []):
+        if abs(pt["specificity"] - q) < 1e-9:
+            point = OperatingPoint(pt["specificity"], record["score"], pt["threshold"])
+            return Calibration(record, point)
+    have = [pt["specificity"] for pt in record.get("operating_points", [])]
+    raise CalibrationError(f"{p}: no operating point at specificity {q} (the file has {have})")
+
+
+__all__ = [
+    "DEFAULT_SCORE",
+    "DEFAULT_SPECIFICITIES",
+    "Calibration",
+    "CalibrationError",
+    "OperatingPoint",
+    "bundle_digest",
+    "calibrate",
+    "calibration_record",
+    "load_calibration",
+    "threshold_at",
+    "write_calibration",
+]
