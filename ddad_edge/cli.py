@@ -419,14 +419,17 @@ def run_deploy_demo(run_dir: Path, output: Path, data: Path, manifest: dict) -> 
     )
 
 
-# Deployment (export, verify, build, score) and benchmark (bench, parity) commands live in their
-# own modules and register themselves here.
+# Deployment (export, verify, build, score), benchmark (bench, parity) and drift commands live in
+# their own modules and register themselves here.
 from ddad_edge import cli_deploy  # noqa: E402
 
 cli_deploy.register(app)
 from ddad_edge import cli_bench  # noqa: E402
 
 cli_bench.register(app)
+from ddad_edge import cli_drift  # noqa: E402
+
+cli_drift.register(app)
 
 
 def main() -> None:  # pragma: no cover

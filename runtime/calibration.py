@@ -170,17 +170,20 @@ def calibration_record(
     abnormals: dict[str, Any] | None,
     bootstrap: dict[str, Any],
     default_specificity: float | None = None,
+    normal_scores: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The calibration file's content for a bundle (see :func:`write_calibration`).
 
     normals / abnormals: where the scores came from, e.g. {"source": "...", "n": 117}.
     bootstrap: {"n", "level", "seed"}.
+    normal_scores: the normals' image scores, {score name: [float, ...]}; kept in the file as
+        the drift watch's reference (``runtime/drift.py``, ``ddad-edge drift``).
     """
     specs = [p["specificity"] for p in points]
     default = default_specificity if default_specificity is not None else _nearest(specs, 0.95)
     if default not in specs:
         raise CalibrationError(f"default specificity {default} is not one of {specs}")
-    return {
+    record = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
         "created_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -194,6 +197,11 @@ def calibration_record(
         "bootstrap": bootstrap,
         "operating_points": points,
     }
+    if normal_scores is not None:
+        record["normal_scores"] = {
+            k: [float(v) for v in np.ravel(vals)] for k, vals in normal_scores.items()
+        }
+    return record
 
 
 def _nearest(values: list[float], target: float) -> float:

@@ -11,7 +11,8 @@ Stages, exposed separately so benchmarks can time them:
 
 :meth:`Scorer.score` runs all three per chunk of ``max_batch`` inputs and returns one
 :class:`ScoreResult` per input; an input that cannot be loaded gets its ``error`` and the rest
-are scored.
+are scored. Every image score it returns is also kept in ``Scorer.recent`` (a bounded
+:class:`~ddad_edge.runtime.drift.ScoreWindow`) for the drift watch (``runtime/drift.py``).
 
 Backends (``backend=``): "trt" (a TensorRT engine built by ``ddad-edge build``), "ort-trt",
 "ort-cuda", "ort-cpu", "ort" (ort-cuda when onnxruntime has CUDA, else ort-cpu) and "auto"
@@ -56,6 +57,7 @@ from ddad_edge.runtime.bundle import (
     relative_errors,
 )
 from ddad_edge.runtime.calibration import Calibration, load_calibration
+from ddad_edge.runtime.drift import ScoreWindow
 from ddad_edge.runtime.gate import (
     ARRAY_NOTE,
     GateResult,
@@ -302,6 +304,7 @@ class Scorer:
         self.calibration = calibration
         self.gate = gate
         self.age_years = population_age(bundle.manifest)
+        self.recent = ScoreWindow()  # drift watch: recent image scores (runtime/drift.py)
         thread_safe = all(getattr(b, "thread_safe", False) for b in backends.values())
         self._lock = None if thread_safe else threading.Lock()
 
@@ -543,6 +546,7 @@ class Scorer:
             for row, j in enumerate(lb.ok):
                 r = results[idx[j]]
                 r.scores = {n: float(arr.image[n][row]) for n in SCORE_NAMES}
+                self.recent.add(r.scores)
                 if arr.maps is not None:
                     r.maps = {n: arr.maps[n][row, 0] for n in SCORE_NAMES}
                 if self.calibration is not None:

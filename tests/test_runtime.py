@@ -174,6 +174,7 @@ def test_score_mixed_inputs_with_per_item_errors(
     ]
     if broken_dicom:
         inputs.append(broken_dicom)
+    kept = scorer.recent.values("inter")
     res = scorer.score(inputs, maps=True)
     assert [r.source for r in res][:4] == [str(files[0]), str(broken), str(files[1]), "array[3]"]
     bad = {i for i, r in enumerate(res) if r.error}
@@ -190,6 +191,11 @@ def test_score_mixed_inputs_with_per_item_errors(
             assert r.maps["inter"].shape == (64, 64) and r.maps["inter"].dtype == np.float32
             assert r.scores["inter"] == pytest.approx(float(r.maps["inter"].mean()), rel=1e-5)
     assert json.dumps([r.to_json() for r in res])
+    # the drift watch keeps every returned score, in order, and nothing for failed inputs
+    scored = [r.scores["inter"] for i, r in enumerate(res) if i not in bad]
+    assert (
+        scorer.recent.values("inter").tolist() == [*kept.tolist(), *scored][-scorer.recent.size :]
+    )
 
 
 def test_stages_match_score_and_golden(scorer: Scorer) -> None:
