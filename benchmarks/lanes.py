@@ -295,6 +295,7 @@ class RuntimeLane(Lane):
         self.spec = spec
         self.bundle = Path(bundle)
         try:
+            from ddad_edge.runtime.hugepages import for_cpu_backend
             from ddad_edge.runtime.scorer import Scorer
         except ImportError as e:
             raise LaneUnavailable(f"the runtime Scorer is not importable: {e}") from e
@@ -306,10 +307,12 @@ class RuntimeLane(Lane):
                 precision=precision,
                 max_batch=max_batch,
                 intra_op_threads=intra_op_threads,
+                warm_up=for_cpu_backend,  # measured with huge pages, as the torch lane
             )
         except Exception as e:  # noqa: BLE001 - any failure to open a backend is "not available"
             raise LaneUnavailable(f"{spec.backend}/{precision}: {e}") from e
-        self.scorer.settle()  # timings start once the weights are on huge pages (if they can be)
+        # timings start once the weights are on huge pages (if they can be)
+        self.warm_up = self.scorer.settle()
         backend = next(iter(self.scorer.backends.values()))
         path = getattr(backend, "path", None)
         self.graph_path = (
@@ -321,7 +324,7 @@ class RuntimeLane(Lane):
     def info(self) -> dict[str, Any]:
         d = super().info()
         d["bundle"] = str(self.bundle)
-        d["scorer"] = self.scorer.describe()
+        d["scorer"] = {**self.scorer.describe(), "warm_up": self.warm_up}
         return d
 
     def load(self, paths: Sequence[str | os.PathLike[str]]) -> LoadedBatch:

@@ -1,4 +1,9 @@
-"""The ``ddad-edge`` command line. Commands are thin: parse, call the library, print."""
+"""The ``ddad-edge`` command line. Commands are thin: parse, call the library, print.
+
+Imports only typer and rich at module level, so every command's ``--help`` and the runtime's
+commands work in a runtime-only install; commands that need the ``train`` extra say so in one
+line and exit 2 (:func:`ddad_edge.cli_common.require_extra`).
+"""
 
 from __future__ import annotations
 
@@ -7,9 +12,20 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
+
+from ddad_edge.cli_common import (
+    TRAIN_EXTRA,
+    console,
+    fail,
+    note,
+    out_console,
+    require_extra,
+    say,
+    warn,
+)
 
 app = typer.Typer(
     help="Train DDAD chest X-ray anomaly detectors and deploy them as fused ONNX/TensorRT bundles.",
@@ -17,14 +33,6 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-console = Console(stderr=True)
-out_console = Console()
-
-
-def fail(msg: str, code: int = 1) -> None:
-    """Print a one-line error and exit non-zero."""
-    console.print(f"[bold red]error:[/] {msg}", highlight=False)
-    raise typer.Exit(code)
 
 
 def progress() -> Progress:
@@ -51,7 +59,7 @@ def load_part_with_progress(manifest: dict, part: str, label: str):
         task = p.add_task(f"loading {label}", total=n)
         batch = load_part(manifest, part, on_item=lambda i: p.advance(task))
     for _, path, reason in batch.errors:
-        console.print(f"[yellow]skipped[/] {path}: {reason}", highlight=False)
+        warn(f"skipped {path}: {reason}")
     return batch
 
 
@@ -109,13 +117,12 @@ def split(
         )
         digest = write_manifest(manifest, output)
     except SplitError as e:
-        fail(str(e))
+        fail(e)
     c = manifest["counts"]
-    out_console.print(
+    say(
         f"wrote {output}: D={c['D']} Du={c['Du']} (abnormal {c['Du_abnormal']}, AR {ar}) "
         f"Dt={c['Dt']} (abnormal {c['Dt_abnormal']}); test from {manifest['test_source']}; "
-        f"sha256 {digest[:12]}",
-        highlight=False,
+        f"sha256 {digest[:12]}"
     )
 
 
@@ -176,7 +183,9 @@ def run_training(
     data_root: Path | None = None,
     **cfg_kwargs,
 ) -> None:
-    import numpy as np
+    """`train`: load D and Du, train both modules (``train.train_run``), write curves.png and
+    skipped.json into the run folder, print a summary."""
+    require_extra("train", "train", ("torch", "matplotlib"))
     import torch
 
     from ddad_edge.data import SplitError, read_manifest
@@ -189,62 +198,64 @@ def run_training(
         manifest = read_manifest(split_path, data_root)
         check_run_dir(output, cfg, manifest, resume)
     except (SplitError, RunDirError, ValueError) as e:
-        fail(str(e))
+        fail(e)
     if threads:
         torch.set_num_threads(threads)
     d = load_part_with_progress(manifest, "normal_train", "D (known normal)")
     du = load_part_with_progress(manifest, "unlabeled", "Du (unlabeled)")
-    data = {"A": torch.from_numpy(np.concatenate([d.x, du.x])), "B": torch.from_numpy(d.x)}
-    skipped = [
-        {"part": part, "path": p, "reason": r}
-        for part, b in (("normal_train", d), ("unlabeled", du))
-        for _, p, r in b.errors
-    ]
     with progress() as p:
-        tasks = {}
-
-        def on_step(module: str, step: int, n: int) -> None:
-            if module not in tasks:
-                tasks[module] = p.add_task(f"module {module} epoch 1", total=n * cfg.epochs)
-            p.advance(tasks[module])
-
-        def on_epoch(module: str, epoch: int, total: int, losses, seconds: float) -> None:
-            line = (
-                f"module {module} epoch {epoch}/{total} loss {float(np.mean(losses)):.5f} "
-                f"({seconds:.1f} s/epoch)"
-            )
-            p.update(
-                tasks[module],
-                description=line,
-                completed=epoch * (len(data[module]) // cfg.batch_size),
-            )
-            if not console.is_terminal:  # logs get one line per epoch
-                console.print(line, highlight=False)
-
+        on_step, on_epoch = training_progress(p, cfg.epochs)
         try:
             states = train_run(
-                manifest, data, output, cfg, resume=resume, on_epoch=on_epoch, on_step=on_step
+                manifest, d.x, du.x, output, cfg, resume=resume, on_epoch=on_epoch, on_step=on_step
             )
         except (RunDirError, ValueError, FloatingPointError) as e:
-            fail(str(e))
+            fail(e)
+    skipped = [
+        {"part": part, "path": path, "reason": reason}
+        for part, b in (("normal_train", d), ("unlabeled", du))
+        for _, path, reason in b.errors
+    ]
     atomic_write_text(output / "skipped.json", json.dumps(skipped, indent=1))
+    write_training_curves(states, cfg.k, output / "curves.png", data_note(manifest))
+    secs = {m: sum(s["epoch_seconds"]) / max(1, len(s["epoch_seconds"])) for m, s in states.items()}
+    say(
+        f"trained {cfg.kind} K={cfg.k} for {cfg.epochs} epochs into {output} "
+        f"(mean epoch: A {secs['A']:.2f} s, B {secs['B']:.2f} s; skipped {len(skipped)} files)"
+    )
+
+
+def training_progress(p: Progress, epochs: int):
+    """(on_step, on_epoch) callbacks for ``train.train_run`` that drive one bar per module and,
+    when stderr is not a terminal, print one line per epoch."""
+    tasks: dict[str, int] = {}
+    steps: dict[str, int] = {}
+
+    def on_step(module: str, step: int, n: int) -> None:
+        if module not in tasks:
+            tasks[module] = p.add_task(f"module {module} epoch 1", total=n * epochs)
+            steps[module] = n
+        p.advance(tasks[module])
+
+    def on_epoch(module: str, epoch: int, total: int, losses, seconds: float) -> None:
+        mean = sum(float(v) for v in losses) / max(1, len(losses))
+        line = f"module {module} epoch {epoch}/{total} loss {mean:.5f} ({seconds:.1f} s/epoch)"
+        if module in tasks:
+            p.update(tasks[module], description=line, completed=epoch * steps[module])
+        if not console.is_terminal:  # logs get one line per epoch
+            console.print(line, highlight=False)
+
+    return on_step, on_epoch
+
+
+def write_training_curves(states: dict, k: int, out_png: Path, note: str) -> None:
+    """curves.png: each of the k members' loss per epoch, for both modules."""
     from ddad_edge import plots
 
     series = {
-        f"{m}/member{i}": [e[i] for e in s["history"]]
-        for m, s in states.items()
-        for i in range(cfg.k)
+        f"{m}/member{i}": [e[i] for e in s["history"]] for m, s in states.items() for i in range(k)
     }
-    plots.plot_training_curves(series, output / "curves.png", data_note(manifest))
-    secs = {
-        m: float(np.mean(s["epoch_seconds"])) if s["epoch_seconds"] else 0.0
-        for m, s in states.items()
-    }
-    out_console.print(
-        f"trained {cfg.kind} K={cfg.k} for {cfg.epochs} epochs into {output} "
-        f"(mean epoch: A {secs['A']:.2f} s, B {secs['B']:.2f} s; skipped {len(skipped)} files)",
-        highlight=False,
-    )
+    plots.plot_training_curves(series, out_png, note)
 
 
 @app.command("eval")
@@ -271,6 +282,8 @@ def eval_cmd(
 def run_eval(
     run: Path, split_path: Path, output: Path | None, data_root: Path | None = None
 ) -> dict:
+    """`eval`: score the split's test part with the run, write the report, print the table."""
+    require_extra("eval", "train", ("torch", "matplotlib"))
     import numpy as np
 
     from ddad_edge.checkpoint import read_config
@@ -281,16 +294,16 @@ def run_eval(
         manifest = read_manifest(split_path, data_root)
         config = read_config(run)
     except (SplitError, FileNotFoundError) as e:
-        fail(str(e))
+        fail(e)
     if config["split_sha256"] != manifest["sha256"]:
-        console.print("[yellow]warning:[/] the run was trained on a different split manifest")
+        warn("the run was trained on a different split manifest")
     test = load_part_with_progress(manifest, "test", "Dt (test)")
     labels = np.asarray(manifest["test_labels"])[test.ok]
     paths = [manifest["test"][i] for i in test.ok]
     try:
         stats, scores, metrics = evaluate_arrays(run, test.x, labels)
     except (FileNotFoundError, RuntimeError, ValueError) as e:
-        fail(str(e))
+        fail(e)
     output = output or run / "eval"
     meta = {
         "run": str(run),
@@ -315,7 +328,9 @@ def run_eval(
         title_note=data_note(manifest),
     )
     table = Table(
-        title=f"{meta['model']} K={meta['k']} on {len(labels)} test images ({data_note(manifest)})"
+        title=escape(
+            f"{meta['model']} K={meta['k']} on {len(labels)} test images ({data_note(manifest)})"
+        )
     )
     table.add_column("score")
     table.add_column("AUC", justify="right")
@@ -323,7 +338,7 @@ def run_eval(
     for name, m in metrics.items():
         table.add_row(name, f"{m['auc']:.4f}", f"{m['ap']:.4f}")
     out_console.print(table)
-    out_console.print(f"report in {output}", highlight=False)
+    say(f"report in {output}")
     return metrics
 
 
@@ -352,6 +367,7 @@ def demo(
     Without --data it generates a SYNTHETIC procedural phantom set (not real patients) in
     OUTPUT/phantoms. Writes OUTPUT/split.json, OUTPUT/run/ and OUTPUT/run/eval/.
     """
+    require_extra("demo", "train", TRAIN_EXTRA)
     from ddad_edge.data import SplitError, make_split, read_labels_csv, scan_folder, write_manifest
 
     output.mkdir(parents=True, exist_ok=True)
@@ -360,7 +376,7 @@ def demo(
 
         data = output / "phantoms"
         if not (data / "labels.csv").exists():
-            console.print("generating SYNTHETIC phantom images (not real patients)")
+            note("generating SYNTHETIC phantom images (not real patients)")
             make_phantom_dataset(
                 data, n_train_normal=normal_train + unlabeled, n_train_abnormal=unlabeled, seed=seed
             )
@@ -372,7 +388,7 @@ def demo(
         )
         write_manifest(manifest, output / "split.json")
     except SplitError as e:
-        fail(str(e))
+        fail(e)
     run_dir = output / "run"
     resume = (run_dir / "config.json").exists()
     run_training(
@@ -402,7 +418,9 @@ def run_deploy_demo(run_dir: Path, output: Path, data: Path, manifest: dict) -> 
     with Scorer.from_bundle(bundle, backend="auto") as scorer:
         results = scorer.score(picks)
         table = Table(
-            title=f"runtime ({scorer.backend_name}) on 4 test images ({data_note(manifest)})"
+            title=escape(
+                f"runtime ({scorer.backend_name}) on 4 test images ({data_note(manifest)})"
+            )
         )
         for col in ("image", "label", "rec", "intra", "inter"):
             table.add_column(col)
@@ -410,13 +428,11 @@ def run_deploy_demo(run_dir: Path, output: Path, data: Path, manifest: dict) -> 
             vals = (
                 [f"{r.scores[s]:.4f}" for s in ("rec", "intra", "inter")]
                 if r.scores
-                else [r.error or "", "", ""]
+                else [escape(r.error or ""), "", ""]
             )
-            table.add_row(Path(r.source).name, "abnormal" if lab else "normal", *vals)
+            table.add_row(escape(Path(r.source).name), "abnormal" if lab else "normal", *vals)
     out_console.print(table)
-    out_console.print(
-        f"bundle in {bundle}: try `ddad-edge score {bundle} IMAGE --json`", highlight=False
-    )
+    say(f"bundle in {bundle}: try `ddad-edge score {bundle} IMAGE --json`")
 
 
 # Deployment (export, verify, build, score), benchmark (bench, parity) and drift commands live in

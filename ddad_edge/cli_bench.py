@@ -13,12 +13,12 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-console = Console(stderr=True)
-out_console = Console()
+from ddad_edge.cli_common import TRAIN_EXTRA, console, out_console, require_extra
+from ddad_edge.cli_common import fail as _fail
+from ddad_edge.cli_common import note as _progress
 
 PARITY_FAILED_EXIT = 3
 """Exit status of ``parity`` when a lane's |ΔAUC| exceeds its tolerance (1: usage/run error)."""
@@ -50,15 +50,6 @@ HELP_GRAPH = (
     "NAME=PATH: also compare this ONNX dual graph (run by the Scorer on onnxruntime CPU, FP32 "
     "tolerance). Repeatable."
 )
-
-
-def _fail(msg: str, code: int = 1) -> None:
-    console.print(f"[bold red]error:[/] {escape(msg)}", highlight=False)
-    raise typer.Exit(code)
-
-
-def _progress(msg: str) -> None:
-    console.print(f"[dim]·[/] {escape(msg)}", highlight=False)
 
 
 def _ints(text: str, what: str) -> list[int]:
@@ -188,6 +179,7 @@ def bench(
     Reads the bundle, its source run (or --ckpt) and input images; writes bench.json, bench.md,
     latency_vs_batch.png and throughput_vs_batch.png into the output folder.
     """
+    require_extra("bench", "train", TRAIN_EXTRA)
     from ddad_edge.benchmarks import inputs
     from ddad_edge.benchmarks.bench import SECTIONS, BenchConfig, run_bench
     from ddad_edge.benchmarks.latency import Budget
@@ -328,6 +320,7 @@ def parity(
     parity.md and delta_auc.png. Exits with status 3 when a lane's |ΔAUC| exceeds its tolerance
     (FP32: 0.001; FP16, INT8, FP16-weight: 0.003).
     """
+    require_extra("parity", "train", TRAIN_EXTRA)
     from ddad_edge.benchmarks.lanes import LaneUnavailable
     from ddad_edge.benchmarks.parity_run import ParityConfig, run_parity_bundle
     from ddad_edge.benchmarks.report import write_parity_report

@@ -8,26 +8,13 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated, NoReturn
+from typing import Annotated, Any
 
 import typer
-from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-console = Console(stderr=True)
-out_console = Console()
-
-
-def _fail(msg: str, code: int = 1) -> NoReturn:
-    console.print(f"[bold red]error:[/] {escape(msg)}", highlight=False, soft_wrap=True)
-    raise typer.Exit(code)
-
-
-def _one_line(e: BaseException) -> str:
-    """An exception as one line (multi-line messages are joined with ' | ')."""
-    text = " | ".join(line.strip() for line in str(e).splitlines() if line.strip())
-    return text or type(e).__name__
+from ddad_edge.cli_common import fail, note, out_console, require_extra, say
 
 
 def export(
@@ -70,6 +57,7 @@ def export(
     golden.npz, manifest.json. Every graph must first match the PyTorch FP32 reference on those
     images (FP32: 1e-5 of each output's range; FP16: 2e-2); otherwise nothing is written.
     """
+    require_extra("export", "train", ("torch", "onnx"))
     from ddad_edge.export.bundle import ExportError, export_bundle
     from ddad_edge.export.parity import ParityError
 
@@ -87,16 +75,23 @@ def export(
             allow_incomplete=allow_incomplete,
         )
     except (ExportError, ParityError, OSError, ValueError) as e:
-        _fail(_one_line(e))
-    m = res.manifest
+        fail(e)
+    out_console.print(_parity_table(res.manifest, res.parity))
+    say(f"wrote {output} ({len(res.manifest['files'])} files)")
+
+
+def _parity_table(m: dict, parity: list) -> Table:
+    """The export's parity gate, one row per graph checked."""
     table = Table(
-        title=f"{m['model']['kind']} K={m['model']['k']}: parity on "
-        f"{m['parity']['images']['n']} images ({m['parity']['images']['origin']})"
+        title=escape(
+            f"{m['model']['kind']} K={m['model']['k']}: parity on "
+            f"{m['parity']['images']['n']} images ({m['parity']['images']['origin']})"
+        )
     )
     for col in ("graph", "MB", "max error / scale", "tolerance", "image scores (rel)", "ok"):
         table.add_column(col, justify="left" if col == "graph" else "right")
     sizes = {g: e["bytes"] for g, e in m["graphs"].items()}
-    for r in res.parity:
+    for r in parity:
         key = r.graph.split(" ")[0]
         mb = f"{sizes[key] / 1e6:.1f}" if key == r.graph else ""
         sc = max(r.score_errors.values()) if r.score_errors else None
@@ -108,8 +103,7 @@ def export(
             "" if sc is None else f"{sc:.1e}",
             "yes" if r.passed else "NO",
         )
-    out_console.print(table)
-    out_console.print(f"wrote {output} ({len(m['files'])} files)", highlight=False)
+    return table
 
 
 def verify(
@@ -142,14 +136,12 @@ def verify(
 
     precs = ["fp32", "fp16"] if precision == "all" else [precision]
     if any(p not in ("fp32", "fp16") for p in precs):
-        _fail(f"--precision must be fp32, fp16 or all, got {precision!r}")
+        fail(f"--precision must be fp32, fp16 or all, got {precision!r}")
     try:
         b = open_bundle(bundle, verify=True)
     except BundleError as e:
-        _fail(_one_line(e))
-    out_console.print(
-        f"{bundle}: all {len(b.manifest['files'])} files match their sha256", highlight=False
-    )
+        fail(e)
+    say(f"{bundle}: all {len(b.manifest['files'])} files match their sha256")
     failed = False
     for p in precs:
         try:
@@ -159,7 +151,7 @@ def verify(
             desc = scorer.describe()
             scorer.close()
         except (BackendUnavailable, BundleError, ValueError) as e:
-            _fail(_one_line(e))
+            fail(e)
         table = Table(
             title=f"{report['graph']} on {desc['backend']} ({desc['device']}): "
             f"{report['n']} golden images"
@@ -181,7 +173,7 @@ def verify(
         out_console.print(f"image scores, max relative error: {sc}", highlight=False)
         failed |= not report["passed"]
     if failed:
-        _fail(f"{bundle}: golden vectors do not match within tolerance")
+        fail(f"{bundle}: golden vectors do not match within tolerance")
     out_console.print("verify passed", highlight=False)
 
 
@@ -218,9 +210,9 @@ def build(
             force=force,
         )
     except (BackendUnavailable, BundleError, BuildError, ValueError, OSError) as e:
-        _fail(_one_line(e))
+        fail(e)
     verb = "built" if res.built else "up to date (use --force to rebuild):"
-    out_console.print(f"{verb} {res.plan}", highlight=False)
+    say(f"{verb} {res.plan}")
 
 
 def score(
@@ -256,6 +248,13 @@ def score(
         float | None,
         typer.Option(help="Specificity of the operating point to use (default: the file's)."),
     ] = None,
+    huge_pages: Annotated[
+        bool,
+        typer.Option(
+            help="On CPU, after the first inference, ask Linux to back this process's densely "
+            "written memory (onnxruntime's weights) with transparent huge pages (advice only)."
+        ),
+    ] = False,
 ) -> None:
     """Gate and score images with a bundle: image-level rec, intra and inter scores, and with
     --calibration a flag (abnormal/normal) at the calibrated operating point.
@@ -271,11 +270,12 @@ def score(
     """
     from ddad_edge.runtime.backends import BackendUnavailable
     from ddad_edge.runtime.bundle import BundleError
+    from ddad_edge.runtime.hugepages import for_cpu_backend
     from ddad_edge.runtime.scorer import Scorer, summarize
     from ddad_edge.runtime.scores import SCORE_NAMES
 
     if heatmap_map not in SCORE_NAMES:
-        _fail(f"--heatmap-map must be one of {', '.join(SCORE_NAMES)}")
+        fail(f"--heatmap-map must be one of {', '.join(SCORE_NAMES)}")
     try:
         scorer = Scorer.from_bundle(
             bundle,
@@ -285,48 +285,24 @@ def score(
             workers=workers or None,
             calibration=calibration,
             operating_point=operating_point,
+            warm_up=for_cpu_backend if huge_pages else None,
         )
     except (BackendUnavailable, BundleError, ValueError) as e:
-        _fail(_one_line(e))
+        fail(e)
     d = scorer.describe()
-    console.print(
-        f"{d['backend']} on {d['device']}, {d['precision']}, {d['model']['kind']} "
-        f"K={d['model']['k']}",
-        highlight=False,
-    )
-    results = scorer.score([str(p) for p in inputs], maps=heatmaps is not None)
-    scorer.close()
-    written: list = [None] * len(results)
+    model = f"{d['model']['kind']} K={d['model']['k']}"
+    note(f"{d['backend']} on {d['device']}, {d['precision']}, {model}")
+    with scorer:
+        results = scorer.score([str(p) for p in inputs], maps=heatmaps is not None)
+    written: list[Path | None] = [None] * len(results)
     if heatmaps is not None:
-        from ddad_edge.runtime.heatmaps import ImageLoadError, write_overlays
-
-        vmax = scorer.bundle.manifest.get("display", {}).get("heatmap_vmax", {}).get(heatmap_map)
-        try:
-            written = write_overlays(
-                [r.source for r in results],
-                [r.maps[heatmap_map] if r.maps else None for r in results],
-                heatmaps,
-                score=heatmap_map,
-                vmax=vmax,
-            )
-        except (ImageLoadError, OSError) as e:
-            _fail(_one_line(e))
-    if as_json:
-        for r, png in zip(results, written, strict=True):
-            rec = r.to_json()
-            if heatmaps is not None:
-                rec["heatmap"] = str(png) if png else None
-            print(json.dumps(rec))
-    else:
-        out_console.print(_results_table(results, SCORE_NAMES))
+        written = _write_heatmaps(scorer, results, heatmaps, heatmap_map)
+    _print_scores(results, written if heatmaps is not None else None, as_json)
     counts = summarize(results)
-    console.print(
-        ", ".join(f"{v} {k}" for k, v in counts.items() if v or k in ("scored", "abstained")),
-        highlight=False,
-    )
+    note(", ".join(f"{v} {k}" for k, v in counts.items() if v or k in ("scored", "abstained")))
     n_bad = counts["error"]
     if n_bad:
-        console.print(f"{n_bad} of {len(results)} inputs could not be scored", highlight=False)
+        note(f"{n_bad} of {len(results)} inputs could not be scored")
     if results and n_bad == len(results):
         raise typer.Exit(1)
 
@@ -351,6 +327,37 @@ def _results_table(results: list, score_names: tuple[str, ...]) -> Table:
             escape(why or ""),
         )
     return table
+
+
+def _write_heatmaps(scorer: Any, results: list, out_dir: Path, name: str) -> list[Path | None]:
+    """Overlay PNGs of map ``name`` for the scored results, on the bundle's colour scale."""
+    from ddad_edge.runtime.heatmaps import ImageLoadError, write_overlays
+
+    vmax = scorer.bundle.manifest.get("display", {}).get("heatmap_vmax", {}).get(name)
+    try:
+        return write_overlays(
+            [r.source for r in results],
+            [r.maps[name] if r.maps else None for r in results],
+            out_dir,
+            score=name,
+            vmax=vmax,
+        )
+    except (ImageLoadError, OSError) as e:
+        fail(e)
+
+
+def _print_scores(results: list, heatmaps: list[Path | None] | None, as_json: bool) -> None:
+    """JSON Lines (with each overlay's path when ``heatmaps`` is given) or a table, on stdout."""
+    from ddad_edge.runtime.scores import SCORE_NAMES
+
+    if as_json:
+        for i, r in enumerate(results):
+            rec = r.to_json()
+            if heatmaps is not None:
+                rec["heatmap"] = str(heatmaps[i]) if heatmaps[i] else None
+            print(json.dumps(rec))
+        return
+    out_console.print(_results_table(results, SCORE_NAMES))
 
 
 def _help(func: object) -> str:

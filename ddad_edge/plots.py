@@ -1,13 +1,12 @@
-"""Matplotlib figures for training and evaluation reports, and a figure-free heat-map overlay.
+"""Matplotlib figures for training and evaluation reports (heat-map overlays for scored images
+are the runtime's: ``ddad_edge.runtime.heatmaps``, numpy only).
 
 Design rules:
 
 * Never opens a window and never touches pyplot's global state: figures are built as
   ``matplotlib.figure.Figure`` objects bound to the Agg canvas (``FigureCanvasAgg``), so this works
   headless, in threads, and whatever backend the caller has selected.
-* matplotlib is imported lazily inside each function, so ``import ddad_edge.plots`` is cheap and
-  :func:`overlay_heatmap` (numpy + ``matplotlib.colormaps`` only, no pyplot, no torch) can be used
-  by the lightweight runtime.
+* matplotlib is imported lazily inside each function, so ``import ddad_edge.plots`` is cheap.
 * PNGs are written atomically: saved to a temp file in the destination directory, then moved into
   place with ``os.replace``. Parent directories are created.
 * Every figure function takes ``title_note`` (e.g. ``"SYNTHETIC phantom data"`` or
@@ -16,7 +15,6 @@ Design rules:
 
 from __future__ import annotations
 
-import math
 from collections.abc import Collection, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -28,7 +26,6 @@ if TYPE_CHECKING:  # pragma: no cover - typing only
 
 __all__ = [
     "IMAGE_KEYS",
-    "overlay_heatmap",
     "plot_heatmap_grid",
     "plot_roc_curves",
     "plot_score_histograms",
@@ -282,68 +279,3 @@ def plot_heatmap_grid(
             fig.colorbar(mappables[k], ax=axes[:, j], location="bottom", shrink=0.9, aspect=15)
     fig.suptitle(_title("Reconstructions and anomaly maps", title_note))
     return _save_atomic(fig, out_png)
-
-
-def _resize_bilinear(a: np.ndarray, height: int, width: int) -> np.ndarray:
-    """Bilinear resize of a 2-D float array to [height, width] (half-pixel centres, edge clamp,
-    the convention of ``torch.nn.functional.interpolate(..., align_corners=False)``)."""
-    h, w = a.shape
-    if (h, w) == (height, width):
-        return a
-
-    def coords(n_out: int, n_in: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        c = (np.arange(n_out, dtype=np.float64) + 0.5) * (n_in / n_out) - 0.5
-        c = np.clip(c, 0.0, n_in - 1)
-        i0 = np.floor(c).astype(np.intp)
-        i1 = np.minimum(i0 + 1, n_in - 1)
-        return i0, i1, c - i0
-
-    y0, y1, fy = coords(height, h)
-    x0, x1, fx = coords(width, w)
-    top = a[y0][:, x0] * (1.0 - fx) + a[y0][:, x1] * fx
-    bot = a[y1][:, x0] * (1.0 - fx) + a[y1][:, x1] * fx
-    return top * (1.0 - fy)[:, None] + bot * fy[:, None]
-
-
-def overlay_heatmap(
-    image01: np.ndarray,
-    amap: np.ndarray,
-    vmax: float | None = None,
-    alpha: float = 0.5,
-    *,
-    cmap: str = "inferno",
-) -> np.ndarray:
-    """Blend a colour-mapped anomaly map over a grey image, without creating a figure.
-
-    Uses only numpy and ``matplotlib.colormaps`` (imported lazily; no pyplot, no torch).
-
-    Args:
-        image01: grey image, float array [H, W] with values in [0, 1] (clipped).
-        amap: anomaly map, float array [h, w] (any size; bilinearly resized to [H, W]). Values
-            are mapped linearly from [0, vmax] onto the colormap (clipped; non-finite -> 0).
-        vmax: top of the colour scale in map units; ``None`` uses the map's finite maximum
-            (1.0 when that is <= 0). Pass a shared value to make several overlays comparable.
-        alpha: weight of the colour layer in [0, 1] (0 = grey image only, 1 = map only).
-        cmap: matplotlib colormap name.
-
-    Returns:
-        uint8 RGB array [H, W, 3]: ``(1 - alpha) * grey + alpha * cmap(map / vmax)``.
-    """
-    import matplotlib
-
-    img = np.asarray(image01, dtype=np.float64)
-    m = np.asarray(amap, dtype=np.float64)
-    if img.ndim != 2 or m.ndim != 2:
-        raise ValueError(f"expected 2-D image and map, got {img.shape} and {m.shape}")
-    if not 0.0 <= alpha <= 1.0:
-        raise ValueError(f"alpha must be in [0, 1], got {alpha}")
-    img = np.clip(np.nan_to_num(img, nan=0.0), 0.0, 1.0)
-    m = np.where(np.isfinite(m), m, 0.0)
-    m = _resize_bilinear(m, img.shape[0], img.shape[1])
-    if vmax is None:
-        vmax = float(m.max()) if m.size else 1.0
-    if not (math.isfinite(vmax) and vmax > 0):
-        vmax = 1.0
-    rgb = matplotlib.colormaps[cmap](np.clip(m / vmax, 0.0, 1.0))[..., :3]
-    out = (1.0 - alpha) * img[..., None] + alpha * rgb
-    return np.clip(np.rint(out * 255.0), 0, 255).astype(np.uint8)

@@ -190,9 +190,23 @@ def check_run_dir(out: Path, cfg: TrainConfig, manifest: dict[str, Any], resume:
         raise RunDirError(f"{out}: cannot resume with a different split manifest")
 
 
+def module_data(d: np.ndarray | torch.Tensor, du: np.ndarray | torch.Tensor) -> dict[str, Any]:
+    """DDAD's data roles (method.md): module A trains on D ∪ Du, module B on D alone.
+
+    d: the known-normal images D, float32 [N, 1, 64, 64]; du: the unlabeled images Du, float32
+    [M, 1, 64, 64] (M may be 0). Returns {"A": D then Du [N + M, ...], "B": D [N, ...]} as
+    torch tensors.
+    """
+    d_t, du_t = torch.as_tensor(d), torch.as_tensor(du)
+    if d_t.shape[1:] != du_t.shape[1:]:
+        raise ValueError(f"D and Du differ in image shape: {tuple(d_t.shape)}, {tuple(du_t.shape)}")
+    return {"A": torch.cat([d_t, du_t]), "B": d_t}
+
+
 def train_run(
     manifest: dict[str, Any],
-    data: dict[str, torch.Tensor],
+    d: np.ndarray | torch.Tensor,
+    du: np.ndarray | torch.Tensor,
     out: Path,
     cfg: TrainConfig,
     *,
@@ -200,12 +214,15 @@ def train_run(
     on_epoch: EpochCallback | None = None,
     on_step: StepCallback | None = None,
 ) -> dict[str, dict[str, Any]]:
-    """Train modules A (data["A"] = D ∪ Du) and B (data["B"] = D) into run folder ``out``.
+    """Train module A on D ∪ Du and module B on D (:func:`module_data`) into run folder ``out``.
+
+    d, du: float32 [N, 1, 64, 64] and [M, 1, 64, 64], preprocessed (runtime.preprocess).
 
     Writes out/config.json, out/module_A.pt, out/module_B.pt (checkpointed every epoch) and
     out/history.json. Returns {module: final checkpoint dict}.
     """
     cfg.check()
+    data = module_data(d, du)
     out = Path(out)
     check_run_dir(out, cfg, manifest, resume)
     out.mkdir(parents=True, exist_ok=True)

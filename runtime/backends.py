@@ -1,5 +1,10 @@
 """Inference backends with one shape (like Polygraphy runners): ``load()``, ``infer(feeds)``,
-``close()``, plus ``name``, ``device``, ``active_providers`` and ``thread_safe``.
+``settle(timeout)``, ``close()``, plus ``name``, ``device``, ``active_providers`` and
+``thread_safe``.
+
+``settle`` finishes optional warm-up work a backend starts after its first inference (a
+:class:`WarmUp`, opted into per backend by a factory; the one the project has is
+``runtime/hugepages.py``'s huge pages for onnxruntime's CPU weights) and says what it did.
 
 * :class:`OrtBackend` -- onnxruntime with the CPU, CUDA or TensorRT execution provider. After the
   session is created it checks which provider really runs (``session.get_providers()``) and raises
@@ -24,15 +29,13 @@ import importlib.util
 import os
 import threading
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
 
-from ddad_edge.runtime import hugepages
 from ddad_edge.runtime.cpu import physical_cores
-from ddad_edge.runtime.hugepages import CollapseJob
 
 TRT_MISSING = (
     "TensorRT is not installed: pip install 'ddad-edge[trt]' on a machine with an NVIDIA GPU"
@@ -73,7 +76,27 @@ class Backend(Protocol):
 
     def infer(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]: ...
 
+    def settle(self, timeout: float | None = None) -> str | None:
+        """Start any warm-up work now (if not yet started), wait up to ``timeout`` s for it and
+        return one line on what it did; None when the backend has none."""
+        ...
+
     def close(self) -> None: ...
+
+
+class WarmUp(Protocol):
+    """Background work a backend starts once, after its first inference (so that the first
+    result is not delayed), e.g. ``hugepages.HugePages``."""
+
+    def start(self) -> None: ...
+
+    def status(self, timeout: float | None = 0.0) -> str:
+        """Wait up to ``timeout`` s, then one line: what it achieved, or that it still runs."""
+        ...
+
+
+WarmUpFactory = Callable[[Backend], "WarmUp | None"]
+"""Given a loaded backend, the warm-up it should run (None: none for this backend)."""
 
 
 # ----------------------------------------------------------------------------------------------
@@ -140,12 +163,9 @@ class OrtBackend:
             (it then runs on CPU; ``fallback_note`` says so). False raises BackendUnavailable.
         intra_op_threads: CPU threads per run; default the number of physical cores.
         name: the backend name reported to users (default derived from the first provider).
-        huge_pages: when the session runs on CPU, ask the kernel to back the densely written
-            memory of the process (which holds the session's weights) with transparent huge
-            pages (``runtime/hugepages.py``: advice only, never changes results; about 8% faster
-            batch-1 inference measured on the 2-core machine). It runs on a background thread
-            started after the first run (started at load, its copying delayed the first score
-            by ~0.2 s on 2 cores); ``huge_pages_job`` holds it.
+        warm_up: opt-in warm-up work, made at load for the loaded session (e.g.
+            ``hugepages.for_cpu_backend``) and started after the first run; ``settle`` waits
+            for it. None (default): none.
     """
 
     thread_safe = True
@@ -158,13 +178,13 @@ class OrtBackend:
         allow_cpu_fallback: bool = False,
         intra_op_threads: int | None = None,
         name: str | None = None,
-        huge_pages: bool = True,
+        warm_up: WarmUpFactory | None = None,
     ) -> None:
         self.path = Path(onnx_path)
-        self.huge_pages = huge_pages
-        self.huge_pages_job: CollapseJob | None = None
-        self._huge_pages_pending = False
-        self._huge_pages_lock = threading.Lock()  # infer() may be called from several threads
+        self.warm_up_factory = warm_up
+        self.warm_up: WarmUp | None = None
+        self._warm_up_started = False
+        self._warm_up_lock = threading.Lock()  # infer() may be called from several threads
         self.providers = list(providers)
         self.allow_cpu_fallback = allow_cpu_fallback
         self.intra_op_threads = intra_op_threads
@@ -207,7 +227,6 @@ class OrtBackend:
         except Exception as e:  # ORT raises its own exception types
             raise BackendUnavailable(f"{self.path}: onnxruntime could not load it: {e}") from e
         self.active_providers = list(self._session.get_providers())
-        self._huge_pages_pending = self.huge_pages and self.active_providers[:1] == [CPU_EP]
         if wanted[0] != CPU_EP and wanted[0] not in self.active_providers:
             note = (
                 f"{wanted[0]} was requested but onnxruntime runs {self.path.name} on "
@@ -221,6 +240,8 @@ class OrtBackend:
         self.input_names = [i.name for i in self._session.get_inputs()]
         self.output_names = [o.name for o in self._session.get_outputs()]
         self.device = self._describe(ort)
+        self.warm_up = self.warm_up_factory(self) if self.warm_up_factory else None
+        self._warm_up_started = False
 
     def _describe(self, ort: Any) -> str:
         top = self.active_providers[0] if self.active_providers else "?"
@@ -237,23 +258,23 @@ class OrtBackend:
         if self._session is None:
             self.load()
         outs = self._session.run(None, feeds)
-        if self._huge_pages_pending:  # after the first run, so that it is not slowed down
-            self.start_huge_pages()
+        if self.warm_up is not None and not self._warm_up_started:  # after the first run
+            self._start_warm_up()
         return dict(zip(self.output_names, outs, strict=True))
 
-    @property
-    def huge_pages_pending(self) -> bool:
-        """True until the huge-page advice has been started (when it applies at all)."""
-        return self._huge_pages_pending
+    def _start_warm_up(self) -> None:
+        with self._warm_up_lock:
+            if self.warm_up is not None and not self._warm_up_started:
+                self._warm_up_started = True
+                self.warm_up.start()
 
-    def start_huge_pages(self) -> CollapseJob | None:
-        """Start the huge-page advice for the CPU weights (once; see ``huge_pages``) and return
-        its job; None when it does not apply. ``infer`` starts it after the first run."""
-        with self._huge_pages_lock:
-            if self._huge_pages_pending:
-                self._huge_pages_pending = False
-                self.huge_pages_job = hugepages.start_collapse()
-        return self.huge_pages_job
+    def settle(self, timeout: float | None = None) -> str | None:
+        """Start the warm-up now if the first run has not yet, wait up to ``timeout`` s and
+        say what it did (None without a warm-up)."""
+        if self.warm_up is None:
+            return None
+        self._start_warm_up()
+        return self.warm_up.status(timeout)
 
     def close(self) -> None:
         """Drop the session."""
@@ -463,6 +484,10 @@ class TrtBackend:
             out[tensor] = host
         cuda.sync(stream)
         return {k: v.astype(np.float32, copy=False) for k, v in out.items()}
+
+    def settle(self, timeout: float | None = None) -> str | None:
+        """No warm-up work: None."""
+        return None
 
     def close(self) -> None:
         """Free device buffers and the stream; drop the engine."""

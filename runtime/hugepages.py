@@ -1,4 +1,7 @@
-"""Transparent huge pages for onnxruntime's weight buffers (Linux; best effort, never required).
+"""Transparent huge pages for onnxruntime's weight buffers (Linux; best effort, never required;
+opt-in: ``Scorer.from_bundle(..., warm_up=hugepages.for_cpu_backend)`` or ``ddad-edge score
+--huge-pages``). The advice is process-wide, which is why it is off by default: an application
+embedding the runtime decides.
 
 Batch-1 inference reads ~100 MB of weights per image. onnxruntime allocates them (prepacked)
 with ordinary 4 KiB pages: on a kernel whose transparent huge pages are in ``madvise`` mode (the
@@ -6,7 +9,8 @@ common default) such memory never gets 2 MiB pages, so streaming the weights cos
 every 4 KiB and the hardware prefetchers stop at every page boundary. numpy asks for huge pages
 for its large arrays; onnxruntime does not, and offers no option to.
 
-What this module does, after the session's first inference (``OrtBackend``): find the 2 MiB-
+What this module does, after the session's first inference (:class:`HugePages`, the warm-up an
+``OrtBackend`` runs when asked): find the 2 MiB-
 aligned blocks of the process's private anonymous memory whose 4 KiB pages are all present
 (``/proc/self/pagemap``: memory that has been written, such as the weights onnxruntime has
 packed) and ask the kernel to back them with huge pages: ``madvise(MADV_HUGEPAGE)``, then
@@ -218,3 +222,29 @@ def start_collapse() -> CollapseJob:
     if _page_size() != PAGE:
         return CollapseJob([])  # advise() records why nothing was done
     return CollapseJob(dense_ranges(anonymous_regions()))
+
+
+class HugePages:
+    """The backend warm-up (``backends.WarmUp``): :func:`start_collapse` once, when the backend
+    starts it (after its first inference); ``status`` reports the result."""
+
+    def __init__(self) -> None:
+        self.job: CollapseJob | None = None
+
+    def start(self) -> None:
+        if self.job is None:
+            self.job = start_collapse()
+
+    def status(self, timeout: float | None = 0.0) -> str:
+        """One line, after waiting up to ``timeout`` s for the job."""
+        if self.job is None:
+            return "huge pages: not started (starts after the first inference)"
+        res = self.job.wait(timeout)
+        return f"huge pages: {res.summary()}" if res is not None else "huge pages: in progress"
+
+
+def for_cpu_backend(backend: object) -> HugePages | None:
+    """Warm-up factory (``backends.WarmUpFactory``): huge pages for a session that runs on the
+    CPU, none for GPU backends (their weights are not in host memory)."""
+    providers = list(getattr(backend, "active_providers", []))
+    return HugePages() if providers[:1] == ["CPUExecutionProvider"] else None

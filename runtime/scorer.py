@@ -41,6 +41,7 @@ from ddad_edge.runtime.backends import (
     BackendUnavailable,
     OrtBackend,
     TrtBackend,
+    WarmUpFactory,
     gpu_info,
     import_tensorrt,
     ort_providers,
@@ -170,9 +171,9 @@ def make_backends(
     graph: str = "dual",
     *,
     intra_op_threads: int | None = None,
-    huge_pages: bool = True,
+    warm_up: WarmUpFactory | None = None,
 ) -> tuple[dict[str, Backend], str, list[str]]:
-    """Pick, create and load the backend(s) for a bundle.
+    """Pick, create and load the backend(s) for a bundle (``warm_up``: see Scorer.from_bundle).
 
     Returns:
         ({graph name: loaded backend}, precision used, notes on skipped candidates). The graph
@@ -212,7 +213,7 @@ def make_backends(
                         _providers(cand, bundle),
                         intra_op_threads=intra_op_threads,
                         name=cand,
-                        huge_pages=huge_pages,
+                        warm_up=warm_up,
                     )
                     b.load()
                     out[g] = b
@@ -320,7 +321,7 @@ class Scorer:
         workers: int | None = None,
         verify: bool = True,
         intra_op_threads: int | None = None,
-        huge_pages: bool = True,
+        warm_up: WarmUpFactory | None = None,
         calibration: str | os.PathLike[str] | None = None,
         operating_point: float | None = None,
         gate: bool = True,
@@ -337,8 +338,9 @@ class Scorer:
             workers: threads decoding image files (default: physical cores).
             verify: check the sha256 of every bundle file first.
             intra_op_threads: onnxruntime CPU threads (default: physical cores).
-            huge_pages: back onnxruntime's CPU weights with transparent huge pages (Linux,
-                best effort; see ``runtime/hugepages.py``).
+            warm_up: opt-in background work per onnxruntime backend, started after its first
+                inference (:meth:`settle` waits for it), e.g. ``hugepages.for_cpu_backend``
+                (transparent huge pages for the CPU weights; process-wide advice). Default none.
             calibration: a calibration file for this bundle (``ddad-edge calibrate``); results
                 then carry a flag at its operating point.
             operating_point: the specificity of the operating point to use (None: the file's
@@ -361,7 +363,7 @@ class Scorer:
             precision,
             graph,
             intra_op_threads=intra_op_threads,
-            huge_pages=huge_pages,
+            warm_up=warm_up,
         )
         return cls(
             bundle,
@@ -397,28 +399,18 @@ class Scorer:
             "model": {"kind": self.kind, "k": self.bundle.k},
             "notes": self.notes
             + [n for b in self.backends.values() if (n := getattr(b, "fallback_note", None))],
-            "huge_pages": self._huge_pages(timeout=0.0),
         }
 
-    def _huge_pages(self, timeout: float | None, start: bool = False) -> dict[str, str]:
+    def settle(self, timeout: float = 30.0) -> dict[str, str]:
+        """Start the backends' warm-up work now (``from_bundle(warm_up=...)``; otherwise it
+        starts after the first inference) and wait up to ``timeout`` s for it, so that later
+        timings see the steady state. Returns {graph: what it did}; {} without warm-ups."""
         out = {}
         for g, b in self.backends.items():
-            if start and hasattr(b, "start_huge_pages"):
-                b.start_huge_pages()
-            job = getattr(b, "huge_pages_job", None)
-            if job is not None:
-                res = job.wait(timeout)
-                out[g] = res.summary() if res is not None else "in progress"
-            elif getattr(b, "huge_pages_pending", False):
-                out[g] = "pending: starts after the first inference"
+            line = b.settle(timeout)
+            if line is not None:
+                out[g] = line
         return out
-
-    def settle(self, timeout: float = 30.0) -> dict[str, str]:
-        """Do the backends' background work now (the huge-page advice for the CPU weights,
-        ``runtime/hugepages.py``, which otherwise starts after the first inference) and wait
-        for it, so that later timings see the steady state. Returns {graph: what it achieved}
-        (empty when there was none)."""
-        return self._huge_pages(timeout, start=True)
 
     # -- stages -----------------------------------------------------------------------------------
     def load(self, inputs: Sequence[Input] | Input, *, first_index: int = 0) -> LoadedBatch:

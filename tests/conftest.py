@@ -146,7 +146,7 @@ def make_run(training_images: tuple[np.ndarray, str]) -> Callable[..., Path]:
         x = torch.from_numpy(x_all[: 32 * steps])
         manifest = {"sha256": f"{seed:064d}", "root": root, "counts": {"D": len(x), "Du": 0}}
         cfg = TrainConfig(kind=kind, k=k, epochs=1, batch_size=32, seed=seed)
-        train_run(manifest, {"A": x, "B": x}, out, cfg)
+        train_run(manifest, x, x[:0], out, cfg)  # D only, Du empty: A and B see the same data
         return out
 
     return make

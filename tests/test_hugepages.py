@@ -95,34 +95,53 @@ def test_advise_keeps_contents_and_reports_what_the_kernel_did() -> None:
         pytest.skip(f"transparent huge pages are {_thp_mode()!r} here: the kernel may refuse")
 
 
-def test_ort_backend_huge_pages_change_no_output(tmp_path: Path) -> None:
+def _onnx_file(tmp_path: Path, name: str, node: str, w: np.ndarray | None = None) -> Path:
+    """A one-node ONNX graph y = node(x[, w]) on float32 x [N, 1024] (needs onnx)."""
+    onnx = pytest.importorskip("onnx", reason="building test graphs needs the train extra")
     from onnx import TensorProto, helper, numpy_helper
 
-    w = np.random.default_rng(0).standard_normal((1024, 2048)).astype(np.float32)  # 8 MiB
+    inputs, inits, width = ["x"], [], 1024
+    if w is not None:
+        inputs, inits, width = ["x", "w"], [numpy_helper.from_array(w, "w")], w.shape[1]
     g = helper.make_graph(
-        [helper.make_node("MatMul", ["x", "w"], ["y"])],
+        [helper.make_node(node, inputs, ["y"])],
         "g",
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 1024])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 2048])],
-        initializer=[numpy_helper.from_array(w, "w")],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", width])],
+        initializer=inits,
     )
-    path = tmp_path / "mm.onnx"
-    import onnx
-
+    path = tmp_path / f"{name}.onnx"
     onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    return path
+
+
+def test_huge_pages_are_opt_in_and_change_no_output(tmp_path: Path) -> None:
+    w = np.random.default_rng(0).standard_normal((1024, 2048)).astype(np.float32)  # 8 MiB
+    path = _onnx_file(tmp_path, "mm", "MatMul", w)
     x = np.random.default_rng(1).standard_normal((3, 1024)).astype(np.float32)
-    plain = OrtBackend(path, huge_pages=False)
+    plain = OrtBackend(path)  # default: no warm-up
     plain.load()
-    assert plain.huge_pages_job is None
-    hp = OrtBackend(path)  # default: on, started after the first run
+    assert plain.warm_up is None and plain.settle(0) is None
+    hp = OrtBackend(path, warm_up=hugepages.for_cpu_backend)
     hp.load()
-    assert hp.huge_pages_job is None
+    assert isinstance(hp.warm_up, hugepages.HugePages) and hp.warm_up.job is None
     first = hp.infer({"x": x})["y"]
-    assert hp.huge_pages_job is not None and hp.start_huge_pages() is hp.huge_pages_job
-    res = hp.huge_pages_job.wait(30)
-    assert res is not None
+    assert hp.warm_up.job is not None  # started after the first run
+    job = hp.warm_up.job
+    assert hp.settle(30).startswith("huge pages: ") and hp.warm_up.job is job  # started once
     np.testing.assert_array_equal(first, plain.infer({"x": x})["y"])
     np.testing.assert_array_equal(hp.infer({"x": x})["y"], first)
+
+
+def test_huge_pages_only_for_cpu_sessions() -> None:
+    class Gpu:
+        active_providers = ["CUDAExecutionProvider", "CPUExecutionProvider"]
+
+    class Cpu:
+        active_providers = ["CPUExecutionProvider"]
+
+    assert hugepages.for_cpu_backend(Gpu()) is None
+    assert isinstance(hugepages.for_cpu_backend(Cpu()), hugepages.HugePages)
 
 
 @pytest.mark.parametrize("retries", [0, 2])
@@ -154,17 +173,7 @@ def test_concurrent_first_inferences_start_one_job(
 ) -> None:
     import threading
 
-    import onnx
-    from onnx import TensorProto, helper
-
-    g = helper.make_graph(
-        [helper.make_node("Relu", ["x"], ["y"])],
-        "g",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4])],
-    )
-    path = tmp_path / "relu.onnx"
-    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    path = _onnx_file(tmp_path, "relu", "Relu")
     started: list[int] = []
     real = hugepages.start_collapse
 
@@ -173,17 +182,16 @@ def test_concurrent_first_inferences_start_one_job(
         return real()
 
     monkeypatch.setattr(hugepages, "start_collapse", counting)
-    b = OrtBackend(path)
+    b = OrtBackend(path, warm_up=hugepages.for_cpu_backend)
     b.load()
-    assert b.huge_pages_pending
-    x = np.ones((2, 4), np.float32)
+    x = np.ones((2, 1024), np.float32)
     threads = [threading.Thread(target=b.infer, args=({"x": x},)) for _ in range(8)]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
-    assert len(started) == 1 and not b.huge_pages_pending
-    assert b.huge_pages_job is not None and b.huge_pages_job.wait(30) is not None
+    assert len(started) == 1
+    assert b.warm_up.job is not None and b.warm_up.job.wait(30) is not None
 
 
 def test_other_page_sizes_are_left_alone(monkeypatch: pytest.MonkeyPatch) -> None:

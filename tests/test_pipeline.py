@@ -18,20 +18,46 @@ from ddad_edge.train import RunDirError, TrainConfig, train_run
 runner = CliRunner()
 
 
-def _tiny_manifest(tmp_path: Path) -> tuple[dict, dict[str, torch.Tensor]]:
+def _tiny_manifest(tmp_path: Path) -> tuple[dict, tuple[torch.Tensor, torch.Tensor]]:
+    """A manifest stub and (D [32, 1, 64, 64], Du [16, 1, 64, 64])."""
     g = torch.Generator().manual_seed(0)
     x = torch.nn.functional.interpolate(torch.rand(48, 1, 8, 8, generator=g), size=64) * 2 - 1
     manifest = {"sha256": "0" * 64, "root": str(tmp_path), "counts": {}}
-    return manifest, {"A": x, "B": x[:32]}
+    return manifest, (x[:32], x[32:])
+
+
+def test_module_a_trains_on_d_and_du_module_b_on_d(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """DDAD's data roles (method.md): A on D ∪ Du, B on D only; the library assembles them."""
+    import ddad_edge.train as train_mod
+
+    manifest, (d, du) = _tiny_manifest(tmp_path)
+    seen: dict[str, torch.Tensor] = {}
+    real = train_mod.train_module
+
+    def spy(module: str, data: torch.Tensor, *args, **kwargs):
+        seen[module] = data.clone()
+        return real(module, data, *args, **kwargs)
+
+    monkeypatch.setattr(train_mod, "train_module", spy)
+    cfg = TrainConfig(kind="ae", k=2, epochs=1, batch_size=16)
+    states = train_run(manifest, d, du, tmp_path / "run", cfg)
+    assert torch.equal(seen["A"], torch.cat([d, du])) and torch.equal(seen["B"], d)
+    assert states["A"]["n_train"] == 48 and states["B"]["n_train"] == 32
+    hist = json.loads((tmp_path / "run" / "history.json").read_text())
+    assert hist["A"]["n_train"] == 48 and hist["B"]["n_train"] == 32
+    with pytest.raises(ValueError, match="image shape"):
+        train_mod.module_data(d, du[:, :, :32])
 
 
 def test_resume_continues_exactly(tmp_path: Path) -> None:
     manifest, data = _tiny_manifest(tmp_path)
     cfg = TrainConfig(kind="ae", k=2, epochs=2, batch_size=16, seed=5)
-    straight = train_run(manifest, data, tmp_path / "straight", cfg)
+    straight = train_run(manifest, *data, tmp_path / "straight", cfg)
     one = TrainConfig(kind="ae", k=2, epochs=1, batch_size=16, seed=5)
-    train_run(manifest, data, tmp_path / "resumed", one)
-    resumed = train_run(manifest, data, tmp_path / "resumed", cfg, resume=True)
+    train_run(manifest, *data, tmp_path / "resumed", one)
+    resumed = train_run(manifest, *data, tmp_path / "resumed", cfg, resume=True)
     for m in ("A", "B"):
         assert resumed[m]["epoch"] == 2 and len(resumed[m]["history"]) == 2
         np.testing.assert_allclose(resumed[m]["history"], straight[m]["history"], rtol=1e-6)
@@ -44,13 +70,13 @@ def test_resume_continues_exactly(tmp_path: Path) -> None:
 def test_refuses_to_overwrite_or_mismatched_resume(tmp_path: Path) -> None:
     manifest, data = _tiny_manifest(tmp_path)
     cfg = TrainConfig(kind="ae", k=2, epochs=1, batch_size=16)
-    train_run(manifest, data, tmp_path / "run", cfg)
+    train_run(manifest, *data, tmp_path / "run", cfg)
     with pytest.raises(RunDirError, match="already holds a run"):
-        train_run(manifest, data, tmp_path / "run", cfg)
+        train_run(manifest, *data, tmp_path / "run", cfg)
     with pytest.raises(RunDirError, match="kind"):
         train_run(
             manifest,
-            data,
+            *data,
             tmp_path / "run",
             TrainConfig(kind="aeu", k=2, epochs=1, batch_size=16),
             resume=True,
@@ -58,7 +84,7 @@ def test_refuses_to_overwrite_or_mismatched_resume(tmp_path: Path) -> None:
     (tmp_path / "other").mkdir()
     (tmp_path / "other" / "precious.txt").write_text("user data")
     with pytest.raises(RunDirError, match="not empty"):
-        train_run(manifest, data, tmp_path / "other", cfg)
+        train_run(manifest, *data, tmp_path / "other", cfg)
     assert (tmp_path / "other" / "precious.txt").read_text() == "user data"
 
 

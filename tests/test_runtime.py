@@ -138,15 +138,19 @@ def test_ort_backend_cpu_options_and_gpu_fallback_detection(
 
 
 def test_auto_backend_reports_why_gpu_backends_were_skipped(bundle: Path) -> None:
+    from ddad_edge.runtime.hugepages import for_cpu_backend
+
     with Scorer.from_bundle(bundle, backend="auto") as s:
         d = s.describe()
-        settled = s.settle()
+        assert s.settle() == {}  # no warm-up unless asked for
     assert d["backend"] in ("trt", "ort-cuda", "ort-cpu")
     if d["backend"] == "ort-cpu":
         assert d["precision"] == "fp32"
         assert any(n.startswith("trt:") for n in d["notes"])
-        # the CPU weights' huge-page advice, reported per graph
-        assert set(settled) == {"dual"} and "huge pages" in settled["dual"]
+        # the opt-in warm-up (huge pages for the CPU weights), reported per graph
+        with Scorer.from_bundle(bundle, backend="auto", warm_up=for_cpu_backend) as s:
+            settled = s.settle()
+        assert set(settled) == {"dual"} and settled["dual"].startswith("huge pages: ")
     with pytest.raises(ValueError, match="backend must be one of"):
         Scorer.from_bundle(bundle, backend="cuda")
 
