@@ -360,7 +360,7 @@ def build_heatmap_sc(
     hd = _hd()
     from pydicom.uid import generate_uid
 
-    from ddad_edge.plots import overlay_heatmap
+    from ddad_edge.runtime.heatmaps import overlay_heatmap
 
     rgb = overlay_heatmap(_fit(image, max_side), np.asarray(heat_map, np.float32), vmax=vmax)
     rgb = _burn_label(rgb, [NOT_FOR_DIAGNOSIS] + ([caption] if caption else []))

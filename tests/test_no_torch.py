@@ -8,6 +8,7 @@ packages raise ImportError, so these tests mean the same in a full and a runtime
 
 from __future__ import annotations
 
+import ast
 import json
 import os
 import pkgutil
@@ -41,6 +42,24 @@ def blocked_env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
 def run(env: dict[str, str], *args: str, code: str | None = None) -> subprocess.CompletedProcess:
     cmd = [sys.executable, "-c", code] if code else [sys.executable, "-m", "ddad_edge.cli", *args]
     return subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
+
+
+def test_no_runtime_source_imports_the_training_side() -> None:
+    """Every import statement in the runtime's source, lazy ones inside functions included."""
+    bad = []
+    for path in sorted(Path(ddad_edge.runtime.__path__[0]).rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                names = [node.module]
+            else:
+                continue
+            for name in names:
+                parts = name.split(".")
+                if parts[0] in BLOCKED or (parts[0] == "ddad_edge" and parts[1:2] != ["runtime"]):
+                    bad.append(f"{path.name}:{node.lineno} imports {name}")
+    assert not bad, bad
 
 
 def test_every_runtime_module_and_the_cli_import_without_training_side(

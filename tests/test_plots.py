@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import matplotlib  # noqa: F401  (the train extra; without it conftest skips this module)
 import numpy as np
 import pytest
 from PIL import Image
