@@ -9,7 +9,8 @@ from typing import Annotated
 
 import typer
 
-from ddad_edge.cli_deploy import _fail, _help, _one_line, out_console
+from ddad_edge.cli_common import fail, out_console
+from ddad_edge.cli_deploy import _help
 
 
 def drift(
@@ -63,7 +64,7 @@ def drift(
             compare(reference[n], recent[n][-last:] if last else recent[n], n) for n in names
         ]
     except (ScoreRecordError, ValueError) as e:
-        _fail(_one_line(e))
+        fail(e)
     for r in reports:
         if as_json:
             print(json.dumps(r.to_json()))
