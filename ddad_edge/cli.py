@@ -188,6 +188,7 @@ def run_training(
     require_extra("train", "train", ("torch", "matplotlib"))
     import torch
 
+    from ddad_edge.checkpoint import CheckpointError
     from ddad_edge.data import SplitError, read_manifest
     from ddad_edge.runtime.fileio import atomic_write_text
     from ddad_edge.train import RunDirError, TrainConfig, check_run_dir, train_run
@@ -209,7 +210,7 @@ def run_training(
             states = train_run(
                 manifest, d.x, du.x, output, cfg, resume=resume, on_epoch=on_epoch, on_step=on_step
             )
-        except (RunDirError, ValueError, FloatingPointError) as e:
+        except (RunDirError, CheckpointError, ValueError, FloatingPointError) as e:
             fail(e)
     skipped = [
         {"part": part, "path": path, "reason": reason}
@@ -286,14 +287,14 @@ def run_eval(
     require_extra("eval", "train", ("torch", "matplotlib"))
     import numpy as np
 
-    from ddad_edge.checkpoint import read_config
+    from ddad_edge.checkpoint import CheckpointError, read_config
     from ddad_edge.data import SplitError, read_manifest
     from ddad_edge.evaluate import evaluate_arrays, write_report
 
     try:
         manifest = read_manifest(split_path, data_root)
         config = read_config(run)
-    except (SplitError, FileNotFoundError) as e:
+    except (SplitError, FileNotFoundError, CheckpointError) as e:
         fail(e)
     if config["split_sha256"] != manifest["sha256"]:
         warn("the run was trained on a different split manifest")

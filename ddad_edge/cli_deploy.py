@@ -276,6 +276,8 @@ def score(
 
     if heatmap_map not in SCORE_NAMES:
         fail(f"--heatmap-map must be one of {', '.join(SCORE_NAMES)}")
+    if workers < 0:
+        fail(f"--workers must be >= 0 (0: one per physical core), got {workers}")
     try:
         scorer = Scorer.from_bundle(
             bundle,

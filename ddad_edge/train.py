@@ -17,9 +17,15 @@ import numpy as np
 import torch
 
 from ddad_edge import __version__
-from ddad_edge.checkpoint import atomic_torch_save, load_checkpoint, module_path
+from ddad_edge.checkpoint import (
+    CheckpointError,
+    atomic_torch_save,
+    ensemble_from,
+    load_checkpoint,
+    module_path,
+)
 from ddad_edge.models import KINDS, FusedEnsemble, member_losses
-from ddad_edge.runtime.fileio import atomic_write_text
+from ddad_edge.runtime.fileio import atomic_write_text, orphan_temps
 
 MODULE_IDS = {"A": 1, "B": 2}
 EpochCallback = Callable[[str, int, int, np.ndarray, float], None]
@@ -122,10 +128,12 @@ def train_module(
     """
     if resume and ckpt.is_file():
         state = load_checkpoint(ckpt.parent, module)
-        model = FusedEnsemble(state["kind"], state["k"])
-        model.load_state_dict(state["model"])
+        model = ensemble_from(state, ckpt)
         opt = make_optimizer(model, cfg)
-        opt.load_state_dict(state["optimizer"])
+        try:
+            opt.load_state_dict(state["optimizer"])
+        except (TypeError, ValueError, KeyError, RuntimeError) as e:
+            raise CheckpointError(f"{ckpt}: optimizer state does not fit the model: {e}") from e
         state["epochs"] = cfg.epochs
     else:
         model = FusedEnsemble.seeded(cfg.kind, cfg.k, cfg.seed * 10 + MODULE_IDS[module])
@@ -171,6 +179,8 @@ def _run_config(cfg: TrainConfig, manifest: dict[str, Any]) -> dict[str, Any]:
 def check_run_dir(out: Path, cfg: TrainConfig, manifest: dict[str, Any], resume: bool) -> None:
     """Refuse to overwrite another run; on resume, require the same model, K, seed and split."""
     cfg_path = out / "config.json"
+    if out.exists() and not out.is_dir():
+        raise RunDirError(f"{out}: exists and is not a folder; choose a new output folder")
     if not cfg_path.exists():
         if out.exists() and any(out.iterdir()):
             raise RunDirError(f"{out} exists and is not empty; choose a new output folder")
@@ -179,14 +189,19 @@ def check_run_dir(out: Path, cfg: TrainConfig, manifest: dict[str, Any], resume:
         raise RunDirError(
             f"{out} already holds a run; pass --resume to continue it, or pick a new -o"
         )
-    old = json.loads(cfg_path.read_text())
+    try:
+        old = json.loads(cfg_path.read_text())
+    except (OSError, ValueError) as e:
+        raise RunDirError(f"{cfg_path}: unreadable run config ({e}); cannot resume") from e
+    if not isinstance(old, dict) or not isinstance(old.get("train"), dict):
+        raise RunDirError(f"{cfg_path}: not a ddad-edge run config (no 'train'); cannot resume")
     for key in ("kind", "k", "seed", "lr", "beta1", "beta2", "batch_size"):
-        if old["train"][key] != getattr(cfg, key):
+        if old["train"].get(key) != getattr(cfg, key):
             raise RunDirError(
                 f"{out}: cannot resume with {key}={getattr(cfg, key)!r}; "
-                f"the run used {old['train'][key]!r}"
+                f"the run used {old['train'].get(key)!r}"
             )
-    if old["split_sha256"] != manifest["sha256"]:
+    if old.get("split_sha256") != manifest["sha256"]:
         raise RunDirError(f"{out}: cannot resume with a different split manifest")
 
 
@@ -201,6 +216,18 @@ def module_data(d: np.ndarray | torch.Tensor, du: np.ndarray | torch.Tensor) -> 
     if d_t.shape[1:] != du_t.shape[1:]:
         raise ValueError(f"D and Du differ in image shape: {tuple(d_t.shape)}, {tuple(du_t.shape)}")
     return {"A": torch.cat([d_t, du_t]), "B": d_t}
+
+
+RUN_FILES = ("config.json", "module_A.pt", "module_B.pt", "history.json", "skipped.json")
+
+
+def remove_orphan_temps(out: Path) -> list[Path]:
+    """Delete the temp files that writes killed mid-way (kill -9) left in a run folder; only
+    ``fileio.atomic_write``'s temps of the run's own files are touched. Returns them."""
+    found = [t for name in RUN_FILES for t in orphan_temps(out / name)]
+    for t in found:
+        t.unlink(missing_ok=True)
+    return found
 
 
 def train_run(
@@ -226,6 +253,8 @@ def train_run(
     out = Path(out)
     check_run_dir(out, cfg, manifest, resume)
     out.mkdir(parents=True, exist_ok=True)
+    if resume:
+        remove_orphan_temps(out)
     atomic_write_text(out / "config.json", json.dumps(_run_config(cfg, manifest), indent=1))
     states = {}
     for module in ("A", "B"):

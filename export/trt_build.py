@@ -112,8 +112,8 @@ def build_engine(
     if precision not in ("fp16", "fp32"):
         raise ValueError(f"precision must be fp16 or fp32, got {precision!r}")
     profile = profile_shapes(max_batch, opt_batch)
-    trt = import_tensorrt()  # before anything else: the clear "not installed" message
-    bundle = open_bundle(bundle_dir)
+    bundle = open_bundle(bundle_dir)  # first: a missing bundle is named as such
+    trt = import_tensorrt()  # then the clear "not installed" message
     onnx_path = bundle.graph_path("dual", precision)
     onnx_sha = bundle.file_sha256(onnx_path.name)
     gpu = gpu_info()

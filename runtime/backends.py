@@ -430,6 +430,8 @@ class TrtBackend:
         self._engine = engine
         self._ctx = engine.create_execution_context()
         self._runtime = runtime
+        # a second load (after close) starts from empty tensor lists, not the old ones
+        self.input_names, self.output_names, self._dtypes = [], [], {}
         for i in range(engine.num_io_tensors):
             name = engine.get_tensor_name(i)
             self._dtypes[name] = np.dtype(trt.nptype(engine.get_tensor_dtype(name)))

@@ -7,6 +7,7 @@ half-written file, and an interrupted write leaves the old file untouched.
 
 from __future__ import annotations
 
+import glob
 import os
 import secrets
 from collections.abc import Callable
@@ -14,11 +15,22 @@ from pathlib import Path
 from typing import BinaryIO
 
 
+def _temp_name(path: Path) -> Path:
+    return path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(6)}.tmp")
+
+
+def orphan_temps(path: str | os.PathLike) -> list[Path]:
+    """Temp files that interrupted atomic writes of ``path`` left beside it (a process killed
+    between open and rename; ``.<name>.<pid>.<hex>.tmp``)."""
+    path = Path(path)
+    return sorted(path.parent.glob(f".{glob.escape(path.name)}.*.tmp"))
+
+
 def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], object]) -> Path:
     """Call ``write(f)`` on a temp file beside ``path``, then rename it onto ``path``."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(6)}.tmp")
+    tmp = _temp_name(path)
     try:
         with open(tmp, "xb") as f:
             write(f)

@@ -276,6 +276,14 @@ def _providers(name: str, bundle: Bundle) -> list[Any]:
     return provs
 
 
+def _check_counts(max_batch: int, workers: int | None) -> None:
+    """ValueError for a batch size below 1 or a worker count below 1 (None: the default)."""
+    if max_batch < 1:
+        raise ValueError(f"max_batch (batch size) must be >= 1, got {max_batch}")
+    if workers is not None and workers < 1:
+        raise ValueError(f"workers must be >= 1 (or unset: one per physical core), got {workers}")
+
+
 class Scorer:
     """Score chest X-rays with a bundle (see the module docstring); build with
     :meth:`from_bundle`."""
@@ -292,8 +300,7 @@ class Scorer:
         calibration: Calibration | None = None,
         gate: bool = True,
     ) -> None:
-        if max_batch < 1:
-            raise ValueError("max_batch must be >= 1")
+        _check_counts(max_batch, workers)
         self.bundle = bundle
         self.backends = backends
         self.precision = precision
@@ -351,6 +358,7 @@ class Scorer:
         Raises:
             CalibrationError: the calibration file is unreadable or for another bundle.
         """
+        _check_counts(max_batch, workers)
         bundle = open_bundle(bundle_dir, verify=verify)
         cal = (
             None

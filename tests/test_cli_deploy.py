@@ -151,3 +151,18 @@ def test_help_says_what_commands_read_and_write() -> None:
         text = " ".join(res.stdout.split())
         for w in words:
             assert w in text, (cmd, w)
+
+
+def test_negative_workers_and_missing_bundle_are_named(cli_bundle: Path, tmp_path: Path) -> None:
+    img = good_images(1)[0]
+    err = one_line_error(
+        runner.invoke(app, ["score", str(cli_bundle), str(img), "--workers", "-3"])
+    )
+    assert "--workers must be >= 0" in err
+    with pytest.raises(ValueError, match="workers must be >= 1"):
+        from ddad_edge.runtime.scorer import Scorer
+
+        Scorer.from_bundle(cli_bundle, backend="ort-cpu", workers=-3)
+    # build names the missing bundle, not the missing TensorRT
+    err = one_line_error(runner.invoke(app, ["build", str(tmp_path / "nonexistent")]))
+    assert "nonexistent: not a folder" in err and "TensorRT" not in err

@@ -13,6 +13,7 @@ import json
 import types
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from ddad_edge.export.trt_build import existing_engine_ok, profile_shapes
@@ -218,3 +219,77 @@ def test_real_tensorrt_build_and_run(bundle: Path) -> None:  # pragma: no cover 
         rep = s.replay_golden()
         assert s.backend_name == "trt"
     assert rep["passed"], rep
+
+
+class _FakeCuda:
+    """Device memory and streams as counters (what TrtBackend asks of CudaApi)."""
+
+    def __init__(self) -> None:
+        self.live: set[int] = set()
+        self._next = 0
+
+    def malloc(self, nbytes: int) -> int:
+        self._next += 1
+        self.live.add(self._next)
+        return self._next
+
+    def free(self, ptr: int) -> None:
+        self.live.remove(ptr)
+
+    def stream(self) -> int:
+        return self.malloc(0)
+
+    def stream_destroy(self, stream: int) -> None:
+        self.free(stream)
+
+    def device_info(self) -> dict[str, str]:
+        return dict(GPU)
+
+
+class _FakeLogger:
+    WARNING = 2
+
+    def __init__(self, level: int) -> None:
+        self.level = level
+
+
+def _fake_tensorrt() -> types.SimpleNamespace:
+    """The slice of the TensorRT 10/11 API TrtBackend.load uses: an engine with input x and
+    outputs mean_a, std_a, mean_b, std_b (profile batch 1..8)."""
+    io = {"x": "in", "mean_a": "out", "std_a": "out", "mean_b": "out", "std_b": "out"}
+    names = list(io)
+    engine = types.SimpleNamespace(
+        num_io_tensors=len(names),
+        get_tensor_name=names.__getitem__,
+        get_tensor_dtype=lambda n: "float32",
+        get_tensor_mode=lambda n: io[n],
+        get_tensor_profile_shape=lambda n, p: [(1, 1, 64, 64), (8, 1, 64, 64), (8, 1, 64, 64)],
+        create_execution_context=lambda: object(),
+    )
+    return types.SimpleNamespace(
+        __version__=TRT_VERSION,
+        Logger=_FakeLogger,
+        Runtime=lambda logger: types.SimpleNamespace(deserialize_cuda_engine=lambda b: engine),
+        nptype=lambda dt: np.float32,
+        TensorIOMode=types.SimpleNamespace(INPUT="in"),
+    )
+
+
+def test_trt_backend_loads_again_after_close(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from ddad_edge.runtime import backends
+
+    cuda = _FakeCuda()
+    monkeypatch.setattr(backends, "import_tensorrt", _fake_tensorrt)
+    monkeypatch.setattr(backends, "CudaApi", lambda: cuda)
+    plan = tmp_path / "e.plan"
+    plan.write_bytes(b"plan")
+    b = backends.TrtBackend(plan)
+    for _ in range(2):  # the second load used to see input_names ["x", "x"] and refuse
+        b.load()
+        assert b.input_names == ["x"] and b.max_batch == 8
+        assert b.output_names == ["mean_a", "std_a", "mean_b", "std_b"]
+        assert len(cuda.live) == 6  # five I/O buffers and a stream
+        b.close()
+        assert not cuda.live
