@@ -34,6 +34,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from ddad_edge.runtime.bundle import MANIFEST, graph_key, read_manifest, sha256_file
+from ddad_edge.runtime.manifest import sealed
 
 VARIANTS: tuple[str, ...] = ("int8", "fp16w")
 FP16W_MIN_ELEMENTS = 1024
@@ -123,8 +124,9 @@ def make_variant_graph(variant: str, src: Path, dst: Path) -> Path:
 
 
 def _link_or_copy(src: Path, dst: Path) -> None:
+    """Hard link (a symlink would lead out of the variant bundle, which bundles refuse)."""
     try:
-        os.symlink(src.resolve(), dst)
+        os.link(src.resolve(), dst)
     except OSError:
         shutil.copy2(src, dst)
 
@@ -169,5 +171,5 @@ def make_variant_bundle(
         "graph": graph_name,
         "note": VARIANT_NOTES.get(variant, f"user-supplied graph {graph_file}"),
     }
-    (out_dir / MANIFEST).write_text(json.dumps(new, indent=1))
+    (out_dir / MANIFEST).write_text(json.dumps(sealed(new), indent=1))
     return out_dir

@@ -49,6 +49,13 @@ def export(
     allow_incomplete: Annotated[
         bool, typer.Option(help="Export a run that has not finished its epochs.")
     ] = False,
+    sign_key: Annotated[
+        Path | None,
+        typer.Option(
+            help="PEM elliptic-curve private key: sign the bundle (bundle.sig; needs the "
+            "signing extra). Keep this key offline, in the release pipeline."
+        ),
+    ] = None,
 ) -> None:
     """Export a trained run as a bundle: fused ONNX graphs, golden vectors, manifest.
 
@@ -60,6 +67,7 @@ def export(
     require_extra("export", "train", ("torch", "onnx"))
     from ddad_edge.export.bundle import ExportError, export_bundle
     from ddad_edge.export.parity import ParityError
+    from ddad_edge.runtime.bundle import BundleError
 
     try:
         res = export_bundle(
@@ -73,11 +81,13 @@ def export(
             fp16_module_graphs=fp16_module_graphs,
             overwrite=force,
             allow_incomplete=allow_incomplete,
+            sign_key=sign_key,
         )
-    except (ExportError, ParityError, OSError, ValueError) as e:
+    except (ExportError, ParityError, BundleError, OSError, ValueError) as e:
         fail(e)
     out_console.print(_parity_table(res.manifest, res.parity))
-    say(f"wrote {output} ({len(res.manifest['files'])} files)")
+    signed = ", signed" if sign_key is not None else ""
+    say(f"wrote {output} ({len(res.manifest['files'])} files{signed})")
 
 
 def _parity_table(m: dict, parity: list) -> Table:
@@ -122,6 +132,10 @@ def verify(
             help="Override the tolerance (max error / output scale); default fp32 1e-5, fp16 2e-2."
         ),
     ] = None,
+    public_key: Annotated[
+        Path | None,
+        typer.Option(help="PEM public key: the bundle must carry a valid signature by its key."),
+    ] = None,
 ) -> None:
     """Check a bundle: file hashes, then replay golden.npz on a backend and compare with the
     stored PyTorch FP32 outputs.
@@ -138,10 +152,12 @@ def verify(
     if any(p not in ("fp32", "fp16") for p in precs):
         fail(f"--precision must be fp32, fp16 or all, got {precision!r}")
     try:
-        b = open_bundle(bundle, verify=True)
+        b = open_bundle(bundle, verify=True, public_key=public_key)
     except BundleError as e:
         fail(e)
-    say(f"{bundle}: all {len(b.manifest['files'])} files match their sha256")
+    if public_key is not None:
+        say(f"{bundle}: signature valid for {public_key}")
+    say(f"{bundle}: manifest consistent; all {len(b.manifest['files'])} files match their sha256")
     failed = False
     for p in precs:
         try:
@@ -255,6 +271,10 @@ def score(
             "written memory (onnxruntime's weights) with transparent huge pages (advice only)."
         ),
     ] = False,
+    public_key: Annotated[
+        Path | None,
+        typer.Option(help="PEM public key: refuse a bundle without a valid signature by its key."),
+    ] = None,
 ) -> None:
     """Gate and score images with a bundle: image-level rec, intra and inter scores, and with
     --calibration a flag (abnormal/normal) at the calibrated operating point.
@@ -288,6 +308,7 @@ def score(
             calibration=calibration,
             operating_point=operating_point,
             warm_up=for_cpu_backend if huge_pages else None,
+            public_key=public_key,
         )
     except (BackendUnavailable, BundleError, ValueError) as e:
         fail(e)

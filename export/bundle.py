@@ -61,8 +61,10 @@ from ddad_edge.runtime.bundle import (
     TOLERANCES,
     sha256_file,
 )
+from ddad_edge.runtime.manifest import sealed
 from ddad_edge.runtime.preprocess import IMAGE_SIZE
 from ddad_edge.runtime.scores import SCORE_NAMES, STD_DEFINITION
+from ddad_edge.runtime.signature import sign_bundle
 
 INPUT_CONTRACT: dict[str, Any] = {
     "tensor": INPUT_NAME,
@@ -261,6 +263,7 @@ def export_bundle(
     fp16_module_graphs: bool = False,
     overwrite: bool = False,
     allow_incomplete: bool = False,
+    sign_key: str | os.PathLike[str] | None = None,
 ) -> ExportResult:
     """Export a trained run as a bundle (see the module docstring).
 
@@ -273,6 +276,8 @@ def export_bundle(
         fp16_module_graphs: also write module_A_fp16.onnx / module_B_fp16.onnx.
         overwrite: replace an existing bundle at out_dir (only after the gate passed).
         allow_incomplete: export a run whose training has not reached its last epoch.
+        sign_key: PEM elliptic-curve private key: sign the bundle (``bundle.sig``, OpenSSF
+            model-signing; the ``signing`` extra) before it is moved into place.
 
     Returns:
         ExportResult.
@@ -290,6 +295,8 @@ def export_bundle(
         raise ExportError(f"{out} exists and is not empty; choose another -o or pass --force")
     if n_golden < 1 or n_parity < n_golden:
         raise ExportError("need 1 <= n_golden <= n_parity")
+    if sign_key is not None and not Path(sign_key).is_file():
+        raise ExportError(f"{sign_key}: signing key file not found")
     try:
         config = read_config(run_dir)
         model_a = load_module(run_dir, "A", require_complete=not allow_incomplete)
@@ -437,7 +444,10 @@ def export_bundle(
             "export_seconds": round(time.perf_counter() - t_start, 2),
             "files": files,
         }
+        manifest = sealed(manifest)
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1))
+        if sign_key is not None:
+            sign_bundle(tmp, sign_key)
         _write_atomic_dir(tmp, out, overwrite)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

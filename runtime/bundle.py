@@ -10,8 +10,12 @@ Bundle layout (a folder)::
     golden.npz             preprocessed images x [n,1,64,64] and the PyTorch FP32 outputs for them
     engines/               TensorRT plans + JSON sidecars + timing cache (added by ``build``)
 
-Every file listed in ``manifest["files"]`` carries its sha256; :func:`open_bundle` refuses a
-bundle whose files are missing or do not match, naming the file.
+Every file in the folder (but the manifest, the signature and ``engines/``) is listed in
+``manifest["files"]`` with its sha256; the manifest carries a digest of itself and every path
+is confined to the folder (``runtime/manifest.py``). :func:`open_bundle` refuses a bundle whose
+manifest is malformed or edited, that holds an unlisted file, or whose files are missing or do
+not match, naming the field or file; with ``public_key`` it also checks the bundle's signature
+(``runtime/signature.py``).
 """
 
 from __future__ import annotations
@@ -25,12 +29,20 @@ from typing import Any
 
 import numpy as np
 
-MANIFEST = "manifest.json"
+from ddad_edge.runtime.manifest import (
+    ENGINES_DIR,
+    FORMAT_VERSION,
+    GRAPHS,
+    MANIFEST,
+    PRECISIONS,
+    BundleError,
+    check_manifest,
+    safe_relpath,
+    unlisted_files,
+)
+
 GOLDEN = "golden.npz"
-ENGINES_DIR = "engines"
-FORMAT_VERSION = 1
-GRAPHS = ("dual", "module_A", "module_B")
-PRECISIONS = ("fp32", "fp16")
+__all__ = ["FORMAT_VERSION", "GRAPHS", "PRECISIONS", "Bundle", "BundleError", "open_bundle"]
 
 TOLERANCES: dict[str, float] = {"fp32": 1e-5, "fp16": 2e-2}
 """Largest allowed max-abs error of each output, relative to the reference output's scale
@@ -38,13 +50,6 @@ TOLERANCES: dict[str, float] = {"fp32": 1e-5, "fp16": 2e-2}
 graph precision. FP32 graphs must match the PyTorch FP32 reference to
 1e-5 of the range; the FP16 bound is ~20x the error measured with FP16-storage emulation on real
 images (see docs / export report), leaving room for GPU kernels that accumulate in FP16."""
-
-
-class BundleError(Exception):
-    """A bundle cannot be used: missing or modified file, bad manifest, unknown graph.
-
-    ``str(e)`` is one line that names the file and the reason.
-    """
 
 
 def sha256_file(path: str | os.PathLike[str], chunk: int = 1 << 20) -> str:
@@ -94,8 +99,11 @@ class Bundle:
         return entry
 
     def graph_path(self, graph: str = "dual", precision: str = "fp32") -> Path:
-        """Path of one ONNX graph file."""
-        return self.root / self.graph(graph, precision)["file"]
+        """Path of one ONNX graph file (confined to the bundle folder)."""
+        key = graph_key(graph, precision)
+        return safe_relpath(
+            self.root, self.graph(graph, precision)["file"], f"graphs[{key!r}].file"
+        )
 
     def file_sha256(self, name: str) -> str:
         """The manifest's sha256 of a bundle file (relative name)."""
@@ -109,7 +117,9 @@ class Bundle:
         (mean_a, std_a, mean_b, std_b, var_a/var_b for AE-U), image scores ``score_<name>``
         float32 [n] and ``sources`` (str [n])."""
         if self._golden is None:
-            path = self.root / GOLDEN
+            if GOLDEN not in self.manifest["files"]:
+                raise BundleError(f"{self.root / MANIFEST}: files: {GOLDEN} is not listed")
+            path = safe_relpath(self.root, GOLDEN, f"files[{GOLDEN!r}]")
             try:
                 with np.load(path, allow_pickle=False) as z:
                     self._golden = {k: z[k] for k in z.files}
@@ -124,9 +134,11 @@ class Bundle:
 
 
 def read_manifest(root: str | os.PathLike[str]) -> dict[str, Any]:
-    """Parse ``root/manifest.json``; BundleError when absent or malformed."""
-    path = Path(root) / MANIFEST
-    if not Path(root).is_dir():
+    """Parse and check ``root/manifest.json`` (``manifest.check_manifest``); BundleError when
+    absent, malformed, edited, or when the folder holds a file the manifest does not list."""
+    root = Path(root)
+    path = root / MANIFEST
+    if not root.is_dir():
         raise BundleError(f"{root}: not a folder (expected a bundle written by `ddad-edge export`)")
     if not path.is_file():
         raise BundleError(f"{path}: missing; not a ddad-edge bundle (run `ddad-edge export`)")
@@ -134,13 +146,12 @@ def read_manifest(root: str | os.PathLike[str]) -> dict[str, Any]:
         manifest = json.loads(path.read_text())
     except (OSError, ValueError) as e:
         raise BundleError(f"{path}: unreadable manifest: {e}") from e
-    for key in ("format_version", "model", "graphs", "files"):
-        if key not in manifest:
-            raise BundleError(f"{path}: manifest lacks {key!r}; not a ddad-edge bundle")
-    if manifest["format_version"] > FORMAT_VERSION:
+    check_manifest(root, manifest)
+    stray = unlisted_files(root, manifest["files"])
+    if stray:
         raise BundleError(
-            f"{path}: bundle format {manifest['format_version']} is newer than this runtime "
-            f"supports ({FORMAT_VERSION}); upgrade ddad-edge"
+            f"{root / stray[0]}: not listed in {MANIFEST} ({len(stray)} unlisted); a bundle "
+            "holds only the files its manifest hashes (remove it, or re-export)"
         )
     return manifest
 
@@ -154,38 +165,52 @@ def verify_files(root: Path, manifest: dict[str, Any], names: list[str] | None =
     files = manifest["files"]
     for name in names if names is not None else sorted(files):
         entry = files.get(name)
-        path = root / name
         if entry is None:
-            raise BundleError(f"{path}: not listed in {MANIFEST}")
+            raise BundleError(f"{root / MANIFEST}: files: {name!r} is not listed")
+        path = safe_relpath(root, name, f"files[{name!r}]")
         if not path.is_file():
             raise BundleError(f"{path}: missing from the bundle (re-export it)")
         size = path.stat().st_size
-        if "bytes" in entry and size != entry["bytes"]:
+        if size != entry["bytes"]:
             raise BundleError(
                 f"{path}: size {size} bytes differs from the manifest's {entry['bytes']}; the file "
                 "was modified or truncated (re-export the bundle)"
             )
-        digest = sha256_file(path)
-        if digest != entry["sha256"]:
+        if sha256_file(path) != entry["sha256"]:
             raise BundleError(
-                f"{path}: sha256 {digest[:16]}... does not match the manifest "
-                f"({str(entry['sha256'])[:16]}...); the file was modified (re-export the bundle)"
+                f"{path}: sha256 does not match the manifest; the file was modified "
+                "(re-export the bundle)"
             )
 
 
-def open_bundle(root: str | os.PathLike[str], *, verify: bool | list[str] = True) -> Bundle:
+def open_bundle(
+    root: str | os.PathLike[str],
+    *,
+    verify: bool | list[str] = True,
+    public_key: str | os.PathLike[str] | None = None,
+) -> Bundle:
     """Open a bundle folder.
+
+    The manifest is always checked (schema, self-digest, confined paths, no unlisted files).
 
     Args:
         root: the bundle folder.
-        verify: True checks every file's sha256; a list checks only those files (e.g. the one
-            graph about to be loaded plus golden.npz); False checks none.
+        verify: True checks every file's size and sha256; a list checks only those files (e.g.
+            the one graph about to be loaded plus golden.npz); False checks none.
+        public_key: PEM public key file: the bundle must carry a valid signature made with its
+            private key (``runtime/signature.py``; needs the ``signing`` extra). None: no
+            signature check.
 
     Raises:
-        BundleError: missing/malformed manifest, or a file that does not match its hash.
+        BundleError: missing/malformed/edited manifest, an unlisted file, a file that does not
+            match its hash, or (with ``public_key``) a missing or wrong signature.
     """
     root = Path(root)
     manifest = read_manifest(root)
+    if public_key is not None:
+        from ddad_edge.runtime.signature import verify_signature
+
+        verify_signature(root, public_key)
     if verify is True:
         verify_files(root, manifest)
     elif verify:

@@ -332,6 +332,7 @@ class Scorer:
         calibration: str | os.PathLike[str] | None = None,
         operating_point: float | None = None,
         gate: bool = True,
+        public_key: str | os.PathLike[str] | None = None,
     ) -> Scorer:
         """Open (and hash-verify) a bundle and load a backend for it.
 
@@ -354,12 +355,15 @@ class Scorer:
                 default).
             gate: check DICOM headers before scoring and abstain on what the model does not
                 cover (``runtime/gate.py``).
+            public_key: PEM public key file: refuse the bundle unless it carries a valid
+                signature by the matching private key (BundleError; needs the ``signing``
+                extra). None (default): no signature check, and model-signing is not imported.
 
         Raises:
             CalibrationError: the calibration file is unreadable or for another bundle.
         """
         _check_counts(max_batch, workers)
-        bundle = open_bundle(bundle_dir, verify=verify)
+        bundle = open_bundle(bundle_dir, verify=verify, public_key=public_key)
         cal = (
             None
             if calibration is None

@@ -230,3 +230,41 @@ def good_images(bundle: Path) -> list[Path]:
 
     sources = open_bundle(bundle, verify=False).manifest["parity"]["images"]["sources"]
     return [Path(p) for p in sources[:3]]
+
+
+HAVE_SIGNING = importlib.util.find_spec("model_signing") is not None
+"""Whether the ``signing`` extra (OpenSSF model-signing) is installed."""
+
+
+@pytest.fixture(scope="session")
+def release_keys(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Two fresh P-256 key pairs as PEM files: {"private", "public"} (the release key) and
+    {"other_public"} (another key's public half). Skips without the signing extra."""
+    if not HAVE_SIGNING:
+        pytest.skip("model-signing (the signing extra) is not installed")
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    d = tmp_path_factory.mktemp("keys")
+    out = {}
+    for name in ("release", "other"):
+        key = ec.generate_private_key(ec.SECP256R1())
+        priv, pub = d / f"{name}.key", d / f"{name}.pub"
+        priv.write_bytes(
+            key.private_bytes(
+                serialization.Encoding.PEM,
+                serialization.PrivateFormat.PKCS8,
+                serialization.NoEncryption(),
+            )
+        )
+        pub.write_bytes(
+            key.public_key().public_bytes(
+                serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+            )
+        )
+        out[name] = (priv, pub)
+    return {
+        "private": out["release"][0],
+        "public": out["release"][1],
+        "other_public": out["other"][1],
+    }

@@ -89,7 +89,7 @@ def test_crafted_pickle_runs_nothing_in_export_resume_eval(run: Path, tmp_path: 
     with pytest.raises(CheckpointError, match="nothing in it was run"):
         train_run(
             _manifest(tmp_path),
-            _data(),
+            *_data(),
             run,
             TrainConfig(**{**vars(CFG), "epochs": 2}),
             resume=True,

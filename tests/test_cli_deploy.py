@@ -153,8 +153,10 @@ def test_help_says_what_commands_read_and_write() -> None:
             assert w in text, (cmd, w)
 
 
-def test_negative_workers_and_missing_bundle_are_named(cli_bundle: Path, tmp_path: Path) -> None:
-    img = good_images(1)[0]
+def test_negative_workers_and_missing_bundle_are_named(
+    cli_bundle: Path, tmp_path: Path, good_images: list[Path]
+) -> None:
+    img = good_images[0]
     err = one_line_error(
         runner.invoke(app, ["score", str(cli_bundle), str(img), "--workers", "-3"])
     )
@@ -166,3 +168,63 @@ def test_negative_workers_and_missing_bundle_are_named(cli_bundle: Path, tmp_pat
     # build names the missing bundle, not the missing TensorRT
     err = one_line_error(runner.invoke(app, ["build", str(tmp_path / "nonexistent")]))
     assert "nonexistent: not a folder" in err and "TensorRT" not in err
+
+
+@pytest.fixture(scope="module")
+def signed_bundle(
+    tmp_path_factory: pytest.TempPathFactory, trained_run: Path, release_keys: dict[str, Path]
+) -> Path:
+    out = tmp_path_factory.mktemp("signed") / "bundle"
+    args = ["export", "--ckpt", str(trained_run), "-o", str(out), "--n-parity", "4"]
+    args += ["--n-golden", "2", "--no-module-graphs", "--sign-key", str(release_keys["private"])]
+    res = runner.invoke(app, args)
+    assert res.exit_code == 0, res.output
+    assert "signed)" in res.stdout and (out / "bundle.sig").is_file()
+    return out
+
+
+def test_signed_export_verify_and_scorer_refusals(
+    signed_bundle: Path,
+    cli_bundle: Path,
+    release_keys: dict[str, Path],
+    tmp_path: Path,
+    good_images: list[Path],
+) -> None:
+    from ddad_edge.runtime.bundle import BundleError
+    from ddad_edge.runtime.scorer import Scorer
+
+    pub, other = str(release_keys["public"]), str(release_keys["other_public"])
+    res = runner.invoke(
+        app, ["verify", str(signed_bundle), "--public-key", pub, "--precision", "fp32"]
+    )
+    assert res.exit_code == 0, res.output
+    assert "signature valid" in res.stdout and "verify passed" in res.stdout
+    err = one_line_error(runner.invoke(app, ["verify", str(signed_bundle), "--public-key", other]))
+    assert "signed by another key" in err
+    err = one_line_error(runner.invoke(app, ["verify", str(cli_bundle), "--public-key", pub]))
+    assert "not signed" in err
+    res = runner.invoke(
+        app, ["score", str(signed_bundle), str(good_images[0]), "--public-key", pub, "--json"]
+    )
+    assert res.exit_code == 0 and json.loads(res.stdout.splitlines()[0])["scores"], res.output
+    with Scorer.from_bundle(signed_bundle, backend="ort-cpu", public_key=pub) as s:
+        assert s.score([str(good_images[0])])[0].scores
+    with pytest.raises(BundleError, match="not signed"):
+        Scorer.from_bundle(cli_bundle, backend="ort-cpu", public_key=pub)
+    with pytest.raises(BundleError, match="another key"):
+        Scorer.from_bundle(signed_bundle, backend="ort-cpu", public_key=other)
+    # a consistent re-hash of a changed golden file passes the manifest, not the signature
+    b = tmp_path / "b"
+    shutil.copytree(signed_bundle, b)
+    from ddad_edge.runtime.bundle import sha256_file
+    from ddad_edge.runtime.manifest import sealed
+
+    (b / "golden.npz").write_bytes((b / "golden.npz").read_bytes() + b"\0")
+    m = json.loads((b / "manifest.json").read_text())
+    m["files"]["golden.npz"] = {
+        "sha256": sha256_file(b / "golden.npz"),
+        "bytes": (b / "golden.npz").stat().st_size,
+    }
+    (b / "manifest.json").write_text(json.dumps(sealed(m)))
+    with pytest.raises(BundleError, match=r"changed: .*golden\.npz"):
+        Scorer.from_bundle(b, backend="ort-cpu", public_key=pub)
