@@ -84,13 +84,21 @@ def split(
         float,
         typer.Option(help="Share of each class carved out for Dt when the data has no test split."),
     ] = 0.2,
+    calibration: Annotated[
+        int,
+        typer.Option(
+            help="Normals held out of training for `calibrate` (drawn after D and Du's normals)."
+        ),
+    ] = 0,
     output: Annotated[
         Path, typer.Option("-o", "--output", help="Split manifest (JSON) to write.")
     ] = Path("split.json"),
 ) -> None:
-    """Draw D (known normal), Du (unlabeled, anomaly rate AR) and Dt (test) from a labelled folder.
+    """Draw D (known normal), Du (unlabeled, anomaly rate AR) and Dt (test) from a labelled folder,
+    and with --calibration N a set of N normals that no training sees, for `calibrate`.
 
-    Reads DATA (and the CSV); writes the split manifest JSON that `train` and `eval` read.
+    Reads DATA (and the CSV); writes the split manifest JSON that `train`, `eval` and `calibrate`
+    read.
     """
     from ddad_edge.data import SplitError, make_split, read_labels_csv, scan_folder, write_manifest
 
@@ -114,6 +122,7 @@ def split(
             ar=ar,
             seed=seed,
             test_fraction=test_fraction,
+            calibration=calibration,
         )
         digest = write_manifest(manifest, output)
     except SplitError as e:
@@ -121,7 +130,9 @@ def split(
     c = manifest["counts"]
     say(
         f"wrote {output}: D={c['D']} Du={c['Du']} (abnormal {c['Du_abnormal']}, AR {ar}) "
-        f"Dt={c['Dt']} (abnormal {c['Dt_abnormal']}); test from {manifest['test_source']}; "
+        f"Dt={c['Dt']} (abnormal {c['Dt_abnormal']})"
+        + (f" calibration={c['calibration']}" if "calibration" in c else "")
+        + f"; test from {manifest['test_source']}; "
         f"sha256 {digest[:12]}"
     )
 
@@ -271,17 +282,46 @@ def eval_cmd(
     data_root: Annotated[
         Path | None, typer.Option(help="Data folder, if it moved since `split`.")
     ] = None,
+    calibration: Annotated[
+        Path | None,
+        typer.Option(help="Calibration file of this run's bundle: its points on the ROC plot."),
+    ] = None,
 ) -> None:
     """Score the test set with the trained run: AUC/AP per score (rec, intra, inter).
 
-    Reads the run and the split's test images; writes metrics.json, scores.csv, roc.png,
-    histograms.png and heatmaps.png into the report folder and prints a table.
+    Reads the run, the split's test images and --calibration; writes metrics.json, scores.csv,
+    roc.png, histograms.png and heatmaps.png into the report folder and prints a table. With
+    --calibration, each operating point's test specificity and sensitivity are added to
+    metrics.json and the table, and marked on the ROC plot.
     """
-    run_eval(run, split_path, output, data_root)
+    run_eval(run, split_path, output, data_root, calibration)
+
+
+def _calibrated_points(path: Path, run: Path, kind: str) -> list[dict]:
+    """The operating points of a calibration file, checked against the run it is used with."""
+    from ddad_edge.runtime.calibration import CalibrationError, read_calibration
+
+    try:
+        rec = read_calibration(path)
+    except CalibrationError as e:
+        fail(e)
+    if rec.get("model_kind") != kind:
+        fail(f"{path}: calibrated for a {rec.get('model_kind')} bundle, the run is {kind}")
+    src = rec.get("source_run")
+    if src and Path(src).resolve() != run.resolve():
+        warn(f"{path} was calibrated on the bundle of {src}")
+    return [
+        {"score": rec["score"], "threshold": p["threshold"], "specificity": p["specificity"]}
+        for p in rec["operating_points"]
+    ]
 
 
 def run_eval(
-    run: Path, split_path: Path, output: Path | None, data_root: Path | None = None
+    run: Path,
+    split_path: Path,
+    output: Path | None,
+    data_root: Path | None = None,
+    calibration: Path | None = None,
 ) -> dict:
     """`eval`: score the split's test part with the run, write the report, print the table."""
     require_extra("eval", "train", ("torch", "matplotlib"))
@@ -298,6 +338,11 @@ def run_eval(
         fail(e)
     if config["split_sha256"] != manifest["sha256"]:
         warn("the run was trained on a different split manifest")
+    points = (
+        None
+        if calibration is None
+        else _calibrated_points(calibration, run, config["train"]["kind"])
+    )
     test = load_part_with_progress(manifest, "test", "Dt (test)")
     labels = np.asarray(manifest["test_labels"])[test.ok]
     paths = [manifest["test"][i] for i in test.ok]
@@ -327,6 +372,7 @@ def run_eval(
         metrics=metrics,
         meta=meta,
         title_note=data_note(manifest),
+        operating_points=points,
     )
     table = Table(
         title=escape(
@@ -339,6 +385,14 @@ def run_eval(
     for name, m in metrics.items():
         table.add_row(name, f"{m['auc']:.4f}", f"{m['ap']:.4f}")
     out_console.print(table)
+    if points:
+        report = json.loads((output / "metrics.json").read_text())
+        for p in report["operating_points"]:
+            say(
+                f"calibrated {p['score']} > {p['threshold']:.6g} (specificity {p['specificity']:g}"
+                f" on the calibration normals): test specificity {p['test_specificity']:.3f}, "
+                f"sensitivity {p['test_sensitivity']:.3f}"
+            )
     say(f"report in {output}")
     return metrics
 
@@ -436,8 +490,8 @@ def run_deploy_demo(run_dir: Path, output: Path, data: Path, manifest: dict) -> 
     say(f"bundle in {bundle}: try `ddad-edge score {bundle} IMAGE --json`")
 
 
-# Deployment (export, verify, build, score), benchmark (bench, parity) and drift commands live in
-# their own modules and register themselves here.
+# Deployment (export, verify, build, score), benchmark (bench, parity), drift and decision
+# (calibrate, report) commands live in their own modules and register themselves here.
 from ddad_edge import cli_deploy  # noqa: E402
 
 cli_deploy.register(app)
@@ -447,6 +501,9 @@ cli_bench.register(app)
 from ddad_edge import cli_drift  # noqa: E402
 
 cli_drift.register(app)
+from ddad_edge import cli_decision  # noqa: E402
+
+cli_decision.register(app)
 
 
 def main() -> None:  # pragma: no cover

@@ -101,13 +101,17 @@ def make_split(
     ar: float,
     seed: int = 0,
     test_fraction: float = 0.2,
+    calibration: int = 0,
 ) -> dict[str, Any]:
-    """Draw D, Du and Dt.
+    """Draw D, Du, Dt and optionally a calibration set.
 
     Dt is the CSV's/folders' ``test`` split when present, else a stratified ``test_fraction`` of
     the data carved out first. From the rest: D = the first ``normal_train`` normals of a seeded
     shuffle; Du = the next round(unlabeled * (1 - ar)) normals of that shuffle plus the first
-    round(unlabeled * ar) abnormals of a seeded shuffle of the abnormals.
+    round(unlabeled * ar) abnormals of a seeded shuffle of the abnormals. With ``calibration``
+    > 0, the next ``calibration`` normals of the normal shuffle are held out of training for
+    ``ddad-edge calibrate`` (D and Du are the same as without them; the manifest then has a
+    ``calibration`` list and count, and only then).
     """
     if not 0.0 <= ar <= 1.0:
         raise SplitError(f"anomaly rate must lie in [0, 1], got {ar}")
@@ -136,10 +140,14 @@ def make_split(
     abnormals = [abnormals[i] for i in rng.permutation(len(abnormals))]
     n_abn = int(round(unlabeled * ar))
     n_norm_u = unlabeled - n_abn
-    if normal_train + n_norm_u > len(normals):
+    if calibration < 0:
+        raise SplitError("--calibration must be >= 0")
+    if normal_train + n_norm_u + calibration > len(normals):
         raise SplitError(
             f"not enough normal training images: D needs {normal_train} and Du needs {n_norm_u} "
-            f"(|Du|={unlabeled}, AR={ar}), but only {len(normals)} are available"
+            f"(|Du|={unlabeled}, AR={ar})"
+            + (f" and the calibration set {calibration}" if calibration else "")
+            + f", but only {len(normals)} are available"
         )
     if n_abn > len(abnormals):
         raise SplitError(
@@ -149,8 +157,10 @@ def make_split(
     d = normals[:normal_train]
     du = normals[normal_train : normal_train + n_norm_u] + abnormals[:n_abn]
     du = [du[i] for i in rng.permutation(len(du))]
-    if {it.path for it in d + du} & {it.path for it in test}:
-        raise SplitError("training and test sets overlap")
+    start = normal_train + n_norm_u
+    cal = normals[start : start + calibration]
+    if {it.path for it in d + du} & {it.path for it in test + cal}:
+        raise SplitError("training and test/calibration sets overlap")
     if len(test) == 0 or len({it.label for it in test}) < 2:
         raise SplitError("the test set needs both normal and abnormal images")
     manifest: dict[str, Any] = {
@@ -173,6 +183,9 @@ def make_split(
         "Dt": len(test),
         "Dt_abnormal": int(sum(it.label for it in test)),
     }
+    if calibration:
+        manifest["calibration"] = [it.path for it in cal]
+        manifest["counts"]["calibration"] = len(cal)
     return manifest
 
 
@@ -206,3 +219,49 @@ def read_manifest(path: Path, root: Path | None = None) -> dict[str, Any]:
     if not Path(manifest["root"]).is_dir():
         raise SplitError(f"{path}: data root {manifest['root']} does not exist (pass --data-root)")
     return manifest
+
+
+def calibration_sets(
+    manifest: dict[str, Any], *, from_test: bool = False, seed: int = 0
+) -> dict[str, Any]:
+    """Which images of a split may calibrate an operating point (never D or Du: trained on).
+
+    Without ``from_test``: the manifest's ``calibration`` normals (``split --calibration N``);
+    abnormals for the sensitivity: Dt's abnormals. With ``from_test``: Dt's normals are halved
+    by a seeded shuffle; the first half calibrates, the second half is held out to measure the
+    specificity the threshold really gives; abnormals: Dt's abnormals.
+
+    Returns:
+        {"normals", "abnormals", "held_out_normals": absolute paths (held_out empty without
+        from_test), "description": one line saying where they came from}.
+
+    Raises:
+        SplitError: the manifest has no calibration part and from_test is False.
+    """
+    root = Path(manifest["root"])
+    test = list(zip(manifest["test"], manifest["test_labels"], strict=True))
+    abnormals = [str(root / p) for p, lab in test if lab == 1]
+    if not from_test:
+        if not manifest.get("calibration"):
+            raise SplitError(
+                "the split has no calibration part: draw one with `ddad-edge split --calibration "
+                "N` (normals no training sees), pass --normals DIR of site normals, or use "
+                "--from-test (half of the test normals; the other half measures specificity)"
+            )
+        return {
+            "normals": [str(root / p) for p in manifest["calibration"]],
+            "abnormals": abnormals,
+            "held_out_normals": [],
+            "description": f"split calibration part ({len(manifest['calibration'])} normals "
+            "held out of D and Du); abnormals: test split",
+        }
+    normals = [p for p, lab in test if lab == 0]
+    perm = np.random.default_rng(seed).permutation(len(normals))
+    half = len(normals) // 2
+    return {
+        "normals": [str(root / normals[i]) for i in perm[:half]],
+        "abnormals": abnormals,
+        "held_out_normals": [str(root / normals[i]) for i in perm[half:]],
+        "description": f"test split normals, seeded half (seed {seed}: {half} of "
+        f"{len(normals)}); the other half is held out for specificity; abnormals: test split",
+    }

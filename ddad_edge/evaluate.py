@@ -17,7 +17,7 @@ import numpy as np
 from ddad_edge.checkpoint import load_module
 from ddad_edge.reference import dual_stats
 from ddad_edge.runtime.fileio import atomic_write_text
-from ddad_edge.runtime.metrics import average_precision, roc_auc, roc_curve
+from ddad_edge.runtime.metrics import average_precision, rates_at, roc_auc, roc_curve
 from ddad_edge.runtime.preprocess import to_display
 from ddad_edge.runtime.scores import SCORE_NAMES, image_scores, score_maps
 
@@ -75,6 +75,14 @@ def _example_rows(
     return rows, titles
 
 
+def _on_test(
+    point: dict[str, Any], labels: np.ndarray, scores: dict[str, np.ndarray]
+) -> dict[str, Any]:
+    """An operating point with its specificity and sensitivity on the test set."""
+    fpr, tpr = rates_at(labels, scores[point["score"]], point["threshold"])
+    return {**point, "test_specificity": 1.0 - fpr, "test_sensitivity": tpr}
+
+
 def write_report(
     out_dir: Path,
     *,
@@ -86,13 +94,21 @@ def write_report(
     metrics: dict[str, dict[str, float]],
     meta: dict[str, Any],
     title_note: str = "",
+    operating_points: list[dict[str, Any]] | None = None,
 ) -> dict[str, Path]:
-    """Write metrics.json, scores.csv, roc.png, histograms.png and heatmaps.png into out_dir."""
+    """Write metrics.json, scores.csv, roc.png, histograms.png and heatmaps.png into out_dir.
+
+    operating_points: calibrated points ({"score", "threshold", "specificity"}, from a
+    calibration file); each gets its test-set specificity and sensitivity in metrics.json and
+    a marker on the ROC plot.
+    """
     from ddad_edge import plots
 
     out_dir.mkdir(parents=True, exist_ok=True)
     files = {"metrics": out_dir / "metrics.json", "scores": out_dir / "scores.csv"}
-    atomic_write_text(files["metrics"], json.dumps({**meta, "metrics": metrics}, indent=1))
+    points = [_on_test(p, labels, scores) for p in operating_points or []]
+    body = {**meta, "metrics": metrics, **({"operating_points": points} if points else {})}
+    atomic_write_text(files["metrics"], json.dumps(body, indent=1))
     buf = io.StringIO()
     w = csv.writer(buf)
     w.writerow(["path", "label", *SCORE_NAMES])
@@ -103,7 +119,16 @@ def write_report(
     for s in SCORE_NAMES:
         fpr, tpr = roc_curve(labels, scores[s])
         curves[s] = (fpr, tpr, metrics[s]["auc"])
-    files["roc"] = plots.plot_roc_curves(curves, out_dir / "roc.png", title_note)
+    marks = [
+        (
+            p["score"],
+            1.0 - p["test_specificity"],
+            p["test_sensitivity"],
+            f"calibrated, specificity {p['specificity']:g}",
+        )
+        for p in points
+    ]
+    files["roc"] = plots.plot_roc_curves(curves, out_dir / "roc.png", title_note, points=marks)
     files["histograms"] = plots.plot_score_histograms(
         scores, labels, out_dir / "histograms.png", title_note
     )

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Collection, Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -106,8 +106,9 @@ def plot_roc_curves(
     curves: Mapping[str, tuple[np.ndarray, np.ndarray, float]],
     out_png: Path,
     title_note: str = "",
+    points: Sequence[tuple[str, float, float, str]] = (),
 ) -> Path:
-    """ROC curves, one per anomaly score, with the chance diagonal.
+    """ROC curves, one per anomaly score, with the chance diagonal and operating points.
 
     Args:
         curves: score name (``'rec'``, ``'intra'``, ``'inter'``) -> ``(fpr, tpr, auc)`` where
@@ -115,6 +116,8 @@ def plot_roc_curves(
             (false/true positive rate, abnormal = positive) and ``auc`` is the area (float).
         out_png: destination PNG path.
         title_note: appended to the title.
+        points: operating points to mark, ``(score name, fpr, tpr, label)``, drawn in the
+            colour of that score's curve (e.g. a calibrated threshold's rates on the test set).
 
     Returns:
         ``out_png``. Legend entries read e.g. ``'inter (AUC 0.812)'``.
@@ -124,12 +127,25 @@ def plot_roc_curves(
     fig = _new_figure(5.5, 5.5)
     ax = fig.add_subplot()
     ax.plot([0, 1], [0, 1], ls="--", color="0.6", lw=1, label="chance")
+    colours: dict[str, Any] = {}
     for name, (fpr, tpr, auc) in curves.items():
         fpr = np.asarray(fpr, dtype=np.float64).reshape(-1)
         tpr = np.asarray(tpr, dtype=np.float64).reshape(-1)
         if fpr.shape != tpr.shape:
             raise ValueError(f"{name}: fpr and tpr differ in length ({fpr.size} vs {tpr.size})")
-        ax.plot(fpr, tpr, lw=2, label=f"{name} (AUC {float(auc):.3f})")
+        (line,) = ax.plot(fpr, tpr, lw=2, label=f"{name} (AUC {float(auc):.3f})")
+        colours[name] = line.get_color()
+    for name, fpr_p, tpr_p, label in points:
+        ax.plot(
+            [fpr_p],
+            [tpr_p],
+            marker="o",
+            ms=8,
+            mec="black",
+            color=colours.get(name),
+            ls="",
+            label=label,
+        )
     ax.set_xlim(0, 1)
     ax.set_ylim(0, 1.01)
     ax.set_aspect("equal")

@@ -129,6 +129,7 @@ def calibrate(
     n_boot: int = 2000,
     level: float = 0.95,
     seed: int = 0,
+    held_out: np.ndarray | None = None,
 ) -> list[dict[str, Any]]:
     """Operating points from image scores of known normals (and labelled abnormals).
 
@@ -139,10 +140,12 @@ def calibrate(
         n_boot: bootstrap resamples.
         level: interval coverage (0.95 = 2.5th-97.5th percentiles).
         seed: bootstrap RNG seed.
+        held_out: float [k] scores of other known normals, not used to set the threshold.
 
     Returns:
         One dict per specificity: specificity, threshold, threshold_interval [lo, hi],
-        specificity_on_normals; sensitivity, sensitivity_interval when abnormals are given.
+        specificity_on_normals; sensitivity, sensitivity_interval when abnormals are given;
+        specificity_held_out (the share of ``held_out`` at or below the threshold) when given.
     """
     s0 = np.asarray(normals, dtype=np.float64).ravel()
     s1 = None if abnormals is None else np.asarray(abnormals, dtype=np.float64).ravel()
@@ -158,7 +161,12 @@ def calibrate(
     rng = np.random.default_rng(seed)
     boot_n = s0[rng.integers(0, len(s0), (n_boot, len(s0)))]
     boot_a = None if s1 is None else s1[rng.integers(0, len(s1), (n_boot, len(s1)))]
-    return [_point(s0, s1, float(q), boot_n, boot_a, level) for q in specificities]
+    points = [_point(s0, s1, float(q), boot_n, boot_a, level) for q in specificities]
+    if held_out is not None and len(held_out):
+        h = np.asarray(held_out, dtype=np.float64).ravel()
+        for p in points:
+            p["specificity_held_out"] = float(np.mean(h <= p["threshold"]))
+    return points
 
 
 def calibration_record(
@@ -189,6 +197,8 @@ def calibration_record(
         "created_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "bundle_digest": bundle_digest(manifest),
         "model_kind": manifest.get("model", {}).get("kind"),
+        "source_run": manifest.get("model", {}).get("source_run"),
+        "split_sha256": manifest.get("split_sha256"),
         "score": score,
         "rule": "score > threshold is abnormal",
         "default_specificity": default,
@@ -202,6 +212,24 @@ def calibration_record(
             k: [float(v) for v in np.ravel(vals)] for k, vals in normal_scores.items()
         }
     return record
+
+
+def score_for_calibration(
+    scorer: Any, paths: list[str], score: str
+) -> tuple[np.ndarray, list[dict[str, str]]]:
+    """Score files with a Scorer for calibration.
+
+    Returns:
+        (float64 [n_scored] scores named ``score``, excluded inputs as {"path", "status",
+        "why"} -- abstained by the gate or unreadable; they take no part in the calibration).
+    """
+    values, excluded = [], []
+    for r in scorer.score(paths):
+        if r.status == "scored":
+            values.append(r.scores[score])
+        else:
+            excluded.append({"path": r.source, "status": r.status, "why": r.reason or r.error})
+    return np.asarray(values, dtype=np.float64), excluded
 
 
 def _nearest(values: list[float], target: float) -> float:
@@ -230,6 +258,23 @@ class Calibration:
         return out
 
 
+def read_calibration(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """A calibration file's record, unchecked against any bundle (for reports on a run).
+
+    Raises:
+        CalibrationError: unreadable, or not a calibration file.
+    """
+    p = os.fspath(path)
+    try:
+        with open(p, encoding="utf-8") as f:
+            record = json.load(f)
+    except (OSError, ValueError) as e:
+        raise CalibrationError(f"{p}: cannot read calibration: {e}") from e
+    if not isinstance(record, dict) or record.get("format") != FORMAT:
+        raise CalibrationError(f"{p}: not a ddad-edge calibration file")
+    return record
+
+
 def load_calibration(
     path: str | os.PathLike[str],
     manifest: dict[str, Any],
@@ -246,12 +291,7 @@ def load_calibration(
         CalibrationError: unreadable file, another bundle, or no such operating point.
     """
     p = os.fspath(path)
-    try:
-        record = json.loads(open(p, encoding="utf-8").read())
-    except (OSError, ValueError) as e:
-        raise CalibrationError(f"{p}: cannot read calibration: {e}") from e
-    if not isinstance(record, dict) or record.get("format") != FORMAT:
-        raise CalibrationError(f"{p}: not a ddad-edge calibration file")
+    record = read_calibration(p)
     want = bundle_digest(manifest)
     if record.get("bundle_digest") != want:
         raise CalibrationError(
@@ -277,6 +317,8 @@ __all__ = [
     "calibrate",
     "calibration_record",
     "load_calibration",
+    "read_calibration",
+    "score_for_calibration",
     "threshold_at",
     "write_calibration",
 ]

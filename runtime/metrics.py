@@ -57,3 +57,10 @@ def average_precision(labels: np.ndarray, scores: np.ndarray) -> float:
     precision = tps / (distinct + 1)
     recall = tps / y.sum()
     return float(np.sum(np.diff(np.r_[0.0, recall]) * precision))
+
+
+def rates_at(labels: np.ndarray, scores: np.ndarray, threshold: float) -> tuple[float, float]:
+    """(false positive rate, true positive rate) of the rule ``score > threshold`` = abnormal."""
+    y, s = _check(labels, scores)
+    flagged = s > threshold
+    return float(flagged[y == 0].mean()), float(flagged[y == 1].mean())

@@ -105,11 +105,14 @@ def test_cli_split_train_eval_on_kermany(kermany: Path, tmp_path: Path) -> None:
             "0.5",
             "--seed",
             "0",
+            "--calibration",
+            "32",
             "-o",
             str(split),
         ],
     )
     assert r.exit_code == 0, r.output
+    assert json.loads(split.read_text())["counts"]["calibration"] == 32
     run = tmp_path / "run"
     r = runner.invoke(
         app,
@@ -144,6 +147,20 @@ def test_cli_split_train_eval_on_kermany(kermany: Path, tmp_path: Path) -> None:
     for f in ("roc.png", "histograms.png", "heatmaps.png", "scores.csv"):
         assert (run / "eval" / f).stat().st_size > 1000, f
     assert "Kermany" in metrics["data_note"]
+    # a calibrated operating point on the ROC plot and in metrics.json
+    rows = [ln.split(",") for ln in (run / "eval" / "scores.csv").read_text().splitlines()[1:]]
+    normal_inter = sorted(float(r[4]) for r in rows if r[1] == "0")
+    t = normal_inter[len(normal_inter) // 2]
+    cal = tmp_path / "cal.json"
+    point = {"specificity": 0.5, "threshold": t, "threshold_interval": [t, t]}
+    body = {"format": "ddad-edge-calibration", "model_kind": "ae", "score": "inter"}
+    cal.write_text(json.dumps({**body, "operating_points": [point]}))
+    r = runner.invoke(app, ["eval", str(run), "--split", str(split), "--calibration", str(cal)])
+    assert r.exit_code == 0, r.output
+    (op,) = json.loads((run / "eval" / "metrics.json").read_text())["operating_points"]
+    assert op["test_specificity"] == sum(v <= t for v in normal_inter) / len(normal_inter)
+    assert 0.0 < op["test_sensitivity"] < 1.0
+    assert "calibrated inter >" in r.output
 
 
 def test_cli_errors_are_one_line(tmp_path: Path) -> None:

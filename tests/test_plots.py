@@ -51,6 +51,12 @@ def test_roc_curves(tmp_path: Path) -> None:
         "inter": (t, t**0.2, 0.833),
     }
     _check_png(plot_roc_curves(curves, tmp_path / "roc.png", title_note="SYNTHETIC phantom data"))
+    plain = (tmp_path / "roc.png").read_bytes()
+    marked = plot_roc_curves(
+        curves, tmp_path / "roc-op.png", points=[("inter", 0.05, 0.6, "calibrated, spec 0.95")]
+    )
+    _check_png(marked)
+    assert marked.read_bytes() != plain  # the operating point is drawn
 
 
 def test_score_histograms(tmp_path: Path) -> None:

@@ -101,3 +101,95 @@ def test_calibrated_flags_and_dicom_results(bundle: Path, tmp_path: Path) -> Non
         path = tmp_path / f"out{i}.dcm"
         o.save_as(path, enforce_file_format=True)
         assert dciodvfy_errors(path) == []
+
+
+def _pngs(folder: Path, n: int, seed: int, bright: float) -> Path:
+    """n smooth grey PNGs (a blob on a gradient); ``bright`` shifts them away from the rest."""
+    from PIL import Image
+
+    folder.mkdir()
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:96, 0:96] / 95.0
+    for i in range(n):
+        cy, cx = rng.uniform(0.3, 0.7, 2)
+        img = 0.3 * xx + 0.4 * np.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / 0.05) + bright
+        Image.fromarray(np.clip(img * 255, 0, 255).astype(np.uint8)).save(folder / f"{i:02d}.png")
+    return folder
+
+
+def test_cli_calibrate_score_report(bundle: Path, tmp_path: Path) -> None:
+    import json
+
+    from typer.testing import CliRunner
+
+    from ddad_edge.cli import app
+
+    runner = CliRunner()
+    normals = _pngs(tmp_path / "normals", 24, 0, 0.0)
+    abnormals = _pngs(tmp_path / "abnormals", 6, 1, 0.4)
+    cal = tmp_path / "cal.json"
+    args = ["calibrate", str(bundle), "--normals", str(normals), "--abnormals", str(abnormals)]
+    res = runner.invoke(app, [*args, "--n-boot", "100", "-o", str(cal)])
+    assert res.exit_code == 0, res.output
+    rec = json.loads(cal.read_text())
+    assert [p["specificity"] for p in rec["operating_points"]] == [0.90, 0.95, 0.99]
+    assert rec["normals"]["n"] == 24 and rec["abnormals"]["n"] == 6
+    assert all("sensitivity_interval" in p for p in rec["operating_points"])
+    assert rec["default_specificity"] == 0.95 and rec["score"] == "inter"
+
+    good = require_dicom_cxr() / "original" / "fo-dicom__CR-MONO1-10-chest.dcm"
+    ds = pydicom.dcmread(good, force=True)
+    ds.ViewPosition = "LL"
+    lateral = tmp_path / "lateral.dcm"
+    ds.save_as(lateral)
+    png = normals / "00.png"
+    res = runner.invoke(
+        app,
+        [
+            "score",
+            str(bundle),
+            str(good),
+            str(lateral),
+            str(png),
+            "--json",
+            "--calibration",
+            str(cal),
+        ],
+    )
+    assert res.exit_code == 0, res.output
+    recs = [json.loads(line) for line in res.stdout.splitlines() if line.startswith("{")]
+    assert [r["status"] for r in recs] == ["scored", "abstained", "scored"]
+    t95 = rec["operating_points"][1]["threshold"]
+    assert recs[0]["threshold"] == t95 and recs[0]["flag"] in ("abnormal", "normal")
+    assert recs[0]["flag"] == ("abnormal" if recs[0]["scores"]["inter"] > t95 else "normal")
+    assert recs[1]["flag"] is None and "LL" in recs[1]["reason"]
+
+    other = tmp_path / "other.json"
+    other.write_text(json.dumps({**rec, "bundle_digest": "0" * 64}))
+    res = runner.invoke(app, ["score", str(bundle), str(good), "--calibration", str(other)])
+    assert res.exit_code == 1 and "another bundle" in res.stderr
+
+    out = tmp_path / "out"
+    res = runner.invoke(
+        app,
+        [
+            "report",
+            str(bundle),
+            str(good),
+            str(lateral),
+            str(png),
+            "-o",
+            str(out),
+            "--calibration",
+            str(cal),
+        ],
+    )
+    assert res.exit_code == 0, res.output
+    lines = [json.loads(x) for x in (out / "results.jsonl").read_text().splitlines()]
+    assert lines[0]["dicom"] == [f"{good.stem}.sr.dcm", f"{good.stem}.sc.dcm"]
+    assert lines[1]["dicom"] == ["lateral.sr.dcm"] and lines[1]["status"] == "abstained"
+    assert lines[2]["dicom"].startswith("not DICOM")
+    for name in (*lines[0]["dicom"], "lateral.sr.dcm"):
+        assert dciodvfy_errors(out / name) == [], name
+    sr = pydicom.dcmread(out / f"{good.stem}.sr.dcm")
+    assert sr.StudyInstanceUID == ds.StudyInstanceUID

@@ -36,6 +36,30 @@ def test_counts_and_disjointness(tmp_path: Path) -> None:
     assert all(p.startswith("n") for p in d)
 
 
+def test_calibration_part_is_held_out(tmp_path: Path) -> None:
+    from ddad_edge.data import calibration_sets
+
+    kw = {"normal_train": 50, "unlabeled": 40, "ar": 0.25, "seed": 3}
+    plain = make_split(tmp_path, _items(100, 80, True), **kw)
+    m = make_split(tmp_path, _items(100, 80, True), calibration=15, **kw)
+    assert "calibration" not in plain  # old manifests (and their hashes) are unchanged
+    assert m["normal_train"] == plain["normal_train"] and m["unlabeled"] == plain["unlabeled"]
+    cal = set(m["calibration"])
+    assert len(cal) == 15 == m["counts"]["calibration"]
+    assert all(p.startswith("n") for p in cal)
+    assert not cal & (set(m["normal_train"]) | set(m["unlabeled"]) | set(m["test"]))
+    with pytest.raises(SplitError, match="calibration set 21"):  # 50 + 30 + 21 > 100 normals
+        make_split(tmp_path, _items(100, 80, True), calibration=21, **kw)
+    sets = calibration_sets({**m, "root": str(tmp_path)})
+    assert {Path(p).name for p in sets["normals"]} == cal
+    assert len(sets["abnormals"]) == 7 and sets["held_out_normals"] == []
+    with pytest.raises(SplitError, match="no calibration part"):
+        calibration_sets({**plain, "root": str(tmp_path)})
+    halves = calibration_sets({**plain, "root": str(tmp_path)}, from_test=True, seed=0)
+    assert len(halves["normals"]) == 2 and len(halves["held_out_normals"]) == 3
+    assert not set(halves["normals"]) & set(halves["held_out_normals"])
+
+
 def test_reproducible_from_seed(tmp_path: Path) -> None:
     a = make_split(tmp_path, _items(100, 80, True), normal_train=50, unlabeled=40, ar=0.5, seed=1)
     b = make_split(tmp_path, _items(100, 80, True), normal_train=50, unlabeled=40, ar=0.5, seed=1)

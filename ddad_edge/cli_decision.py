@@ -1,0 +1,267 @@
+"""Decision commands: calibrate (an operating point on known normals) and report (DICOM SR + SC).
+Thin: parse, call the library (``runtime/calibration.py``, ``runtime/dicom_results.py``), print.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from ddad_edge.cli_common import fail, one_line, out_console, say
+from ddad_edge.cli_deploy import _help
+
+
+def _images(folder: Path) -> list[str]:
+    from ddad_edge.data import IMAGE_EXTS
+
+    if not folder.is_dir():
+        fail(f"{folder}: not a folder")
+    files = [str(p) for p in sorted(folder.rglob("*")) if p.suffix.lower() in IMAGE_EXTS]
+    if not files:
+        fail(f"{folder}: no images found")
+    return files
+
+
+def _sets(
+    split_path: Path | None,
+    normals: Path | None,
+    abnormals: Path | None,
+    from_test: bool,
+    seed: int,
+) -> dict[str, Any]:
+    """The calibration normals / abnormals / held-out normals and where they came from."""
+    from ddad_edge.data import SplitError, calibration_sets, read_manifest
+
+    if (split_path is None) == (normals is None):
+        fail("give exactly one of --split or --normals")
+    if split_path is not None:
+        try:
+            sets = calibration_sets(read_manifest(split_path), from_test=from_test, seed=seed)
+        except SplitError as e:
+            fail(e)
+        sets["split_sha256"] = read_manifest(split_path)["sha256"]
+        return sets
+    return {
+        "normals": _images(normals),
+        "abnormals": _images(abnormals) if abnormals is not None else [],
+        "held_out_normals": [],
+        "description": f"site normals in {normals}"
+        + (f"; abnormals in {abnormals}" if abnormals else ""),
+    }
+
+
+def calibrate(
+    bundle: Annotated[Path, typer.Argument(help="Bundle folder written by `export`.")],
+    split_path: Annotated[
+        Path | None, typer.Option("--split", help="Split manifest: its calibration part.")
+    ] = None,
+    normals: Annotated[
+        Path | None, typer.Option(help="Folder of known-normal images no training has seen.")
+    ] = None,
+    abnormals: Annotated[
+        Path | None, typer.Option(help="Folder of labelled abnormal images (sensitivity).")
+    ] = None,
+    from_test: Annotated[
+        bool,
+        typer.Option(help="With --split: calibrate on half the test normals (see help)."),
+    ] = False,
+    specificity: Annotated[
+        list[float] | None, typer.Option(help="Target specificity; repeat for several points.")
+    ] = None,
+    default: Annotated[
+        float | None, typer.Option(help="The point `score` uses by default (nearest 0.95).")
+    ] = None,
+    score: Annotated[str, typer.Option(help="Image score: inter (default), intra or rec.")] = (
+        "inter"
+    ),
+    n_boot: Annotated[int, typer.Option(help="Bootstrap resamples for the intervals.")] = 2000,
+    seed: Annotated[int, typer.Option(help="Seed of the bootstrap and of --from-test.")] = 0,
+    output: Annotated[
+        Path, typer.Option("-o", "--output", help="Calibration file (JSON) to write.")
+    ] = Path("calibration.json"),
+) -> None:
+    """Set operating points: thresholds on an image score at target specificities, from known
+    normal images the model was not trained on, with bootstrap 95% intervals of each threshold
+    and, when labelled abnormals are given, of the sensitivity it gives.
+
+    Sources (one of): --split's calibration part (`split --calibration N`: normals held out of D
+    and Du), abnormals from its test part; --split --from-test: a seeded half of the test normals
+    calibrates and the other half measures the specificity actually reached; --normals DIR (a
+    site's own normals) [--abnormals DIR]. The score is inter by default (for AE-U the runtime's
+    inter is the refined one, divided by sigma). Images the input gate abstains on, or that
+    cannot be read, are left out and listed. Reads BUNDLE and the images; writes the calibration
+    file, which is bound to this bundle's digest (`score --calibration` refuses it for another).
+    """
+    from ddad_edge.runtime.backends import BackendUnavailable
+    from ddad_edge.runtime.bundle import BundleError
+    from ddad_edge.runtime.calibration import (
+        DEFAULT_SPECIFICITIES,
+        CalibrationError,
+        calibration_record,
+        score_for_calibration,
+        write_calibration,
+    )
+    from ddad_edge.runtime.calibration import (
+        calibrate as compute,
+    )
+    from ddad_edge.runtime.scorer import Scorer
+    from ddad_edge.runtime.scores import SCORE_NAMES
+
+    if score not in SCORE_NAMES:
+        fail(f"--score must be one of {', '.join(SCORE_NAMES)}")
+    sets = _sets(split_path, normals, abnormals, from_test, seed)
+    specs = tuple(specificity or DEFAULT_SPECIFICITIES)
+    try:
+        scorer = Scorer.from_bundle(bundle, backend="ort-cpu", precision="fp32")
+    except (BackendUnavailable, BundleError, ValueError) as e:
+        fail(e)
+    with scorer:
+        s0, ex0 = score_for_calibration(scorer, sets["normals"], score)
+        s1, ex1 = score_for_calibration(scorer, sets["abnormals"], score)
+        held, ex2 = score_for_calibration(scorer, sets["held_out_normals"], score)
+        manifest = scorer.bundle.manifest
+    try:
+        points = compute(
+            s0,
+            s1 if len(s1) else None,
+            specificities=specs,
+            n_boot=n_boot,
+            seed=seed,
+            held_out=held,
+        )
+        record = calibration_record(
+            manifest,
+            points,
+            score=score,
+            normals={"source": sets["description"], "n": len(s0), "excluded": ex0},
+            abnormals={"n": len(s1), "excluded": ex1} if len(s1) else None,
+            bootstrap={"n": n_boot, "level": 0.95, "seed": seed},
+            default_specificity=default,
+        )
+    except CalibrationError as e:
+        fail(e)
+    if len(held):
+        record["held_out_normals"] = {"n": len(held), "excluded": ex2}
+    if "split_sha256" in sets:
+        record["split_sha256_used"] = sets["split_sha256"]
+    write_calibration(record, output)
+    _print_points(record, output)
+
+
+def _print_points(record: dict[str, Any], output: Path) -> None:
+    from rich.table import Table
+
+    table = Table(title=f"{record['score']} thresholds ({record['normals']['source']})")
+    for col in ("specificity", "threshold", "95% interval", "sensitivity", "95% interval"):
+        table.add_column(col, justify="right")
+    held = any("specificity_held_out" in p for p in record["operating_points"])
+    if held:
+        table.add_column("held-out specificity", justify="right")
+    for p in record["operating_points"]:
+        ti = p["threshold_interval"]
+        si = p.get("sensitivity_interval")
+        row = [
+            f"{p['specificity']:g}",
+            f"{p['threshold']:.6g}",
+            f"{ti[0]:.6g}-{ti[1]:.6g}",
+            f"{p['sensitivity']:.3f}" if "sensitivity" in p else "",
+            f"{si[0]:.3f}-{si[1]:.3f}" if si else "",
+        ]
+        if held:
+            row.append(f"{p['specificity_held_out']:.3f}")
+        table.add_row(*row)
+    out_console.print(table)
+    n_ex = len(record["normals"]["excluded"])
+    say(
+        f"{record['normals']['n']} normals used ({n_ex} left out); wrote {output} "
+        f"(bundle {record['bundle_digest'][:12]}...)"
+    )
+
+
+def _unique_stem(path: str, used: set[str]) -> str:
+    stem = Path(path).stem or "input"
+    cand, n = stem, 1
+    while cand in used:
+        n += 1
+        cand = f"{stem}-{n}"
+    used.add(cand)
+    return cand
+
+
+def report(
+    bundle: Annotated[Path, typer.Argument(help="Bundle folder written by `export`.")],
+    inputs: Annotated[list[Path], typer.Argument(help="Images: DICOM (and PNG, JPEG, ...).")],
+    output: Annotated[Path, typer.Option("-o", "--output", help="Folder for the results.")],
+    calibration: Annotated[
+        Path | None, typer.Option(help="Calibration file of this bundle: adds the decision.")
+    ] = None,
+    operating_point: Annotated[
+        float | None, typer.Option(help="Specificity of the operating point (default: file's).")
+    ] = None,
+    heat: Annotated[str, typer.Option(help="Map drawn in the Secondary Capture.")] = "inter",
+) -> None:
+    """Gate, score and decide, and write the results as DICOM objects next to JSON records.
+
+    For each DICOM input: <stem>.sr.dcm, a Structured Report (TID 1500: abnormal/normal at the
+    calibrated operating point, or not evaluated with the reason; the image scores and the
+    threshold; the algorithm and bundle digest; the source image referenced), and when it was
+    scored <stem>.sc.dcm, a Secondary Capture of the heat map over the image marked "not for
+    diagnostic use"; both in the source's study, in new series. Non-DICOM inputs get the JSON
+    record only. Reads BUNDLE, the inputs and --calibration; writes those files and
+    results.jsonl (one record per input, with the paths written) into OUTPUT.
+    """
+    from ddad_edge.runtime.backends import BackendUnavailable
+    from ddad_edge.runtime.bundle import BundleError
+    from ddad_edge.runtime.dicom_results import (
+        AlgorithmInfo,
+        ReportUnavailable,
+        build_results,
+    )
+    from ddad_edge.runtime.fileio import atomic_write, atomic_write_text
+    from ddad_edge.runtime.io import ImageLoadError, is_dicom
+    from ddad_edge.runtime.scorer import Scorer, summarize
+
+    try:
+        scorer = Scorer.from_bundle(
+            bundle, calibration=calibration, operating_point=operating_point
+        )
+    except (BackendUnavailable, BundleError, ValueError) as e:
+        fail(e)
+    with scorer:
+        results = scorer.score([str(p) for p in inputs], maps=True)
+        manifest = scorer.bundle.manifest
+    info = AlgorithmInfo.from_manifest(manifest)
+    vmax = manifest.get("display", {}).get("heatmap_vmax", {}).get(heat)
+    output.mkdir(parents=True, exist_ok=True)
+    used: set[str] = set()
+    lines = []
+    for r in results:
+        rec = r.to_json()
+        if not is_dicom(r.source):
+            rec["dicom"] = "not DICOM: JSON record only"
+        else:
+            stem = _unique_stem(r.source, used)
+            try:
+                objs = build_results(r.source, r, info, heat=heat, vmax=vmax)
+            except (ImageLoadError, ReportUnavailable) as e:
+                rec["dicom"] = f"no DICOM result: {one_line(e)}"
+            else:
+                names = [f"{stem}.sr.dcm", f"{stem}.sc.dcm"][: len(objs)]
+                for obj, name in zip(objs, names, strict=True):
+                    atomic_write(
+                        output / name, lambda f, o=obj: o.save_as(f, enforce_file_format=True)
+                    )
+                rec["dicom"] = names
+        lines.append(json.dumps(rec))
+    atomic_write_text(output / "results.jsonl", "\n".join(lines) + "\n")
+    counts = summarize(results)
+    say(", ".join(f"{v} {k}" for k, v in counts.items()) + f"; results in {output}")
+
+
+def register(app: typer.Typer) -> None:
+    """Add calibrate and report to the app."""
+    for func in (calibrate, report):
+        app.command(help=_help(func))(func)
