@@ -8,6 +8,7 @@ import json
 from pathlib import Path
 from typing import Annotated, Any
 
+import numpy as np
 import typer
 
 from ddad_edge.cli_common import fail, one_line, out_console, say
@@ -119,10 +120,12 @@ def calibrate(
     except (BackendUnavailable, BundleError, ValueError) as e:
         fail(e)
     with scorer:
-        s0, ex0 = score_for_calibration(scorer, sets["normals"], score)
-        s1, ex1 = score_for_calibration(scorer, sets["abnormals"], score)
-        held, ex2 = score_for_calibration(scorer, sets["held_out_normals"], score)
+        all0, ex0 = score_for_calibration(scorer, sets["normals"])
+        all1, ex1 = score_for_calibration(scorer, sets["abnormals"])
+        all2, ex2 = score_for_calibration(scorer, sets["held_out_normals"])
         manifest = scorer.bundle.manifest
+    empty = np.zeros(0)
+    s0, s1, held = (a.get(score, empty) for a in (all0, all1, all2))
     try:
         points = compute(
             s0,
@@ -140,6 +143,7 @@ def calibrate(
             abnormals={"n": len(s1), "excluded": ex1} if len(s1) else None,
             bootstrap={"n": n_boot, "level": 0.95, "seed": seed},
             default_specificity=default,
+            normal_scores=all0,
         )
     except CalibrationError as e:
         fail(e)

@@ -206,6 +206,11 @@ def calibration_record(
         "abnormals": abnormals,
         "bootstrap": bootstrap,
         "operating_points": points,
+        **(
+            {"normal_scores": {k: [float(v) for v in a] for k, a in normal_scores.items()}}
+            if normal_scores
+            else {}
+        ),
     }
     if normal_scores is not None:
         record["normal_scores"] = {
@@ -215,21 +220,22 @@ def calibration_record(
 
 
 def score_for_calibration(
-    scorer: Any, paths: list[str], score: str
-) -> tuple[np.ndarray, list[dict[str, str]]]:
+    scorer: Any, paths: list[str]
+) -> tuple[dict[str, np.ndarray], list[dict[str, str]]]:
     """Score files with a Scorer for calibration.
 
     Returns:
-        (float64 [n_scored] scores named ``score``, excluded inputs as {"path", "status",
-        "why"} -- abstained by the gate or unreadable; they take no part in the calibration).
+        ({score name: float64 [n_scored]} for every image score, excluded inputs as {"path",
+        "status", "why"} -- abstained by the gate or unreadable; they take no part).
     """
-    values, excluded = [], []
+    rows, excluded = [], []
     for r in scorer.score(paths):
         if r.status == "scored":
-            values.append(r.scores[score])
+            rows.append(r.scores)
         else:
             excluded.append({"path": r.source, "status": r.status, "why": r.reason or r.error})
-    return np.asarray(values, dtype=np.float64), excluded
+    names = list(rows[0]) if rows else []
+    return {n: np.asarray([row[n] for row in rows], np.float64) for n in names}, excluded
 
 
 def _nearest(values: list[float], target: float) -> float:

@@ -136,6 +136,10 @@ def test_cli_calibrate_score_report(bundle: Path, tmp_path: Path) -> None:
     assert rec["normals"]["n"] == 24 and rec["abnormals"]["n"] == 6
     assert all("sensitivity_interval" in p for p in rec["operating_points"])
     assert rec["default_specificity"] == 0.95 and rec["score"] == "inter"
+    from ddad_edge.runtime.score_records import read_reference_scores
+
+    ref = read_reference_scores(cal)  # the drift watch's reference sample
+    assert set(ref) == {"rec", "intra", "inter"} and len(ref["inter"]) == 24
 
     good = require_dicom_cxr() / "original" / "fo-dicom__CR-MONO1-10-chest.dcm"
     ds = pydicom.dcmread(good, force=True)
