@@ -67,10 +67,11 @@ class OperatingPoint:
 
 
 def bundle_digest(manifest: dict[str, Any]) -> str:
-    """The bundle's identity: ``manifest["digest"]`` when the bundle records one, else the sha256
-    of its file list (name -> sha256, canonical JSON), which changes with any bundle file."""
-    if manifest.get("digest"):
-        return str(manifest["digest"])
+    """The bundle's identity: its ``manifest_sha256`` (the manifest's digest of itself, which
+    covers every file's sha256; ``runtime/manifest.py``). Older bundles without one: the sha256
+    of their file list (name -> sha256, canonical JSON), which also changes with any file."""
+    if manifest.get("manifest_sha256"):
+        return str(manifest["manifest_sha256"])
     files = {name: entry["sha256"] for name, entry in sorted(manifest.get("files", {}).items())}
     return hashlib.sha256(json.dumps(files, sort_keys=True).encode()).hexdigest()
 

@@ -79,7 +79,7 @@ def test_file_bound_to_bundle(tmp_path: Path) -> None:
         load_calibration(path, OTHER)
     with pytest.raises(CalibrationError, match="no operating point"):
         load_calibration(path, MANIFEST, 0.8)
-    assert bundle_digest({**MANIFEST, "digest": "abc"}) == "abc"
+    assert bundle_digest({**MANIFEST, "manifest_sha256": "abc"}) == "abc"
     (tmp_path / "bad.json").write_text(json.dumps({"x": 1}))
     with pytest.raises(CalibrationError, match="not a ddad-edge calibration"):
         load_calibration(tmp_path / "bad.json", MANIFEST)
