@@ -12,6 +12,7 @@ from __future__ import annotations
 import importlib.util
 import os
 import re
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 
@@ -130,7 +131,21 @@ def mono1_dicom() -> Path | None:
 
 
 @pytest.fixture(scope="session")
-def training_images(tmp_path_factory: pytest.TempPathFactory) -> tuple[np.ndarray, str]:
+def assets(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Where the shared phantoms, runs and bundles live: a fresh temporary folder, or the folder
+    DDAD_TEST_ASSETS names, which keeps them between sessions. There an install with the train
+    extra makes them once and any install reuses them, so a runtime-only install runs the
+    bundle tests too (``DDAD_TEST_ASSETS=DIR pytest`` in each). Empty it after changing
+    training or export."""
+    keep = os.environ.get("DDAD_TEST_ASSETS")
+    if keep:
+        Path(keep).mkdir(parents=True, exist_ok=True)
+        return Path(keep)
+    return tmp_path_factory.mktemp("assets")
+
+
+@pytest.fixture(scope="session")
+def training_images(assets: Path) -> tuple[np.ndarray, str]:
     """N_TRAIN preprocessed training images [N_TRAIN, 1, 64, 64] float32 and the data root the
     runs name: real Kermany train normals when available, else SYNTHETIC phantoms on disk."""
     from ddad_edge.runtime.batch import load_inputs
@@ -138,11 +153,14 @@ def training_images(tmp_path_factory: pytest.TempPathFactory) -> tuple[np.ndarra
     if have_kermany():
         paths = sorted((KERMANY / "train" / "NORMAL").iterdir())[:N_TRAIN]
         return load_inputs(paths, workers=2).x, str(KERMANY)
-    from ddad_edge.phantom import make_phantom_dataset
+    root = assets / "phantoms"
+    if not root.is_dir():
+        from ddad_edge.phantom import make_phantom_dataset
 
-    root = tmp_path_factory.mktemp("phantoms")
-    counts = {"n_train_normal": N_TRAIN, "n_train_abnormal": 0}
-    make_phantom_dataset(root, **counts, n_test_normal=8, n_test_abnormal=8, size=96)
+        tmp = assets / f"phantoms.tmp{os.getpid()}"
+        counts = {"n_train_normal": N_TRAIN, "n_train_abnormal": 0}
+        make_phantom_dataset(tmp, **counts, n_test_normal=8, n_test_abnormal=8, size=96)
+        tmp.rename(root)
     return load_inputs(sorted((root / "train" / "NORMAL").iterdir())).x, str(root)
 
 
@@ -168,41 +186,36 @@ def make_run(training_images: tuple[np.ndarray, str]) -> Callable[..., Path]:
 
 
 @pytest.fixture(scope="session")
-def shared_run(
-    make_run: Callable[..., Path], tmp_path_factory: pytest.TempPathFactory
-) -> Callable[[str], Path]:
-    """``shared_run(kind)``: one small trained run per kind, made once per session ("ae" 2 steps
-    per module, the others 1). Treat it as read-only."""
-    runs: dict[str, Path] = {}
+def shared_run(assets: Path, request: pytest.FixtureRequest) -> Callable[[str], Path]:
+    """``shared_run(kind)``: one small trained run per kind, made once ("ae" 2 steps per
+    module, the others 1; kept in ``assets``). Treat it as read-only."""
 
     def get(kind: str) -> Path:
-        if kind not in runs:
-            out = tmp_path_factory.mktemp("runs") / f"run-{kind}"
-            runs[kind] = make_run(out, kind, steps=2 if kind == "ae" else 1)
-        return runs[kind]
+        out = assets / f"run-{kind}"
+        if not (out / "history.json").is_file():  # written last: the run is complete
+            shutil.rmtree(out, ignore_errors=True)
+            request.getfixturevalue("make_run")(out, kind, steps=2 if kind == "ae" else 1)
+        return out
 
     return get
 
 
 @pytest.fixture(scope="session")
-def shared_bundle(
-    shared_run: Callable[[str], Path], tmp_path_factory: pytest.TempPathFactory
-) -> Callable[[str], Path]:
-    """``shared_bundle(kind)``: the bundle of ``shared_run(kind)``, made once per session; module
-    graphs and 16 parity images only for "ae" (8 for the others), 8 golden vectors. Read-only:
-    copy it before changing anything."""
-    bundles: dict[str, Path] = {}
+def shared_bundle(assets: Path, shared_run: Callable[[str], Path]) -> Callable[[str], Path]:
+    """``shared_bundle(kind)``: the bundle of ``shared_run(kind)``, made once (kept in
+    ``assets``); module graphs and 16 parity images only for "ae" (8 for the others), 8 golden
+    vectors. Read-only: copy it before changing anything."""
 
     def get(kind: str) -> Path:
-        if kind not in bundles:
+        out = assets / f"bundle-{kind}"
+        if not (out / "manifest.json").is_file():  # export writes the bundle atomically
             run = shared_run(kind)
+            require_train_extra()
             from ddad_edge.export.bundle import export_bundle
 
-            out = tmp_path_factory.mktemp("bundles") / f"bundle-{kind}"
             full = kind == "ae"
             export_bundle(run, out, n_parity=16 if full else 8, n_golden=8, module_graphs=full)
-            bundles[kind] = out
-        return bundles[kind]
+        return out
 
     return get
 

@@ -28,6 +28,7 @@ def one_line_error(result) -> str:
 
 @pytest.fixture(scope="module")
 def cli_bundle(tmp_path_factory: pytest.TempPathFactory, trained_run: Path) -> Path:
+    pytest.importorskip("onnx", reason="`export` needs the train extra")
     out = tmp_path_factory.mktemp("cli") / "bundle"
     res = runner.invoke(
         app,
