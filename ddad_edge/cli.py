@@ -78,7 +78,14 @@ def split(
     ] = None,
     normal_train: Annotated[int, typer.Option(help="|D|: known normal training images.")] = 1000,
     unlabeled: Annotated[int, typer.Option(help="|Du|: unlabeled training images.")] = 853,
-    ar: Annotated[float, typer.Option(help="Anomaly rate of Du (share of abnormal images).")] = 0.6,
+    ar: Annotated[
+        list[float] | None,
+        typer.Option(
+            help="Anomaly rate of Du (share of abnormal images); default 0.6. Repeat it for an "
+            "anomaly-rate sweep: one manifest per AR, OUTPUT's name + '-ar<AR>', all with the "
+            "same D and Dt and the same |Du|, so module B can be shared (`train --reuse-b`)."
+        ),
+    ] = None,
     seed: Annotated[int, typer.Option(help="Seed of the shuffles.")] = 0,
     test_fraction: Annotated[
         float,
@@ -100,7 +107,14 @@ def split(
     Reads DATA (and the CSV); writes the split manifest JSON that `train`, `eval` and `calibrate`
     read.
     """
-    from ddad_edge.data import SplitError, make_split, read_labels_csv, scan_folder, write_manifest
+    from ddad_edge.data import (
+        SplitError,
+        make_split,
+        read_labels_csv,
+        scan_folder,
+        sweep_path,
+        write_manifest,
+    )
 
     if not data.is_dir():
         fail(f"{data}: not a folder")
@@ -114,27 +128,32 @@ def split(
             items = read_labels_csv(data, csv_path)
         else:
             items = scan_folder(data)
-        manifest = make_split(
-            data,
-            items,
-            normal_train=normal_train,
-            unlabeled=unlabeled,
-            ar=ar,
-            seed=seed,
-            test_fraction=test_fraction,
-            calibration=calibration,
-        )
-        digest = write_manifest(manifest, output)
+        rates = ar or [0.6]
+        manifests = [
+            make_split(
+                data,
+                items,
+                normal_train=normal_train,
+                unlabeled=unlabeled,
+                ar=a,
+                seed=seed,
+                test_fraction=test_fraction,
+                calibration=calibration,
+            )
+            for a in rates
+        ]  # all drawn before any is written: a sweep that does not fit writes nothing
+        outputs = [sweep_path(output, a) for a in rates] if len(rates) > 1 else [output]
+        digests = [write_manifest(m, o) for m, o in zip(manifests, outputs, strict=True)]
     except SplitError as e:
         fail(e)
-    c = manifest["counts"]
-    say(
-        f"wrote {output}: D={c['D']} Du={c['Du']} (abnormal {c['Du_abnormal']}, AR {ar}) "
-        f"Dt={c['Dt']} (abnormal {c['Dt_abnormal']})"
-        + (f" calibration={c['calibration']}" if "calibration" in c else "")
-        + f"; test from {manifest['test_source']}; "
-        f"sha256 {digest[:12]}"
-    )
+    for manifest, out, digest in zip(manifests, outputs, digests, strict=True):
+        c = manifest["counts"]
+        say(
+            f"wrote {out}: D={c['D']} Du={c['Du']} (abnormal {c['Du_abnormal']}, "
+            f"AR {manifest['anomaly_rate']}) Dt={c['Dt']} (abnormal {c['Dt_abnormal']})"
+            + (f" calibration={c['calibration']}" if "calibration" in c else "")
+            + f"; test from {manifest['test_source']}; sha256 {digest[:12]}"
+        )
 
 
 @app.command()
@@ -163,6 +182,13 @@ def train(
     data_root: Annotated[
         Path | None, typer.Option(help="Data folder, if it moved since `split`.")
     ] = None,
+    reuse_b: Annotated[
+        Path | None,
+        typer.Option(
+            help="Finished run whose module B to reuse (same D, model and K; checked): train "
+            "module A only. For anomaly-rate sweeps, where only Du changes."
+        ),
+    ] = None,
 ) -> None:
     """Train module A (on D ∪ Du) and module B (on D), K members each, fused.
 
@@ -182,6 +208,7 @@ def train(
         threads=threads,
         resume=resume,
         data_root=data_root,
+        reuse_b=reuse_b,
     )
 
 
@@ -192,6 +219,7 @@ def run_training(
     threads: int = 0,
     resume: bool = False,
     data_root: Path | None = None,
+    reuse_b: Path | None = None,
     **cfg_kwargs,
 ) -> None:
     """`train`: load D and Du, train both modules (``train.train_run``), write curves.png and
@@ -219,7 +247,15 @@ def run_training(
         on_step, on_epoch = training_progress(p, cfg.epochs)
         try:
             states = train_run(
-                manifest, d.x, du.x, output, cfg, resume=resume, on_epoch=on_epoch, on_step=on_step
+                manifest,
+                d.x,
+                du.x,
+                output,
+                cfg,
+                resume=resume,
+                on_epoch=on_epoch,
+                on_step=on_step,
+                module_b_from=reuse_b,
             )
         except (RunDirError, CheckpointError, ValueError, FloatingPointError) as e:
             fail(e)
@@ -234,6 +270,7 @@ def run_training(
     say(
         f"trained {cfg.kind} K={cfg.k} for {cfg.epochs} epochs into {output} "
         f"(mean epoch: A {secs['A']:.2f} s, B {secs['B']:.2f} s; skipped {len(skipped)} files)"
+        + (f"; module B reused from {reuse_b}" if reuse_b else "")
     )
 
 

@@ -147,7 +147,8 @@ def make_split(
             f"not enough normal training images: D needs {normal_train} and Du needs {n_norm_u} "
             f"(|Du|={unlabeled}, AR={ar})"
             + (f" and the calibration set {calibration}" if calibration else "")
-            + f", but only {len(normals)} are available"
+            + f", but only {len(normals)} are available; a sweep down to AR 0 allows "
+            f"|Du| <= {max(0, len(normals) - normal_train - calibration)}"
         )
     if n_abn > len(abnormals):
         raise SplitError(
@@ -187,6 +188,12 @@ def make_split(
         manifest["calibration"] = [it.path for it in cal]
         manifest["counts"]["calibration"] = len(cal)
     return manifest
+
+
+def sweep_path(output: Path, ar: float) -> Path:
+    """Where one manifest of an anomaly-rate sweep goes: split.json -> split-ar0.2.json."""
+    output = Path(output)
+    return output.with_name(f"{output.stem}-ar{ar:g}{output.suffix or '.json'}")
 
 
 def manifest_hash(manifest: dict[str, Any]) -> str:

@@ -6,6 +6,7 @@ epoch), so resuming reproduces the order), its own BatchNorm statistics and its 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 from collections.abc import Callable
@@ -25,7 +26,7 @@ from ddad_edge.checkpoint import (
     module_path,
 )
 from ddad_edge.models import KINDS, FusedEnsemble, member_losses
-from ddad_edge.runtime.fileio import atomic_write_text, orphan_temps
+from ddad_edge.runtime.fileio import atomic_write_bytes, atomic_write_text, orphan_temps
 
 MODULE_IDS = {"A": 1, "B": 2}
 EpochCallback = Callable[[str, int, int, np.ndarray, float], None]
@@ -165,15 +166,56 @@ def train_module(
     return state
 
 
-def _run_config(cfg: TrainConfig, manifest: dict[str, Any]) -> dict[str, Any]:
-    return {
+def normal_train_digest(manifest: dict[str, Any]) -> str | None:
+    """sha256 of D's file list (None without one): equal digests mean B saw the same images."""
+    if "normal_train" not in manifest:
+        return None
+    return hashlib.sha256(json.dumps(manifest["normal_train"]).encode()).hexdigest()
+
+
+def _run_config(
+    cfg: TrainConfig, manifest: dict[str, Any], module_b_from: Path | None
+) -> dict[str, Any]:
+    out = {
         "toolkit_version": __version__,
         "train": asdict(cfg),
         "split_sha256": manifest["sha256"],
+        "normal_train_sha256": normal_train_digest(manifest),
         "data_root": manifest["root"],
         "counts": manifest["counts"],
         "torch_version": torch.__version__,
     }
+    if module_b_from is not None:
+        out["module_b_from"] = str(Path(module_b_from).resolve())
+    return out
+
+
+def adopt_module_b(src: Path, out: Path, cfg: TrainConfig, manifest: dict[str, Any]) -> None:
+    """Copy run ``src``'s finished module B into run ``out`` (for sweeps that change only Du,
+    e.g. the anomaly rate: B trains on D alone, so one B serves every split with the same D).
+
+    Raises:
+        RunDirError: src is not a finished run of the same model kind and K, or its D differs.
+    """
+    src = Path(src)
+    try:
+        old = json.loads((src / "config.json").read_text())
+        state = load_checkpoint(src, "B")
+    except (OSError, ValueError) as e:
+        raise RunDirError(f"{src}: cannot reuse its module B: {e}") from e
+    digest = normal_train_digest(manifest)
+    if digest is None or old.get("normal_train_sha256") != digest:
+        raise RunDirError(
+            f"{src}: its module B was trained on another D (or the run predates D digests); "
+            "module B can only be shared between splits with the same D"
+        )
+    if (state["kind"], state["k"]) != (cfg.kind, cfg.k):
+        raise RunDirError(
+            f"{src}: module B is {state['kind']} K={state['k']}, this run is {cfg.kind} K={cfg.k}"
+        )
+    if state["epoch"] < state["epochs"]:
+        raise RunDirError(f"{src}: module B stopped at epoch {state['epoch']} of {state['epochs']}")
+    atomic_write_bytes(module_path(out, "B"), module_path(src, "B").read_bytes())
 
 
 def check_run_dir(out: Path, cfg: TrainConfig, manifest: dict[str, Any], resume: bool) -> None:
@@ -240,24 +282,35 @@ def train_run(
     resume: bool = False,
     on_epoch: EpochCallback | None = None,
     on_step: StepCallback | None = None,
+    module_b_from: Path | None = None,
 ) -> dict[str, dict[str, Any]]:
     """Train module A on D ∪ Du and module B on D (:func:`module_data`) into run folder ``out``.
 
     d, du: float32 [N, 1, 64, 64] and [M, 1, 64, 64], preprocessed (runtime.preprocess).
 
     Writes out/config.json, out/module_A.pt, out/module_B.pt (checkpointed every epoch) and
-    out/history.json. Returns {module: final checkpoint dict}.
+    out/history.json. Returns {module: final checkpoint dict}. With ``module_b_from`` (a
+    finished run with the same D, kind and K) module B is copied from there, not trained.
     """
     cfg.check()
     data = module_data(d, du)
     out = Path(out)
     check_run_dir(out, cfg, manifest, resume)
+    if module_b_from is None and resume and (out / "config.json").is_file():
+        shared = json.loads((out / "config.json").read_text()).get("module_b_from")
+        module_b_from = Path(shared) if shared else None  # a resumed sweep run keeps its B
     out.mkdir(parents=True, exist_ok=True)
     if resume:
         remove_orphan_temps(out)
-    atomic_write_text(out / "config.json", json.dumps(_run_config(cfg, manifest), indent=1))
+    config = _run_config(cfg, manifest, module_b_from)
+    if module_b_from is not None and not module_path(out, "B").is_file():
+        adopt_module_b(module_b_from, out, cfg, manifest)
+    atomic_write_text(out / "config.json", json.dumps(config, indent=1))
     states = {}
     for module in ("A", "B"):
+        if module == "B" and module_b_from is not None:
+            states[module] = load_checkpoint(out, "B")
+            continue
         states[module] = train_module(
             module,
             data[module],

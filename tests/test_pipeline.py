@@ -67,6 +67,32 @@ def test_resume_continues_exactly(tmp_path: Path) -> None:
     assert len(hist["A"]["loss_per_epoch"]) == 2
 
 
+def test_reuse_module_b_trains_a_only(tmp_path: Path) -> None:
+    """`train --reuse-b`: B is copied from a finished run with the same D (checked), A trains;
+    another D, another kind or K is refused."""
+    manifest, (d, du) = _tiny_manifest(tmp_path)
+    manifest["normal_train"] = [f"n{i}.png" for i in range(32)]
+    cfg = TrainConfig(kind="ae", k=2, epochs=1, batch_size=16, seed=5)
+    src = train_run(manifest, d, du, tmp_path / "src", cfg)
+    other_du = du.flip(0) * 0.5  # another Du (e.g. another anomaly rate), same D
+    shared = train_run(manifest, d, other_du, tmp_path / "ar", cfg, module_b_from=tmp_path / "src")
+    assert shared["B"]["history"] == src["B"]["history"]
+    src_b = (tmp_path / "src" / "module_B.pt").read_bytes()
+    assert (tmp_path / "ar" / "module_B.pt").read_bytes() == src_b
+    assert shared["A"]["history"] != src["A"]["history"]
+    cfg_json = json.loads((tmp_path / "ar" / "config.json").read_text())
+    assert cfg_json["module_b_from"] == str((tmp_path / "src").resolve())
+    more = TrainConfig(kind="ae", k=2, epochs=2, batch_size=16, seed=5)  # resume keeps the B
+    resumed = train_run(manifest, d, other_du, tmp_path / "ar", more, resume=True)
+    assert resumed["A"]["epoch"] == 2 and resumed["B"]["history"] == src["B"]["history"]
+    other_d = {**manifest, "normal_train": manifest["normal_train"][::-1]}
+    with pytest.raises(RunDirError, match="another D"):
+        train_run(other_d, d, du, tmp_path / "x1", cfg, module_b_from=tmp_path / "src")
+    aeu = TrainConfig(kind="aeu", k=2, epochs=1, batch_size=16)
+    with pytest.raises(RunDirError, match="K=2"):
+        train_run(manifest, d, du, tmp_path / "x2", aeu, module_b_from=tmp_path / "src")
+
+
 def test_refuses_to_overwrite_or_mismatched_resume(tmp_path: Path) -> None:
     manifest, data = _tiny_manifest(tmp_path)
     cfg = TrainConfig(kind="ae", k=2, epochs=1, batch_size=16)

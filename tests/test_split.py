@@ -121,3 +121,21 @@ def test_kermany_protocol(kermany: Path) -> None:
     m = make_split(kermany, items, normal_train=1000, unlabeled=853, ar=0.6, seed=0)
     assert m["counts"] == {"D": 1000, "Du": 853, "Du_abnormal": 512, "Dt": 624, "Dt_abnormal": 390}
     assert "Kermany" in m["data_note"]
+
+
+def test_anomaly_rate_sweep_shares_d_and_dt(tmp_path: Path) -> None:
+    """Every AR of a sweep at fixed |Du| draws the same D and Dt (so module B can be shared);
+    Du's normals and abnormals are nested as AR moves."""
+    items = _items(100, 80, True)
+    sweep = [
+        make_split(tmp_path, items, normal_train=50, unlabeled=40, ar=a, seed=4)
+        for a in (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)
+    ]
+    for m in sweep:
+        assert m["normal_train"] == sweep[0]["normal_train"] and m["test"] == sweep[0]["test"]
+        assert m["counts"]["Du"] == 40
+    abn = [{p for p in m["unlabeled"] if p.startswith("a")} for m in sweep]
+    assert [len(a) for a in abn] == [0, 8, 16, 24, 32, 40]
+    assert all(a <= b for a, b in zip(abn, abn[1:], strict=False))
+    with pytest.raises(SplitError, match=r"\|Du\| <= 50"):
+        make_split(tmp_path, items, normal_train=50, unlabeled=60, ar=0.0, seed=4)
