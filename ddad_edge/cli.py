@@ -541,6 +541,9 @@ cli_drift.register(app)
 from ddad_edge import cli_decision  # noqa: E402
 
 cli_decision.register(app)
+from ddad_edge import cli_triton  # noqa: E402
+
+cli_triton.register(app)
 
 
 def main() -> None:  # pragma: no cover

@@ -232,8 +232,12 @@ def build(
 
 
 def score(
-    bundle: Annotated[Path, typer.Argument(help="Bundle folder written by `export`.")],
-    inputs: Annotated[list[Path], typer.Argument(help="Images: PNG, JPEG, DICOM, ...")],
+    bundle: Annotated[
+        Path, typer.Argument(help="Bundle folder written by `export` (with --triton: an image).")
+    ],
+    inputs: Annotated[
+        list[Path] | None, typer.Argument(help="Images: PNG, JPEG, DICOM, ...")
+    ] = None,
     as_json: Annotated[
         bool, typer.Option("--json", help="One JSON record per input on stdout (JSON Lines).")
     ] = False,
@@ -275,6 +279,15 @@ def score(
         Path | None,
         typer.Option(help="PEM public key: refuse a bundle without a valid signature by its key."),
     ] = None,
+    triton: Annotated[
+        str | None,
+        typer.Option(
+            help="Score on a Triton server instead (HOST:PORT for HTTP, or grpc://HOST:PORT); "
+            "then there is no BUNDLE argument, every argument is an image, and calibration is "
+            "the server's (`ddad-edge triton --calibration`)."
+        ),
+    ] = None,
+    concurrency: Annotated[int, typer.Option(help="With --triton: requests in flight.")] = 8,
 ) -> None:
     """Gate and score images with a bundle: image-level rec, intra and inter scores, and with
     --calibration a flag (abnormal/normal) at the calibrated operating point.
@@ -287,17 +300,26 @@ def score(
     "flag", "threshold", "operating_point", "reason", "notes", "error"[, "heatmap"]}) on stdout.
     An input that cannot be read gets an error record and the others are still scored: the exit
     code is non-zero only if ALL inputs failed (or the bundle/backend/calibration cannot be used).
+    With --triton the images go to the server's ddad_score model (`ddad-edge triton`), which
+    gates and scores them with this runtime: the records are the same.
     """
     from ddad_edge.runtime.backends import BackendUnavailable
     from ddad_edge.runtime.bundle import BundleError
     from ddad_edge.runtime.hugepages import for_cpu_backend
-    from ddad_edge.runtime.scorer import Scorer, summarize
+    from ddad_edge.runtime.scorer import Scorer
     from ddad_edge.runtime.scores import SCORE_NAMES
 
     if heatmap_map not in SCORE_NAMES:
         fail(f"--heatmap-map must be one of {', '.join(SCORE_NAMES)}")
     if workers < 0:
         fail(f"--workers must be >= 0 (0: one per physical core), got {workers}")
+    if triton is not None:
+        if heatmaps is not None or calibration is not None:
+            fail("--heatmaps and --calibration need local scoring (the server has its own)")
+        _report(_score_triton(triton, [bundle, *(inputs or [])], concurrency), None, as_json)
+        return
+    if not inputs:
+        fail("no images given (usage: ddad-edge score BUNDLE IMAGE...)")
     try:
         scorer = Scorer.from_bundle(
             bundle,
@@ -320,7 +342,28 @@ def score(
     written: list[Path | None] = [None] * len(results)
     if heatmaps is not None:
         written = _write_heatmaps(scorer, results, heatmaps, heatmap_map)
-    _print_scores(results, written if heatmaps is not None else None, as_json)
+    _report(results, written if heatmaps is not None else None, as_json)
+
+
+def _score_triton(url: str, paths: list[Path], concurrency: int) -> list:
+    """Score files on a Triton server (``runtime.triton_client``); one record per file."""
+    from ddad_edge.runtime.triton_client import TritonClientError, TritonScorer
+
+    try:
+        client = TritonScorer(url, concurrency=concurrency)
+    except (TritonClientError, ValueError) as e:
+        fail(e)
+    if not client.ready():
+        fail(f"Triton server {url}: model {client.model} is not ready (or the server is down)")
+    note(f"Triton {client.protocol} {client.address}, model {client.model}")
+    return client.score([str(p) for p in paths])
+
+
+def _report(results: list, heatmaps: list[Path | None] | None, as_json: bool) -> None:
+    """Print the records and the counts per status; exit 1 when every input failed."""
+    from ddad_edge.runtime.scorer import summarize
+
+    _print_scores(results, heatmaps, as_json)
     counts = summarize(results)
     note(", ".join(f"{v} {k}" for k, v in counts.items() if v or k in ("scored", "abstained")))
     n_bad = counts["error"]

@@ -1,0 +1,291 @@
+"""Write a Triton Inference Server model repository for a bundle (``ddad-edge triton``).
+
+Layout (model names are fixed so that clients and BLS calls can rely on them)::
+
+    model_repository/
+      ddad_score/            Python backend: encoded file bytes -> image scores (+ flag)
+        config.pbtxt
+        1/model.py           imports ddad_edge.runtime.triton_model (the runtime's own
+        1/bundle/            decoding, preprocessing and scoring) and the bundle it loads
+      ddad_dual_fp32/        onnxruntime_onnx, the fused dual graph, FP32, CPU instances
+        config.pbtxt, 1/model.onnx
+      ddad_dual_fp16/        onnxruntime_onnx, FP16 compute (FP32 I/O), GPU instances
+      ddad_trt_<engine>/     tensorrt_plan, one per engine ``ddad-edge build`` wrote
+        config.pbtxt, 1/model.plan
+
+``ddad_score`` scores in-process with onnxruntime by default; ``--inference bls`` makes it send
+the preprocessed batch to one of the graph models by a BLS call instead (see
+``runtime/triton_model.py`` for why in-process is the default).
+
+Files are hard links to the bundle's when the file system allows it, copies otherwise.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ddad_edge.export.triton_config import (
+    ConfigError,
+    Sym,
+    dynamic_batching,
+    graph_io,
+    parameters,
+    to_pbtxt,
+    validate_config,
+)
+from ddad_edge.runtime.bundle import ENGINES_DIR, open_bundle, slugify
+from ddad_edge.runtime.triton_protocol import (
+    FILE_INPUT,
+    NAME_INPUT,
+    SCORE_MODEL,
+    SCORE_ORDER,
+    SCORES_OUTPUT,
+)
+
+ONNX_MODELS = {"fp32": ("ddad_dual_fp32", "KIND_CPU"), "fp16": ("ddad_dual_fp16", "KIND_GPU")}
+INFERENCE_MODES = ("in-process", "bls")
+MODEL_PY = '''"""ddad-edge scoring model for Triton's Python backend (by `ddad-edge triton`).
+
+Needs ddad-edge installed in the Python that runs the backend's stub (pip install ddad-edge).
+"""
+
+from ddad_edge.runtime.triton_model import TritonPythonModel  # noqa: F401
+'''
+
+
+@dataclass
+class RepoModel:
+    """One model written: name, kind ("python", "onnxruntime_onnx", "tensorrt_plan"), its folder
+    and the graph its tensors were read from (None for the Python model)."""
+
+    name: str
+    kind: str
+    path: Path
+    graph: Path | None = None
+    note: str = ""
+
+
+@dataclass
+class RepoResult:
+    """What :func:`write_repository` wrote: the repository folder and its models."""
+
+    root: Path
+    models: list[RepoModel] = field(default_factory=list)
+
+
+def _link_or_copy(src: Path, dst: Path) -> None:
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copy2(src, dst)
+
+
+def _write_config(model_dir: Path, config: dict[str, Any]) -> Path:
+    path = model_dir / "config.pbtxt"
+    path.write_text(to_pbtxt(config))
+    return path
+
+
+def graph_model_config(
+    name: str, platform: str, kind: str, graph: Path, max_batch: int, queue_delay_us: int
+) -> dict[str, Any]:
+    """Config of a graph model (ONNX or TensorRT plan): I/O read from ``graph``."""
+    inputs, outputs = graph_io(graph)
+    return {
+        "name": name,
+        "platform": platform,
+        "max_batch_size": max_batch,
+        "input": [t.config() for t in inputs],
+        "output": [t.config() for t in outputs],
+        "dynamic_batching": dynamic_batching(max_batch, queue_delay_us),
+        "instance_group": [{"kind": Sym(kind), "count": 1}],
+    }
+
+
+def score_model_config(
+    max_batch: int, params: dict[str, str], queue_delay_us: int, instances: int
+) -> dict[str, Any]:
+    """Config of the Python scoring model.
+
+    FILE and NAME are UINT8 [-1] (the file's bytes and its UTF-8 name) with ragged batching:
+    this Triton build's Python stub cannot read or write BYTES tensors under numpy 2 (see
+    ``runtime/triton_model.py``). SCORES is FP32 [3] (rec, intra, inter). A file that cannot
+    be scored gets a per-request error (its reason).
+    """
+    ragged = {"data_type": Sym("TYPE_UINT8"), "dims": [-1], "allow_ragged_batch": True}
+    outputs = [{"name": SCORES_OUTPUT, "data_type": Sym("TYPE_FP32"), "dims": [len(SCORE_ORDER)]}]
+    return {
+        "name": SCORE_MODEL,
+        "backend": "python",
+        "max_batch_size": max_batch,
+        "input": [{"name": FILE_INPUT, **ragged}, {"name": NAME_INPUT, **ragged}],
+        "output": outputs,
+        "dynamic_batching": dynamic_batching(max_batch, queue_delay_us),
+        "instance_group": [{"kind": Sym("KIND_CPU"), "count": instances}],
+        "parameters": parameters(params),
+    }
+
+
+def _engines(bundle_root: Path) -> list[tuple[Path, dict[str, Any]]]:
+    """(plan, sidecar) of every engine ``ddad-edge build`` left in the bundle."""
+    out = []
+    for side in sorted((bundle_root / ENGINES_DIR).glob("*.json")):
+        plan = side.with_suffix(".plan")
+        try:
+            info = json.loads(side.read_text())
+        except (OSError, ValueError):
+            continue
+        if plan.is_file() and "profile" in info:
+            out.append((plan, info))
+    return out
+
+
+def write_repository(
+    bundle_dir: str | os.PathLike[str],
+    output: str | os.PathLike[str],
+    *,
+    max_batch: int = 64,
+    inference: str = "in-process",
+    bls_model: str = ONNX_MODELS["fp32"][0],
+    queue_delay_us: int = 2000,
+    instances: int = 1,
+    force: bool = False,
+) -> RepoResult:
+    """Write the model repository for a bundle (layout in the module docstring).
+
+    Args:
+        bundle_dir: folder written by ``ddad-edge export`` (hash-verified first).
+        output: repository folder; must not exist unless ``force`` (then it is replaced).
+        max_batch: ``max_batch_size`` of every model (TensorRT models: the engine's profile).
+        inference: "in-process" (onnxruntime inside the Python model) or "bls".
+        bls_model: the graph model BLS calls go to.
+        queue_delay_us: dynamic batching's longest wait for a batch to fill.
+        instances: instances of the scoring model (each loads its own onnxruntime session).
+
+    Raises:
+        BundleError: the bundle is unusable; ConfigError: a graph Triton cannot serve;
+        FileExistsError: ``output`` exists and ``force`` is False.
+    """
+    if max_batch < 1 or instances < 1:
+        raise ValueError("max_batch and instances must be >= 1")
+    if inference not in INFERENCE_MODES:
+        raise ValueError(f"inference must be one of {', '.join(INFERENCE_MODES)}")
+    bundle = open_bundle(bundle_dir, verify=True)
+    out = Path(output)
+    if out.exists():
+        if not force:
+            raise FileExistsError(f"{out}: exists; pass --force to replace it")
+        shutil.rmtree(out)
+    staging = out.with_name(out.name + ".partial")
+    shutil.rmtree(staging, ignore_errors=True)
+    result = RepoResult(out)
+    models = _write_graph_models(bundle, staging, max_batch, queue_delay_us)
+    models.append(
+        _write_score_model(
+            bundle.root, staging, max_batch, inference, bls_model, queue_delay_us, instances
+        )
+    )
+    os.replace(staging, out)
+    for m in models:
+        m.path = out / m.path.relative_to(staging)
+        if m.graph is not None and staging in m.graph.parents:
+            m.graph = out / m.graph.relative_to(staging)
+    result.models = models
+    return result
+
+
+def _write_graph_models(
+    bundle: Any, root: Path, max_batch: int, queue_delay_us: int
+) -> list[RepoModel]:
+    models = []
+    for precision, (name, kind) in ONNX_MODELS.items():
+        key = f"dual_{precision}"
+        if key not in bundle.graphs():
+            continue
+        src = bundle.graph_path("dual", precision)
+        d = root / name
+        _link_or_copy(src, d / "1" / "model.onnx")
+        cfg = graph_model_config(name, "onnxruntime_onnx", kind, src, max_batch, queue_delay_us)
+        _write_config(d, cfg)
+        models.append(RepoModel(name, "onnxruntime_onnx", d, d / "1" / "model.onnx"))
+    for plan, info in _engines(bundle.root):
+        name = "ddad_trt_" + slugify(plan.stem).replace("-", "_").replace(".", "_")
+        d = root / name
+        _link_or_copy(plan, d / "1" / "model.plan")
+        onnx_src = bundle.root / info.get("onnx_file", "dual_fp16.onnx")
+        engine_batch = int(info["profile"]["max"][0])
+        cfg = graph_model_config(
+            name, "tensorrt_plan", "KIND_GPU", onnx_src, engine_batch, queue_delay_us
+        )
+        _write_config(d, cfg)
+        note = f"engine for {info.get('gpu_name')}, TensorRT {info.get('tensorrt_version')}"
+        models.append(RepoModel(name, "tensorrt_plan", d, onnx_src, note))
+    return models
+
+
+def _write_score_model(
+    bundle_root: Path,
+    root: Path,
+    max_batch: int,
+    inference: str,
+    bls_model: str,
+    queue_delay_us: int,
+    instances: int,
+) -> RepoModel:
+    d = root / SCORE_MODEL
+    version = d / "1"
+    for f in bundle_root.rglob("*"):
+        if f.is_file() and ENGINES_DIR not in f.relative_to(bundle_root).parts:
+            _link_or_copy(f, version / "bundle" / f.relative_to(bundle_root))
+    (version / "model.py").write_text(MODEL_PY)
+    params = {
+        "bundle": "bundle",
+        "inference": inference,
+        "max_batch": str(max_batch),
+        "score_order": ",".join(SCORE_ORDER),
+    }
+    if inference == "bls":
+        params["bls_model"] = bls_model
+    _write_config(d, score_model_config(max_batch, params, queue_delay_us, instances))
+    return RepoModel(SCORE_MODEL, "python", d, None, f"inference {inference}")
+
+
+def validate_repository(root: str | os.PathLike[str]) -> list[RepoModel]:
+    """Parse every ``config.pbtxt`` under ``root`` with Triton's schema and check graph models'
+    tensors against their graph (ONNX models: ``1/model.onnx``; TensorRT models: the ONNX graph
+    named in the bundle copy's engine sidecar is not kept, so only the schema is checked).
+
+    Returns:
+        The models found, with ``note`` saying what was checked.
+
+    Raises:
+        ConfigError: the first config that does not parse or does not match its graph.
+    """
+    found = []
+    for cfg_path in sorted(Path(root).glob("*/config.pbtxt")):
+        d = cfg_path.parent
+        onnx = d / "1" / "model.onnx"
+        cfg = validate_config(cfg_path, onnx if onnx.is_file() else None)
+        kind = cfg.platform or cfg.backend
+        if kind == "python" and not (d / "1" / "model.py").is_file():
+            raise ConfigError(f"{d}: Python-backend model without 1/model.py")
+        what = "schema + graph tensors" if onnx.is_file() else "schema"
+        found.append(RepoModel(cfg.name, kind, d, onnx if onnx.is_file() else None, what))
+    if not found:
+        raise ConfigError(f"{root}: no config.pbtxt found; not a model repository")
+    return found
+
+
+__all__ = [
+    "ONNX_MODELS",
+    "RepoModel",
+    "RepoResult",
+    "validate_repository",
+    "write_repository",
+]

@@ -1,0 +1,190 @@
+"""The ``ddad_score`` model for Triton's Python backend: encoded files in, image scores out, with
+the runtime's own decoding, preprocessing and scoring (:class:`~ddad_edge.runtime.Scorer`).
+
+Each batch Triton's dynamic batcher hands to :meth:`TritonPythonModel.execute` is scored as one
+``Scorer.score`` call: the files are written to a private folder (on ``/dev/shm`` when present)
+under their own base names, so that decoding sees exactly what local scoring sees, and removed
+afterwards. Wire format: ``runtime/triton_protocol.py``.
+
+Inference (model parameter ``inference``):
+
+* ``in-process`` (the default): the Scorer's onnxruntime session runs inside the stub process.
+  Default because the scores then come from the very code path local scoring uses, with no
+  second copy of the batch through Triton's shared memory, and because it is the only mode the
+  ``nvidia-pytriton`` server build can run (it has no onnxruntime or TensorRT backend). On a GPU
+  server, in-process inference needs onnxruntime-gpu in the stub's Python.
+* ``bls``: the Scorer runs its graph through a BLS call to a graph model of the repository
+  (``ddad_dual_fp32``/``ddad_dual_fp16`` on Triton's onnxruntime backend, or a TensorRT plan),
+  which lets Triton batch and place the network on the GPU while decoding and scoring stay here.
+
+numpy 2: the stub in the ``nvidia-pytriton`` wheel (Triton 2.51) was built with a pybind11 that
+reads numpy 1's dtype layout. Under numpy 2, ``Tensor.as_numpy()`` returned every element equal
+to the first and ``pb_utils.Tensor(name, ndarray)`` sent empty outputs (tried here; BYTES tensors
+were garbled both ways). DLPack does not go through that layout and is exact, so every tensor
+here goes through ``np.from_dlpack`` / ``Tensor.from_dlpack``; BYTES tensors are not used.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ddad_edge.runtime.scorer import Scorer, ScoreResult
+from ddad_edge.runtime.triton_protocol import (
+    FILE_INPUT,
+    NAME_INPUT,
+    SCORE_ORDER,
+    SCORES_OUTPUT,
+    decode_name,
+)
+
+Item = tuple[str, bytes] | str
+"""A request's file as (base name, bytes), or the reason it could not be read."""
+
+
+class BlsBackend:
+    """A runtime backend (load / infer / close) whose inference is a BLS call to a graph model
+    of the same Triton server. Outputs are asked for in CPU memory."""
+
+    thread_safe = True
+
+    def __init__(self, pb_utils: Any, model: str, outputs: list[str]) -> None:
+        self.pb = pb_utils
+        self.model = model
+        self.outputs = outputs
+        self.name = "triton-bls"
+        self.device = f"Triton model {model} (BLS)"
+        self.active_providers: list[str] = []
+
+    def load(self) -> None:
+        """Nothing to load: the graph model is Triton's."""
+
+    def infer(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Run the graph model on ``feeds`` (name -> float32 [N, 1, 64, 64])."""
+        pb = self.pb
+        inputs = [pb.Tensor.from_dlpack(k, np.ascontiguousarray(v)) for k, v in feeds.items()]
+        request = pb.InferenceRequest(
+            model_name=self.model,
+            inputs=inputs,
+            requested_output_names=self.outputs,
+            preferred_memory=pb.PreferredMemory(pb.TRITONSERVER_MEMORY_CPU, 0),
+        )
+        response = request.exec()
+        if response.has_error():
+            raise RuntimeError(f"BLS call to {self.model} failed: {response.error().message()}")
+        return {
+            n: np.from_dlpack(pb.get_output_tensor_by_name(response, n)).copy()
+            for n in self.outputs
+        }
+
+    def close(self) -> None:
+        """Nothing to release."""
+
+
+def make_scorer(version_dir: Path, params: dict[str, str], pb_utils: Any) -> Scorer:
+    """The Scorer the model serves, from its parameters (bundle, inference, max_batch,
+    bls_model)."""
+    bundle_dir = version_dir / params.get("bundle", "bundle")
+    max_batch = int(params.get("max_batch", "64"))
+    if params.get("inference", "in-process") == "in-process":
+        return Scorer.from_bundle(
+            bundle_dir, backend="ort-cpu", precision="fp32", max_batch=max_batch
+        )
+    from ddad_edge.runtime.bundle import open_bundle
+
+    bundle = open_bundle(bundle_dir, verify=True)
+    model = params.get("bls_model", "ddad_dual_fp32")
+    precision = "fp16" if "fp16" in model else "fp32"
+    outputs = list(bundle.graph("dual", "fp32")["outputs"])
+    backend = BlsBackend(pb_utils, model, outputs)
+    return Scorer(bundle, {"dual": backend}, precision, max_batch=max_batch)
+
+
+def score_files(scorer: Scorer, items: list[Item], workdir: Path) -> list[ScoreResult]:
+    """Score files given as (base name, bytes); one result per item, in order.
+
+    The files are written under ``workdir`` as ``<i>/<name>`` and removed afterwards. Items that
+    are already errors (a str) and files that cannot be decoded get ``error``; an inference
+    failure becomes the error of every file of the batch (never a partial or wrong score).
+    """
+    results = [ScoreResult(f"item[{i}]") for i in range(len(items))]
+    paths: list[tuple[int, Path]] = []
+    try:
+        for i, item in enumerate(items):
+            if isinstance(item, str):
+                results[i].error = item
+                continue
+            name, data = item
+            results[i].source = name
+            path = workdir / str(i) / (name or "file")
+            path.parent.mkdir(exist_ok=True)
+            path.write_bytes(data)
+            paths.append((i, path))
+        if paths:
+            try:
+                scored = scorer.score([p for _, p in paths])
+            except Exception as e:  # onnxruntime / BLS failures: report, never guess
+                scored = [ScoreResult(str(p), error=f"inference failed: {e}") for _, p in paths]
+            for (i, _), r in zip(paths, scored, strict=True):
+                results[i].scores, results[i].error = r.scores, r.error
+    finally:
+        for i, _ in paths:
+            shutil.rmtree(workdir / str(i), ignore_errors=True)
+    return results
+
+
+def _shm_dir() -> str | None:
+    return "/dev/shm" if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK) else None
+
+
+class TritonPythonModel:
+    """The model class Triton's Python backend instantiates (initialize / execute / finalize)."""
+
+    def initialize(self, args: dict[str, str]) -> None:
+        """Load the bundle named by the model's parameters (see :func:`make_scorer`)."""
+        import triton_python_backend_utils as pb_utils  # only inside Triton's stub
+
+        self.pb = pb_utils
+        config = json.loads(args["model_config"])
+        params = {k: v.get("string_value", "") for k, v in config.get("parameters", {}).items()}
+        version_dir = Path(args["model_repository"]) / args["model_version"]
+        self.scorer = make_scorer(version_dir, params, pb_utils)
+        self.workdir = Path(tempfile.mkdtemp(prefix="ddad-score-", dir=_shm_dir()))
+
+    def _read(self, request: Any) -> Item:
+        pb = self.pb
+        data = np.from_dlpack(pb.get_input_tensor_by_name(request, FILE_INPUT))
+        name = np.from_dlpack(pb.get_input_tensor_by_name(request, NAME_INPUT))
+        if data.ndim != 2 or data.shape[0] != 1 or name.shape[0] != 1:
+            return f"send one file per request ({FILE_INPUT} [1, n]); got shape {data.shape}"
+        return decode_name(name[0]), data[0].tobytes()
+
+    def execute(self, requests: list[Any]) -> list[Any]:
+        """Score one dynamic batch: one response per request, scores or a per-request error."""
+        pb = self.pb
+        results = score_files(self.scorer, [self._read(r) for r in requests], self.workdir)
+        responses = []
+        for r in results:
+            if r.error is not None or r.scores is None:
+                error = pb.TritonError(r.error or "not scored")
+                responses.append(pb.InferenceResponse(output_tensors=[], error=error))
+                continue
+            scores = np.array([[r.scores[n] for n in SCORE_ORDER]], np.float32)
+            responses.append(
+                pb.InferenceResponse(output_tensors=[pb.Tensor.from_dlpack(SCORES_OUTPUT, scores)])
+            )
+        return responses
+
+    def finalize(self) -> None:
+        """Release the backend and the private folder."""
+        self.scorer.close()
+        shutil.rmtree(self.workdir, ignore_errors=True)
+
+
+__all__ = ["BlsBackend", "TritonPythonModel", "make_scorer", "score_files"]
