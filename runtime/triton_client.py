@@ -182,9 +182,9 @@ def _server_reason(e: Any, url: str) -> str:
     """The reason in a per-request error of the model, or a transport failure's description."""
     msg = e.message() if hasattr(e, "message") else str(e)
     status = str(e.status() or "") if hasattr(e, "status") else ""
-    # Errors the model returned for one request come back with the model's text as the message;
-    # everything else (unavailable, deadline, connection reset) names the server.
-    if status in ("400", "StatusCode.INVALID_ARGUMENT", "StatusCode.INTERNAL", "500") and msg:
+    # The model answers an input it cannot score with INVALID_ARG (HTTP 400) and the reason;
+    # everything else (unavailable, deadline, connection reset, a crashed stub) names the server.
+    if status in ("400", "StatusCode.INVALID_ARGUMENT") and msg:
         return msg
     return f"Triton server {url}: {msg or status or type(e).__name__}"
 

@@ -172,7 +172,8 @@ class TritonPythonModel:
         responses = []
         for r in results:
             if r.error is not None or r.scores is None:
-                error = pb.TritonError(r.error or "not scored")
+                # INVALID_ARG (HTTP 400): the input's fault; clients tell it from server failures.
+                error = pb.TritonError(r.error or "not scored", pb.TritonError.INVALID_ARG)
                 responses.append(pb.InferenceResponse(output_tensors=[], error=error))
                 continue
             scores = np.array([[r.scores[n] for n in SCORE_ORDER]], np.float32)

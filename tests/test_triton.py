@@ -1,0 +1,255 @@
+"""Serving on Triton Inference Server: the model repository (configs parsed with Triton's schema
+and checked against the ONNX graphs, no server needed), then a real ``tritonserver`` (the
+nvidia-pytriton wheel's binary) on loopback: scores equal to the direct Scorer over HTTP and
+gRPC, per-request errors, dynamic batching, a bounded load and a server killed mid-load.
+
+Server start and model load take a few seconds each; one server serves the module, the kill
+test starts its own.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from test_export import SHARED_DATA, have_kermany, shared_bundle
+
+from ddad_edge.runtime.scorer import Scorer, ScoreResult
+
+pytest.importorskip("tritonclient.grpc", reason="tritonclient is not installed (triton extra)")
+
+DICOMS = SHARED_DATA / "dicom-cxr"
+N_PER_CLASS = 6  # Kermany test images per class scored through the server (time budget)
+
+
+@pytest.fixture(scope="module")
+def repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from ddad_edge.export.triton_repo import write_repository
+
+    return write_repository(shared_bundle("ae"), tmp_path_factory.mktemp("triton") / "repo").root
+
+
+# ----------------------------------------------------------------------------------------------
+# The repository (no server)
+# ----------------------------------------------------------------------------------------------
+def _onnx_io(path: Path) -> dict[str, tuple[str, tuple[int, ...]]]:
+    """name -> (Triton dtype, dims without the batch) read with the onnx package (an independent
+    reader: the repository writer uses onnxruntime)."""
+    import onnx
+
+    types = {onnx.TensorProto.FLOAT: "TYPE_FP32", onnx.TensorProto.FLOAT16: "TYPE_FP16"}
+    g = onnx.load(str(path), load_external_data=False).graph
+    out = {}
+    for v in [*g.input, *g.output]:
+        dims = v.type.tensor_type.shape.dim
+        assert dims[0].dim_param, f"{v.name}: batch dimension must be symbolic"
+        out[v.name] = (types[v.type.tensor_type.elem_type], tuple(d.dim_value for d in dims[1:]))
+    return out
+
+
+def test_every_config_parses_with_tritons_schema_and_matches_its_graph(repo: Path) -> None:
+    from google.protobuf import text_format
+    from tritonclient.grpc import model_config_pb2 as mc
+
+    names = sorted(p.parent.name for p in repo.glob("*/config.pbtxt"))
+    assert names == ["ddad_dual_fp16", "ddad_dual_fp32", "ddad_score"]
+    for name in names:
+        cfg = text_format.Parse((repo / name / "config.pbtxt").read_text(), mc.ModelConfig())
+        assert cfg.name == name and cfg.max_batch_size == 64
+        assert cfg.dynamic_batching.preferred_batch_size == [8, 16, 32, 64]
+        if name == "ddad_score":
+            assert cfg.backend == "python" and (repo / name / "1" / "model.py").is_file()
+            assert [(t.name, t.data_type, list(t.dims)) for t in cfg.input] == [
+                ("FILE", mc.TYPE_UINT8, [-1]),
+                ("NAME", mc.TYPE_UINT8, [-1]),
+            ]
+            assert all(t.allow_ragged_batch for t in cfg.input)
+            assert cfg.instance_group[0].kind == mc.ModelInstanceGroup.KIND_CPU
+            continue
+        assert cfg.platform == "onnxruntime_onnx"
+        kind = cfg.instance_group[0].kind
+        want_kind = "KIND_GPU" if name.endswith("fp16") else "KIND_CPU"
+        assert mc.ModelInstanceGroup.Kind.Name(kind) == want_kind
+        have = {
+            t.name: (mc.DataType.Name(t.data_type), tuple(t.dims))
+            for t in [*cfg.input, *cfg.output]
+        }
+        assert have == _onnx_io(repo / name / "1" / "model.onnx")
+
+
+def test_validation_catches_a_config_that_differs_from_its_graph(repo: Path, tmp_path) -> None:
+    from ddad_edge.export.triton_config import ConfigError
+    from ddad_edge.export.triton_repo import validate_repository
+
+    assert {m.name for m in validate_repository(repo)} >= {"ddad_dual_fp32", "ddad_score"}
+    bad = tmp_path / "repo"
+    shutil.copytree(repo / "ddad_dual_fp32", bad / "ddad_dual_fp32")
+    cfg = bad / "ddad_dual_fp32" / "config.pbtxt"
+    cfg.write_text(cfg.read_text().replace("dims: [ 1, 64, 64 ]", "dims: [ 1, 32, 64 ]", 1))
+    with pytest.raises(ConfigError, match="differ from the graph"):
+        validate_repository(bad)
+    cfg.write_text(cfg.read_text().replace("TYPE_FP32", "TYPE_FLOAT32", 1))
+    with pytest.raises(ConfigError, match="not a valid Triton model config"):
+        validate_repository(bad)
+
+
+def test_engine_becomes_a_tensorrt_plan_model(tmp_path: Path) -> None:
+    """An engine left by ``ddad-edge build`` (here a plan file and its sidecar: TensorRT is not
+    installed, the plan is only copied) gets a tensorrt_plan model with the engine's batch."""
+    from ddad_edge.export.triton_repo import validate_repository, write_repository
+
+    bundle = tmp_path / "bundle"
+    shutil.copytree(shared_bundle("ae"), bundle)
+    engines = bundle / "engines"
+    engines.mkdir()
+    (engines / "nvidia-l4-trt10.8-fp16.plan").write_bytes(b"plan bytes")
+    side = {"onnx_file": "dual_fp16.onnx", "gpu_name": "NVIDIA L4", "tensorrt_version": "10.8"}
+    side["profile"] = {"min": [1, 1, 64, 64], "opt": [32, 1, 64, 64], "max": [32, 1, 64, 64]}
+    (engines / "nvidia-l4-trt10.8-fp16.json").write_text(json.dumps(side))
+    res = write_repository(bundle, tmp_path / "repo")
+    trt = [m for m in res.models if m.kind == "tensorrt_plan"]
+    assert [m.name for m in trt] == ["ddad_trt_nvidia_l4_trt10_8_fp16"]
+    text = (trt[0].path / "config.pbtxt").read_text()
+    assert 'platform: "tensorrt_plan"' in text and "max_batch_size: 32" in text
+    assert (trt[0].path / "1" / "model.plan").read_bytes() == b"plan bytes"
+    assert "ddad_trt_nvidia_l4_trt10_8_fp16" in {m.name for m in validate_repository(res.root)}
+    assert not (res.root / "ddad_score" / "1" / "bundle" / "engines").exists()
+
+
+# ----------------------------------------------------------------------------------------------
+# A real Triton server
+# ----------------------------------------------------------------------------------------------
+def _start(repo: Path):
+    from ddad_edge.runtime.triton_server import ServerError, dist_dir, start_server
+
+    try:
+        dist_dir()
+    except ServerError as e:
+        pytest.skip(str(e))
+    return start_server(repo, models=["ddad_score"], ready_timeout=180)
+
+
+@pytest.fixture(scope="module")
+def server(repo: Path):
+    srv = _start(repo)
+    yield srv
+    srv.stop()
+
+
+@pytest.fixture(scope="module")
+def direct() -> Scorer:
+    s = Scorer.from_bundle(shared_bundle("ae"), backend="ort-cpu", precision="fp32")
+    yield s
+    s.close()
+
+
+def real_images() -> list[Path]:
+    """A bounded subset of the Kermany test split and every DICOM of the shared data."""
+    if not have_kermany():
+        pytest.skip(f"real data not found at {SHARED_DATA} (../shared/data is absent)")
+    root = SHARED_DATA / "kermany-cxr" / "test"
+    kermany = [
+        p for c in ("NORMAL", "PNEUMONIA") for p in sorted((root / c).iterdir())[:N_PER_CLASS]
+    ]
+    dicoms = sorted((DICOMS / "original").iterdir()) + sorted((DICOMS / "edge_cases").iterdir())
+    return kermany + dicoms
+
+
+def bad_files(where: Path) -> list[Path]:
+    """Inputs that cannot be scored: text, an empty file, a truncated JPEG, a missing file."""
+    text = where / "notes.png"
+    text.write_text("not an image")
+    empty = where / "empty.dcm"
+    empty.write_bytes(b"")
+    good = sorted((SHARED_DATA / "kermany-cxr" / "test" / "NORMAL").iterdir())[0]
+    cut = where / "truncated.jpeg"
+    cut.write_bytes(good.read_bytes()[:300])
+    return [text, empty, cut, where / "missing.png"]
+
+
+def assert_same_records(got: list[ScoreResult], want: list[ScoreResult]) -> None:
+    assert [r.source for r in got] == [r.source for r in want]
+    for g, w in zip(got, want, strict=True):
+        assert g.error == w.error, g.source
+        if w.scores is None:
+            assert g.scores is None, g.source
+            continue
+        for n, v in w.scores.items():
+            assert g.scores[n] == pytest.approx(v, rel=1e-6, abs=0), (g.source, n)
+
+
+@pytest.mark.parametrize("protocol", ["http", "grpc"])
+def test_server_scores_equal_the_direct_scorer(server, direct, protocol, tmp_path) -> None:
+    from ddad_edge.runtime.triton_client import TritonScorer
+
+    files = [str(p) for p in real_images() + bad_files(tmp_path)]
+    url = server.http_url if protocol == "http" else f"grpc://{server.grpc_url}"
+    got = TritonScorer(url, concurrency=4).score(files)
+    want = direct.score(files)
+    assert sum(r.error is None for r in want) >= 2 * N_PER_CLASS + 6
+    assert sum(r.error is not None for r in want) >= 4  # the bad files and the broken J2K
+    assert_same_records(got, want)
+    assert server.ready(), "the server stopped serving after bad inputs"
+
+
+def test_dynamic_batching_batches_under_bounded_load(server, direct) -> None:
+    """8 concurrent clients, a fixed number of requests: every answer right, none lost, and
+    Triton's statistics show batches larger than one."""
+    from ddad_edge.runtime.triton_client import TritonScorer
+
+    images = [str(p) for p in real_images()[: 2 * N_PER_CLASS]]
+    files = images * 4
+    want = {r.source: r for r in direct.score(images)}
+    client = TritonScorer(f"grpc://{server.grpc_url}", concurrency=8)
+    before = _batch_counts(client.statistics())
+    t0 = time.perf_counter()
+    got = client.score(files)
+    elapsed = time.perf_counter() - t0
+    assert len(got) == len(files) and all(r.error is None for r in got)
+    assert_same_records(got, [want[f] for f in files])
+    after = _batch_counts(client.statistics())
+    batched = {b: n - before.get(b, 0) for b, n in after.items() if b > 1 and n > before.get(b, 0)}
+    assert batched, f"no batch larger than 1 in the server's statistics: {after}"
+    print(f"{len(files)} requests, 8 clients: {len(files) / elapsed:.1f} img/s; batches {batched}")
+
+
+def _batch_counts(stats: dict) -> dict[int, int]:
+    model = stats["model_stats"][0]
+    return {
+        int(b["batch_size"]): int(b["compute_infer"]["count"]) for b in model.get("batch_stats", [])
+    }
+
+
+def test_server_killed_mid_load_gives_clear_errors_never_a_wrong_score(repo, direct) -> None:
+    from ddad_edge.runtime.triton_client import TritonScorer
+
+    srv = _start(repo)
+    try:
+        images = [str(p) for p in real_images()[: 2 * N_PER_CLASS]]
+        want = {r.source: r for r in direct.score(images)}
+        files = images * 6
+        done = threading.Semaphore(0)
+        client = TritonScorer(srv.http_url, concurrency=8, timeout=20)
+        killer = threading.Thread(target=lambda: (done.acquire(), srv.kill()))
+        killer.start()
+        got = client.score(files, on_item=lambda i: done.release())
+        killer.join(30)
+    finally:
+        srv.stop()
+    assert len(got) == len(files)
+    scored = [r for r in got if r.error is None]
+    failed = [r for r in got if r.error is not None]
+    assert scored and failed, "the kill should land mid-load"
+    assert_same_records(scored, [want[r.source] for r in scored])
+    for r in failed:
+        assert r.scores is None and r.error.startswith(f"Triton server {srv.http_url}"), r.error
+    print(
+        f"killed mid-load: {len(scored)} scored right, {len(failed)} clear errors: "
+        f"{sorted({r.error for r in failed})[:2]}"
+    )
+    assert np.isfinite([r.scores["inter"] for r in scored]).all()
