@@ -17,21 +17,19 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from test_export import SHARED_DATA, have_kermany, shared_bundle
 
 from ddad_edge.runtime.scorer import Scorer, ScoreResult
 
 pytest.importorskip("tritonclient.grpc", reason="tritonclient is not installed (triton extra)")
 
-DICOMS = SHARED_DATA / "dicom-cxr"
 N_PER_CLASS = 6  # Kermany test images per class scored through the server (time budget)
 
 
 @pytest.fixture(scope="module")
-def repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def repo(bundle: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     from ddad_edge.export.triton_repo import write_repository
 
-    return write_repository(shared_bundle("ae"), tmp_path_factory.mktemp("triton") / "repo").root
+    return write_repository(bundle, tmp_path_factory.mktemp("triton") / "repo").root
 
 
 # ----------------------------------------------------------------------------------------------
@@ -98,20 +96,20 @@ def test_validation_catches_a_config_that_differs_from_its_graph(repo: Path, tmp
         validate_repository(bad)
 
 
-def test_engine_becomes_a_tensorrt_plan_model(tmp_path: Path) -> None:
+def test_engine_becomes_a_tensorrt_plan_model(bundle: Path, tmp_path: Path) -> None:
     """An engine left by ``ddad-edge build`` (here a plan file and its sidecar: TensorRT is not
     installed, the plan is only copied) gets a tensorrt_plan model with the engine's batch."""
     from ddad_edge.export.triton_repo import validate_repository, write_repository
 
-    bundle = tmp_path / "bundle"
-    shutil.copytree(shared_bundle("ae"), bundle)
-    engines = bundle / "engines"
+    copy = tmp_path / "bundle"
+    shutil.copytree(bundle, copy)
+    engines = copy / "engines"
     engines.mkdir()
     (engines / "nvidia-l4-trt10.8-fp16.plan").write_bytes(b"plan bytes")
     side = {"onnx_file": "dual_fp16.onnx", "gpu_name": "NVIDIA L4", "tensorrt_version": "10.8"}
     side["profile"] = {"min": [1, 1, 64, 64], "opt": [32, 1, 64, 64], "max": [32, 1, 64, 64]}
     (engines / "nvidia-l4-trt10.8-fp16.json").write_text(json.dumps(side))
-    res = write_repository(bundle, tmp_path / "repo")
+    res = write_repository(copy, tmp_path / "repo")
     trt = [m for m in res.models if m.kind == "tensorrt_plan"]
     assert [m.name for m in trt] == ["ddad_trt_nvidia_l4_trt10_8_fp16"]
     text = (trt[0].path / "config.pbtxt").read_text()
@@ -142,31 +140,30 @@ def server(repo: Path):
 
 
 @pytest.fixture(scope="module")
-def direct() -> Scorer:
-    s = Scorer.from_bundle(shared_bundle("ae"), backend="ort-cpu", precision="fp32")
+def direct(bundle: Path) -> Scorer:
+    s = Scorer.from_bundle(bundle, backend="ort-cpu", precision="fp32")
     yield s
     s.close()
 
 
-def real_images() -> list[Path]:
+@pytest.fixture(scope="module")
+def real_images(kermany: Path) -> list[Path]:
     """A bounded subset of the Kermany test split and every DICOM of the shared data."""
-    if not have_kermany():
-        pytest.skip(f"real data not found at {SHARED_DATA} (../shared/data is absent)")
-    root = SHARED_DATA / "kermany-cxr" / "test"
+    root = kermany / "test"
+    dicom = kermany.parent / "dicom-cxr"
     kermany = [
         p for c in ("NORMAL", "PNEUMONIA") for p in sorted((root / c).iterdir())[:N_PER_CLASS]
     ]
-    dicoms = sorted((DICOMS / "original").iterdir()) + sorted((DICOMS / "edge_cases").iterdir())
+    dicoms = sorted((dicom / "original").iterdir()) + sorted((dicom / "edge_cases").iterdir())
     return kermany + dicoms
 
 
-def bad_files(where: Path) -> list[Path]:
+def bad_files(where: Path, good: Path) -> list[Path]:
     """Inputs that cannot be scored: text, an empty file, a truncated JPEG, a missing file."""
     text = where / "notes.png"
     text.write_text("not an image")
     empty = where / "empty.dcm"
     empty.write_bytes(b"")
-    good = sorted((SHARED_DATA / "kermany-cxr" / "test" / "NORMAL").iterdir())[0]
     cut = where / "truncated.jpeg"
     cut.write_bytes(good.read_bytes()[:300])
     return [text, empty, cut, where / "missing.png"]
@@ -183,28 +180,37 @@ def assert_same_records(got: list[ScoreResult], want: list[ScoreResult]) -> None
             assert g.scores[n] == pytest.approx(v, rel=1e-6, abs=0), (g.source, n)
 
 
-@pytest.mark.parametrize("protocol", ["http", "grpc"])
-def test_server_scores_equal_the_direct_scorer(server, direct, protocol, tmp_path) -> None:
-    from ddad_edge.runtime.triton_client import TritonScorer
-
-    files = [str(p) for p in real_images() + bad_files(tmp_path)]
-    url = server.http_url if protocol == "http" else f"grpc://{server.grpc_url}"
-    got = TritonScorer(url, concurrency=4).score(files)
+@pytest.fixture(scope="module")
+def cases(real_images, direct, tmp_path_factory) -> tuple[list[str], list[ScoreResult]]:
+    """The real images and the bad files, and the direct Scorer's records for them."""
+    files = [
+        str(p) for p in real_images + bad_files(tmp_path_factory.mktemp("bad"), real_images[0])
+    ]
     want = direct.score(files)
     assert sum(r.error is None for r in want) >= 2 * N_PER_CLASS + 6
     assert sum(r.error is not None for r in want) >= 4  # the bad files and the broken J2K
+    return files, want
+
+
+@pytest.mark.parametrize("protocol", ["http", "grpc"])
+def test_server_scores_equal_the_direct_scorer(server, cases, protocol) -> None:
+    from ddad_edge.runtime.triton_client import TritonScorer
+
+    files, want = cases
+    url = server.http_url if protocol == "http" else f"grpc://{server.grpc_url}"
+    got = TritonScorer(url, concurrency=4).score(files)
     assert_same_records(got, want)
     assert server.ready(), "the server stopped serving after bad inputs"
 
 
-def test_dynamic_batching_batches_under_bounded_load(server, direct) -> None:
+def test_dynamic_batching_batches_under_bounded_load(server, cases) -> None:
     """8 concurrent clients, a fixed number of requests: every answer right, none lost, and
     Triton's statistics show batches larger than one."""
     from ddad_edge.runtime.triton_client import TritonScorer
 
-    images = [str(p) for p in real_images()[: 2 * N_PER_CLASS]]
+    images = cases[0][: 2 * N_PER_CLASS]
     files = images * 4
-    want = {r.source: r for r in direct.score(images)}
+    want = {r.source: r for r in cases[1]}
     client = TritonScorer(f"grpc://{server.grpc_url}", concurrency=8)
     before = _batch_counts(client.statistics())
     t0 = time.perf_counter()
@@ -225,13 +231,13 @@ def _batch_counts(stats: dict) -> dict[int, int]:
     }
 
 
-def test_server_killed_mid_load_gives_clear_errors_never_a_wrong_score(repo, direct) -> None:
+def test_server_killed_mid_load_gives_clear_errors_never_a_wrong_score(repo, cases) -> None:
     from ddad_edge.runtime.triton_client import TritonScorer
 
     srv = _start(repo)
     try:
-        images = [str(p) for p in real_images()[: 2 * N_PER_CLASS]]
-        want = {r.source: r for r in direct.score(images)}
+        images = cases[0][: 2 * N_PER_CLASS]
+        want = {r.source: r for r in cases[1]}
         files = images * 6
         done = threading.Semaphore(0)
         client = TritonScorer(srv.http_url, concurrency=8, timeout=20)
