@@ -26,6 +26,14 @@ def triton(
     bundle: Annotated[Path, typer.Argument(help="Bundle folder written by `export`.")],
     output: Annotated[Path, typer.Option("-o", "--output", help="Model repository to write.")],
     max_batch: Annotated[int, typer.Option(help="max_batch_size of the models.")] = 64,
+    calibration: Annotated[
+        Path | None,
+        typer.Option(help="Calibration file of this bundle: the server's records get the flag."),
+    ] = None,
+    operating_point: Annotated[
+        float | None,
+        typer.Option(help="Specificity of the operating point to use (default: the file's)."),
+    ] = None,
     inference: Annotated[
         str,
         typer.Option(
@@ -44,8 +52,9 @@ def triton(
 ) -> None:
     """Write a Triton Inference Server model repository for a bundle.
 
-    Reads BUNDLE (hash-checked). Writes OUTPUT/: ddad_score (Python backend: file bytes in,
-    image scores out, with this runtime's decoding and scoring), ddad_dual_fp32 (onnxruntime_onnx,
+    Reads BUNDLE (hash-checked) and --calibration. Writes OUTPUT/: ddad_score (Python backend:
+    file bytes in, the records of `score` out: gate, decoding and scoring of this runtime, the
+    flag when calibrated), ddad_dual_fp32 (onnxruntime_onnx,
     CPU), ddad_dual_fp16 (onnxruntime_onnx, GPU) and a tensorrt_plan model per engine `build`
     made. Every config.pbtxt is then parsed with Triton's schema (tritonclient) and checked
     against its ONNX graph.
@@ -53,12 +62,15 @@ def triton(
     from ddad_edge.export.triton_config import ConfigError
     from ddad_edge.export.triton_repo import validate_repository, write_repository
     from ddad_edge.runtime.bundle import BundleError
+    from ddad_edge.runtime.calibration import CalibrationError
 
     try:
         res = write_repository(
             bundle,
             output,
             max_batch=max_batch,
+            calibration=calibration,
+            operating_point=operating_point,
             inference=inference,
             bls_model=bls_model,
             queue_delay_us=queue_delay_us,
@@ -66,7 +78,7 @@ def triton(
             force=force,
         )
         checked = {m.name: m.note for m in validate_repository(res.root)}
-    except (BundleError, ConfigError, FileExistsError, OSError, ValueError) as e:
+    except (BundleError, CalibrationError, ConfigError, FileExistsError, OSError, ValueError) as e:
         _fail(str(e))
     table = Table(title=f"{escape(str(res.root))}: Triton model repository")
     for col in ("model", "kind", "note", "validated"):

@@ -40,8 +40,11 @@ from ddad_edge.export.triton_config import (
 )
 from ddad_edge.runtime.bundle import ENGINES_DIR, open_bundle, slugify
 from ddad_edge.runtime.triton_protocol import (
+    ERROR_OUTPUT,
     FILE_INPUT,
+    FLAG_OUTPUT,
     NAME_INPUT,
+    RECORD_OUTPUT,
     SCORE_MODEL,
     SCORE_ORDER,
     SCORES_OUTPUT,
@@ -115,11 +118,18 @@ def score_model_config(
 
     FILE and NAME are UINT8 [-1] (the file's bytes and its UTF-8 name) with ragged batching:
     this Triton build's Python stub cannot read or write BYTES tensors under numpy 2 (see
-    ``runtime/triton_model.py``). SCORES is FP32 [3] (rec, intra, inter). A file that cannot
-    be scored gets a per-request error (its reason).
+    ``runtime/triton_model.py``). SCORES is FP32 [3] (rec, intra, inter), ERROR UINT8 [-1]
+    the per-request error text, RECORD UINT8 [-1] the record's JSON, FLAG BOOL [1] only when
+    calibrated (``runtime/triton_protocol.py``).
     """
     ragged = {"data_type": Sym("TYPE_UINT8"), "dims": [-1], "allow_ragged_batch": True}
-    outputs = [{"name": SCORES_OUTPUT, "data_type": Sym("TYPE_FP32"), "dims": [len(SCORE_ORDER)]}]
+    outputs = [
+        {"name": SCORES_OUTPUT, "data_type": Sym("TYPE_FP32"), "dims": [len(SCORE_ORDER)]},
+        {"name": ERROR_OUTPUT, "data_type": Sym("TYPE_UINT8"), "dims": [-1]},
+        {"name": RECORD_OUTPUT, "data_type": Sym("TYPE_UINT8"), "dims": [-1]},
+    ]
+    if params.get("calibration"):
+        outputs.append({"name": FLAG_OUTPUT, "data_type": Sym("TYPE_BOOL"), "dims": [1]})
     return {
         "name": SCORE_MODEL,
         "backend": "python",
@@ -151,6 +161,8 @@ def write_repository(
     output: str | os.PathLike[str],
     *,
     max_batch: int = 64,
+    calibration: str | os.PathLike[str] | None = None,
+    operating_point: float | None = None,
     inference: str = "in-process",
     bls_model: str = ONNX_MODELS["fp32"][0],
     queue_delay_us: int = 2000,
@@ -163,6 +175,9 @@ def write_repository(
         bundle_dir: folder written by ``ddad-edge export`` (hash-verified first).
         output: repository folder; must not exist unless ``force`` (then it is replaced).
         max_batch: ``max_batch_size`` of every model (TensorRT models: the engine's profile).
+        calibration: a calibration file of this bundle, copied next to the scoring model: its
+            records then carry the flag (and the FLAG output exists); checked here first.
+        operating_point: the specificity to use (None: the calibration file's default).
         inference: "in-process" (onnxruntime inside the Python model) or "bls".
         bls_model: the graph model BLS calls go to.
         queue_delay_us: dynamic batching's longest wait for a batch to fill.
@@ -177,6 +192,10 @@ def write_repository(
     if inference not in INFERENCE_MODES:
         raise ValueError(f"inference must be one of {', '.join(INFERENCE_MODES)}")
     bundle = open_bundle(bundle_dir, verify=True)
+    if calibration is not None:
+        from ddad_edge.runtime.calibration import load_calibration
+
+        load_calibration(calibration, bundle.manifest, operating_point)  # refuses a mismatch
     out = Path(output)
     if out.exists():
         if not force:
@@ -186,11 +205,22 @@ def write_repository(
     shutil.rmtree(staging, ignore_errors=True)
     result = RepoResult(out)
     models = _write_graph_models(bundle, staging, max_batch, queue_delay_us)
-    models.append(
-        _write_score_model(
-            bundle.root, staging, max_batch, inference, bls_model, queue_delay_us, instances
-        )
-    )
+    params = {
+        "bundle": "bundle",
+        "inference": inference,
+        "max_batch": str(max_batch),
+        "score_order": ",".join(SCORE_ORDER),
+    }
+    if inference == "bls":
+        params["bls_model"] = bls_model
+    if calibration is not None:
+        params["calibration"] = "calibration.json"
+        params["operating_point"] = "" if operating_point is None else repr(operating_point)
+    score_dir = staging / SCORE_MODEL
+    _write_score_model(bundle.root, score_dir, calibration, params)
+    cfg = score_model_config(max_batch, params, queue_delay_us, instances)
+    _write_config(score_dir, cfg)
+    models.append(RepoModel(SCORE_MODEL, "python", score_dir, None, f"inference {inference}"))
     os.replace(staging, out)
     for m in models:
         m.path = out / m.path.relative_to(staging)
@@ -230,30 +260,16 @@ def _write_graph_models(
 
 
 def _write_score_model(
-    bundle_root: Path,
-    root: Path,
-    max_batch: int,
-    inference: str,
-    bls_model: str,
-    queue_delay_us: int,
-    instances: int,
-) -> RepoModel:
-    d = root / SCORE_MODEL
-    version = d / "1"
+    bundle_root: Path, model_dir: Path, calibration: str | os.PathLike[str] | None, params: dict
+) -> None:
+    """Version 1 of the scoring model: model.py, the bundle (no engines), the calibration."""
+    version = model_dir / "1"
     for f in bundle_root.rglob("*"):
         if f.is_file() and ENGINES_DIR not in f.relative_to(bundle_root).parts:
             _link_or_copy(f, version / "bundle" / f.relative_to(bundle_root))
     (version / "model.py").write_text(MODEL_PY)
-    params = {
-        "bundle": "bundle",
-        "inference": inference,
-        "max_batch": str(max_batch),
-        "score_order": ",".join(SCORE_ORDER),
-    }
-    if inference == "bls":
-        params["bls_model"] = bls_model
-    _write_config(d, score_model_config(max_batch, params, queue_delay_us, instances))
-    return RepoModel(SCORE_MODEL, "python", d, None, f"inference {inference}")
+    if calibration is not None:
+        shutil.copy2(calibration, version / params["calibration"])
 
 
 def validate_repository(root: str | os.PathLike[str]) -> list[RepoModel]:

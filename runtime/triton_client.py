@@ -5,10 +5,11 @@ the same :class:`~ddad_edge.runtime.ScoreResult` records as local scoring.
 from ``concurrency`` threads, one file per request (each thread has its own client object: the
 tritonclient clients are not shared between threads); Triton's dynamic batcher groups them.
 
-A file that cannot be read here gets the reason local scoring gives; one the server cannot score
-gets the server's reason; a request that fails in transport (server down, timeout) gets
-"Triton server ...: <what happened>". Scores are taken only from a complete response of the
-expected shape with finite values, so a failure never turns into a score.
+A file that cannot be read here gets the record local scoring gives it; the server's records are
+taken as they come (``runtime/triton_protocol.py``); a request that fails at the server or in
+transport (server down, timeout, crashed model) gets the error "Triton server URL: <what
+happened>". A record is used only when its scores, error and status agree with the SCORES and
+ERROR tensors, so a failure never turns into a score.
 """
 
 from __future__ import annotations
@@ -24,11 +25,15 @@ import numpy as np
 from ddad_edge.runtime.io import ImageLoadError, _check_file
 from ddad_edge.runtime.scorer import ScoreResult
 from ddad_edge.runtime.triton_protocol import (
+    ERROR_OUTPUT,
     FILE_INPUT,
     NAME_INPUT,
+    RECORD_OUTPUT,
     SCORE_MODEL,
     SCORE_ORDER,
     SCORES_OUTPUT,
+    decode_record,
+    decode_text,
     encode_file,
     encode_name,
 )
@@ -115,7 +120,8 @@ class TritonScorer:
         return out
 
     def _infer(self, inputs: list[Any]) -> Any:
-        outputs = [self._mod.InferRequestedOutput(SCORES_OUTPUT)]
+        names = (SCORES_OUTPUT, ERROR_OUTPUT, RECORD_OUTPUT)
+        outputs = [self._mod.InferRequestedOutput(n) for n in names]
         if self.protocol == "grpc":
             return self._client().infer(
                 self.model, inputs, outputs=outputs, client_timeout=self.timeout
@@ -128,20 +134,17 @@ class TritonScorer:
 
         source = os.fspath(path)
         try:
-            _check_file(source)
             with open(source, "rb") as fh:
                 data = fh.read()
-        except ImageLoadError as e:
-            return ScoreResult(source, error=e.reason)
         except OSError as e:
-            return ScoreResult(source, error=f"cannot read file: {e.strerror or e}")
+            return unreadable(source, e)
         try:
             response = self._infer(self._inputs(data, source))
         except InferenceServerException as e:
-            return ScoreResult(source, error=_server_reason(e, self.url))
+            return ScoreResult(source, error=f"Triton server {self.url}: {e.message() or e}")
         except Exception as e:  # transport errors of gevent / grpc / sockets
             return ScoreResult(source, error=f"Triton server {self.url}: {type(e).__name__}: {e}")
-        return _result(source, response.as_numpy(SCORES_OUTPUT), self.url)
+        return _result(source, response, self.url)
 
     def score(
         self,
@@ -178,24 +181,47 @@ class TritonScorer:
         return dict(stats)
 
 
-def _server_reason(e: Any, url: str) -> str:
-    """The reason in a per-request error of the model, or a transport failure's description."""
-    msg = e.message() if hasattr(e, "message") else str(e)
-    status = str(e.status() or "") if hasattr(e, "status") else ""
-    # The model answers an input it cannot score with INVALID_ARG (HTTP 400) and the reason;
-    # everything else (unavailable, deadline, connection reset, a crashed stub) names the server.
-    if status in ("400", "StatusCode.INVALID_ARGUMENT") and msg:
-        return msg
-    return f"Triton server {url}: {msg or status or type(e).__name__}"
+def unreadable(source: str, exc: OSError) -> ScoreResult:
+    """The record local scoring gives a file that cannot be read here: the input gate's notes
+    (or its error for a ``.dcm`` name) and the loader's reason."""
+    from ddad_edge.runtime.gate import check_file
+
+    notes: list[str] = []
+    try:
+        notes = list(check_file(source).notes)
+        _check_file(source)
+    except ImageLoadError as e:
+        return ScoreResult(source, error=e.reason, notes=notes)
+    return ScoreResult(source, error=f"cannot read file: {exc.strerror or exc}", notes=notes)
 
 
-def _result(source: str, scores: np.ndarray | None, url: str) -> ScoreResult:
-    if scores is None or scores.shape != (1, len(SCORE_ORDER)) or not np.all(np.isfinite(scores)):
-        shape = None if scores is None else scores.shape
-        reason = f"Triton server {url}: malformed response (SCORES {shape})"
-        return ScoreResult(source, error=reason)
-    values = zip(SCORE_ORDER, scores[0], strict=True)
-    return ScoreResult(source, scores={n: float(v) for n, v in values})
+def _result(source: str, response: Any, url: str) -> ScoreResult:
+    """The record in a response, checked: its scores must be the SCORES tensor's (NaN when not
+    scored), else the response is reported as malformed, never used."""
+    try:
+        rec = decode_record(response.as_numpy(RECORD_OUTPUT)[0], source)
+        tensor = response.as_numpy(SCORES_OUTPUT)
+        r = ScoreResult(
+            source,
+            scores=rec["scores"],
+            error=rec["error"],
+            warnings=list(rec["warnings"]),
+            reason=rec["reason"],
+            notes=list(rec["notes"]),
+            flag=rec["flag"],
+            operating_point=rec["operating_point"],
+        )
+        s = r.scores or {}
+        want = np.array([[s.get(n, np.nan) for n in SCORE_ORDER]], np.float32)
+        if tensor.shape != want.shape or not np.array_equal(tensor, want, equal_nan=True):
+            raise ValueError(f"SCORES {tensor.tolist()} disagree with the record's {s}")
+        if decode_text(response.as_numpy(ERROR_OUTPUT)[0]) != (r.error or ""):
+            raise ValueError("ERROR disagrees with the record's error")
+        if rec["status"] != r.status or (r.status == "scored") != bool(r.scores):
+            raise ValueError(f"status {rec['status']!r} does not fit the record")
+    except (KeyError, TypeError, ValueError, AttributeError) as e:
+        return ScoreResult(source, error=f"Triton server {url}: malformed response ({e})")
+    return r
 
 
 __all__ = ["PROTOCOLS", "TritonClientError", "TritonScorer", "parse_url"]

@@ -37,11 +37,16 @@ import numpy as np
 
 from ddad_edge.runtime.scorer import Scorer, ScoreResult
 from ddad_edge.runtime.triton_protocol import (
+    ERROR_OUTPUT,
     FILE_INPUT,
+    FLAG_OUTPUT,
     NAME_INPUT,
+    RECORD_OUTPUT,
     SCORE_ORDER,
     SCORES_OUTPUT,
     decode_name,
+    encode_record,
+    encode_text,
 )
 
 Item = tuple[str, bytes] | str
@@ -88,30 +93,40 @@ class BlsBackend:
 
 
 def make_scorer(version_dir: Path, params: dict[str, str], pb_utils: Any) -> Scorer:
-    """The Scorer the model serves, from its parameters (bundle, inference, max_batch,
-    bls_model)."""
+    """The Scorer the model serves, from its parameters: bundle, inference, max_batch,
+    bls_model, calibration (a file in the version folder) and operating_point."""
     bundle_dir = version_dir / params.get("bundle", "bundle")
     max_batch = int(params.get("max_batch", "64"))
+    calibration = version_dir / params["calibration"] if params.get("calibration") else None
+    point = float(params["operating_point"]) if params.get("operating_point") else None
     if params.get("inference", "in-process") == "in-process":
         return Scorer.from_bundle(
-            bundle_dir, backend="ort-cpu", precision="fp32", max_batch=max_batch
+            bundle_dir,
+            backend="ort-cpu",
+            precision="fp32",
+            max_batch=max_batch,
+            calibration=calibration,
+            operating_point=point,
         )
     from ddad_edge.runtime.bundle import open_bundle
+    from ddad_edge.runtime.calibration import load_calibration
 
     bundle = open_bundle(bundle_dir, verify=True)
     model = params.get("bls_model", "ddad_dual_fp32")
     precision = "fp16" if "fp16" in model else "fp32"
     outputs = list(bundle.graph("dual", "fp32")["outputs"])
     backend = BlsBackend(pb_utils, model, outputs)
-    return Scorer(bundle, {"dual": backend}, precision, max_batch=max_batch)
+    cal = None if calibration is None else load_calibration(calibration, bundle.manifest, point)
+    return Scorer(bundle, {"dual": backend}, precision, max_batch=max_batch, calibration=cal)
 
 
 def score_files(scorer: Scorer, items: list[Item], workdir: Path) -> list[ScoreResult]:
-    """Score files given as (base name, bytes); one result per item, in order.
+    """Gate and score files given as (base name, bytes); one result per item, in order.
 
-    The files are written under ``workdir`` as ``<i>/<name>`` and removed afterwards. Items that
-    are already errors (a str) and files that cannot be decoded get ``error``; an inference
-    failure becomes the error of every file of the batch (never a partial or wrong score).
+    The files are written under ``workdir`` as ``<i>/<name>`` and removed afterwards; a
+    result's ``source`` is that path. Items that are already errors (a str) and files that cannot
+    be decoded get ``error``; an inference failure becomes the error of every file of the batch
+    (never a partial or wrong score).
     """
     results = [ScoreResult(f"item[{i}]") for i in range(len(items))]
     paths: list[tuple[int, Path]] = []
@@ -121,7 +136,6 @@ def score_files(scorer: Scorer, items: list[Item], workdir: Path) -> list[ScoreR
                 results[i].error = item
                 continue
             name, data = item
-            results[i].source = name
             path = workdir / str(i) / (name or "file")
             path.parent.mkdir(exist_ok=True)
             path.write_bytes(data)
@@ -132,7 +146,7 @@ def score_files(scorer: Scorer, items: list[Item], workdir: Path) -> list[ScoreR
             except Exception as e:  # onnxruntime / BLS failures: report, never guess
                 scored = [ScoreResult(str(p), error=f"inference failed: {e}") for _, p in paths]
             for (i, _), r in zip(paths, scored, strict=True):
-                results[i].scores, results[i].error = r.scores, r.error
+                results[i] = r
     finally:
         for i, _ in paths:
             shutil.rmtree(workdir / str(i), ignore_errors=True)
@@ -155,6 +169,7 @@ class TritonPythonModel:
         params = {k: v.get("string_value", "") for k, v in config.get("parameters", {}).items()}
         version_dir = Path(args["model_repository"]) / args["model_version"]
         self.scorer = make_scorer(version_dir, params, pb_utils)
+        self.flag = any(o["name"] == FLAG_OUTPUT for o in config.get("output", []))
         self.workdir = Path(tempfile.mkdtemp(prefix="ddad-score-", dir=_shm_dir()))
 
     def _read(self, request: Any) -> Item:
@@ -166,21 +181,24 @@ class TritonPythonModel:
         return decode_name(name[0]), data[0].tobytes()
 
     def execute(self, requests: list[Any]) -> list[Any]:
-        """Score one dynamic batch: one response per request, scores or a per-request error."""
-        pb = self.pb
+        """Score one dynamic batch: one response per request (see ``triton_protocol``)."""
         results = score_files(self.scorer, [self._read(r) for r in requests], self.workdir)
-        responses = []
-        for r in results:
-            if r.error is not None or r.scores is None:
-                # INVALID_ARG (HTTP 400): the input's fault; clients tell it from server failures.
-                error = pb.TritonError(r.error or "not scored", pb.TritonError.INVALID_ARG)
-                responses.append(pb.InferenceResponse(output_tensors=[], error=error))
-                continue
-            scores = np.array([[r.scores[n] for n in SCORE_ORDER]], np.float32)
-            responses.append(
-                pb.InferenceResponse(output_tensors=[pb.Tensor.from_dlpack(SCORES_OUTPUT, scores)])
-            )
-        return responses
+        return [self._response(r) for r in results]
+
+    def _response(self, r: ScoreResult) -> Any:
+        """SCORES, ERROR, RECORD (and FLAG) of one input, whatever its status."""
+        pb = self.pb
+        s = r.scores or {}
+        scores = np.array([[s.get(n, np.nan) for n in SCORE_ORDER]], np.float32)
+        tensors = [
+            pb.Tensor.from_dlpack(SCORES_OUTPUT, scores),
+            pb.Tensor.from_dlpack(ERROR_OUTPUT, encode_text(r.error or "")),
+            pb.Tensor.from_dlpack(RECORD_OUTPUT, encode_record(r.to_json(), r.source)),
+        ]
+        if self.flag:
+            flag = np.array([[r.flag == "abnormal"]], np.bool_)
+            tensors.append(pb.Tensor.from_dlpack(FLAG_OUTPUT, flag))
+        return pb.InferenceResponse(output_tensors=tensors)
 
     def finalize(self) -> None:
         """Release the backend and the private folder."""

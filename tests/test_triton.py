@@ -26,10 +26,35 @@ N_PER_CLASS = 6  # Kermany test images per class scored through the server (time
 
 
 @pytest.fixture(scope="module")
-def repo(bundle: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+def calibration(bundle: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A calibration file for the bundle, from 40 scores spread over the golden images' inter
+    scores (so that some images flag abnormal and some normal)."""
+    from ddad_edge.runtime.bundle import open_bundle
+    from ddad_edge.runtime.calibration import calibrate, calibration_record, write_calibration
+
+    b = open_bundle(bundle, verify=False)
+    golden = b.golden()["score_inter"].astype(np.float64)
+    normals = np.linspace(golden.min() * 0.9, golden.max() * 1.1, 40)
+    rec = calibration_record(
+        b.manifest,
+        calibrate(normals, n_boot=50),
+        score="inter",
+        normals={"source": "test: spread over the golden scores", "n": 40},
+        abnormals=None,
+        bootstrap={"n": 50, "level": 0.95, "seed": 0},
+    )
+    path = tmp_path_factory.mktemp("calibration") / "calibration.json"
+    write_calibration(rec, path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def repo(bundle: Path, calibration: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The repository the server tests serve: calibrated at specificity 0.9."""
     from ddad_edge.export.triton_repo import write_repository
 
-    return write_repository(bundle, tmp_path_factory.mktemp("triton") / "repo").root
+    out = tmp_path_factory.mktemp("triton") / "repo"
+    return write_repository(bundle, out, calibration=calibration, operating_point=0.9).root
 
 
 # ----------------------------------------------------------------------------------------------
@@ -67,6 +92,14 @@ def test_every_config_parses_with_tritons_schema_and_matches_its_graph(repo: Pat
                 ("NAME", mc.TYPE_UINT8, [-1]),
             ]
             assert all(t.allow_ragged_batch for t in cfg.input)
+            assert [(t.name, t.data_type, list(t.dims)) for t in cfg.output] == [
+                ("SCORES", mc.TYPE_FP32, [3]),
+                ("ERROR", mc.TYPE_UINT8, [-1]),
+                ("RECORD", mc.TYPE_UINT8, [-1]),
+                ("FLAG", mc.TYPE_BOOL, [1]),  # the repository is calibrated
+            ]
+            assert cfg.parameters["calibration"].string_value == "calibration.json"
+            assert (repo / name / "1" / "calibration.json").is_file()
             assert cfg.instance_group[0].kind == mc.ModelInstanceGroup.KIND_CPU
             continue
         assert cfg.platform == "onnxruntime_onnx"
@@ -140,8 +173,10 @@ def server(repo: Path):
 
 
 @pytest.fixture(scope="module")
-def direct(bundle: Path) -> Scorer:
-    s = Scorer.from_bundle(bundle, backend="ort-cpu", precision="fp32")
+def direct(bundle: Path, calibration: Path) -> Scorer:
+    s = Scorer.from_bundle(
+        bundle, backend="ort-cpu", precision="fp32", calibration=calibration, operating_point=0.9
+    )
     yield s
     s.close()
 
@@ -158,37 +193,47 @@ def real_images(kermany: Path) -> list[Path]:
     return kermany + dicoms
 
 
-def bad_files(where: Path, good: Path) -> list[Path]:
-    """Inputs that cannot be scored: text, an empty file, a truncated JPEG, a missing file."""
+def bad_files(where: Path, good: Path, dicom: Path) -> list[Path]:
+    """Inputs that are not scored: text, an empty file, a truncated JPEG, missing files (errors)
+    and a CT image (the input gate abstains)."""
+    import pydicom
+
+    ds = pydicom.dcmread(dicom, force=True)
+    ds.Modality = "CT"
+    ct = where / "ct.dcm"
+    ds.save_as(ct, enforce_file_format=False)
     text = where / "notes.png"
     text.write_text("not an image")
     empty = where / "empty.dcm"
     empty.write_bytes(b"")
     cut = where / "truncated.jpeg"
     cut.write_bytes(good.read_bytes()[:300])
-    return [text, empty, cut, where / "missing.png"]
+    return [text, empty, cut, where / "missing.png", where / "missing.dcm", ct]
 
 
 def assert_same_records(got: list[ScoreResult], want: list[ScoreResult]) -> None:
+    """Same records as local scoring: every field equal, image scores to 1e-6 relative."""
     assert [r.source for r in got] == [r.source for r in want]
     for g, w in zip(got, want, strict=True):
-        assert g.error == w.error, g.source
-        if w.scores is None:
-            assert g.scores is None, g.source
-            continue
-        for n, v in w.scores.items():
-            assert g.scores[n] == pytest.approx(v, rel=1e-6, abs=0), (g.source, n)
+        gj, wj = g.to_json(), w.to_json()
+        gs, ws = gj.pop("scores"), wj.pop("scores")
+        assert gj == wj, g.source
+        assert (gs is None) == (ws is None), g.source
+        for n, v in (ws or {}).items():
+            assert gs[n] == pytest.approx(v, rel=1e-6, abs=0), (g.source, n)
 
 
 @pytest.fixture(scope="module")
 def cases(real_images, direct, tmp_path_factory) -> tuple[list[str], list[ScoreResult]]:
     """The real images and the bad files, and the direct Scorer's records for them."""
-    files = [
-        str(p) for p in real_images + bad_files(tmp_path_factory.mktemp("bad"), real_images[0])
-    ]
+    dicom = min((p for p in real_images if p.suffix == ".dcm"), key=lambda p: p.stat().st_size)
+    bad = bad_files(tmp_path_factory.mktemp("bad"), real_images[0], dicom)
+    files = [str(p) for p in real_images + bad]
     want = direct.score(files)
-    assert sum(r.error is None for r in want) >= 2 * N_PER_CLASS + 6
-    assert sum(r.error is not None for r in want) >= 4  # the bad files and the broken J2K
+    statuses = [r.status for r in want]
+    assert statuses.count("scored") >= 2 * N_PER_CLASS and statuses.count("error") >= 6
+    assert statuses.count("abstained") == 1
+    assert all(r.flag in ("normal", "abnormal") for r in want if r.status == "scored")
     return files, want
 
 
