@@ -9,17 +9,10 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-console = Console(stderr=True)
-out_console = Console()
-
-
-def _fail(msg: str) -> None:
-    console.print(f"[bold red]error:[/] {escape(msg)}", highlight=False, soft_wrap=True)
-    raise typer.Exit(1)
+from ddad_edge.cli_common import fail, out_console, say
 
 
 def triton(
@@ -79,7 +72,7 @@ def triton(
         )
         checked = {m.name: m.note for m in validate_repository(res.root)}
     except (BundleError, CalibrationError, ConfigError, FileExistsError, OSError, ValueError) as e:
-        _fail(str(e))
+        fail(e)
     table = Table(title=f"{escape(str(res.root))}: Triton model repository")
     for col in ("model", "kind", "note", "validated"):
         table.add_column(col)
@@ -115,11 +108,10 @@ def serve_triton(
             metrics_port=metrics_port,
         )
     except ServerError as e:
-        _fail(str(e))
-    out_console.print(
+        fail(e)
+    say(
         f"ready: HTTP {server.http_url}, gRPC grpc://{server.grpc_url}, "
-        f"metrics 127.0.0.1:{server.metrics_port}; log {server.log_path}",
-        highlight=False,
+        f"metrics 127.0.0.1:{server.metrics_port}; log {server.log_path}"
     )
     deadline = time.monotonic() + seconds if seconds > 0 else None
     try:
@@ -132,8 +124,8 @@ def serve_triton(
         tail = server.log_tail() if died else ""
         server.stop()
     if died:
-        _fail(f"tritonserver exited:\n{tail}")
-    out_console.print("stopped", highlight=False)
+        fail(f"tritonserver exited:\n{tail}")
+    say("stopped")
 
 
 def register(app: typer.Typer) -> None:
