@@ -213,10 +213,6 @@ def calibration_record(
             else {}
         ),
     }
-    if normal_scores is not None:
-        record["normal_scores"] = {
-            k: [float(v) for v in np.ravel(vals)] for k, vals in normal_scores.items()
-        }
     return record
 
 
