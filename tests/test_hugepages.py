@@ -95,42 +95,32 @@ def test_advise_keeps_contents_and_reports_what_the_kernel_did() -> None:
         pytest.skip(f"transparent huge pages are {_thp_mode()!r} here: the kernel may refuse")
 
 
-def _onnx_file(tmp_path: Path, name: str, node: str, w: np.ndarray | None = None) -> Path:
-    """A one-node ONNX graph y = node(x[, w]) on float32 x [N, 1024] (needs onnx)."""
-    onnx = pytest.importorskip("onnx", reason="building test graphs needs the train extra")
-    from onnx import TensorProto, helper, numpy_helper
+def _dual_graph(bundle: Path) -> tuple[Path, dict[str, np.ndarray]]:
+    """The shared bundle's FP32 dual graph (~50 MB of weights) and a feed of two golden images."""
+    from ddad_edge.runtime.bundle import open_bundle
 
-    inputs, inits, width = ["x"], [], 1024
-    if w is not None:
-        inputs, inits, width = ["x", "w"], [numpy_helper.from_array(w, "w")], w.shape[1]
-    g = helper.make_graph(
-        [helper.make_node(node, inputs, ["y"])],
-        "g",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 1024])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", width])],
-        initializer=inits,
-    )
-    path = tmp_path / f"{name}.onnx"
-    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]), str(path))
-    return path
+    b = open_bundle(bundle, verify=False)
+    return b.graph_path("dual", "fp32"), {"x": b.golden()["x"][:2]}
 
 
-def test_huge_pages_are_opt_in_and_change_no_output(tmp_path: Path) -> None:
-    w = np.random.default_rng(0).standard_normal((1024, 2048)).astype(np.float32)  # 8 MiB
-    path = _onnx_file(tmp_path, "mm", "MatMul", w)
-    x = np.random.default_rng(1).standard_normal((3, 1024)).astype(np.float32)
+def test_huge_pages_are_opt_in_and_change_no_output(bundle: Path) -> None:
+    path, feed = _dual_graph(bundle)
     plain = OrtBackend(path)  # default: no warm-up
     plain.load()
     assert plain.warm_up is None and plain.settle(0) is None
     hp = OrtBackend(path, warm_up=hugepages.for_cpu_backend)
     hp.load()
     assert isinstance(hp.warm_up, hugepages.HugePages) and hp.warm_up.job is None
-    first = hp.infer({"x": x})["y"]
+    first = hp.infer(feed)
     assert hp.warm_up.job is not None  # started after the first run
     job = hp.warm_up.job
     assert hp.settle(30).startswith("huge pages: ") and hp.warm_up.job is job  # started once
-    np.testing.assert_array_equal(first, plain.infer({"x": x})["y"])
-    np.testing.assert_array_equal(hp.infer({"x": x})["y"], first)
+    for name, y in plain.infer(feed).items():
+        np.testing.assert_array_equal(first[name], y)
+    for name, y in hp.infer(feed).items():
+        np.testing.assert_array_equal(first[name], y)
+    plain.close()
+    hp.close()
 
 
 def test_huge_pages_only_for_cpu_sessions() -> None:
@@ -169,11 +159,11 @@ def test_advise_retries_eagain(monkeypatch: pytest.MonkeyPatch, retries: int) ->
 
 
 def test_concurrent_first_inferences_start_one_job(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    bundle: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     import threading
 
-    path = _onnx_file(tmp_path, "relu", "Relu")
+    path, feed = _dual_graph(bundle)
     started: list[int] = []
     real = hugepages.start_collapse
 
@@ -184,14 +174,14 @@ def test_concurrent_first_inferences_start_one_job(
     monkeypatch.setattr(hugepages, "start_collapse", counting)
     b = OrtBackend(path, warm_up=hugepages.for_cpu_backend)
     b.load()
-    x = np.ones((2, 1024), np.float32)
-    threads = [threading.Thread(target=b.infer, args=({"x": x},)) for _ in range(8)]
+    threads = [threading.Thread(target=b.infer, args=(feed,)) for _ in range(4)]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
     assert len(started) == 1
     assert b.warm_up.job is not None and b.warm_up.job.wait(30) is not None
+    b.close()
 
 
 def test_other_page_sizes_are_left_alone(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -120,6 +120,8 @@ def _pngs(folder: Path, n: int, seed: int, bright: float) -> Path:
 def test_cli_calibrate_score_report(bundle: Path, tmp_path: Path) -> None:
     import json
 
+    pytest.importorskip("highdicom", reason="the report extra (highdicom) is not installed")
+
     from typer.testing import CliRunner
 
     from ddad_edge.cli import app
