@@ -22,6 +22,13 @@ MISSING_EXTRA_EXIT = 2
 """Exit status when a command needs packages of an extra that is not installed."""
 
 
+def command_help(func: object) -> str:
+    """A command's docstring with each paragraph on one line (the terminal re-wraps it)."""
+    doc = (getattr(func, "__doc__", None) or "").strip()
+    paras = [" ".join(line.strip() for line in p.splitlines()) for p in doc.split("\n\n")]
+    return "\n\n".join(paras)
+
+
 def one_line(e: BaseException | str) -> str:
     """An exception or message as one line (multi-line text joined with ' | ')."""
     text = " | ".join(line.strip() for line in str(e).splitlines() if line.strip())

@@ -11,8 +11,7 @@ from typing import Annotated, Any
 import numpy as np
 import typer
 
-from ddad_edge.cli_common import fail, one_line, out_console, say
-from ddad_edge.cli_deploy import _help
+from ddad_edge.cli_common import command_help, fail, one_line, out_console, say
 
 
 def _images(folder: Path) -> list[str]:
@@ -268,4 +267,4 @@ def report(
 def register(app: typer.Typer) -> None:
     """Add calibrate and report to the app."""
     for func in (calibrate, report):
-        app.command(help=_help(func))(func)
+        app.command(help=command_help(func))(func)

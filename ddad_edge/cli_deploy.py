@@ -14,7 +14,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from ddad_edge.cli_common import fail, note, out_console, require_extra, say
+from ddad_edge.cli_common import command_help, fail, note, out_console, require_extra, say
 
 
 def export(
@@ -426,14 +426,7 @@ def _print_scores(results: list, heatmaps: list[Path | None] | None, as_json: bo
     out_console.print(_results_table(results, SCORE_NAMES))
 
 
-def _help(func: object) -> str:
-    """A command's docstring with each paragraph on one line (the terminal re-wraps it)."""
-    doc = (getattr(func, "__doc__", None) or "").strip()
-    paras = [" ".join(line.strip() for line in p.splitlines()) for p in doc.split("\n\n")]
-    return "\n\n".join(paras)
-
-
 def register(app: typer.Typer) -> None:
     """Add export, verify, build and score to the app."""
     for func in (export, verify, build, score):
-        app.command(help=_help(func))(func)
+        app.command(help=command_help(func))(func)

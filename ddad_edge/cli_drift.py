@@ -9,8 +9,7 @@ from typing import Annotated
 
 import typer
 
-from ddad_edge.cli_common import fail, out_console
-from ddad_edge.cli_deploy import _help
+from ddad_edge.cli_common import command_help, fail, out_console
 
 
 def drift(
@@ -80,4 +79,4 @@ def drift(
 
 def register(app: typer.Typer) -> None:
     """Add drift to the app."""
-    app.command(help=_help(drift))(drift)
+    app.command(help=command_help(drift))(drift)
