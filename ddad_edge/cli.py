@@ -544,6 +544,9 @@ cli_decision.register(app)
 from ddad_edge import cli_triton  # noqa: E402
 
 cli_triton.register(app)
+from ddad_edge import cli_node  # noqa: E402
+
+cli_node.register(app)
 
 
 def main() -> None:  # pragma: no cover

@@ -134,6 +134,8 @@ class Worker:
             log.error("failed", extra={"sop_uid": row.sop_uid, "reason": reason})
             return FAILED
         times = {**out.times, "wait": t0 - row.received_at, "done_at": time.time()}
+        if self.jsonl:  # before the commit: after a crash the line repeats, the last one counts
+            self.spool.append_jsonl({"sop_instance_uid": row.sop_uid, **out.record})
         self.journal.finish(
             row.sop_uid,
             out.state,
@@ -144,8 +146,6 @@ class Worker:
         )
         self.metrics.processing.observe(time.time() - row.received_at)
         (self.metrics.scored if out.state == SCORED else self.metrics.abstained).inc()
-        if self.jsonl:
-            self.spool.append_jsonl({"sop_instance_uid": row.sop_uid, **out.record})
         log.info(
             out.state,
             extra={"sop_uid": row.sop_uid, "reason": out.reason, "flag": out.record.get("flag")},

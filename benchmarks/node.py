@@ -1,0 +1,325 @@
+"""End-to-end latency of the DICOM node: C-STORE sent -> results received at the destination.
+
+``python -m ddad_edge.benchmarks.node BUNDLE --calibration C FILE... -o out.json``
+
+The node runs as ``ddad-edge serve`` in its own process on loopback; this process is both the
+sending modality (pynetdicom SCU threads) and the destination (a pynetdicom Storage SCP that
+notes when each result arrives and which source it references). Each send is a copy of a file
+under a new SOP Instance UID (the pixel data as stored: compressed files stay compressed), so
+the node processes every one. Times are wall clock (``time.time``) in both processes.
+
+Per object, from the node's journal (``times``) and the two ends:
+
+- receive+persist: C-STORE sent -> object stored, fsynced and journalled (``received_at``);
+- wait: stored -> a worker takes it (queueing; grows with concurrent senders);
+- gate, decode, score: the pipeline's stages (``node.pipeline``);
+- build+send: scores ready -> the object's last result received at the destination;
+- e2e: C-STORE sent -> last result received.
+
+The in-process reference is ``decode + score`` of the same file in this process
+(``runtime.io.load_image`` + ``preprocess`` + the scorer), median of ``repeats``; the target
+is e2e p50 <= 2 x that. Also timed in process: the full-resolution decode (``target_size=None``)
+against the reduced one the node uses, and the image scores of both (parity).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Annotated, Any
+
+import numpy as np
+import typer
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _wait_port(port: int, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), 0.5):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise TimeoutError(f"nothing listening on 127.0.0.1:{port}")
+
+
+class Destination:
+    """A Storage SCP noting (arrival time, result kind) per referenced source SOP Instance."""
+
+    def __init__(self) -> None:
+        from pynetdicom import AE, AllStoragePresentationContexts, evt
+
+        self.arrivals: dict[str, list[float]] = {}
+        self.cond = threading.Condition()
+        self.ae = AE(ae_title="BENCHDEST")
+        self.ae.supported_contexts = AllStoragePresentationContexts
+        self.server = self.ae.start_server(
+            ("127.0.0.1", 0), block=False, evt_handlers=[(evt.EVT_C_STORE, self._on_store)]
+        )
+        self.port = int(self.server.server_address[1])
+
+    def _on_store(self, event: Any) -> int:
+        t = time.time()
+        ds = event.dataset
+        sources = [
+            str(s.ReferencedSOPInstanceUID)
+            for study in ds.get("CurrentRequestedProcedureEvidenceSequence", [])
+            for series in study.ReferencedSeriesSequence
+            for s in series.ReferencedSOPSequence
+        ] + [str(s.ReferencedSOPInstanceUID) for s in ds.get("SourceImageSequence", [])]
+        with self.cond:
+            for uid in set(sources):
+                self.arrivals.setdefault(uid, []).append(t)
+            self.cond.notify_all()
+        return 0x0000
+
+    def wait(self, uid: str, n_results: int, timeout: float = 120.0) -> float:
+        """When the n-th result referencing ``uid`` arrived."""
+        deadline = time.monotonic() + timeout
+        with self.cond:
+            while len(self.arrivals.get(uid, [])) < n_results:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise TimeoutError(f"results for {uid} did not arrive in {timeout} s")
+                self.cond.wait(left)
+            return max(self.arrivals[uid][:n_results])
+
+    def close(self) -> None:
+        self.ae.shutdown()
+
+
+def _copy(ds: Any) -> Any:
+    """The data set under a new SOP Instance UID (pixel data untouched)."""
+    from pydicom.uid import generate_uid
+
+    out = ds.copy()
+    out.file_meta = ds.file_meta.copy()
+    out.SOPInstanceUID = out.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+    return out
+
+
+def _sender_ae(datasets: list[Any]) -> Any:
+    from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
+    from pynetdicom import AE
+
+    ae = AE(ae_title="BENCHSCU")
+    for sop, ts in sorted(
+        {(str(d.SOPClassUID), str(d.file_meta.TransferSyntaxUID)) for d in datasets}
+    ):
+        ae.add_requested_context(sop, [ts, ExplicitVRLittleEndian, ImplicitVRLittleEndian])
+    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 120
+    return ae
+
+
+def _send_and_wait(
+    port: int, dest: Destination, items: list[tuple[str, Any]], out: list[dict[str, Any]]
+) -> None:
+    """One sender: for each (name, dataset), C-STORE it and wait for its results."""
+    ae = _sender_ae([d for _, d in items])
+    assoc = ae.associate("127.0.0.1", port, ae_title="DDAD")
+    if not assoc.is_established:
+        raise RuntimeError("the node refused the association")
+    try:
+        for name, ds in items:
+            t0 = time.time()
+            status = assoc.send_c_store(ds)
+            if not status or int(status.Status) != 0:
+                raise RuntimeError(f"{name}: C-STORE status {status}")
+            uid = str(ds.SOPInstanceUID)
+            # scored objects get an SR and a Secondary Capture; both reference the source
+            t_dest = dest.wait(uid, 2)
+            out.append({"file": name, "uid": uid, "t0": t0, "t_dest": t_dest})
+    finally:
+        assoc.release()
+
+
+def _breakdown(spool: Path, sends: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per send: the stages in ms from the node's journal and the two end times."""
+    from ddad_edge.node.journal import Journal
+
+    journal = Journal(spool / "journal.sqlite")
+    rows = []
+    try:
+        for s in sends:
+            row = journal.get(s["uid"])
+            rec = journal.record(s["uid"]) or {}
+            t = rec.get("times") or {}
+            start = row.received_at + t.get("wait", 0.0)
+            scored_at = start + t.get("gate", 0) + t.get("decode", 0) + t.get("score", 0)
+            rows.append(
+                {
+                    "file": s["file"],
+                    "status": rec.get("status"),
+                    "receive_persist": (row.received_at - s["t0"]) * 1e3,
+                    "wait": t.get("wait", 0.0) * 1e3,
+                    "gate": t.get("gate", 0.0) * 1e3,
+                    "decode": t.get("decode", 0.0) * 1e3,
+                    "score": t.get("score", 0.0) * 1e3,
+                    "build_send": (s["t_dest"] - scored_at) * 1e3,
+                    "e2e": (s["t_dest"] - s["t0"]) * 1e3,
+                }
+            )
+    finally:
+        journal.close()
+    return rows
+
+
+def in_process(bundle: Path, files: list[Path], repeats: int) -> dict[str, dict[str, float]]:
+    """Median ms of decode (reduced, as the node does; and full resolution), score, and the
+    image scores' largest relative difference between the two decodes, per file."""
+    from ddad_edge.runtime.io import load_image
+    from ddad_edge.runtime.preprocess import preprocess
+    from ddad_edge.runtime.scorer import Scorer
+
+    out = {}
+    with Scorer.from_bundle(bundle, backend="ort-cpu", max_batch=1) as scorer:
+        for f in files:
+            times: dict[str, list[float]] = {"decode": [], "decode_full": [], "score": []}
+            for r in range(repeats + 1):  # the first run loads codecs: not timed
+                t0 = time.perf_counter()
+                x = preprocess(load_image(f))[None]
+                t1 = time.perf_counter()
+                reduced = scorer.scores(x, scorer.infer(x)).image
+                t2 = time.perf_counter()
+                xf = preprocess(load_image(f, target_size=None))[None]
+                t3 = time.perf_counter()
+                if r:
+                    times["decode"].append(t1 - t0)
+                    times["score"].append(t2 - t1)
+                    times["decode_full"].append(t3 - t2)
+            full = scorer.scores(xf, scorer.infer(xf)).image
+            rel = max(
+                abs(float(reduced[n][0]) - float(full[n][0])) / max(abs(float(full[n][0])), 1e-12)
+                for n in full
+            )
+            med = {k: float(np.median(v)) * 1e3 for k, v in times.items()}
+            med["score_rel_diff_full_vs_reduced"] = rel
+            out[f.name] = med
+    return out
+
+
+def _summary(rows: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
+    keys = ("receive_persist", "wait", "gate", "decode", "score", "build_send", "e2e")
+    return {
+        k: {
+            "p50": float(np.percentile([r[k] for r in rows], 50)),
+            "p95": float(np.percentile([r[k] for r in rows], 95)),
+        }
+        for k in keys
+    }
+
+
+def run(
+    bundle: Path,
+    calibration: Path | None,
+    files: list[Path],
+    *,
+    rounds: int = 5,
+    concurrency: tuple[int, ...] = (1, 8),
+    workdir: Path,
+) -> dict[str, Any]:
+    """Start a node, send every file ``rounds`` times at each concurrency, return the per-send
+    rows and their p50/p95 by file group and concurrency."""
+    from pydicom import dcmread
+
+    datasets = {f.name: dcmread(f) for f in files}
+    dest = Destination()
+    port = _free_port()
+    spool = workdir / "spool"
+    cmd = [sys.executable, "-m", "ddad_edge.cli", "serve", str(bundle), "--host", "127.0.0.1"]
+    cmd += [
+        "--port",
+        str(port),
+        "--spool",
+        str(spool),
+        "--forward",
+        f"BENCHDEST@127.0.0.1:{dest.port}",
+    ]
+    cmd += ["--backend", "ort-cpu"] + (["--calibration", str(calibration)] if calibration else [])
+    log = open(workdir / "node.log", "wb")  # noqa: SIM115 (closed below)
+    node = subprocess.Popen(cmd, stdout=log, stderr=log)
+    results: dict[str, Any] = {}
+    try:
+        _wait_port(port)
+        # warm-up: every file once (codecs, first inference)
+        _send_and_wait(port, dest, [(n, _copy(d)) for n, d in datasets.items()], [])
+        for c in concurrency:
+            sends: list[dict[str, Any]] = []  # list.append is atomic: shared by the threads
+            jobs = [(n, _copy(d)) for _ in range(rounds) for n, d in datasets.items()]
+            threads = [
+                threading.Thread(target=_send_and_wait, args=(port, dest, jobs[i::c], sends))
+                for i in range(min(c, len(jobs)))
+            ]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+            results[str(c)] = _breakdown(spool, sends)
+    finally:
+        node.terminate()
+        node.wait(60)
+        log.close()
+        dest.close()
+    return results
+
+
+app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
+
+
+@app.command()
+def main(
+    bundle: Annotated[Path, typer.Argument(help="Bundle folder.")],
+    files: Annotated[list[Path], typer.Argument(help="DICOM files to send.")],
+    calibration: Annotated[Path | None, typer.Option(help="Calibration file.")] = None,
+    rounds: Annotated[int, typer.Option(help="Sends of each file per concurrency.")] = 5,
+    repeats: Annotated[int, typer.Option(help="In-process repeats per file.")] = 5,
+    output: Annotated[Path, typer.Option("-o", help="JSON results file.")] = Path(
+        "node-bench.json"
+    ),
+    workdir: Annotated[Path, typer.Option(help="Spool and logs (created).")] = Path("node-bench"),
+) -> None:
+    """Measure the node's end-to-end latency (see the module docstring) and print a table."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    ref = in_process(bundle, files, repeats)
+    rows = run(bundle, calibration, files, rounds=rounds, workdir=workdir)
+    report: dict[str, Any] = {"in_process_ms": ref, "sends": rows, "summary": {}}
+    for c, rs in rows.items():
+        for name in sorted({r["file"] for r in rs}):
+            sub = [r for r in rs if r["file"] == name]
+            s = _summary(sub)
+            s["in_process_decode_score"] = ref[name]["decode"] + ref[name]["score"]
+            s["e2e_p50_over_in_process"] = s["e2e"]["p50"] / s["in_process_decode_score"]
+            report["summary"][f"{c}:{name}"] = s
+    output.write_text(json.dumps(report, indent=1))
+    for key, s in report["summary"].items():
+        c, name = key.split(":", 1)
+        stages = "  ".join(
+            f"{k} {v['p50']:.0f}/{v['p95']:.0f}" for k, v in s.items() if isinstance(v, dict)
+        )
+        typer.echo(
+            f"{c} sender(s) {name}: {stages}  in-process {s['in_process_decode_score']:.0f} ms"
+            f"  ratio {s['e2e_p50_over_in_process']:.2f}"
+        )
+    for name, r in ref.items():
+        typer.echo(
+            f"{name}: decode reduced {r['decode']:.1f} ms, full {r['decode_full']:.1f} ms"
+            f" ({r['decode_full'] / r['decode']:.1f}x); score {r['score']:.1f} ms;"
+            f" scores full vs reduced rel diff {r['score_rel_diff_full_vs_reduced']:.2e}"
+        )
+    typer.echo(f"wrote {output} (pid {os.getpid()})")
+
+
+if __name__ == "__main__":
+    app()

@@ -1,0 +1,141 @@
+"""``ddad-edge serve``: the scanner-side DICOM node. Thin: parse, call ``ddad_edge.node``, print.
+
+Torch-free: everything it imports comes from the runtime and the ``node`` extra.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, NoReturn
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+console = Console(stderr=True)
+out_console = Console()
+
+
+def _fail(msg: str, code: int = 1) -> NoReturn:
+    console.print(f"[bold red]error:[/] {escape(msg)}", highlight=False, soft_wrap=True)
+    raise typer.Exit(code)
+
+
+def _print_status(spool: Path, as_json: bool) -> None:
+    from ddad_edge.node.service import spool_status
+
+    try:
+        st = spool_status(spool)
+    except (FileNotFoundError, OSError) as e:
+        _fail(str(e))
+    if as_json:
+        out_console.print_json(json.dumps(st))
+        return
+    table = Table(title=f"spool {spool}")
+    table.add_column("state")
+    table.add_column("count", justify="right")
+    for state, n in st["counts"].items():
+        table.add_row(state, str(n))
+    out_console.print(table)
+    for d in st["dead_letters"]:
+        out_console.print(
+            f"dead-lettered {d['sop_instance_uid']} ({d['result']}): {escape(d['reason'])}",
+            highlight=False,
+        )
+
+
+def serve(
+    bundle: Annotated[
+        Path | None, typer.Argument(help="Bundle folder written by `export` (not with --status).")
+    ] = None,
+    calibration: Annotated[
+        Path | None,
+        typer.Option(help="Calibration file of this bundle (`calibrate`): flags at its point."),
+    ] = None,
+    operating_point: Annotated[
+        float | None,
+        typer.Option(help="Specificity of the calibration's operating point to use."),
+    ] = None,
+    ae_title: Annotated[str, typer.Option(help="Our AE title.")] = "DDAD",
+    host: Annotated[str, typer.Option(help="Address the SCP listens on.")] = "0.0.0.0",
+    port: Annotated[int, typer.Option(help="DICOM port the SCP listens on.")] = 11112,
+    spool: Annotated[
+        Path,
+        typer.Option(help="Spool folder: received objects, results, journal (created)."),
+    ] = Path("spool"),
+    forward: Annotated[
+        str | None,
+        typer.Option(help="Send results (SR, Secondary Capture) to AE@host:port by C-STORE."),
+    ] = None,
+    metrics_port: Annotated[
+        int | None, typer.Option(help="Serve Prometheus metrics on 127.0.0.1:PORT/metrics.")
+    ] = None,
+    workers: Annotated[int, typer.Option(help="Processing threads.")] = 1,
+    jsonl: Annotated[
+        bool, typer.Option(help="Also append one JSON line per object to spool/results.jsonl.")
+    ] = False,
+    retries: Annotated[
+        int, typer.Option(help="Delivery tries of a result before it is dead-lettered.")
+    ] = 10,
+    backoff: Annotated[
+        float, typer.Option(help="First retry delay in seconds (doubles per try, 60 s at most).")
+    ] = 1.0,
+    backend: Annotated[str, typer.Option(help="auto, trt, ort-cuda, ort-cpu, ...")] = "auto",
+    status: Annotated[
+        Path | None,
+        typer.Option(help="Print the counts per state of this spool and exit (no serving)."),
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="With --status: print JSON.")] = False,
+) -> None:
+    """Run the DICOM node: receive CR/DX images by C-STORE, store them in the spool before
+    answering, gate/score/decide each, and send an SR (+ heat-map Secondary Capture) to the
+    --forward destination. Logs are JSON lines on stderr; SIGTERM stops it gracefully.
+
+    Reads BUNDLE and --calibration; writes --spool (spool/incoming, spool/outbox,
+    spool/journal.sqlite, spool/results.jsonl with --jsonl). With --status SPOOL it only reads
+    that spool's journal and prints the counts per state.
+    """
+    if status is not None:
+        _print_status(status, as_json)
+        return
+    if bundle is None:
+        _fail("give a BUNDLE folder to serve (or --status SPOOL)")
+    from ddad_edge.node import logs
+    from ddad_edge.node.forwarder import Destination, RetryPolicy
+    from ddad_edge.node.pipeline import PipelineError, load_pipeline
+    from ddad_edge.node.service import Node, NodeConfig, run_until_signalled
+
+    try:
+        dest = Destination.parse(forward) if forward else None
+    except ValueError as e:
+        _fail(str(e))
+    if retries < 1 or backoff <= 0:
+        _fail("--retries must be >= 1 and --backoff > 0")
+    try:
+        process = load_pipeline(
+            bundle, calibration, operating_point=operating_point, backend=backend
+        )
+    except PipelineError as e:
+        _fail(str(e))
+    config = NodeConfig(
+        spool=spool,
+        ae_title=ae_title,
+        host=host,
+        port=port,
+        destination=dest,
+        metrics_port=metrics_port,
+        workers=workers,
+        jsonl=jsonl,
+        retry=RetryPolicy(max_tries=retries, backoff=backoff),
+    )
+    logs.configure()
+    try:
+        run_until_signalled(Node(config, process))
+    except OSError as e:  # port in use, spool not writable
+        _fail(f"the node could not start: {e}")
+
+
+def register(app: typer.Typer) -> None:
+    app.command()(serve)
