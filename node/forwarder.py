@@ -15,15 +15,19 @@ import re
 import threading
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
-from pydicom import dcmread
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
-from pynetdicom import AE
+from pynetdicom import AE, _config
 
 from ddad_edge.node.journal import Journal, OutboxRow
 from ddad_edge.node.metrics import NodeMetrics
 
 log = logging.getLogger("ddad_edge.node.forwarder")
+
+# Send result files as stored, straight from disk (no decode and re-encode per try). A
+# pynetdicom setting for the whole process: it only changes C-STOREs given a file path.
+_config.STORE_SEND_CHUNKED_DATASET = True
 
 _DEST = re.compile(r"(?P<ae>[^@]{1,16})@(?P<host>[^:@]+):(?P<port>[0-9]{1,5})")
 
@@ -140,14 +144,9 @@ class Forwarder:
 
     def _send_one(self, assoc: object, row: OutboxRow) -> None:
         try:
-            ds = dcmread(row.path)
-        except Exception as e:
-            self._failed(row, f"result file {row.path} unreadable: {e}")
-            return
-        try:
-            status = assoc.send_c_store(ds)  # type: ignore[attr-defined]
-        except Exception as e:
-            self._failed(row, f"C-STORE raised: {e}")
+            status = assoc.send_c_store(Path(row.path))  # type: ignore[attr-defined]
+        except Exception as e:  # unreadable file, or the association failed mid-send
+            self._failed(row, f"C-STORE of {row.path} failed: {type(e).__name__}: {e}")
             return
         code = int(getattr(status, "Status", -1)) if status else -1
         if code in _SUCCESS_OR_WARNING:

@@ -32,6 +32,7 @@ from ddad_edge.node.worker import Outcome, ResultFile
 
 OVERLAY_SCORE = "inter"
 OVERLAY_MAX_SIDE = 512
+SR_CLASS_PREFIX = "1.2.840.10008.5.1.4.1.1.88."  # the Structured Report storage classes
 
 
 class PipelineError(Exception):
@@ -71,6 +72,7 @@ class Pipeline:
         state = SCORED if record.status == "scored" else ABSTAINED
         reason = None if state == SCORED else (record.reason or record.error)
         out = record.to_json()
+        out["status"] = state  # the node's word: an undecodable object is abstained too
         out["study_instance_uid"] = study
         out["results"] = [{"kind": r.kind, "sop_instance_uid": r.uid} for r in results]
         if note:
@@ -121,32 +123,31 @@ class Pipeline:
         abstained object, and the source's Study Instance UID (None when unreadable)."""
         from pydicom import dcmread
 
-        from ddad_edge.runtime.dicom_results import build_heatmap_sc, build_sr
-        from ddad_edge.runtime.heatmaps import _base_image
+        from ddad_edge.runtime.dicom_results import build_results
 
-        study = None
         try:
-            source = dcmread(path, stop_before_pixels=True)
-            study = str(source.get("StudyInstanceUID", "")) or None
-            sr = build_sr(source, record, self.algorithm)
+            study = str(dcmread(path, stop_before_pixels=True, force=True).StudyInstanceUID)
+        except Exception:  # no readable header or no study: no SR either (below)
+            study = None
+        try:
+            built = build_results(
+                path, record, self.algorithm, heat=OVERLAY_SCORE, vmax=self.vmax,
+                image=image, max_side=OVERLAY_MAX_SIDE,
+            )  # fmt: skip
         except Exception as e:
             if record.status == "scored":
                 raise
             why = f"no SR: the object's header does not allow one ({type(e).__name__}: {e})"
             return [], why, study
-        results = [ResultFile(str(sr.SOPInstanceUID), str(sr.SOPClassUID), "sr", encode(sr))]
-        if image is not None and record.maps is not None:
-            caption = f"{OVERLAY_SCORE} map" + (f"; flag {record.flag}" if record.flag else "")
-            sc = build_heatmap_sc(
-                source,
-                _base_image(path, image, OVERLAY_MAX_SIDE),
-                record.maps[OVERLAY_SCORE],
-                caption=caption,
-                vmax=self.vmax,
+        results = [
+            ResultFile(
+                str(ds.SOPInstanceUID),
+                str(ds.SOPClassUID),
+                "sr" if str(ds.SOPClassUID).startswith(SR_CLASS_PREFIX) else "sc",
+                encode(ds),
             )
-            results.append(
-                ResultFile(str(sc.SOPInstanceUID), str(sc.SOPClassUID), "sc", encode(sc))
-            )
+            for ds in built
+        ]
         return results, None, study
 
 

@@ -386,6 +386,10 @@ def build_heatmap_sc(
     # (Body Part Examined copied from the source) lets a validator see that
     if source_ds.get("Laterality"):
         sc.Laterality = source_ds.Laterality
+    elif not source_ds.get("BodyPartExamined"):
+        # no body part: a validator cannot rule out a paired one, so Laterality is present,
+        # empty (unknown), as Type 2C allows
+        sc.Laterality = ""
     if source_ds.get("BodyPartExamined"):
         sc.BodyPartExamined = source_ds.BodyPartExamined
     sc.BurnedInAnnotation = "YES"
@@ -411,6 +415,8 @@ def build_results(
     sr_series_uid: str | None = None,
     sc_series_uid: str | None = None,
     instance_number: int = 1,
+    image: np.ndarray | None = None,
+    max_side: int = 1024,
 ) -> list[Dataset]:
     """The DICOM results for one DICOM input: its SR, plus the heat-map SC when it was scored
     with maps (``Scorer.score(..., maps=True)``).
@@ -423,6 +429,9 @@ def build_results(
         vmax: top of the SC's colour scale (the bundle's ``display.heatmap_vmax[heat]``).
         sr_series_uid / sc_series_uid: series to put them in (None: new ones).
         instance_number: Instance Number of both.
+        image: the source's decoded image, float [H, W] in [0, 1], when the caller has it
+            (e.g. the reduced decode it scored); None: decoded again at full resolution.
+        max_side: longer side of the SC in pixels.
 
     Raises:
         ImageLoadError: the source cannot be read again (header or, for the SC, pixels).
@@ -447,7 +456,8 @@ def build_results(
         )
     ]
     if record.status == "scored" and record.maps is not None:
-        image = load_image(p, target_size=None)
+        if image is None:
+            image = load_image(p, target_size=None)
         out.append(
             build_heatmap_sc(
                 ds,
@@ -455,6 +465,7 @@ def build_results(
                 record.maps[heat],
                 caption=_caption(record, heat),
                 vmax=vmax,
+                max_side=max_side,
                 series_instance_uid=sc_series_uid,
                 instance_number=instance_number,
             )

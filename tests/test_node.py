@@ -261,17 +261,22 @@ def send_raw(port: int, files: list[Path]) -> dict[str, int]:
     return statuses
 
 
-def test_real_and_generated_files_reach_orthanc_as_valid_sr_and_sc(
-    bundle: Path, calibration: Path, dcmtk: dict[str, str], tmp_path: Path
-) -> None:
+@pytest.fixture(scope="module")
+def dicom_cxr() -> Path:
     if not DICOM_CXR.is_dir():
         pytest.skip(f"real DICOM files not found at {DICOM_CXR} (../shared/data is absent)")
+    return DICOM_CXR
+
+
+def test_real_and_generated_files_reach_orthanc_as_valid_sr_and_sc(
+    dicom_cxr: Path, bundle: Path, calibration: Path, dcmtk: dict[str, str], tmp_path: Path
+) -> None:
     gen = write_syntaxes(tmp_path / "gen", dcmtk["dcmcjpeg"])
     gen += write_syntaxes(tmp_path / "gen-dx", None, sop_class=DX_PRESENTATION, seed=50)[:3]
-    real = sorted((DICOM_CXR / "original").glob("*.dcm")) + sorted(
+    real = sorted((dicom_cxr / "original").glob("*.dcm")) + sorted(
         (DICOM_CXR / "decompressed").glob("*.dcm")
     )
-    edge = sorted((DICOM_CXR / "edge_cases").glob("*.dcm"))
+    edge = sorted((dicom_cxr / "edge_cases").glob("*.dcm"))
     fuzz = adversarial_files(tmp_path / "fuzz")
     with (
         Orthanc(tmp_path / "orthanc") as orthanc,
