@@ -60,6 +60,18 @@ class Pipeline:
         display = scorer.bundle.manifest.get("display", {}).get("heatmap_vmax", {})
         self.vmax: float | None = display.get(OVERLAY_SCORE)
 
+    def warm(self) -> None:
+        """Import what the first object would import (highdicom, the colour map) and run one
+        inference, so that the first image received does not pay for them."""
+        import highdicom  # noqa: F401
+
+        from ddad_edge.plots import overlay_heatmap
+        from ddad_edge.runtime.preprocess import IMAGE_SIZE
+
+        overlay_heatmap(np.zeros((8, 8), np.float32), np.zeros((8, 8), np.float32))
+        x = np.zeros((1, 1, IMAGE_SIZE, IMAGE_SIZE), np.float32)
+        self.scorer.scores(x, self.scorer.infer(x), maps=True)
+
     def __call__(self, row: ObjectRow) -> Outcome:
         from ddad_edge.runtime.scorer import ScoreResult
 
@@ -178,4 +190,6 @@ def load_pipeline(
         )
     except (BundleError, CalibrationError, BackendUnavailable, OSError, ValueError) as e:
         raise PipelineError(str(e)) from e
-    return Pipeline(scorer)
+    pipeline = Pipeline(scorer)
+    pipeline.warm()
+    return pipeline

@@ -119,19 +119,39 @@ def _valid_value(vr: str, value: Any) -> bool:
     return True
 
 
+_TEXT_VRS = ("AE", "AS", "CS", "DA", "DS", "DT", "IS", "LO", "LT", "PN", "SH", "ST", "TM", "UC")
+_TEXT_VRS += ("UI", "UR", "UT")
+
+
+def _in_default_repertoire(vr: str, value: Any) -> bool:
+    """Whether a text value uses only the default character repertoire (ISO-IR 6, i.e. ASCII;
+    PS3.5 6.1), as a data set without Specific Character Set must."""
+    if vr not in _TEXT_VRS or value is None:
+        return True
+    from pydicom.multival import MultiValue
+
+    values = value if isinstance(value, (list, tuple, MultiValue)) else [value]
+    return all(str(v).isascii() for v in values)
+
+
 def _identified(source_ds: Dataset) -> Dataset:
     """A header-only copy of the source with the Type 2 identification attributes present.
 
     A value the source holds that is invalid for its VR (anonymisers write hashes into dates and
-    accession numbers) is blanked when Type 2 and dropped otherwise, so the result stays valid.
+    accession numbers), or that is not in the default character repertoire although the source
+    declares no Specific Character Set (bytes of an undeclared national encoding), is blanked
+    when Type 2 and dropped otherwise, so the result stays valid.
     """
     from pydicom import Dataset as Ds
 
     ds = Ds()
+    default_repertoire = not source_ds.get("SpecificCharacterSet")
     for elem in source_ds:
         if elem.tag.group == 0x7FE0 or not elem.keyword:
             continue
-        if not _valid_value(elem.VR, elem.value):
+        if not _valid_value(elem.VR, elem.value) or (
+            default_repertoire and not _in_default_repertoire(elem.VR, elem.value)
+        ):
             if elem.keyword in _TYPE2_IDENTIFICATION:
                 setattr(ds, elem.keyword, "")
             continue

@@ -195,7 +195,9 @@ def texts(ds: pydicom.Dataset) -> str:
 
 
 def dciodvfy_errors(path: Path) -> list[str]:
-    res = subprocess.run(["dciodvfy", str(path)], capture_output=True, text=True, timeout=60)
+    res = subprocess.run(
+        ["dciodvfy", str(path)], capture_output=True, text=True, errors="replace", timeout=60
+    )
     return [line for line in (res.stdout + res.stderr).splitlines() if line.startswith("Error")]
 
 
@@ -296,7 +298,7 @@ def test_real_and_generated_files_reach_orthanc_as_valid_sr_and_sc(
             for f in real + gen + edge
         }
         sent |= set(statuses)
-        counts = node.wait_settled(len(sent), timeout=240)
+        counts = node.wait_settled(len(sent), timeout=600)
         assert node.alive()
         records = node.records()
         metrics = node.metrics()
@@ -425,7 +427,7 @@ def test_burst_kill9_restart_destination_down_delivers_each_result_once(
         queued = node.status()["counts"]["outbox-pending"]
         assert queued > 0
         with storescp(dcmtk["storescp"], tmp_path / "dest", dest_port):
-            counts = node.wait_settled(len(everything), timeout=240)
+            counts = node.wait_settled(len(everything), timeout=600)
             assert node.stop() == 0  # SIGTERM: graceful
         records = node.records()
     assert counts["result-sent"] == len(everything), counts
