@@ -7,20 +7,14 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated, NoReturn
+from typing import Annotated
 
 import typer
-from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-console = Console(stderr=True)
-out_console = Console()
-
-
-def _fail(msg: str, code: int = 1) -> NoReturn:
-    console.print(f"[bold red]error:[/] {escape(msg)}", highlight=False, soft_wrap=True)
-    raise typer.Exit(code)
+from ddad_edge.cli_common import fail as _fail
+from ddad_edge.cli_common import out_console, require_extra
 
 
 def _print_status(spool: Path, as_json: bool) -> None:
@@ -102,6 +96,7 @@ def serve(
         return
     if bundle is None:
         _fail("give a BUNDLE folder to serve (or --status SPOOL)")
+    require_extra("serve", "node", ("pynetdicom", "highdicom", "prometheus_client"))
     from ddad_edge.node import logs
     from ddad_edge.node.forwarder import Destination, RetryPolicy
     from ddad_edge.node.pipeline import PipelineError, load_pipeline
