@@ -121,7 +121,8 @@ class Forwarder:
         ae = AE(ae_title=self.calling_ae)
         for sop in sorted({r.sop_class for r in rows}):
             ae.add_requested_context(sop, [ExplicitVRLittleEndian, ImplicitVRLittleEndian])
-        ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 30
+        # generous: a timeout on a store that did arrive means sending it again
+        ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 120
         d = self.destination
         try:
             assoc = ae.associate(d.host, d.port, ae_title=d.ae_title)

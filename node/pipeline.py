@@ -61,11 +61,11 @@ class Pipeline:
         self.vmax: float | None = display.get(OVERLAY_SCORE)
 
     def warm(self) -> None:
-        """Import what the first object would import (highdicom, the colour map) and run one
+        """Import what the first object would import (highdicom, the heat-map overlay) and run one
         inference, so that the first image received does not pay for them."""
         import highdicom  # noqa: F401
 
-        from ddad_edge.plots import overlay_heatmap
+        from ddad_edge.runtime.heatmaps import overlay_heatmap
         from ddad_edge.runtime.preprocess import IMAGE_SIZE
 
         overlay_heatmap(np.zeros((8, 8), np.float32), np.zeros((8, 8), np.float32))
