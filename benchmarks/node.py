@@ -38,13 +38,15 @@ import numpy as np
 import typer
 
 
-def _free_port() -> int:
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 right now."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
 
 
-def _wait_port(port: int, timeout: float = 60.0) -> None:
+def wait_port(port: int, timeout: float = 60.0) -> None:
+    """Wait until something accepts connections on 127.0.0.1:port."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         try:
@@ -236,7 +238,7 @@ def run(
 
     datasets = {f.name: dcmread(f) for f in files}
     dest = Destination()
-    port = _free_port()
+    port = free_port()
     spool = workdir / "spool"
     cmd = [sys.executable, "-m", "ddad_edge.cli", "serve", str(bundle), "--host", "127.0.0.1"]
     cmd += [
@@ -252,7 +254,7 @@ def run(
     node = subprocess.Popen(cmd, stdout=log, stderr=log)
     results: dict[str, Any] = {}
     try:
-        _wait_port(port)
+        wait_port(port)
         # warm-up: every file once (codecs, first inference)
         _send_and_wait(port, dest, [(n, _copy(d)) for n, d in datasets.items()], [])
         for c in concurrency:

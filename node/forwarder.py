@@ -16,7 +16,9 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+from pydicom import dcmread
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import AE, _config
 
@@ -119,8 +121,11 @@ class Forwarder:
     def _send(self, rows: list[OutboxRow]) -> None:
         """Send ``rows`` on one association; each row's outcome goes to the journal."""
         ae = AE(ae_title=self.calling_ae)
+        # One context per transfer syntax: results are explicit VR little endian files, sent as
+        # stored when the peer accepts that, else converted to implicit VR (the default).
         for sop in sorted({r.sop_class for r in rows}):
-            ae.add_requested_context(sop, [ExplicitVRLittleEndian, ImplicitVRLittleEndian])
+            ae.add_requested_context(sop, ExplicitVRLittleEndian)
+            ae.add_requested_context(sop, ImplicitVRLittleEndian)
         # generous: a timeout on a store that did arrive means sending it again
         ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 120
         d = self.destination
@@ -143,9 +148,14 @@ class Forwarder:
             if assoc.is_established:
                 assoc.release()
 
-    def _send_one(self, assoc: object, row: OutboxRow) -> None:
+    def _send_one(self, assoc: Any, row: OutboxRow) -> None:
         try:
-            status = assoc.send_c_store(Path(row.path))  # type: ignore[attr-defined]
+            try:
+                status = assoc.send_c_store(Path(row.path))
+            except ValueError as e:  # no context for the file's own transfer syntax
+                if "presentation context" not in str(e):
+                    raise
+                status = assoc.send_c_store(dcmread(row.path))  # pynetdicom converts it
         except Exception as e:  # unreadable file, or the association failed mid-send
             self._failed(row, f"C-STORE of {row.path} failed: {type(e).__name__}: {e}")
             return

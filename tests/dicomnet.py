@@ -9,9 +9,7 @@ import functools
 import json
 import os
 import shutil
-import socket
 import subprocess
-import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -31,16 +29,11 @@ from pydicom.uid import (
     generate_uid,
 )
 
+from ddad_edge.benchmarks.node import free_port, wait_port  # noqa: F401 (used by the tests)
+
 CR = "1.2.840.10008.5.1.4.1.1.1"
 DX_PRESENTATION = "1.2.840.10008.5.1.4.1.1.1.1"
 ORTHANC = "/usr/sbin/Orthanc"
-
-
-def free_port() -> int:
-    """A TCP port free on 127.0.0.1 right now."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @functools.cache
@@ -59,16 +52,6 @@ def dcmtk_tools() -> dict[str, str]:
         if name not in out:
             pytest.skip(f"dcmtk's {name} not found (apt-get install dcmtk; scripts/setup.sh does)")
     return out
-
-
-def wait_port(port: int, timeout: float = 20.0) -> None:
-    """Wait until something accepts connections on 127.0.0.1:port."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.5):
-            return
-        time.sleep(0.05)
-    raise TimeoutError(f"nothing listening on 127.0.0.1:{port} after {timeout} s")
 
 
 def stop_process(proc: subprocess.Popen) -> None:
