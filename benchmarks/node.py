@@ -58,7 +58,8 @@ def wait_port(port: int, timeout: float = 60.0) -> None:
 
 
 class Destination:
-    """A Storage SCP noting (arrival time, result kind) per referenced source SOP Instance."""
+    """A Storage SCP noting the arrival times of results per Study Instance UID (each send is
+    its own study, so the results of one send are those of its study)."""
 
     def __init__(self) -> None:
         from pynetdicom import AE, AllStoragePresentationContexts, evt
@@ -74,41 +75,35 @@ class Destination:
 
     def _on_store(self, event: Any) -> int:
         t = time.time()
-        ds = event.dataset
-        sources = [
-            str(s.ReferencedSOPInstanceUID)
-            for study in ds.get("CurrentRequestedProcedureEvidenceSequence", [])
-            for series in study.ReferencedSeriesSequence
-            for s in series.ReferencedSOPSequence
-        ] + [str(s.ReferencedSOPInstanceUID) for s in ds.get("SourceImageSequence", [])]
+        study = str(event.dataset.get("StudyInstanceUID", ""))
         with self.cond:
-            for uid in set(sources):
-                self.arrivals.setdefault(uid, []).append(t)
+            self.arrivals.setdefault(study, []).append(t)
             self.cond.notify_all()
         return 0x0000
 
-    def wait(self, uid: str, n_results: int, timeout: float = 120.0) -> float:
-        """When the n-th result referencing ``uid`` arrived."""
+    def wait(self, study: str, n_results: int, timeout: float = 600.0) -> float:
+        """When the n-th result in ``study`` arrived."""
         deadline = time.monotonic() + timeout
         with self.cond:
-            while len(self.arrivals.get(uid, [])) < n_results:
+            while len(self.arrivals.get(study, [])) < n_results:
                 left = deadline - time.monotonic()
                 if left <= 0:
-                    raise TimeoutError(f"results for {uid} did not arrive in {timeout} s")
+                    raise TimeoutError(f"results in study {study} did not arrive in {timeout} s")
                 self.cond.wait(left)
-            return max(self.arrivals[uid][:n_results])
+            return max(self.arrivals[study][:n_results])
 
     def close(self) -> None:
         self.ae.shutdown()
 
 
 def _copy(ds: Any) -> Any:
-    """The data set under a new SOP Instance UID (pixel data untouched)."""
+    """The data set as a new study with a new SOP Instance UID (pixel data untouched)."""
     from pydicom.uid import generate_uid
 
     out = ds.copy()
     out.file_meta = ds.file_meta.copy()
     out.SOPInstanceUID = out.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+    out.StudyInstanceUID = generate_uid()
     return out
 
 
@@ -140,8 +135,8 @@ def _send_and_wait(
             if not status or int(status.Status) != 0:
                 raise RuntimeError(f"{name}: C-STORE status {status}")
             uid = str(ds.SOPInstanceUID)
-            # scored objects get an SR and a Secondary Capture; both reference the source
-            t_dest = dest.wait(uid, 2)
+            # a scored object gets an SR and a Secondary Capture, both in its study
+            t_dest = dest.wait(str(ds.StudyInstanceUID), 2)
             out.append({"file": name, "uid": uid, "t0": t0, "t_dest": t_dest})
     finally:
         assoc.release()
