@@ -13,8 +13,8 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
+from ddad_edge.cli_common import command_help, out_console, require_extra
 from ddad_edge.cli_common import fail as _fail
-from ddad_edge.cli_common import out_console, require_extra
 
 
 def _print_status(spool: Path, as_json: bool) -> None:
@@ -133,4 +133,4 @@ def serve(
 
 
 def register(app: typer.Typer) -> None:
-    app.command()(serve)
+    app.command(help=command_help(serve))(serve)
