@@ -34,14 +34,13 @@ def _torch(args: argparse.Namespace) -> dict[str, float]:
     from ddad_edge.checkpoint import load_module
     from ddad_edge.reference import dual_stats
     from ddad_edge.runtime.batch import load_inputs
-    from ddad_edge.runtime.scores import image_scores, score_maps
+    from ddad_edge.runtime.scores import scores_from_stats
 
     t_import = time.time()
     model_a, model_b = load_module(args.run, "A"), load_module(args.run, "B")
     t_ready = time.time()
     x = load_inputs([args.image]).x
-    s = dual_stats(model_a, model_b, x)
-    image_scores(score_maps(x, s["mean_a"], s["mean_b"], s["std_b"], s.get("var_b")))
+    scores_from_stats(x, dual_stats(model_a, model_b, x))
     return {"imports": t_import, "ready": t_ready, "first_score": time.time()}
 
 

@@ -33,10 +33,10 @@ import numpy as np
 
 from ddad_edge.runtime.batch import LoadedBatch, load_inputs
 from ddad_edge.runtime.scores import (
-    ensemble_stats,
-    ensemble_variance,
-    image_scores,
-    score_maps,
+    dual_from_modules,
+    maps_from_stats,
+    member_stats,
+    scores_from_stats,
 )
 
 
@@ -142,11 +142,11 @@ class Lane:
 
     def maps(self, x: np.ndarray, stats: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Score maps {rec, intra, inter} float32 [N, 1, 64, 64]."""
-        return score_maps(x, stats["mean_a"], stats["mean_b"], stats["std_b"], stats.get("var_b"))
+        return maps_from_stats(x, stats)
 
     def scores(self, x: np.ndarray, stats: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Image scores {rec, intra, inter} float32 [N]."""
-        return image_scores(self.maps(x, stats))
+        return scores_from_stats(x, stats)
 
     def info(self) -> dict[str, Any]:
         """What runs in this lane (for the reports)."""
@@ -261,12 +261,8 @@ class TorchLane(Lane):
         with torch.inference_mode():
             xb = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)).to(self.device)
             host = [o.cpu().numpy() for o in self._graphed(xb)]  # synchronises the device
-        mean_a, std_a = ensemble_stats(host[0])
-        mean_b, std_b = ensemble_stats(host[1])
-        stats = {"mean_a": mean_a, "std_a": std_a, "mean_b": mean_b, "std_b": std_b}
-        if len(host) == 3:
-            stats["var_b"] = ensemble_variance(host[2])
-        return stats
+        logvar_b = host[2] if len(host) == 3 else None
+        return dual_from_modules(member_stats(host[0]), member_stats(host[1], logvar_b))
 
     def close(self) -> None:
         self._graphs.clear()

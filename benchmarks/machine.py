@@ -34,6 +34,8 @@ from typing import Any
 
 import numpy as np
 
+from ddad_edge.runtime.cpu import core_ids, cpuinfo_records, usable_cpus
+
 LIBRARIES: tuple[str, ...] = (
     "numpy",
     "onnx",
@@ -56,23 +58,10 @@ def _read(path: str) -> str:
 
 def cpu_info() -> dict[str, Any]:
     """CPU model, logical/physical/usable cores and the SIMD flags that matter for int8/fp16."""
-    text = _read("/proc/cpuinfo")
-    model = ""
-    cores: set[tuple[str, str]] = set()
-    flags: set[str] = set()
-    phys = core = ""
-    for line in text.splitlines():
-        key, _, val = line.partition(":")
-        key, val = key.strip(), val.strip()
-        if key == "model name" and not model:
-            model = val
-        elif key == "physical id":
-            phys = val
-        elif key == "core id":
-            core = val
-            cores.add((phys, core))
-        elif key == "flags" and not flags:
-            flags = set(val.split())
+    records = cpuinfo_records()
+    first = records[0] if records else {}
+    model = first.get("model name", "")
+    flags = set(first.get("flags", "").split())
     interesting = (
         "avx2",
         "fma",
@@ -86,16 +75,12 @@ def cpu_info() -> dict[str, Any]:
         "amx_bf16",
         "f16c",
     )
-    try:
-        usable = len(os.sched_getaffinity(0))
-    except AttributeError:  # pragma: no cover - non-Linux
-        usable = os.cpu_count() or 1
     return {
         "model": model or platform.processor() or platform.machine(),
         "llc_bytes": llc_bytes(),
         "logical_cores": os.cpu_count(),
-        "physical_cores": len(cores) or None,
-        "usable_cores": usable,
+        "physical_cores": len(core_ids(records)) or None,
+        "usable_cores": len(usable_cpus()),
         "flags": [f for f in interesting if f in flags],
         "arch": platform.machine(),
     }
@@ -144,7 +129,7 @@ def library_versions() -> dict[str, str]:
     return out
 
 
-def gpu_info() -> dict[str, Any]:
+def gpu_description() -> dict[str, Any]:
     """GPU name(s), driver and CUDA runtime as torch and nvidia-smi see them."""
     out: dict[str, Any] = {"cuda_available": False, "devices": []}
     try:
@@ -206,7 +191,7 @@ def describe_machine() -> dict[str, Any]:
         "platform": platform.platform(),
         "cpu": cpu_info(),
         "memory_gib": memory_total_gib(),
-        "gpu": gpu_info(),
+        "gpu": gpu_description(),
         "onnxruntime_providers": ort_providers(),
         "threads": thread_settings(),
         "versions": library_versions(),

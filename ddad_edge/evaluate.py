@@ -19,12 +19,7 @@ from ddad_edge.reference import dual_stats
 from ddad_edge.runtime.fileio import atomic_write_text
 from ddad_edge.runtime.metrics import average_precision, rates_at, roc_auc, roc_curve
 from ddad_edge.runtime.preprocess import to_display
-from ddad_edge.runtime.scores import SCORE_NAMES, image_scores, score_maps
-
-
-def stats_to_maps(x: np.ndarray, stats: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """Score maps from dual statistics (keys mean_a, mean_b, std_b, optional var_b)."""
-    return score_maps(x, stats["mean_a"], stats["mean_b"], stats["std_b"], stats.get("var_b"))
+from ddad_edge.runtime.scores import SCORE_NAMES, maps_from_stats, scores_from_stats
 
 
 def metrics_table(scores: dict[str, np.ndarray], labels: np.ndarray) -> dict[str, dict[str, float]]:
@@ -45,7 +40,7 @@ def evaluate_arrays(
     model_a = load_module(run_dir, "A")
     model_b = load_module(run_dir, "B")
     stats = dual_stats(model_a, model_b, x)
-    scores = image_scores(stats_to_maps(x, stats))
+    scores = scores_from_stats(x, stats)
     return stats, scores, metrics_table(scores, labels)
 
 
@@ -132,7 +127,7 @@ def write_report(
     files["histograms"] = plots.plot_score_histograms(
         scores, labels, out_dir / "histograms.png", title_note
     )
-    maps = stats_to_maps(x, stats)
+    maps = maps_from_stats(x, stats)
     rows, titles = _example_rows(x, stats, maps, labels, scores)
     files["heatmaps"] = plots.plot_heatmap_grid(rows, titles, out_dir / "heatmaps.png", title_note)
     return files

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 from ddad_edge.models import FusedEnsemble
-from ddad_edge.runtime.scores import ensemble_stats, ensemble_variance
+from ddad_edge.runtime.scores import dual_from_modules, member_stats
 
 
 @torch.no_grad()
@@ -33,20 +33,14 @@ def module_stats(
             logvars.append(out.logvar.float().cpu().numpy())
     if not recons:
         recons = [np.zeros((model.k, 0, *x.shape[1:]), np.float32)]
-    mean, std = ensemble_stats(np.concatenate(recons, axis=1))
-    stats = {"mean": mean, "std": std}
-    if model.kind == "aeu":
-        stats["var"] = ensemble_variance(np.concatenate(logvars, axis=1))
-    return stats
+    lv = np.concatenate(logvars, axis=1) if model.kind == "aeu" else None
+    return member_stats(np.concatenate(recons, axis=1), lv)
 
 
 def dual_stats(
     model_a: FusedEnsemble, model_b: FusedEnsemble, x: np.ndarray, batch_size: int = 256
 ) -> dict[str, np.ndarray]:
     """Both modules on x [N, 1, 64, 64]: mean_a, std_a, mean_b, std_b (+ var_b for AE-U)."""
-    a = module_stats(model_a, x, batch_size)
-    b = module_stats(model_b, x, batch_size)
-    out = {"mean_a": a["mean"], "std_a": a["std"], "mean_b": b["mean"], "std_b": b["std"]}
-    if "var" in b:
-        out["var_b"] = b["var"]
-    return out
+    return dual_from_modules(
+        module_stats(model_a, x, batch_size), module_stats(model_b, x, batch_size)
+    )

@@ -51,7 +51,6 @@ from ddad_edge.export.parity import (
     compare,
     format_table,
     run_onnx,
-    scores_of,
 )
 from ddad_edge.export.sources import ParityImages, parity_images
 from ddad_edge.runtime.bundle import (
@@ -63,7 +62,13 @@ from ddad_edge.runtime.bundle import (
 )
 from ddad_edge.runtime.manifest import sealed
 from ddad_edge.runtime.preprocess import IMAGE_SIZE
-from ddad_edge.runtime.scores import SCORE_NAMES, STD_DEFINITION
+from ddad_edge.runtime.scores import (
+    SCORE_NAMES,
+    STD_DEFINITION,
+    dual_from_modules,
+    maps_from_stats,
+    scores_from_stats,
+)
 from ddad_edge.runtime.signature import sign_bundle
 
 INPUT_CONTRACT: dict[str, Any] = {
@@ -169,10 +174,7 @@ def _reference(model_a: Any, model_b: Any, x: np.ndarray) -> dict[str, dict[str,
 
     a = module_stats(model_a, x)
     b = module_stats(model_b, x)
-    dual = {"mean_a": a["mean"], "std_a": a["std"], "mean_b": b["mean"], "std_b": b["std"]}
-    if "var" in b:
-        dual["var_b"] = b["var"]
-    return {"A": a, "B": b, "dual": dual}
+    return {"A": a, "B": b, "dual": dual_from_modules(a, b)}
 
 
 def _gate(
@@ -229,9 +231,7 @@ def _gate(
 def _display_vmax(x: np.ndarray, stats: dict[str, np.ndarray]) -> dict[str, float]:
     """A fixed colour-scale top per map (99.5th percentile over the parity images) so heatmaps
     of different calls are comparable."""
-    from ddad_edge.runtime.scores import score_maps
-
-    maps = score_maps(x, stats["mean_a"], stats["mean_b"], stats["std_b"], stats.get("var_b"))
+    maps = maps_from_stats(x, stats)
     return {k: float(np.percentile(v, 99.5)) for k, v in maps.items()}
 
 
@@ -360,7 +360,8 @@ def export_bundle(
         golden.update({k2: v[:ng] for k2, v in ref["dual"].items()})
         if kind == "aeu":
             golden["var_a"] = ref["A"]["var"][:ng]
-        for n, s in scores_of(imgs.x[:ng], {k2: v[:ng] for k2, v in ref["dual"].items()}).items():
+        ref_dual = {k2: v[:ng] for k2, v in ref["dual"].items()}
+        for n, s in scores_from_stats(imgs.x[:ng], ref_dual).items():
             golden[f"score_{n}"] = s
         golden["sources"] = np.asarray(imgs.sources[:ng], dtype=str)
         with open(tmp / GOLDEN, "wb") as f:

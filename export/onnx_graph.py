@@ -45,11 +45,11 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from ddad_edge.export.fold import FoldedEnsemble
+from ddad_edge.runtime.bundle import PRECISIONS
+from ddad_edge.runtime.preprocess import IMAGE_SIZE
 
 OPSET = 17
 INPUT_NAME = "x"
-IMAGE_SIZE = 64
-PRECISIONS = ("fp32", "fp16")
 
 
 @dataclass(frozen=True)

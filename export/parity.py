@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from ddad_edge.runtime.bundle import relative_errors
-from ddad_edge.runtime.scores import SCORE_NAMES, image_scores, score_maps
+from ddad_edge.runtime.scores import relative_score_errors, scores_from_stats
 
 SCORE_TOLERANCE_FP32 = 1e-5
 """Largest allowed relative error of an FP32 graph's image scores (per image) in the gate."""
@@ -60,22 +60,6 @@ class ParityResult:
             "note": self.note,
             "seconds": round(self.seconds, 3),
         }
-
-
-def scores_of(x: np.ndarray, stats: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """Image scores {rec, intra, inter} float32 [N] from dual statistics."""
-    maps = score_maps(x, stats["mean_a"], stats["mean_b"], stats["std_b"], stats.get("var_b"))
-    return image_scores(maps)
-
-
-def score_errors(got: dict[str, np.ndarray], ref: dict[str, np.ndarray]) -> dict[str, float]:
-    """Per score: max over images of |got - ref| / |ref|."""
-    out = {}
-    for n in SCORE_NAMES:
-        r = np.asarray(ref[n], np.float64)
-        scale = np.maximum(np.abs(r), np.finfo(np.float32).tiny)
-        out[n] = float(np.max(np.abs(np.asarray(got[n], np.float64) - r) / scale))
-    return out
 
 
 def run_onnx(
@@ -127,7 +111,7 @@ def compare(
         raise ParityError(f"{graph}: outputs {missing} are not in both the graph and the reference")
     serr: dict[str, float] = {}
     if x is not None:
-        serr = score_errors(scores_of(x, got), scores_of(x, ref))
+        serr = relative_score_errors(scores_from_stats(x, got), scores_from_stats(x, ref))
     return ParityResult(graph, precision, tolerance, errs, serr, score_tolerance, note, seconds)
 
 

@@ -1,39 +1,56 @@
-"""CPU facts the runtime sizes its thread pools by."""
+"""CPU facts: the runtime sizes its thread pools by them, the benchmarks describe the machine."""
 
 from __future__ import annotations
 
 import os
 
 
+def cpuinfo_records(path: str = "/proc/cpuinfo") -> list[dict[str, str]]:
+    """One {field: value} dict per logical CPU of /proc/cpuinfo ([] when it cannot be read)."""
+    try:
+        with open(path) as f:
+            text = f.read()
+    except OSError:
+        return []
+    records: list[dict[str, str]] = []
+    current: dict[str, str] = {}
+    for line in [*text.splitlines(), ""]:
+        key, _, value = line.partition(":")
+        key = key.strip()
+        if key:
+            current[key] = value.strip()
+        elif current:
+            records.append(current)
+            current = {}
+    return records
+
+
+def usable_cpus() -> set[int]:
+    """Logical CPUs this process may run on."""
+    try:
+        return os.sched_getaffinity(0)
+    except AttributeError:  # pragma: no cover - not Linux
+        return set(range(os.cpu_count() or 1))
+
+
+def core_ids(
+    records: list[dict[str, str]], allowed: set[int] | None = None
+) -> set[tuple[str, str]]:
+    """Unique (physical id, core id) pairs of the records (only CPUs in ``allowed`` if given)."""
+    cores = set()
+    for r in records:
+        proc = r.get("processor", "")
+        if allowed is not None and (not proc.isdigit() or int(proc) not in allowed):
+            continue
+        cores.add((r.get("physical id", "0"), r.get("core id", proc)))
+    return cores
+
+
 def physical_cores() -> int:
     """Physical CPU cores available to this process (hyper-threads not counted).
 
-    Reads /proc/cpuinfo (unique (physical id, core id) pairs among the CPUs this process may
-    use); falls back to the number of usable logical CPUs.
+    Counts unique (physical id, core id) pairs among the CPUs this process may use
+    (/proc/cpuinfo); falls back to the number of usable logical CPUs.
     """
-    try:
-        allowed = os.sched_getaffinity(0)
-    except AttributeError:  # pragma: no cover - not Linux
-        allowed = set(range(os.cpu_count() or 1))
-    try:
-        cores: set[tuple[str, str]] = set()
-        proc = phys = core = None
-        with open("/proc/cpuinfo") as f:
-            for line in [*f, "\n"]:
-                key, _, value = line.partition(":")
-                key, value = key.strip(), value.strip()
-                if key == "processor":
-                    proc = int(value)
-                elif key == "physical id":
-                    phys = value
-                elif key == "core id":
-                    core = value
-                elif not key and proc is not None:
-                    if proc in allowed:
-                        cores.add((phys or "0", core if core is not None else str(proc)))
-                    proc = phys = core = None
-        if cores:
-            return len(cores)
-    except (OSError, ValueError):
-        pass
-    return max(1, len(allowed))
+    allowed = usable_cpus()
+    return len(core_ids(cpuinfo_records(), allowed)) or max(1, len(allowed))

@@ -68,10 +68,16 @@ from ddad_edge.runtime.gate import (
 )
 from ddad_edge.runtime.io import ImageLoadError
 from ddad_edge.runtime.preprocess import IMAGE_SIZE, PreprocessError, check_input, preprocess
-from ddad_edge.runtime.scores import SCORE_NAMES, image_scores, score_maps
+from ddad_edge.runtime.scores import (
+    SCORE_NAMES,
+    dual_from_modules,
+    image_scores,
+    maps_from_stats,
+    relative_score_errors,
+)
 
 BACKENDS = ("auto", "trt", "ort-trt", "ort-cuda", "ort-cpu", "ort")
-GRAPHS = ("dual", "modules")
+GRAPH_MODES = ("dual", "modules")  # one dual graph, or the two module graphs
 Input = str | os.PathLike[str] | np.ndarray
 
 
@@ -187,8 +193,8 @@ def make_backends(
         raise ValueError(f"backend must be one of {', '.join(BACKENDS)}; got {backend!r}")
     if precision not in (*PRECISIONS, "auto"):
         raise ValueError(f"precision must be fp32, fp16 or auto; got {precision!r}")
-    if graph not in GRAPHS:
-        raise ValueError(f"graph must be one of {', '.join(GRAPHS)}; got {graph!r}")
+    if graph not in GRAPH_MODES:
+        raise ValueError(f"graph must be one of {', '.join(GRAPH_MODES)}; got {graph!r}")
     graphs = ["dual"] if graph == "dual" else ["module_A", "module_B"]
     if backend == "auto":
         candidates = ["trt", "ort-cuda", "ort-cpu"]
@@ -497,9 +503,7 @@ class Scorer:
         else:
             a = self.backends["module_A"].infer({"x": x})
             b = self.backends["module_B"].infer({"x": x})
-            out = {"mean_a": a["mean"], "std_a": a["std"], "mean_b": b["mean"], "std_b": b["std"]}
-            if "var" in b:
-                out["var_b"] = b["var"]
+            out = dual_from_modules(a, b)
         return {k: np.asarray(v, dtype=np.float32) for k, v in out.items()}
 
     def scores(
@@ -511,7 +515,7 @@ class Scorer:
             ScoreArrays: image {rec, intra, inter} float32 [N]; maps float32 [N, 1, 64, 64]
             when ``maps`` is True.
         """
-        m = score_maps(x, stats["mean_a"], stats["mean_b"], stats["std_b"], stats.get("var_b"))
+        m = maps_from_stats(x, stats)
         return ScoreArrays(image_scores(m), m if maps else None)
 
     def check(self, item: Input) -> GateResult:
@@ -609,11 +613,7 @@ class Scorer:
         stats = self.infer(x)
         errs = relative_errors(stats, {k: g[k] for k in stats if k in g})
         got = self.scores(x, stats).image
-        score_errs = {}
-        for n in SCORE_NAMES:
-            ref = g[f"score_{n}"].astype(np.float64)
-            scale = np.maximum(np.abs(ref), np.finfo(np.float32).tiny)
-            score_errs[n] = float(np.max(np.abs(got[n] - ref) / scale))
+        score_errs = relative_score_errors(got, {n: g[f"score_{n}"] for n in SCORE_NAMES})
         tol = TOLERANCES[self.precision] if tolerance is None else float(tolerance)
         passed = all(e["rel"] <= tol for e in errs.values())
         return {
@@ -673,7 +673,7 @@ def _source(item: object, i: int) -> str:
 
 __all__ = [
     "BACKENDS",
-    "GRAPHS",
+    "GRAPH_MODES",
     "ScoreArrays",
     "ScoreResult",
     "Scorer",

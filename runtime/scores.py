@@ -40,6 +40,34 @@ def ensemble_variance(logvars: np.ndarray) -> np.ndarray:
     return np.exp(np.asarray(logvars, dtype=np.float32)).mean(axis=0).astype(np.float32)
 
 
+def member_stats(recons: np.ndarray, logvars: np.ndarray | None = None) -> dict[str, np.ndarray]:
+    """One module's statistics from its members' outputs.
+
+    Args:
+        recons: [K, N, 1, H, W] reconstructions; logvars: AE-U only, [K, N, 1, H, W].
+
+    Returns:
+        {"mean", "std"} float32 [N, 1, H, W], plus "var" (:func:`ensemble_variance`) with logvars.
+    """
+    mean, std = ensemble_stats(recons)
+    stats = {"mean": mean, "std": std}
+    if logvars is not None:
+        stats["var"] = ensemble_variance(logvars)
+    return stats
+
+
+def dual_from_modules(a: dict[str, np.ndarray], b: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The dual statistics from module A's and B's: {mean_a, std_a, mean_b, std_b[, var_b]}.
+
+    Args:
+        a, b: {"mean", "std"[, "var"]} of module A and B (only B's "var" is used).
+    """
+    out = {"mean_a": a["mean"], "std_a": a["std"], "mean_b": b["mean"], "std_b": b["std"]}
+    if "var" in b:
+        out["var_b"] = b["var"]
+    return out
+
+
 def score_maps(
     x: np.ndarray,
     mean_a: np.ndarray,
@@ -82,3 +110,27 @@ def image_scores(maps: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         k: v.reshape(v.shape[0], -1).mean(axis=1, dtype=np.float64).astype(np.float32)
         for k, v in maps.items()
     }
+
+
+def maps_from_stats(x: np.ndarray, stats: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """:func:`score_maps` from x [N, 1, H, W] and dual statistics (a dual graph's outputs:
+    mean_a, mean_b, std_b[, var_b]; other keys ignored)."""
+    return score_maps(x, stats["mean_a"], stats["mean_b"], stats["std_b"], stats.get("var_b"))
+
+
+def scores_from_stats(x: np.ndarray, stats: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Image scores {rec, intra, inter} float32 [N] from x and dual statistics."""
+    return image_scores(maps_from_stats(x, stats))
+
+
+def relative_score_errors(
+    got: dict[str, np.ndarray], ref: dict[str, np.ndarray]
+) -> dict[str, float]:
+    """Per score name: max over images of |got - ref| / |ref| (float64; a zero reference is
+    replaced by float32's smallest normal number)."""
+    out = {}
+    for n in SCORE_NAMES:
+        r = np.asarray(ref[n], np.float64)
+        scale = np.maximum(np.abs(r), np.finfo(np.float32).tiny)
+        out[n] = float(np.max(np.abs(np.asarray(got[n], np.float64) - r) / scale))
+    return out

@@ -7,7 +7,16 @@ import pytest
 
 from ddad_edge.runtime.metrics import average_precision, roc_auc, roc_curve
 from ddad_edge.runtime.preprocess import PreprocessError, preprocess, preprocess_batch, to_unit_grey
-from ddad_edge.runtime.scores import ensemble_stats, ensemble_variance, image_scores, score_maps
+from ddad_edge.runtime.scores import (
+    dual_from_modules,
+    ensemble_stats,
+    ensemble_variance,
+    image_scores,
+    maps_from_stats,
+    member_stats,
+    relative_score_errors,
+    score_maps,
+)
 
 
 def test_preprocess_contract() -> None:
@@ -80,6 +89,29 @@ def _auc_bruteforce(y: np.ndarray, s: np.ndarray) -> float:
     pos, neg = s[y == 1], s[y == 0]
     cmp = (pos[:, None] > neg[None, :]) + 0.5 * (pos[:, None] == neg[None, :])
     return float(cmp.mean())
+
+
+def test_member_and_dual_stats_feed_the_maps() -> None:
+    rng = np.random.default_rng(1)
+    ra, rb = rng.standard_normal((2, 3, 2, 1, 4, 4)).astype(np.float32)
+    lv = rng.standard_normal((3, 2, 1, 4, 4)).astype(np.float32)
+    a, b = member_stats(ra), member_stats(rb, lv)
+    assert set(a) == {"mean", "std"} and set(b) == {"mean", "std", "var"}
+    dual = dual_from_modules(a, b)
+    assert list(dual) == ["mean_a", "std_a", "mean_b", "std_b", "var_b"]
+    np.testing.assert_array_equal(dual["std_b"], ensemble_stats(rb)[1])
+    x = rng.standard_normal((2, 1, 4, 4)).astype(np.float32)
+    want = score_maps(x, a["mean"], b["mean"], b["std"], b["var"])
+    for k, v in maps_from_stats(x, dual).items():
+        np.testing.assert_array_equal(v, want[k])
+
+
+def test_relative_score_errors() -> None:
+    ref = {"rec": np.array([1.0, 2.0]), "intra": np.array([0.0, 4.0]), "inter": np.ones(2)}
+    got = {"rec": np.array([1.1, 2.0]), "intra": np.array([0.0, 3.0]), "inter": np.ones(2)}
+    err = relative_score_errors(got, ref)
+    assert err["rec"] == pytest.approx(0.1) and err["intra"] == pytest.approx(0.25)
+    assert err["inter"] == 0.0
 
 
 def test_auc_matches_pairwise_definition_with_ties() -> None:
