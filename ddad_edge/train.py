@@ -68,9 +68,8 @@ def make_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Opti
     PyTorch's fused Adam kernel (one pass over parameter, gradient and both moments instead of
     one pass per arithmetic step) where every parameter is on the CPU or a CUDA device: the
     same update rule (checked against plain ``torch.optim.Adam`` in the tests), and the same
-    state, so runs checkpointed with the plain implementation resume. Measured on the 2-core CPU
-    (AE, K=3, batch 64, 2026-11-26, three alternating pairs): a fused K=3 training step 207-214
-    ms instead of 245-259 ms, a single member 59-60 ms instead of 70-71 ms.
+    state, so runs checkpointed with the plain implementation resume. Chosen because it was
+    faster per step (benchmarks/README.md, decision log).
     """
     params = list(model.parameters())
     fused = bool(params) and all(

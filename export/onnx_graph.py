@@ -18,17 +18,15 @@ Graph (K members, opset 17, input ``x`` float32 [N, 1, 64, 64], N dynamic):
   population std sqrt(mean((r - mean)^2)) -> std, and (AE-U) mean(exp(logvar)) -> var.
   All outputs float32 [N, 1, 64, 64].
 
-Why this form (measured with onnxruntime 1.32 on the 2-core CPU, dual K=3 AE graph, batch 64,
-see benchmarks/README.md): the bottleneck as 2-D MatMuls per member runs in 14 ms where one
-batched [2K, N, 1024] x [2K, 1024, 2048] MatMul with Transposes took 22 ms (onnxruntime prepacks
-2-D constant weights only), and equal at batch 1 (both read each weight once). A transposed
-conv with kernel 4, stride 2, pad 1 is exactly four 2x2 convs, one per output phase (a, c) in
-{0,1}^2: output pixel (2i+a, 2j+c) reads input rows (i-1, i) if a = 0 else (i, i+1) with kernel
-rows (3, 1) or (2, 0), columns likewise; the four results are interleaved into the 2x larger
-map (:func:`interleave_phases`).
-Same multiply-adds as the transposed conv, but onnxruntime runs them with its blocked
-convolution kernels: the three hidden decoder layers take 45 ms instead of 61 ms at batch 64.
-The last layer (16 -> 1 or 2 channels per member) stays a ConvTranspose, which is faster there.
+Why this form (the forms tried and their timings are in benchmarks/README.md, decision log):
+the bottleneck is 2-D MatMuls per member because onnxruntime prepacks 2-D constant weights only
+(a batched 3-D MatMul was slower at batch 64, equal at batch 1). A transposed conv with kernel
+4, stride 2, pad 1 is exactly four 2x2 convs, one per output phase (a, c) in {0,1}^2: output
+pixel (2i+a, 2j+c) reads input rows (i-1, i) if a = 0 else (i, i+1) with kernel rows (3, 1) or
+(2, 0), columns likewise; the four results are interleaved into the 2x larger map
+(:func:`interleave_phases`). Same multiply-adds as the transposed conv, but onnxruntime runs
+them with its faster blocked convolution kernels. The last layer (16 -> 1 or 2 channels per
+member) stays a ConvTranspose, which is faster there.
 
 Precision ``fp16``: weights and compute in float16, graph input/outputs float32; a Cast to
 float16 right after ``x``, the MemAE softmax in float32, and a Cast to float32 of the decoder
@@ -161,11 +159,9 @@ def interleave_phases(b: _Builder, phases: list[str], channels: int, side: int) 
     memory of [N, C, H, (a, c), W]. That is viewed as [N, C, H, a, (c, W)], and the columns of
     the two column phases are interleaved by a MatMul with a 0/1 permutation matrix: exact (one
     product by 1 per output, the rest +0). Concatenating the 4-D phases directly (no Unsqueeze
-    to a 5-D stack first) saves twelve copies per image: 1.5% faster at batch 1 and 2.4% at
-    batch 64 on the AE K=3 dual graph (2026-11-26). On onnxruntime's CPU provider this form is
-    faster than DepthToSpace, whose kernel runs on one thread, and than stacking whole planes
-    and transposing them (batch 64, hidden layer 3 of the AE K=3 dual graph: 8.5 ms vs 15.4 ms
-    with Concat + DepthToSpace and 11.4 ms with plane Concat + Transpose + MatMul).
+    to a 5-D stack first) saves twelve copies per image. On onnxruntime's CPU provider this form
+    is faster than DepthToSpace, whose kernel runs on one thread, and than stacking whole planes
+    and transposing them (benchmarks/README.md, decision log).
     """
     rows = b.op("Concat", phases, axis=3)  # [N, C, H, 4W] = [N, C, H, (a, c), W]
     rows = b.op(

@@ -118,8 +118,7 @@ def session_options(ort: Any, intra_op_threads: int | None = None) -> Any:
     All graph optimisations; ``intra_op_threads`` CPU threads (default: physical cores); errors
     only in the log (keeps ORT's warnings off the user's console). Worker threads spin only
     during a run: between runs (decoding the next images, the application's own work) they would
-    otherwise keep both cores busy; measured on the 2-core CPU: full-resolution JPEG decoding
-    2.0 instead of 2.8 ms/image, same inference.
+    otherwise keep the cores busy and slow the decoding down (benchmarks/README.md, decision log).
     """
     so = ort.SessionOptions()
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL

@@ -23,11 +23,9 @@ precisely: glibc places onnxruntime's buffers in free heap space of a long-runni
 rather than in new mappings, and this kernel has no soft-dirty page tracking. Where the kernel
 refuses (THP disabled, an older kernel, not Linux) nothing changes and the result says why.
 
-Measured on the project's 2-core Xeon VM (2026-11-26, K=3 AE dual graph, batch 1, six
-alternating process pairs): 4.16-4.51 ms per run without, 3.85-4.19 ms with huge pages
-(about 8% faster); the collapse itself took 0.3-0.5 s for ~120-200 MB in a runtime process and
-0.85 s for ~390 MB in the benchmark's process (torch loaded), which is why
-:func:`start_collapse` runs it on a background thread.
+The collapse takes a noticeable fraction of a second, which is why :func:`start_collapse` runs
+it on a background thread; the gain and that cost, measured, are in benchmarks/README.md
+(decision log).
 """
 
 from __future__ import annotations
