@@ -9,10 +9,11 @@ not the disk, and the untimed pass loads every codec the folder needs.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
+
+from ddad_edge.benchmarks.latency import STAGES, timed_stages
 
 IMAGE_EXTS: frozenset[str] = frozenset({".jpg", ".jpeg", ".png", ".dcm", ".dicom", ".tif", ".tiff"})
 
@@ -44,29 +45,17 @@ def run_folder(
     "ms_per_image": {stage: ms, "scoring_total", "end_to_end"}, "images_per_s" (end to end),
     "preprocess_over_scoring": preprocessing time / (inference + scoring) time}.
     """
+    chunks = [list(paths[i : i + batch]) for i in range(0, len(paths), batch)]
     if warmup_pass:
-        for i in range(0, len(paths), batch):
-            loaded = lane.load(list(paths[i : i + batch]))
-            if len(loaded.ok):
-                lane.scores(loaded.x, lane.infer(loaded.x))
-    totals = {"preprocess": 0.0, "inference": 0.0, "scoring": 0.0}
+        for chunk in chunks:
+            timed_stages(lane, chunk)
+    totals = dict.fromkeys(STAGES, 0.0)
     errors: list[dict[str, str]] = []
     n_ok = 0
-    for i in range(0, len(paths), batch):
-        chunk = list(paths[i : i + batch])
-        t0 = time.perf_counter()
-        loaded = lane.load(chunk)
-        t1 = time.perf_counter()
-        if len(loaded.ok):
-            stats = lane.infer(loaded.x)
-            t2 = time.perf_counter()
-            lane.scores(loaded.x, stats)
-            t3 = time.perf_counter()
-        else:
-            t2 = t3 = t1
-        totals["preprocess"] += t1 - t0
-        totals["inference"] += t2 - t1
-        totals["scoring"] += t3 - t2
+    for chunk in chunks:
+        stages, loaded = timed_stages(lane, chunk)
+        for k, v in stages.items():
+            totals[k] += v
         n_ok += len(loaded.ok)
         errors += [{"path": str(p), "reason": r} for _, p, r in loaded.errors]
     per = {k: (v / n_ok * 1e3 if n_ok else float("nan")) for k, v in totals.items()}

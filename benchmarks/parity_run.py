@@ -97,20 +97,13 @@ def load_test_set(
 
 def _open_all(cfg: ParityConfig, on: Progress) -> tuple[list[Lane], dict[str, str]]:
     names = [n for n in cfg.lanes if n != REFERENCE_LANE]
-    bundles: dict[str, Path] = {}
-    unavailable: dict[str, str] = {}
-    for v in sorted({LANE_SPECS[n].precision for n in names if LANE_SPECS[n].family == "variant"}):
-        on(f"building the {v} variant graph")
-        try:
-            bundles[v] = variants.make_variant_bundle(cfg.bundle, v, cfg.work_dir / v)
-        except Exception as e:  # noqa: BLE001 - recorded as the lane's reason
-            unavailable.update(
-                {
-                    n: f"building the {v} variant failed: {e}"
-                    for n in names
-                    if LANE_SPECS[n].precision == v
-                }
-            )
+    wanted = sorted({LANE_SPECS[n].precision for n in names if LANE_SPECS[n].family == "variant"})
+    bundles, errors = variants.build_variant_bundles(cfg.bundle, wanted, cfg.work_dir, on)
+    unavailable = {
+        n: errors[s.precision]
+        for n in names
+        if (s := LANE_SPECS[n]).family == "variant" and s.precision in errors
+    }
     lanes: list[Lane] = []
     for n in names:
         if n in unavailable:

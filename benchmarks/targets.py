@@ -7,19 +7,14 @@ deployment default on CPU; ``torch`` is the PyTorch eager reference.
 
 from __future__ import annotations
 
-from typing import Any
+from ddad_edge.benchmarks.schema import BenchResult, Target, result_point
 
 MAIN_LANE = "ort"
 
 
-def _point(result: dict[str, Any], lane: str, batch: int) -> dict[str, Any] | None:
-    entry = result.get("lanes", {}).get(lane, {})
-    return entry.get("sweep", {}).get("points", {}).get(str(batch))
-
-
 def _target(
     tid: str, target: str, how: str, value: float | None, ok: bool | None, measured: str
-) -> dict[str, Any]:
+) -> Target:
     return {
         "id": tid,
         "target": target,
@@ -30,11 +25,11 @@ def _target(
     }
 
 
-def _speedup_target(result: dict[str, Any], lane: str, batch: int, need: float) -> dict[str, Any]:
+def _speedup_target(result: BenchResult, lane: str, batch: int, need: float) -> Target:
     """Speedup over torch at ``batch``: from the interleaved measurement when the run has one
     for ``lane`` (robust to drift between the lanes' sweeps), else from the two sweeps."""
     tid, target = f"speedup_b{batch}", f"{lane} >= {need}x torch eager at batch {batch}"
-    p, ref = _point(result, lane, batch), _point(result, "torch", batch)
+    p, ref = result_point(result, lane, batch), result_point(result, "torch", batch)
     sweep = None
     if p and ref:
         # = lane / torch throughput (batch / median latency), as the sweep table shows it
@@ -67,7 +62,7 @@ def _speedup_target(result: dict[str, Any], lane: str, batch: int, need: float) 
     )
 
 
-def evaluate_targets(result: dict[str, Any], lane: str = MAIN_LANE) -> list[dict[str, Any]]:
+def evaluate_targets(result: BenchResult, lane: str = MAIN_LANE) -> list[Target]:
     """The five targets of the issue, measured on ``lane`` (see the module docstring)."""
     out = []
     for batch, need in ((1, 3.0), (64, 1.5)):

@@ -10,6 +10,8 @@ epoch time of each module is projected as per-step time x (n // batch_size).
 from __future__ import annotations
 
 import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -104,4 +106,56 @@ def compare_fused_separate(
             "member_step_s": member_s,
         },
         "speedup": sep_s / fused_s if fused_s > 0 else float("nan"),
+    }
+
+
+def _epoch_sizes(run_dir: Path | None) -> dict[str, int] | None:
+    """{"A": |D| + |Du|, "B": |D|} from the run's config (None when unknown)."""
+    if run_dir is None:
+        return None
+    try:
+        from ddad_edge.checkpoint import read_config
+
+        c = read_config(run_dir)["counts"]
+        return {"A": int(c["D"]) + int(c["Du"]), "B": int(c["D"])}
+    except (FileNotFoundError, KeyError):
+        return None
+
+
+def measure_training(
+    images: Sequence[Path],
+    run_dir: Path | None,
+    *,
+    kind: str,
+    k: int,
+    batch: int,
+    steps: int,
+    on: Callable[[str], None],
+) -> dict[str, Any]:
+    """:func:`compare_fused_separate` on the preprocessed ``images`` (cycled to enough steps),
+    on CPU and on CUDA when available; epoch times projected with the run's module sizes.
+
+    Returns the CUDA comparison when there is one (else the CPU one), plus "by_device"
+    {device: comparison} and "data_note"."""
+    import torch
+
+    from ddad_edge.benchmarks.latency import batch_paths
+    from ddad_edge.runtime.batch import load_inputs
+
+    n = batch * (steps + 1)
+    data = load_inputs(batch_paths(images, min(n, len(images)))).x
+    data = np.concatenate([data] * int(np.ceil(n / len(data))))[: max(n, len(data))]
+    sizes = _epoch_sizes(run_dir)
+    devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+    out: dict[str, Any] = {}
+    for dev in devices:
+        on(f"training: fused vs separate on {dev}")
+        out[dev] = compare_fused_separate(
+            data, kind=kind, k=k, batch_size=batch, steps=steps, epoch_sizes=sizes, device=dev
+        )
+    first = out["cuda" if "cuda" in out else "cpu"]
+    return {
+        **first,
+        "by_device": out,
+        "data_note": "timing only: preprocessed benchmark inputs, models discarded",
     }

@@ -5,11 +5,10 @@
   bottleneck linears of each member, 1024x2048 and 2048x1024, 100 of the graph's 107.5 MB) to
   QInt8 with one scale per output column (``per_channel=True``). The small MatMuls stay FP32:
   the 16-d code layers and the MemAE memory (<1 MB in all) are where quantisation costs AUC
-  (AE-U K=3, 2026-11-26: quantising every MatMul gave intra ΔAUC +0.0022, 95% interval to
-  +0.0043; only the big ones, |ΔAUC| <= 0.0002 with intervals within ±0.0008), and so are the
-  decoder's pixel-interleave MatMuls (permutation matrices, which only move data). Activations
-  are quantised on the fly (DynamicQuantizeLinear) and the products run as onnxruntime's
-  integer MatMul kernels with prepacked weights; convolutions stay FP32.
+  (benchmarks/README.md, decision log), and so are the decoder's pixel-interleave MatMuls
+  (permutation matrices, which only move data). Activations are quantised on the fly
+  (DynamicQuantizeLinear) and the products run as onnxruntime's integer MatMul kernels with
+  prepacked weights; convolutions stay FP32.
 - ``fp16w``: every large float32 initializer stored as float16 and Cast back to float32 in the
   graph; compute stays FP32. Halves the file, but onnxruntime may constant-fold the Casts at
   session creation, in which case the weights in memory (and the floor) do not change: the
@@ -27,6 +26,7 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -57,7 +57,7 @@ def make_int8(src: Path, dst: Path) -> Path:
     perms = permutation_initializers(model)
     sizes = {t.name: int(np.prod(t.dims)) for t in model.graph.initializer}
     # The decoder's pixel-interleave MatMuls only reorder activations: quantising them would
-    # round every decoder activation to 8 bits (measured: max |ΔAUC| 0.17 on the AE bundle).
+    # round every decoder activation to 8 bits (far outside the ΔAUC tolerance).
     big = [
         n.name
         for n in model.graph.node
@@ -173,3 +173,21 @@ def make_variant_bundle(
     }
     (out_dir / MANIFEST).write_text(json.dumps(sealed(new), indent=1))
     return out_dir
+
+
+def build_variant_bundles(
+    bundle: Path, precisions: list[str], work_dir: Path, on: Callable[[str], None]
+) -> tuple[dict[str, Path], dict[str, str]]:
+    """A variant bundle per precision ("int8", "fp16w") under ``work_dir``.
+
+    Returns ({precision: bundle folder}, {precision: why building it failed}).
+    """
+    built: dict[str, Path] = {}
+    errors: dict[str, str] = {}
+    for v in precisions:
+        on(f"building the {v} variant graph")
+        try:
+            built[v] = make_variant_bundle(bundle, v, work_dir / v)
+        except Exception as e:  # noqa: BLE001 - recorded as the lanes' reason
+            errors[v] = f"building the {v} variant failed: {type(e).__name__}: {e}"
+    return built, errors

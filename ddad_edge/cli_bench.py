@@ -1,8 +1,7 @@
 """Benchmark commands of the ddad-edge CLI: ``bench`` (latency, throughput, machine limits, cold
 start, training) and ``parity`` (AUC parity of every backend against the PyTorch reference).
 
-Thin: parse, call ``ddad_edge.benchmarks``, print. Also reachable as
-``python -m ddad_edge.benchmarks bench|parity ...``.
+Thin: parse, call ``ddad_edge.benchmarks``, print.
 """
 
 from __future__ import annotations
@@ -10,7 +9,7 @@ from __future__ import annotations
 import json
 import tempfile
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.markup import escape
@@ -20,36 +19,90 @@ from ddad_edge.cli_common import TRAIN_EXTRA, console, out_console, require_extr
 from ddad_edge.cli_common import fail as _fail
 from ddad_edge.cli_common import note as _progress
 
+if TYPE_CHECKING:
+    from ddad_edge.benchmarks.schema import BenchResult
+
 PARITY_FAILED_EXIT = 3
 """Exit status of ``parity`` when a lane's |ΔAUC| exceeds its tolerance (1: usage/run error)."""
 
 
-HELP_BACKENDS = (
+def _opt(help: str, *names: str, **kw: object) -> typer.models.OptionInfo:
+    return typer.Option(*names, help=help, **kw)
+
+
+# The commands' arguments and options (shared by bench and parity where they mean the same).
+Bundle = Annotated[Path, typer.Argument(help="Bundle folder written by `ddad-edge export`.")]
+Ckpt = Annotated[
+    Path | None, _opt("PyTorch run folder for the reference (default: the bundle's source run).")
+]
+BACKENDS_HELP = (
     "Lanes, comma-separated: torch, ort, ort-fp16, ort-int8, ort-fp16w, "
     "torch-cuda[-fp16][-graphs], ort-cuda[-fp16], ort-trt[-fp16], trt[-fp16]; groups: cpu, "
     "gpu, default (all; lanes that cannot run here are reported as not available). torch is "
     "always included."
 )
-HELP_IMAGES = (
-    "Folder of input images for the sweep (default: ../shared/data/kermany-cxr/test when "
-    "present, else SYNTHETIC phantoms)."
-)
-HELP_FULLRES = (
-    "Folder of full-resolution images for the end-to-end pass (default: "
-    "../shared/data/kermany-fullres)."
-)
-HELP_DICOM = "Folder of DICOM files for the end-to-end pass (default: ../shared/data/dicom-cxr)."
-HELP_SKIP = (
-    "Sections to skip, comma-separated: limits, sweep, paired, e2e, profile, coldstart, training, "
-    "variants."
-)
-HELP_PARITY_JSON = (
-    "parity.json from `ddad-edge parity`, to decide which smaller-weight variant is kept."
-)
-HELP_GRAPH = (
-    "NAME=PATH: also compare this ONNX dual graph (run by the Scorer on onnxruntime CPU, FP32 "
-    "tolerance). Repeatable."
-)
+BenchOutput = Annotated[
+    Path, _opt("Report folder (bench.json, bench.md, PNG plots).", "-o", "--output")
+]
+Images = Annotated[
+    Path | None,
+    _opt(
+        "Folder of input images for the sweep (default: ../shared/data/kermany-cxr/test when "
+        "present, else SYNTHETIC phantoms)."
+    ),
+]
+Fullres = Annotated[
+    Path | None,
+    _opt(
+        "Folder of full-resolution images for the end-to-end pass (default: "
+        "../shared/data/kermany-fullres)."
+    ),
+]
+Dicom = Annotated[
+    Path | None,
+    _opt("Folder of DICOM files for the end-to-end pass (default: ../shared/data/dicom-cxr)."),
+]
+Skip = Annotated[
+    str,
+    _opt(
+        "Sections to skip, comma-separated: limits, sweep, paired, e2e, profile, coldstart, "
+        "training, variants."
+    ),
+]
+ParityJson = Annotated[
+    Path | None,
+    _opt("parity.json from `ddad-edge parity`, to decide which smaller-weight variant is kept."),
+]
+PairedRounds = Annotated[
+    int, _opt("Interleaved rounds of torch and ort turns for the batch-1/64 speedups.", min=1)
+]
+PairedSeconds = Annotated[
+    float, _opt("...each turn at least this many seconds (and 3 repetitions).", min=0.0)
+]
+Threads = Annotated[
+    int, _opt("onnxruntime intra-op threads (0: the runtime's default, physical cores).")
+]
+TorchThreads = Annotated[
+    int, _opt("torch CPU threads for the reference and training (0: torch's default).")
+]
+Quick = Annotated[bool, _opt("Smoke test: tiny machine-limit sizes (limits then NOT meaningful).")]
+ParityOutput = Annotated[
+    Path, _opt("Report folder (parity.json, parity.md, delta_auc.png).", "-o", "--output")
+]
+Split = Annotated[Path, _opt("Split manifest; its test part is scored.", "--split")]
+ParityBackends = Annotated[str, _opt("Lanes to compare with torch FP32 (same names as `bench`).")]
+Graphs = Annotated[
+    list[str] | None,
+    _opt(
+        "NAME=PATH: also compare this ONNX dual graph (run by the Scorer on onnxruntime CPU, "
+        "FP32 tolerance). Repeatable."
+    ),
+]
+MaxImages = Annotated[
+    int | None,
+    _opt("Score only this many test images, evenly spaced within each class (smoke runs)."),
+]
+DataRoot = Annotated[Path | None, _opt("Data folder, if it moved since `split`.")]
 
 
 def _ints(text: str, what: str) -> list[int]:
@@ -92,87 +145,45 @@ def _lanes(text: str) -> list[str]:
     return []
 
 
+def _sections(skip: str) -> tuple[str, ...]:
+    """The bench sections to run: all but those --skip names (an unknown name fails)."""
+    from ddad_edge.benchmarks.bench import SECTIONS
+
+    skipped = {s.strip() for s in skip.split(",") if s.strip()}
+    if skipped - set(SECTIONS):
+        _fail(f"--skip: unknown section(s) {', '.join(sorted(skipped - set(SECTIONS)))}")
+    return tuple(s for s in SECTIONS if s not in skipped)
+
+
 def bench(
-    bundle: Annotated[Path, typer.Argument(help="Bundle folder written by `ddad-edge export`.")],
-    output: Annotated[
-        Path,
-        typer.Option("-o", "--output", help="Report folder (bench.json, bench.md, PNG plots)."),
-    ] = Path("bench"),
-    backends: Annotated[
-        str,
-        typer.Option(help=HELP_BACKENDS),
-    ] = "default",
-    batches: Annotated[str, typer.Option(help="Batch sizes of the sweep.")] = "1,8,64,256",
-    ckpt: Annotated[
-        Path | None,
-        typer.Option(
-            help="PyTorch run folder for the reference (default: the bundle's source run)."
-        ),
-    ] = None,
-    images: Annotated[
-        Path | None,
-        typer.Option(help=HELP_IMAGES),
-    ] = None,
-    fullres: Annotated[
-        Path | None,
-        typer.Option(help=HELP_FULLRES),
-    ] = None,
-    dicom: Annotated[
-        Path | None,
-        typer.Option(help=HELP_DICOM),
-    ] = None,
-    warmup: Annotated[int, typer.Option(help="Untimed repetitions before each measurement.")] = 2,
+    bundle: Bundle,
+    output: BenchOutput = Path("bench"),
+    backends: Annotated[str, _opt(BACKENDS_HELP)] = "default",
+    batches: Annotated[str, _opt("Batch sizes of the sweep.")] = "1,8,64,256",
+    ckpt: Ckpt = None,
+    images: Images = None,
+    fullres: Fullres = None,
+    dicom: Dicom = None,
+    warmup: Annotated[int, _opt("Untimed repetitions before each measurement.")] = 2,
     min_reps: Annotated[
-        int, typer.Option(help="Sweep: at least this many timed repetitions per batch size...")
+        int, _opt("Sweep: at least this many timed repetitions per batch size...")
     ] = 3,
-    min_seconds: Annotated[float, typer.Option(help="...and at least this many seconds...")] = 1.0,
-    max_seconds: Annotated[float, typer.Option(help="...but stop after this many seconds.")] = 8.0,
-    latency_reps: Annotated[
-        int, typer.Option(help="Batch 1: at least this many timed repetitions...")
-    ] = 20,
+    min_seconds: Annotated[float, _opt("...and at least this many seconds...")] = 1.0,
+    max_seconds: Annotated[float, _opt("...but stop after this many seconds.")] = 8.0,
+    latency_reps: Annotated[int, _opt("Batch 1: at least this many timed repetitions...")] = 20,
     latency_seconds: Annotated[
-        float, typer.Option(help="...and at least this many seconds (stop after 5x).")
+        float, _opt("...and at least this many seconds (stop after 5x).")
     ] = 2.0,
-    paired_rounds: Annotated[
-        int,
-        typer.Option(
-            min=1,
-            help="Interleaved rounds of torch and ort turns for the batch-1/64 speedups.",
-        ),
-    ] = 10,
-    paired_seconds: Annotated[
-        float,
-        typer.Option(min=0.0, help="...each turn at least this many seconds (and 3 repetitions)."),
-    ] = 0.3,
-    e2e_batch: Annotated[int, typer.Option(help="Files per batch in the end-to-end passes.")] = 16,
-    coldstart_reps: Annotated[
-        int, typer.Option(help="Fresh processes per cold-start measurement.")
-    ] = 3,
-    train_steps: Annotated[
-        int, typer.Option(help="Timed training steps per side (fused / separate).")
-    ] = 5,
-    threads: Annotated[
-        int,
-        typer.Option(
-            help="onnxruntime intra-op threads (0: the runtime's default, physical cores)."
-        ),
-    ] = 0,
-    torch_threads: Annotated[
-        int,
-        typer.Option(help="torch CPU threads for the reference and training (0: torch's default)."),
-    ] = 0,
-    skip: Annotated[
-        str,
-        typer.Option(help=HELP_SKIP),
-    ] = "",
-    parity: Annotated[
-        Path | None,
-        typer.Option(help=HELP_PARITY_JSON),
-    ] = None,
-    quick: Annotated[
-        bool,
-        typer.Option(help="Smoke test: tiny machine-limit sizes (limits then NOT meaningful)."),
-    ] = False,
+    paired_rounds: PairedRounds = 10,
+    paired_seconds: PairedSeconds = 0.3,
+    e2e_batch: Annotated[int, _opt("Files per batch in the end-to-end passes.")] = 16,
+    coldstart_reps: Annotated[int, _opt("Fresh processes per cold-start measurement.")] = 3,
+    train_steps: Annotated[int, _opt("Timed training steps per side (fused / separate).")] = 5,
+    threads: Threads = 0,
+    torch_threads: TorchThreads = 0,
+    skip: Skip = "",
+    parity: ParityJson = None,
+    quick: Quick = False,
 ) -> None:
     """Latency, throughput and machine limits of every backend vs the PyTorch eager reference.
 
@@ -181,15 +192,13 @@ def bench(
     """
     require_extra("bench", "train", TRAIN_EXTRA)
     from ddad_edge.benchmarks import inputs
-    from ddad_edge.benchmarks.bench import SECTIONS, BenchConfig, run_bench
+    from ddad_edge.benchmarks.bench import BenchConfig, run_bench
+    from ddad_edge.benchmarks.bench_report import write_bench_report
     from ddad_edge.benchmarks.latency import Budget
-    from ddad_edge.benchmarks.report import write_bench_report
     from ddad_edge.runtime.bundle import BundleError
 
     batch_list = _ints(batches, "--batches")
-    skipped = {s.strip() for s in skip.split(",") if s.strip()}
-    if skipped - set(SECTIONS):
-        _fail(f"--skip: unknown section(s) {', '.join(sorted(skipped - set(SECTIONS)))}")
+    sections = _sections(skip)
     lanes = _lanes(backends)
     run_dir = _run_dir(bundle, ckpt)
     parity_result = json.loads(parity.read_text()) if parity else None
@@ -220,7 +229,7 @@ def bench(
             intra_op_threads=threads or None,
             torch_threads=torch_threads or None,
             parity=parity_result,
-            sections=tuple(s for s in SECTIONS if s not in skipped),
+            sections=sections,
         )
         try:
             result = run_bench(cfg, _progress)
@@ -233,8 +242,9 @@ def bench(
     )
 
 
-def _print_bench(result: dict) -> None:
+def _print_bench(result: BenchResult) -> None:
     from ddad_edge.benchmarks.report import fmt
+    from ddad_edge.benchmarks.schema import lane_point
 
     t = Table(
         title=f"batch-1 scoring latency and throughput ({result['model']['kind']} "
@@ -251,15 +261,14 @@ def _print_bench(result: dict) -> None:
     for name, e in result["lanes"].items():
         if not e.get("available"):
             continue
-        pts = e.get("sweep", {}).get("points", {})
-        p1 = pts.get("1", {}).get("scoring_latency", {})
+        p1 = (lane_point(e, 1) or {}).get("scoring_latency", {})
         t.add_row(
             name,
             fmt(p1.get("p50_ms")),
             fmt(p1.get("p99_ms")),
             fmt(e.get("vs_torch", {}).get("1", {}).get("speedup")) + "x",
             *[
-                fmt(pts.get(str(b), {}).get("throughput_ips"), ".0f")
+                fmt((lane_point(e, b) or {}).get("throughput_ips"), ".0f")
                 for b in result["config"]["batches"]
             ],
         )
@@ -277,42 +286,16 @@ def _print_bench(result: dict) -> None:
 
 
 def parity(
-    bundle: Annotated[Path, typer.Argument(help="Bundle folder written by `ddad-edge export`.")],
-    split: Annotated[
-        Path, typer.Option("--split", help="Split manifest; its test part is scored.")
-    ],
-    output: Annotated[
-        Path,
-        typer.Option(
-            "-o", "--output", help="Report folder (parity.json, parity.md, delta_auc.png)."
-        ),
-    ] = Path("parity"),
-    backends: Annotated[
-        str, typer.Option(help="Lanes to compare with torch FP32 (same names as `bench`).")
-    ] = "default",
-    ckpt: Annotated[
-        Path | None,
-        typer.Option(
-            help="PyTorch run folder for the reference (default: the bundle's source run)."
-        ),
-    ] = None,
-    graph: Annotated[
-        list[str] | None,
-        typer.Option(help=HELP_GRAPH),
-    ] = None,
-    n_boot: Annotated[
-        int, typer.Option(help="Paired bootstrap resamples for the ΔAUC interval.")
-    ] = 1000,
-    seed: Annotated[int, typer.Option(help="Seed of the bootstrap.")] = 0,
-    max_images: Annotated[
-        int | None,
-        typer.Option(
-            help="Score only this many test images, evenly spaced within each class (smoke runs)."
-        ),
-    ] = None,
-    data_root: Annotated[
-        Path | None, typer.Option(help="Data folder, if it moved since `split`.")
-    ] = None,
+    bundle: Bundle,
+    split: Split,
+    output: ParityOutput = Path("parity"),
+    backends: ParityBackends = "default",
+    ckpt: Ckpt = None,
+    graph: Graphs = None,
+    n_boot: Annotated[int, _opt("Paired bootstrap resamples for the ΔAUC interval.")] = 1000,
+    seed: Annotated[int, _opt("Seed of the bootstrap.")] = 0,
+    max_images: MaxImages = None,
+    data_root: DataRoot = None,
 ) -> None:
     """AUC/AP parity of every backend and precision against the PyTorch FP32 reference.
 
@@ -322,8 +305,8 @@ def parity(
     """
     require_extra("parity", "train", TRAIN_EXTRA)
     from ddad_edge.benchmarks.lanes import LaneUnavailable
+    from ddad_edge.benchmarks.parity_report import write_parity_report
     from ddad_edge.benchmarks.parity_run import ParityConfig, run_parity_bundle
-    from ddad_edge.benchmarks.report import write_parity_report
     from ddad_edge.data import SplitError
     from ddad_edge.runtime.bundle import BundleError
 

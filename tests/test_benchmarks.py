@@ -15,7 +15,7 @@ import torch
 from onnx import TensorProto, helper, numpy_helper
 from typer.testing import CliRunner
 
-from ddad_edge.benchmarks import flops, report, stats
+from ddad_edge.benchmarks import bench_report, flops, machine_report, stats
 from ddad_edge.benchmarks.latency import Budget, repeat_timed, summarize_stages
 from ddad_edge.cli import app
 
@@ -186,7 +186,7 @@ def test_speedup_targets_prefer_the_interleaved_ratio() -> None:
 
 
 def test_read_curve_reports_each_size() -> None:
-    from ddad_edge.benchmarks.machine import measure_read_curve
+    from ddad_edge.benchmarks.limits import measure_read_curve
 
     curve = measure_read_curve((1, 2))
     assert [c["mib"] for c in curve] == [1, 2]
@@ -196,7 +196,7 @@ def test_read_curve_reports_each_size() -> None:
         "bandwidth": {"nbytes": 2**20, "numpy": {}, "torch": {}, "read_gbps": 1, "copy_gbps": 1},
         "read_curve": curve,
     }
-    text = report.machine_section({}, limits)
+    text = machine_report.machine_section({}, limits)
     assert "read bandwidth vs buffer size" in text and "2 MiB" in text
 
 
@@ -265,7 +265,7 @@ def test_bench_report_writes_json_markdown_png(tmp_path: Path) -> None:
         "inputs": {"kermany": True, "note": "n"},
         "targets": [{"id": "x", "target": "t", "measured": "m", "met": None, "how": "h"}],
     }
-    paths = report.write_bench_report(result, tmp_path / "out")
+    paths = bench_report.write_bench_report(result, tmp_path / "out")
     data = json.loads(paths["json"].read_text())  # strict JSON: NaN became null
     assert data["lanes"]["ort"]["limits"]["b1_latency_over_floor"] is None
     md = paths["markdown"].read_text()
@@ -483,8 +483,9 @@ def test_training_fused_vs_separate_runs() -> None:
 
 
 def test_weight_read_floor_uses_bandwidth_at_the_weight_size() -> None:
-    from ddad_edge.benchmarks.bench import _lane_limits
-    from ddad_edge.benchmarks.machine import llc_bytes, measure_read_bandwidth
+    from ddad_edge.benchmarks.achieved import lane_limits
+    from ddad_edge.benchmarks.limits import measure_read_bandwidth
+    from ddad_edge.benchmarks.machine import llc_bytes
 
     r = measure_read_bandwidth(4 * 2**20, min_reps=2, min_seconds=0.0, max_seconds=0.5)
     assert r["nbytes"] == 4 * 2**20 and r["read_gbps"] > 0
@@ -505,13 +506,13 @@ def test_weight_read_floor_uses_bandwidth_at_the_weight_size() -> None:
         "matmul": {"peak_gflops": 200.0},
         "bandwidth_at_weights": {str(wb): {"read_gbps": 50.0, "in_llc": True}},
     }
-    out = _lane_limits(lane, graph, limits)
+    out = lane_limits(lane, graph, limits)
     assert out["floor_ms"] == pytest.approx(2.0) and out["floor_dram_ms"] == pytest.approx(4.0)
     assert out["b1_latency_over_floor"] == pytest.approx(2.0)
     assert out["b1_latency_over_dram_floor"] == pytest.approx(1.0)
     assert out["b64_fraction_of_peak"] == pytest.approx(0.64)
     del limits["bandwidth_at_weights"]  # quick mode: only the DRAM figure
-    assert _lane_limits(lane, graph, limits)["floor_ms"] == pytest.approx(4.0)
+    assert lane_limits(lane, graph, limits)["floor_ms"] == pytest.approx(4.0)
 
 
 def test_profile_by_op_class_accounts_for_the_graph(tiny: dict[str, Path]) -> None:
@@ -540,7 +541,7 @@ def test_profile_by_op_class_accounts_for_the_graph(tiny: dict[str, Path]) -> No
 
 
 def test_variant_kept_only_when_its_interval_is_within_tolerance() -> None:
-    from ddad_edge.benchmarks.bench import _variant_summary
+    from ddad_edge.benchmarks.variant_choice import choose_variant
 
     def lane(p50: float) -> dict:
         pt = {"scoring_latency": {"p50_ms": p50}}
@@ -552,25 +553,25 @@ def test_variant_kept_only_when_its_interval_is_within_tolerance() -> None:
 
     result = {"lanes": {"ort": lane(5.0), "ort-int8": lane(2.5), "ort-fp16w": lane(4.5)}}
     parity = {"lanes": {"ort-int8": par(0.0028, 0.0051), "ort-fp16w": par(0.0001, 0.0002)}}
-    out = _variant_summary(result, parity)
+    out = choose_variant(result, parity)
     assert out["lanes"]["ort-int8"]["decision"].startswith("rejected: the 95% interval")
     assert out["kept"] == "ort-fp16w" and out["lanes"]["ort-fp16w"]["decision"] == "kept"
     parity["lanes"]["ort-int8"] = par(0.0005, 0.0015)  # now inside: the faster one wins
-    assert _variant_summary(result, parity)["kept"] == "ort-int8"
+    assert choose_variant(result, parity)["kept"] == "ort-int8"
     parity["lanes"]["ort-int8"] = par(0.0031, 0.0032)
-    assert _variant_summary(result, parity)["lanes"]["ort-int8"]["decision"].startswith(
+    assert choose_variant(result, parity)["lanes"]["ort-int8"]["decision"].startswith(
         "rejected: |ΔAUC|"
     )
     # the interleaved measurement, when present, decides the speed: 4.5 vs 5.0 ms in the sweeps
     # (1.11x) but only 1.02x taking turns with ort is not a gain that can be told from noise
     pv = {"ratio": 1.02, "rounds": 10, "ratio_q25": 0.99, "ratio_q75": 1.04}
     result["paired"] = {"variants_vs_main": {"ort-fp16w": pv}}
-    out = _variant_summary(result, parity)
+    out = choose_variant(result, parity)
     assert out["kept"] is None and out["lanes"]["ort-fp16w"]["decision"].startswith("not kept")
     assert "interleaved" in out["lanes"]["ort-fp16w"]["speedup_how"]
     result["lanes"]["ort-fp16w"] = lane(4.9)  # sweeps: 1.02x, below the margin
     del result["paired"]
-    assert _variant_summary(result, parity)["kept"] is None
+    assert choose_variant(result, parity)["kept"] is None
 
 
 def test_int8_variant_keeps_the_pixel_interleave_in_float(

@@ -1,0 +1,418 @@
+"""The bench report (``ddad-edge bench``): bench.json, bench.md and the two sweep plots.
+
+``bench_markdown`` is one section function per concept of the result (``schema.BenchResult``),
+in the order the report shows them; see benchmarks/README.md for what each number means.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from ddad_edge.benchmarks.machine_report import machine_section
+from ddad_edge.benchmarks.report import KERMANY_NOTE, figure, fmt, save_png, table, write_json
+from ddad_edge.benchmarks.schema import BenchResult, LaneEntry, available_lanes, lane_point
+from ddad_edge.runtime.fileio import atomic_write_text
+
+
+def _met(v: bool | None) -> str:
+    return {True: "met", False: "NOT met", None: "not measured"}[v]
+
+
+def _speedup(e: LaneEntry, batch: int | str) -> Any:
+    return e.get("vs_torch", {}).get(str(batch), {}).get("speedup")
+
+
+def graphs_section(result: BenchResult) -> str:
+    """Weight bytes and FLOPs of each graph the lanes ran."""
+    graphs = result.get("graphs", {})
+    if not graphs:
+        return ""
+    rows = [
+        [
+            g,
+            f"{c['weights']['total'] / 1e6:.2f}",
+            ", ".join(
+                f"{k}: {fmt(d['by_op'] and d['flops'] / 1e9, '.3f')}" for k, d in c["flops"].items()
+            ),
+            ", ".join(f"{k} {val / 1e6:.1f}" for k, val in c["weights"]["by_dtype"].items()),
+        ]
+        for g, c in graphs.items()
+    ]
+    heads = ["graph", "weight MB", "GFLOP per batch (batch: GFLOP)", "weights by dtype (MB)"]
+    return "\n### Graph cost (counted from the ONNX graph)\n\n" + table(heads, rows)
+
+
+def unavailable_section(result: BenchResult) -> str:
+    missing = {n: e for n, e in result["lanes"].items() if not e.get("available")}
+    return "\n## Lanes not available here\n\n" + (
+        "".join(f"- `{n}`: not available: {e.get('reason')}\n" for n, e in missing.items())
+        or "(none)\n"
+    )
+
+
+def latency_section(lanes: dict[str, LaneEntry]) -> str:
+    """Batch-1 stage latencies and percentiles."""
+    rows = []
+    for n, e in lanes.items():
+        p = lane_point(e, 1)
+        if not p:
+            continue
+        s, st = p["scoring_latency"], p["stages"]
+        rows.append(
+            [
+                n,
+                *(fmt(st[k]["p50_ms"]) for k in ("preprocess", "inference", "scoring")),
+                *(fmt(s[k]) for k in ("p50_ms", "p95_ms", "p99_ms")),
+                s["n"],
+                fmt(_speedup(e, 1), ".2f") + "x",
+            ]
+        )
+    heads = ["lane", "preprocess p50", "inference p50", "scores p50", "scoring p50"]
+    heads += ["p95", "p99", "reps", "speedup vs torch"]
+    return (
+        "\n## Batch-1 latency (ms)\n\nScoring latency = inference + scores of a "
+        "preprocessed image; preprocessing (decode + resize of one file) beside it.\n\n"
+    ) + table(heads, rows)
+
+
+def throughput_section(lanes: dict[str, LaneEntry], batches: list[int]) -> str:
+    """Scoring throughput per batch size, with the ratio to torch."""
+    rows = []
+    for n, e in lanes.items():
+        cells = []
+        for b in batches:
+            p = lane_point(e, b)
+            r = e.get("vs_torch", {}).get(str(b), {}).get("throughput_ratio")
+            cells.append(f"{fmt(p['throughput_ips'], '.0f')} ({fmt(r, '.2f')}x)" if p else "–")
+        rows.append([n, *cells])
+    return "\n## Scoring throughput (images/s, ratio to torch)\n\n" + table(
+        ["lane", *[f"batch {b}" for b in batches]], rows
+    )
+
+
+def paired_section(result: BenchResult) -> str:
+    """The interleaved speedup table (``benchmarks/paired.py``), or "" when not measured."""
+    pr = result.get("paired")
+    if not pr:
+        return ""
+    title = "\n## Interleaved speedup (same batch, the two lanes taking turns)\n\n"
+    if "skipped" in pr:
+        return title + f"Not measured: {pr['skipped']}\n"
+    rows = [
+        [
+            b,
+            fmt(p["ref_p50_ms"]),
+            fmt(p["lane_p50_ms"]),
+            f"**{fmt(p['ratio'])}x**",
+            f"{fmt(p['ratio_q25'])}-{fmt(p['ratio_q75'])}x",
+            f"{fmt(p['ratio_min'])}-{fmt(p['ratio_max'])}x",
+            fmt(p["pooled_ratio"]) + "x",
+            f"{p['rounds']} ({p['reps']['ref']} / {p['reps']['lane']} reps)",
+        ]
+        for b, p in pr["batches"].items()
+    ]
+    heads = ["batch", f"{pr['reference']} p50 ms", f"{pr['lane']} p50 ms", "speedup"]
+    heads += ["quartiles", "range", "pooled", "rounds"]
+    return (
+        title + f"{pr['lane']} vs {pr['reference']}: rounds of one turn each (order alternating), "
+        "scoring latency (inference + scores); speedup = median of the per-round ratios of the "
+        "turns' medians. This is what the speed targets are judged on: the sweeps above measure "
+        "the lanes tens of seconds apart, and this machine's speed drifts over such spans.\n\n"
+        + table(heads, rows)
+    )
+
+
+def stages_section(lanes: dict[str, LaneEntry]) -> str:
+    """p50 of each stage for every batch size of every lane."""
+    rows = []
+    for n, e in lanes.items():
+        for b, p in e.get("sweep", {}).get("points", {}).items():
+            st = p["stages"]
+            rows.append(
+                [
+                    n,
+                    b,
+                    *(fmt(st[k]["p50_ms"]) for k in ("preprocess", "inference", "scoring")),
+                    fmt(p["end_to_end"]["p50_ms"]),
+                    fmt(p["throughput_e2e_ips"], ".0f"),
+                ]
+            )
+    heads = ["lane", "batch", "preprocess", "inference", "scores", "end to end", "e2e images/s"]
+    return "\n## Stage split per batch (p50 ms per batch)\n\n" + table(heads, rows)
+
+
+LIMIT_COLUMNS: tuple[tuple[str, str, str], ...] = (
+    # (heading, LaneLimits key, format); weight MB and % of peak are derived below
+    ("batch-64 GFLOP/s", "b64_gflops", ".1f"),
+    ("% of matmul peak", "b64_fraction_of_peak", ".1f"),
+    ("read GB/s at weight size", "floor_gbps", ".1f"),
+    ("weight-read floor (ms)", "floor_ms", ".3f"),
+    ("batch-1 scoring / floor", "b1_latency_over_floor", ".2f"),
+    ("batch-1 inference / floor", "b1_inference_over_floor", ".2f"),
+    ("DRAM floor (ms)", "floor_dram_ms", ".3f"),
+    ("batch-1 scoring / DRAM floor", "b1_latency_over_dram_floor", ".2f"),
+)
+
+
+def limits_section(lanes: dict[str, LaneEntry]) -> str:
+    """Achieved fraction of the measured machine limits, per lane."""
+    rows = []
+    for n, e in lanes.items():
+        lim = e.get("limits", {})
+        cells = []
+        for _, key, spec in LIMIT_COLUMNS:
+            v = lim.get(key)
+            cells.append(fmt(v and 100 * v if key == "b64_fraction_of_peak" else v, spec))
+        wb = lim.get("weight_bytes")
+        rows.append([n, lim.get("graph", "–"), fmt(wb and wb / 1e6), *cells])
+    return (
+        "\n## Achieved fraction of the machine\n\n"
+        "Weight-read floor = weight bytes / read bandwidth of a buffer of the weights' size "
+        "read repeatedly (what batch-1 inference does: cache-resident when the weights fit "
+        "in the last-level cache); DRAM floor = weight bytes / DRAM read bandwidth.\n\n"
+    ) + table(["lane", "graph", "weight MB", *(c[0] for c in LIMIT_COLUMNS)], rows)
+
+
+def profile_section(result: BenchResult) -> str:
+    """Kernel time per op class of the main lane (``result["profile"]``), or ""."""
+    prof = result.get("profile")
+    if not prof:
+        return ""
+    peak = (result.get("limits") or {}).get("matmul", {}).get("peak_gflops")
+    pts = prof["batches"]
+    rows = []
+    for c in next(iter(pts.values()))["classes"]:
+        row = [c]
+        for b in pts:
+            e = pts[b]["classes"][c]
+            row += [fmt(e["ms"]), fmt(100 * e["share"], ".0f")]
+        e64 = pts.get("64", {}).get("classes", {}).get(c, {})
+        g = e64.get("gflops")
+        row += [
+            fmt(e64.get("gflop"), ".3f"),
+            fmt(g, ".0f"),
+            fmt(g and peak and 100 * g / peak, ".0f"),
+        ]
+        rows.append(row)
+    heads = ["op class"]
+    for b in pts:
+        heads += [f"batch {b} ms", "%"]
+    heads += ["batch-64 GFLOP", "GFLOP/s", "% of matmul peak"]
+    walls = ", ".join(f"batch {b}: {fmt(p['wall_ms'])} ms" for b, p in pts.items())
+    return (
+        f"\n## Where the time goes ({prof['lane']}, onnxruntime profiler)\n\n"
+        f"Kernel time per op class per run of `{prof['graph']}` (profiler on; median run {walls}). "
+        "FLOPs by class are counted from the graph; data movement = the decoder's pixel "
+        "interleave, Concat, Split, reshapes and layout reorders; other = elementwise ops and "
+        "the member mean/std.\n\n" + table(heads, rows)
+    )
+
+
+END_TO_END_FOLDERS = (("fullres", "full-resolution JPEG folder"), ("dicom", "DICOM folder"))
+
+
+def end_to_end_section(result: BenchResult, lanes: dict[str, LaneEntry], key: str) -> str:
+    """ms per image over one folder (``key`` of END_TO_END_FOLDERS), and the skipped files."""
+    rows, skipped = [], None
+    for n, e in lanes.items():
+        r = e.get("end_to_end", {}).get(key)
+        if not isinstance(r, dict) or "ms_per_image" not in r:
+            continue
+        m = r["ms_per_image"]
+        rows.append(
+            [
+                n,
+                f"{r['n_ok']}/{r['n_files']}",
+                *(fmt(m[k]) for k in ("preprocess", "inference", "scoring", "end_to_end")),
+                fmt(r["images_per_s"], ".1f"),
+                fmt(r["preprocess_over_scoring"], ".2f"),
+            ]
+        )
+        skipped = skipped if skipped is not None else r["errors"]
+    if not rows:
+        return ""
+    title = dict(END_TO_END_FOLDERS)[key]
+    folder = result.get("config", {}).get(key)
+    heads = ["lane", "read ok", "preprocess", "inference", "scores", "end to end", "images/s"]
+    text = f"\n## End to end: {title} (`{folder}`)\n\nms per image.\n\n"
+    text += table([*heads, "preprocess / scoring"], rows)
+    if skipped:
+        text += "\nSkipped (the runtime could not read them):\n\n"
+        text += "".join(f"- `{s['path']}`: {s['reason']}\n" for s in skipped)
+    return text
+
+
+def cold_start_section(result: BenchResult) -> str:
+    cs = result.get("cold_start")
+    if not cs:
+        return ""
+    rows = []
+    for name in ("runtime", "torch"):
+        r = cs.get(name, {})
+        if "error" in r:
+            rows.append([name, r["error"], "", "", "", ""])
+            continue
+        times = (fmt(r[k]) for k in ("imports_s", "ready_s", "first_score_s"))
+        rows.append([name, *times, fmt(r["peak_rss_mib"], ".0f"), str(r["torch_imported"])])
+    heads = ["path", "imports done (s)", "model ready (s)", "first score (s)", "peak RSS (MiB)"]
+    text = f"\n## Cold start (process spawn to first score, median of {cs.get('reps')})\n\n"
+    text += table([*heads, "torch imported"], rows)
+    if "ratio" in cs:
+        ratio = cs["ratio"]
+        text += (
+            f"\ntorch / runtime: first score {ratio['first_score_torch_over_runtime']:.2f}x, "
+            f"peak RSS {ratio['peak_rss_torch_over_runtime']:.2f}x\n"
+        )
+    return text
+
+
+def training_section(result: BenchResult) -> str:
+    tr = result.get("training")
+    if not tr:
+        return ""
+    if "error" in tr:
+        return f"\n## Training: fused vs separate\n\n{tr['error']}\n"
+    rows = [
+        [label, fmt(tr[side]["step_s"] * 1e3, ".1f")]
+        + [fmt(v, ".1f") for v in tr[side]["epoch_s_per_module"].values()]
+        for label, side in (
+            ("fused (1 module, K members)", "fused"),
+            ("separate (K x 1 member)", "separate"),
+        )
+    ]
+    mods = list(tr["fused"]["epoch_s_per_module"])
+    return (
+        f"\n## Training: fused vs separate ({tr['kind']} K={tr['k']}, batch "
+        f"{tr['batch_size']}, {tr['steps']} timed steps, {tr['device']})\n\n"
+        + table(["training", "step (ms)", *[f"epoch {m} (s, projected)" for m in mods]], rows)
+        + f"\nFused speedup: {tr['speedup']:.2f}x\n"
+    )
+
+
+def variants_section(result: BenchResult) -> str:
+    var = result.get("variants")
+    if not var:
+        return ""
+    rows = [
+        [
+            n,
+            v.get("note", ""),
+            fmt(v.get("weight_mb")),
+            fmt(v.get("b1_p50_ms")),
+            fmt(v.get("speedup_vs_ort"), ".2f")
+            + (f" ({v['speedup_how']})" if v.get("speedup_how") else ""),
+            fmt(v.get("max_abs_delta_auc"), ".4f"),
+            v.get("decision", ""),
+        ]
+        for n, v in var.get("lanes", {}).items()
+    ]
+    heads = ["lane", "variant", "weight MB", "batch-1 p50 (ms)", "speedup vs ort", "max |ΔAUC|"]
+    return (
+        "\n## Smaller-weight variants\n\n"
+        + table([*heads, "decision"], rows)
+        + f"\nKept: {var.get('kept') or 'none'}. {var.get('rule', '')}\n"
+    )
+
+
+def targets_section(result: BenchResult) -> str:
+    tg = result.get("targets")
+    if not tg:
+        return ""
+    return "\n## Targets (measured, reported; not asserted)\n\n" + table(
+        ["target", "measured", "status", "how"],
+        [[t["target"], t["measured"], _met(t["met"]), t["how"]] for t in tg],
+    )
+
+
+def bench_markdown(result: BenchResult) -> str:
+    """The bench report as Markdown (see benchmarks/README.md for what each number means)."""
+    cfg = result.get("config", {})
+    model = result.get("model", {})
+    out = [
+        "# ddad-edge bench\n",
+        f"Bundle `{cfg.get('bundle')}` ({model.get('kind')} K={model.get('k')}), run "
+        f"`{cfg.get('run_dir')}`. Inputs: {result.get('inputs', {}).get('note', '')}\n",
+    ]
+    if result.get("inputs", {}).get("kermany"):
+        out.append(f"\n{KERMANY_NOTE}\n")
+    out.append("\n" + machine_section(result["machine"], result.get("limits")))
+    out += [graphs_section(result), unavailable_section(result)]
+    lanes = available_lanes(result)
+    if lanes:
+        out += [
+            latency_section(lanes),
+            throughput_section(lanes, cfg.get("batches", [])),
+            paired_section(result),
+            stages_section(lanes),
+            limits_section(lanes),
+            profile_section(result),
+            *(end_to_end_section(result, lanes, key) for key, _ in END_TO_END_FOLDERS),
+        ]
+    out += [
+        cold_start_section(result),
+        training_section(result),
+        variants_section(result),
+        targets_section(result),
+    ]
+    return "".join(out)
+
+
+SWEEP_PLOTS = (
+    ("latency_vs_batch.png", "latency", "scoring latency p50 per batch (ms)", "Latency vs batch"),
+    (
+        "throughput_vs_batch.png",
+        "throughput",
+        "scoring throughput (images/s)",
+        "Throughput vs batch",
+    ),
+)
+
+
+def plot_sweep(result: BenchResult, out_dir: Path, note: str = "") -> list[Path]:
+    """latency_vs_batch.png (p50 scoring latency per batch, ms) and throughput_vs_batch.png
+    (images/s), one line per available lane, log-log axes."""
+    paths = []
+    batches = result.get("config", {}).get("batches") or []
+    for fname, key, ylabel, title in SWEEP_PLOTS:
+        fig, ax = figure()
+        for n, e in available_lanes(result).items():
+            pts = e.get("sweep", {}).get("points", {})
+            b = sorted(int(k) for k in pts)
+            y = [
+                pts[str(i)]["scoring_latency"]["p50_ms"]
+                if key == "latency"
+                else pts[str(i)]["throughput_ips"]
+                for i in b
+            ]
+            if b:
+                ax.plot(b, y, marker="o", label=n, linestyle="--" if n == "torch" else "-")
+        ax.set_xscale("log", base=2)
+        ax.set_yscale("log")
+        if batches:
+            ax.set_xticks(batches, [str(b) for b in batches])
+            ax.minorticks_off()
+        ax.set_xlabel("batch size")
+        ax.set_ylabel(ylabel)
+        ax.set_title(title + (f" ({note})" if note else ""), fontsize=10)
+        ax.grid(True, which="both", alpha=0.3)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=8)
+        fig.tight_layout()
+        paths.append(save_png(fig, out_dir / fname))
+    return paths
+
+
+def write_bench_report(result: BenchResult, out_dir: Path) -> dict[str, Path]:
+    """bench.json, bench.md, latency_vs_batch.png, throughput_vs_batch.png in ``out_dir``."""
+    out_dir = Path(out_dir)
+    write_json(out_dir / "bench.json", result)
+    atomic_write_text(out_dir / "bench.md", bench_markdown(result))
+    note = result.get("machine", {}).get("cpu", {}).get("model", "")
+    lat, tp = plot_sweep(result, out_dir, note)
+    return {
+        "json": out_dir / "bench.json",
+        "markdown": out_dir / "bench.md",
+        "latency_png": lat,
+        "throughput_png": tp,
+    }
