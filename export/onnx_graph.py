@@ -172,6 +172,146 @@ def interleave_phases(b: _Builder, phases: list[str], channels: int, side: int) 
     return b.op("Reshape", [y, b.const_i64(f"shape_up{side}", [0, channels, 2 * side, 2 * side])])
 
 
+_CONV = dict(kernel_shape=[4, 4], strides=[2, 2], pads=[1, 1, 1, 1])
+
+
+def _encoder(b: _Builder, f: FoldedEnsemble, h: str) -> str:
+    """The convolutions; the first reads the shared single-channel input with group 1."""
+    for i, (w, bias) in enumerate(zip(f.enc_w, f.enc_b, strict=True)):
+        wn, bn = b.weight(f"enc{i}.weight", w), b.weight(f"enc{i}.bias", bias)
+        h = b.op("Conv", [h, wn, bn], group=1 if i == 0 else f.k, **_CONV)
+        h = b.op("Relu", [h])
+    return h
+
+
+def _linear(b: _Builder, f: FoldedEnsemble, h: str, m: int, j: int, relu: bool) -> str:
+    """Member m's linear layer j: MatMul [in, out] + bias (+ Relu)."""
+    wn = b.weight(f"fc{j + 1}.weight.member{m}", f.fc_w[j][m])  # [in, out]
+    bn = b.weight(f"fc{j + 1}.bias.member{m}", f.fc_b[j][m])  # [out]
+    h = b.op("Add", [b.op("MatMul", [h, wn]), bn])
+    return b.op("Relu", [h]) if relu else h
+
+
+def _memory(b: _Builder, f: FoldedEnsemble, h: str, m: int, fp16: bool) -> str:
+    """MemAE addressing of member m's code [N, 16]: Softmax(z M^T) M, the softmax in float32."""
+    mem_t = b.weight(f"memory.transposed.member{m}", f.memory[m].T)  # [16, 25]
+    logits = b.op("MatMul", [h, mem_t])  # [N, 25]
+    if fp16:
+        logits = b.op("Cast", [logits], to=TensorProto.FLOAT)
+    addr = b.op("Softmax", [logits], axis=-1)
+    if fp16:
+        addr = b.op("Cast", [addr], to=TensorProto.FLOAT16)
+    return b.op("MatMul", [addr, b.weight(f"memory.member{m}", f.memory[m])])  # [N, 16]
+
+
+def _bottleneck(b: _Builder, f: FoldedEnsemble, h: str, fp16: bool) -> tuple[str, int]:
+    """One chain of 2-D MatMuls per member (see the module docstring for why).
+
+    Returns (the decoder input [N, K*64, side, side], side)."""
+    k, flat = f.k, f.fc_w[0].shape[1]  # 1024
+    h = b.op("Reshape", [h, b.const_i64("shape_n_kflat", [0, k * flat])])
+    parts = [f"member{m}.flat" for m in range(k)]
+    sizes = b.const_i64("split_members", [flat] * k)
+    b.nodes.append(helper.make_node("Split", [h, sizes], parts, name="Split_members", axis=1))
+    codes = []
+    for m, h in enumerate(parts):
+        h = _linear(b, f, h, m, 0, True)
+        h = _linear(b, f, h, m, 1, False)  # bare 16-d code [N, 16]
+        if f.memory is not None:
+            h = _memory(b, f, h, m, fp16)
+        h = _linear(b, f, h, m, 2, True)
+        codes.append(_linear(b, f, h, m, 3, False))  # [N, 1024]
+    h = b.op("Concat", codes, axis=1)  # [N, K*1024]
+    dec_in = f.dec_w[0].shape[0]  # K*64
+    side = int(round((flat * k / dec_in) ** 0.5))  # 4
+    return b.op("Reshape", [h, b.const_i64("shape_dec_in", [0, dec_in, side, side])]), side
+
+
+def _decoder(b: _Builder, f: FoldedEnsemble, h: str, side: int) -> str:
+    """Every transposed conv but the last as four sub-pixel convs, interleaved."""
+    k, last = f.k, len(f.dec_w) - 1
+    for i, (w, bias) in enumerate(zip(f.dec_w, f.dec_b, strict=True)):
+        if i == last:
+            ins = [h, b.weight(f"dec{i}.weight", w)]
+            if bias is not None:
+                ins.append(b.weight(f"dec{i}.bias", bias))
+            h = b.op("ConvTranspose", ins, group=k, **_CONV)
+            if bias is not None:
+                h = b.op("Relu", [h])
+            continue
+        phases = []
+        for (a, c), wp in subpixel_weights(w, k).items():
+            ins = [h, b.weight(f"dec{i}.weight.phase{a}{c}", wp)]
+            if bias is not None:
+                ins.append(b.weight(f"dec{i}.bias", bias))
+            p = b.op("Conv", ins, group=k, kernel_shape=[2, 2], pads=[1 - a, 1 - c, a, c])
+            phases.append(b.op("Relu", [p]) if bias is not None else p)
+        h = interleave_phases(b, phases, k * w.shape[1], side * 2**i)
+    return h
+
+
+def _group_stats(
+    b: _Builder, f: FoldedEnsemble, r: str, groups: Sequence[OutputGroup]
+) -> list[str]:
+    """Mean, population std (and AE-U variance) over each group's members of r [N, K, out, H, W].
+
+    Returns the output names, in graph order."""
+    outputs: list[str] = []
+    ax1 = b.const_i64("axis_members", [1])
+    ax2 = b.const_i64("axis_channels", [2])
+    for g in groups:
+        names = g.names(f.kind)
+        starts = b.const_i64(f"slice_start{g.suffix}", [g.start])
+        ends = b.const_i64(f"slice_end{g.suffix}", [g.start + g.count])
+        rg = r
+        if (g.start, g.count) != (0, f.k):
+            rg = b.op("Slice", [r, starts, ends, ax1])  # [N, Kg, out, 64, 64]
+        rec = rg
+        if f.out == 2:
+            rec = b.op("Slice", [rg, b.const_i64("c0", [0]), b.const_i64("c1", [1]), ax2])
+        mean_k = b.op("ReduceMean", [rec], axes=[1], keepdims=1)  # [N, 1, 1, 64, 64]
+        b.op("Squeeze", [mean_k, ax1], names[0])
+        d = b.op("Sub", [rec, mean_k])
+        var_k = b.op("ReduceMean", [b.op("Mul", [d, d])], axes=[1], keepdims=0)
+        b.op("Sqrt", [var_k], names[1])
+        if len(names) == 3:
+            lv = b.op("Slice", [rg, b.const_i64("c1", [1]), b.const_i64("c2", [2]), ax2])
+            b.op("ReduceMean", [b.op("Exp", [lv])], names[2], axes=[1], keepdims=0)
+        outputs += names
+    return outputs
+
+
+def _model(
+    b: _Builder, outputs: list[str], graph_name: str, metadata: dict[str, str] | None
+) -> onnx.ModelProto:
+    """The ModelProto of the built nodes, float32 I/O [N, 1, 64, 64], with ``metadata``."""
+    # Shared constants (slice bounds, phase biases) are registered more than once: keep one
+    # initializer per name, and only those a node reads.
+    used = {i for n in b.nodes for i in n.input}
+    seen: dict[str, onnx.TensorProto] = {}
+    for t in b.inits:
+        if t.name in used:
+            seen.setdefault(t.name, t)
+    dims = ["N", 1, IMAGE_SIZE, IMAGE_SIZE]
+    graph = helper.make_graph(
+        b.nodes,
+        graph_name,
+        [helper.make_tensor_value_info(INPUT_NAME, TensorProto.FLOAT, dims)],
+        [helper.make_tensor_value_info(n, TensorProto.FLOAT, dims) for n in outputs],
+        initializer=list(seen.values()),
+    )
+    model = helper.make_model(
+        graph,
+        opset_imports=[helper.make_opsetid("", OPSET)],
+        producer_name="ddad-edge",
+        ir_version=8,
+    )
+    for key, value in sorted((metadata or {}).items()):
+        entry = model.metadata_props.add()
+        entry.key, entry.value = key, value
+    return model
+
+
 def build_model(
     f: FoldedEnsemble,
     groups: Sequence[OutputGroup],
@@ -199,123 +339,16 @@ def build_model(
             raise ValueError(f"output group {g} does not fit {f.k} members")
     fp16 = precision == "fp16"
     b = _Builder(np.dtype(np.float16 if fp16 else np.float32))
-    k, out_c = f.k, f.out
-
     h = INPUT_NAME
     if fp16:
         h = b.op("Cast", [h], "x_fp16", to=TensorProto.FLOAT16)
-
-    # Encoder: the first conv reads the shared single-channel input with group 1.
-    conv = dict(kernel_shape=[4, 4], strides=[2, 2], pads=[1, 1, 1, 1])
-    for i, (w, bias) in enumerate(zip(f.enc_w, f.enc_b, strict=True)):
-        wn, bn = b.weight(f"enc{i}.weight", w), b.weight(f"enc{i}.bias", bias)
-        h = b.op("Conv", [h, wn, bn], group=1 if i == 0 else k, **conv)
-        h = b.op("Relu", [h])
-    # Bottleneck: one chain of 2-D MatMuls per member (see the module docstring for why).
-    flat = f.fc_w[0].shape[1]  # 1024
-    h = b.op("Reshape", [h, b.const_i64("shape_n_kflat", [0, k * flat])])
-    parts = [f"member{m}.flat" for m in range(k)]
-    sizes = b.const_i64("split_members", [flat] * k)
-    b.nodes.append(helper.make_node("Split", [h, sizes], parts, name="Split_members", axis=1))
-
-    def linear(h: str, m: int, j: int, relu: bool) -> str:
-        wn = b.weight(f"fc{j + 1}.weight.member{m}", f.fc_w[j][m])  # [in, out]
-        bn = b.weight(f"fc{j + 1}.bias.member{m}", f.fc_b[j][m])  # [out]
-        h = b.op("Add", [b.op("MatMul", [h, wn]), bn])
-        return b.op("Relu", [h]) if relu else h
-
-    codes = []
-    for m, h in enumerate(parts):
-        h = linear(h, m, 0, True)
-        h = linear(h, m, 1, False)  # bare 16-d code [N, 16]
-        if f.memory is not None:
-            mem_t = b.weight(f"memory.transposed.member{m}", f.memory[m].T)  # [16, 25]
-            logits = b.op("MatMul", [h, mem_t])  # [N, 25]
-            if fp16:
-                logits = b.op("Cast", [logits], to=TensorProto.FLOAT)
-            addr = b.op("Softmax", [logits], axis=-1)
-            if fp16:
-                addr = b.op("Cast", [addr], to=TensorProto.FLOAT16)
-            h = b.op("MatMul", [addr, b.weight(f"memory.member{m}", f.memory[m])])  # [N, 16]
-        h = linear(h, m, 2, True)
-        codes.append(linear(h, m, 3, False))  # [N, 1024]
-    h = b.op("Concat", codes, axis=1)  # [N, K*1024]
-    dec_in = f.dec_w[0].shape[0]  # K*64
-    side = int(round((flat * k / dec_in) ** 0.5))  # 4
-    h = b.op("Reshape", [h, b.const_i64("shape_dec_in", [0, dec_in, side, side])])
-
-    # Decoder: every transposed conv but the last as four sub-pixel convs, interleaved.
-    last = len(f.dec_w) - 1
-    for i, (w, bias) in enumerate(zip(f.dec_w, f.dec_b, strict=True)):
-        if i == last:
-            ins = [h, b.weight(f"dec{i}.weight", w)]
-            if bias is not None:
-                ins.append(b.weight(f"dec{i}.bias", bias))
-            h = b.op("ConvTranspose", ins, group=k, **conv)
-            if bias is not None:
-                h = b.op("Relu", [h])
-            continue
-        phases = []
-        for (a, c), wp in subpixel_weights(w, k).items():
-            ins = [h, b.weight(f"dec{i}.weight.phase{a}{c}", wp)]
-            if bias is not None:
-                ins.append(b.weight(f"dec{i}.bias", bias))
-            p = b.op("Conv", ins, group=k, kernel_shape=[2, 2], pads=[1 - a, 1 - c, a, c])
-            phases.append(b.op("Relu", [p]) if bias is not None else p)
-        h = interleave_phases(b, phases, k * w.shape[1], side * 2**i)
+    h, side = _bottleneck(b, f, _encoder(b, f, h), fp16)
+    h = _decoder(b, f, h, side)
     if fp16:
         h = b.op("Cast", [h], "decoder_out_fp32", to=TensorProto.FLOAT)
-    hw = IMAGE_SIZE
-    r = b.op("Reshape", [h, b.const_i64("shape_members", [0, k, out_c, hw, hw])], "members")
-
-    outputs: list[str] = []
-    ax1 = b.const_i64("axis_members", [1])
-    ax2 = b.const_i64("axis_channels", [2])
-    for g in groups:
-        names = g.names(f.kind)
-        starts = b.const_i64(f"slice_start{g.suffix}", [g.start])
-        ends = b.const_i64(f"slice_end{g.suffix}", [g.start + g.count])
-        rg = r
-        if (g.start, g.count) != (0, k):
-            rg = b.op("Slice", [r, starts, ends, ax1])  # [N, Kg, out, 64, 64]
-        rec = rg
-        if out_c == 2:
-            rec = b.op("Slice", [rg, b.const_i64("c0", [0]), b.const_i64("c1", [1]), ax2])
-        mean_k = b.op("ReduceMean", [rec], axes=[1], keepdims=1)  # [N, 1, 1, 64, 64]
-        b.op("Squeeze", [mean_k, ax1], names[0])
-        d = b.op("Sub", [rec, mean_k])
-        var_k = b.op("ReduceMean", [b.op("Mul", [d, d])], axes=[1], keepdims=0)
-        b.op("Sqrt", [var_k], names[1])
-        if len(names) == 3:
-            lv = b.op("Slice", [rg, b.const_i64("c1", [1]), b.const_i64("c2", [2]), ax2])
-            b.op("ReduceMean", [b.op("Exp", [lv])], names[2], axes=[1], keepdims=0)
-        outputs += names
-
-    # Shared constants (slice bounds, phase biases) are registered more than once above: keep one
-    # initializer per name, and only those a node reads.
-    used = {i for n in b.nodes for i in n.input}
-    seen: dict[str, onnx.TensorProto] = {}
-    for t in b.inits:
-        if t.name in used:
-            seen.setdefault(t.name, t)
-    dims = ["N", 1, IMAGE_SIZE, IMAGE_SIZE]
-    graph = helper.make_graph(
-        b.nodes,
-        graph_name,
-        [helper.make_tensor_value_info(INPUT_NAME, TensorProto.FLOAT, dims)],
-        [helper.make_tensor_value_info(n, TensorProto.FLOAT, dims) for n in outputs],
-        initializer=list(seen.values()),
-    )
-    model = helper.make_model(
-        graph,
-        opset_imports=[helper.make_opsetid("", OPSET)],
-        producer_name="ddad-edge",
-        ir_version=8,
-    )
-    for key, value in sorted((metadata or {}).items()):
-        entry = model.metadata_props.add()
-        entry.key, entry.value = key, value
-    return model
+    shape = b.const_i64("shape_members", [0, f.k, f.out, IMAGE_SIZE, IMAGE_SIZE])
+    r = b.op("Reshape", [h, shape], "members")
+    return _model(b, _group_stats(b, f, r, groups), graph_name, metadata)
 
 
 def check(model: onnx.ModelProto) -> None:
