@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from ddad_edge.benchmarks.latency import STAGES, timed_stages
+from ddad_edge.benchmarks.schema import EndToEnd
 
 IMAGE_EXTS: frozenset[str] = frozenset({".jpg", ".jpeg", ".png", ".dcm", ".dicom", ".tif", ".tiff"})
 
@@ -35,7 +36,7 @@ def warm_page_cache(paths: Sequence[Path]) -> int:
 
 def run_folder(
     lane: Any, paths: Sequence[Path], batch: int = 16, *, warmup_pass: bool = True
-) -> dict[str, Any]:
+) -> EndToEnd:
     """One timed pass of ``paths`` through ``lane`` (after one untimed pass when
     ``warmup_pass``: the first file of each DICOM transfer syntax otherwise pays for importing
     its codec, hundreds of ms, which a long-running scorer pays once).

@@ -26,6 +26,7 @@ from typing import Any
 
 import numpy as np
 
+from ddad_edge.benchmarks.schema import Sweep, SweepPoint
 from ddad_edge.benchmarks.stats import summarize_times
 
 STAGES: tuple[str, ...] = ("preprocess", "inference", "scoring")
@@ -103,7 +104,7 @@ def batch_paths(pool: Sequence[str | Path], batch: int) -> list[str | Path]:
     return [pool[i % len(pool)] for i in range(batch)]
 
 
-def summarize_stages(samples: dict[str, np.ndarray], batch: int) -> dict[str, Any]:
+def summarize_stages(samples: dict[str, np.ndarray], batch: int) -> SweepPoint:
     """Per-stage timing summaries plus the two composite figures of a batch size.
 
     Returns {"batch", "stages": {stage: summarize_times}, "scoring_latency": summary of
@@ -130,7 +131,7 @@ def measure_lane(
     latency_budget: Budget,
     sweep_budget: Budget,
     on_point: Callable[[str, int], None] | None = None,
-) -> dict[str, Any]:
+) -> Sweep:
     """Batch sweep of one lane.
 
     Batch 1 runs under ``latency_budget`` (more repetitions, for stable p95/p99); every other
@@ -138,7 +139,7 @@ def measure_lane(
 
     Returns {"points": {str(batch): summarize_stages(...)}}.
     """
-    points: dict[str, Any] = {}
+    points: dict[str, SweepPoint] = {}
     for b in batches:
         if on_point is not None:
             on_point(lane.name, b)

@@ -17,14 +17,15 @@ so one figure serves both batch-1 and batch-64 targets.
 
 from __future__ import annotations
 
-import time
+import math
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from ddad_edge.benchmarks.latency import batch_paths, stage_runner
+from ddad_edge.benchmarks.latency import Budget, batch_paths, repeat_timed, stage_runner
+from ddad_edge.benchmarks.schema import PairedSpeedup
 
 
 def timed_turn(
@@ -33,12 +34,8 @@ def timed_turn(
     """Repeat ``run_once`` for at least ``seconds`` and ``min_reps`` repetitions.
 
     Returns float64 [R] scoring latencies (inference + scoring), seconds."""
-    out: list[float] = []
-    t0 = time.perf_counter()
-    while len(out) < min_reps or time.perf_counter() - t0 < seconds:
-        stages = run_once()
-        out.append(stages["inference"] + stages["scoring"])
-    return np.asarray(out, np.float64)
+    stages = repeat_timed(run_once, Budget(0, min_reps, seconds, math.inf))
+    return stages["inference"] + stages["scoring"]
 
 
 def paired_speedup(
@@ -51,7 +48,7 @@ def paired_speedup(
     turn_seconds: float = 0.3,
     min_reps: int = 3,
     warmup: int = 2,
-) -> dict[str, Any]:
+) -> PairedSpeedup:
     """Speedup of ``lane`` over ``ref`` at ``batch``, from interleaved turns (module docstring).
 
     Both lanes run the same ``batch`` paths drawn from ``paths``. Returns

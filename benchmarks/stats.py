@@ -10,12 +10,13 @@ from collections.abc import Callable
 
 import numpy as np
 
+from ddad_edge.benchmarks.schema import TimeSummary
 from ddad_edge.runtime.metrics import roc_auc
 
 PERCENTILES: tuple[int, ...] = (50, 95, 99)
 
 
-def summarize_times(samples_s: np.ndarray | list[float]) -> dict[str, float]:
+def summarize_times(samples_s: np.ndarray | list[float]) -> TimeSummary:
     """Summary of repeated timings.
 
     Args:
