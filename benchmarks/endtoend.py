@@ -15,8 +15,7 @@ from typing import Any
 
 from ddad_edge.benchmarks.latency import STAGES, timed_stages
 from ddad_edge.benchmarks.schema import EndToEnd
-
-IMAGE_EXTS: frozenset[str] = frozenset({".jpg", ".jpeg", ".png", ".dcm", ".dicom", ".tif", ".tiff"})
+from ddad_edge.runtime.io import IMAGE_EXTS
 
 
 def list_files(folder: Path, exts: frozenset[str] = IMAGE_EXTS) -> list[Path]:

@@ -15,6 +15,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from ddad_edge.cli_common import command_help, fail, note, out_console, require_extra, say
+from ddad_edge.runtime.loaderrors import DEFAULT_MAX_PIXELS
 
 
 def export(
@@ -288,6 +289,14 @@ def score(
         ),
     ] = None,
     concurrency: Annotated[int, typer.Option(help="With --triton: requests in flight.")] = 8,
+    max_pixels: Annotated[
+        int,
+        typer.Option(
+            help="Largest image a file may declare, in pixels (DICOM: rows x columns x frames x "
+            "samples), checked before decoding; larger files are refused. 0: no limit.",
+            min=0,
+        ),
+    ] = DEFAULT_MAX_PIXELS,
 ) -> None:
     """Gate and score images with a bundle: image-level rec, intra and inter scores, and with
     --calibration a flag (abnormal/normal) at the calibrated operating point.
@@ -297,11 +306,13 @@ def score(
     does not cover (not CR/DX, not chest, not PA/AP, colour, ...) is abstained with its reason,
     not scored; PNG/JPEG pass with a note that nothing could be checked. Prints a table, or with
     --json one JSON record per input ({"source", "status": scored|abstained|error, "scores",
-    "flag", "threshold", "operating_point", "reason", "notes", "error"[, "heatmap"]}) on stdout.
+    "flag", "threshold", "operating_point", "reason", "notes", "error", "warnings"[, "heatmap"]})
+    on stdout.
     An input that cannot be read gets an error record and the others are still scored: the exit
     code is non-zero only if ALL inputs failed (or the bundle/backend/calibration cannot be used).
     With --triton the images go to the server's ddad_score model (`ddad-edge triton`), which
     gates and scores them with this runtime: the records are the same.
+    Files that declare more than --max-pixels pixels are refused before decoding.
     """
     from ddad_edge.runtime.backends import BackendUnavailable
     from ddad_edge.runtime.bundle import BundleError
@@ -331,6 +342,7 @@ def score(
             operating_point=operating_point,
             warm_up=for_cpu_backend if huge_pages else None,
             public_key=public_key,
+            max_pixels=max_pixels or None,
         )
     except (BackendUnavailable, BundleError, ValueError) as e:
         fail(e)
@@ -374,17 +386,17 @@ def _report(results: list, heatmaps: list[Path | None] | None, as_json: bool) ->
 
 
 def _results_table(results: list, score_names: tuple[str, ...]) -> Table:
-    """input, status, scores, flag, and the reason / error / notes of each result."""
+    """input, status, scores, flag, and the reason / error / notes / warnings of each result."""
     table = Table()
     table.add_column("input")
     table.add_column("status")
     for n in score_names:
         table.add_column(n, justify="right")
     table.add_column("flag")
-    table.add_column("reason / error / notes")
+    table.add_column("reason / error / notes / warnings")
     for r in results:
         s = r.scores or {}
-        why = r.error or r.reason or "; ".join(r.notes)
+        why = r.error or r.reason or "; ".join([*r.notes, *r.warnings])
         table.add_row(
             escape(r.source),
             r.status,

@@ -20,8 +20,8 @@ from typing import Any
 import numpy as np
 
 from ddad_edge.runtime.fileio import atomic_write_text
+from ddad_edge.runtime.io import IMAGE_EXTS
 
-IMAGE_EXTS = {".png", ".jpg", ".jpeg", ".dcm", ".dicom", ".tif", ".tiff", ".bmp"}
 NORMAL_NAMES = {"normal", "good", "0", "negative"}
 MANIFEST_VERSION = 1
 

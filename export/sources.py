@@ -24,9 +24,8 @@ from typing import Any
 import numpy as np
 
 from ddad_edge.runtime.batch import load_inputs
+from ddad_edge.runtime.io import IMAGE_EXTS
 from ddad_edge.runtime.preprocess import preprocess
-
-IMAGE_EXTS = {".png", ".jpg", ".jpeg", ".dcm", ".dicom", ".tif", ".tiff", ".bmp"}
 
 
 class SourceError(ValueError):

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ddad_edge.runtime.cpu import physical_cores
-from ddad_edge.runtime.io import Decoded, ImageLoadError, read_input
+from ddad_edge.runtime.io import DEFAULT_MAX_PIXELS, Decoded, ImageLoadError, read_input
 from ddad_edge.runtime.preprocess import IMAGE_SIZE, PreprocessError
 
 
@@ -39,15 +39,20 @@ def item_error(exc: BaseException) -> str:
     return f"could not be loaded: {type(exc).__name__}" + (f": {text}" if text else "")
 
 
-def load_path(path: str | os.PathLike[str], size: int = IMAGE_SIZE) -> Decoded | ImageLoadError:
+def load_path(
+    path: str | os.PathLike[str],
+    size: int = IMAGE_SIZE,
+    max_pixels: int | None = DEFAULT_MAX_PIXELS,
+) -> Decoded | ImageLoadError:
     """Decode one file into a network input, or the error that says why not (never raises for a
-    bad file: whatever the file holds, the failure is that item's)."""
+    bad file: whatever the file holds, the failure is that item's). ``max_pixels``: the pixel
+    budget checked from the file's header before decoding (None: no limit)."""
     try:
         p = os.fsdecode(path)  # str, bytes or os.PathLike
     except Exception:  # noqa: BLE001 - not a path, or an os.PathLike whose __fspath__ fails
         return ImageLoadError(f"<{type(path).__name__}>", "not a file path")
     try:
-        return read_input(p, size=size)
+        return read_input(p, size=size, max_pixels=max_pixels)
     except Exception as e:  # noqa: BLE001 - per-item isolation: one bad file never stops a batch
         return e if isinstance(e, ImageLoadError) else ImageLoadError(p, item_error(e))
 
@@ -58,17 +63,19 @@ def load_inputs(
     size: int = IMAGE_SIZE,
     workers: int | None = None,
     on_item: Callable[[int], None] | None = None,
+    max_pixels: int | None = DEFAULT_MAX_PIXELS,
 ) -> LoadedBatch:
     """Decode and preprocess every path; unreadable files become errors, the rest are loaded.
 
     ``workers``: decoding threads (Pillow and the DICOM codecs release the GIL); default the
     number of physical cores. A single path is decoded in the calling thread.
     ``on_item(i)`` is called after each item (for progress bars).
+    ``max_pixels``: largest image a file may declare (see :func:`load_path`).
     """
 
     def one(i: int) -> Decoded | ImageLoadError:
         try:
-            return load_path(paths[i], size)
+            return load_path(paths[i], size, max_pixels)
         finally:
             if on_item is not None:
                 on_item(i)

@@ -66,7 +66,7 @@ from ddad_edge.runtime.gate import (
     check_file,
     population_age,
 )
-from ddad_edge.runtime.io import ImageLoadError
+from ddad_edge.runtime.io import DEFAULT_MAX_PIXELS, ImageLoadError
 from ddad_edge.runtime.preprocess import IMAGE_SIZE, PreprocessError, check_input, preprocess
 from ddad_edge.runtime.scores import (
     SCORE_NAMES,
@@ -305,6 +305,7 @@ class Scorer:
         notes: list[str] | None = None,
         calibration: Calibration | None = None,
         gate: bool = True,
+        max_pixels: int | None = DEFAULT_MAX_PIXELS,
     ) -> None:
         _check_counts(max_batch, workers)
         self.bundle = bundle
@@ -313,6 +314,7 @@ class Scorer:
         self.graph = "dual" if "dual" in backends else "modules"
         self.max_batch = max_batch
         self.workers = workers
+        self.max_pixels = max_pixels
         self.notes = list(notes or [])
         self.kind = bundle.kind
         self.calibration = calibration
@@ -339,6 +341,7 @@ class Scorer:
         operating_point: float | None = None,
         gate: bool = True,
         public_key: str | os.PathLike[str] | None = None,
+        max_pixels: int | None = DEFAULT_MAX_PIXELS,
     ) -> Scorer:
         """Open (and hash-verify) a bundle and load a backend for it.
 
@@ -350,6 +353,9 @@ class Scorer:
             graph: "dual" (one graph, default) or "modules" (module_A + module_B graphs).
             max_batch: inputs per inference call (and per loading chunk in :meth:`score`).
             workers: threads decoding image files (default: physical cores).
+            max_pixels: largest image a file may declare (DICOM rows x columns x frames x
+                samples, or width x height), checked from its header before decoding; larger
+                files are that item's error. None: no limit.
             verify: check the sha256 of every bundle file first.
             intra_op_threads: onnxruntime CPU threads (default: physical cores).
             warm_up: opt-in background work per onnxruntime backend, started after its first
@@ -392,6 +398,7 @@ class Scorer:
             notes=notes,
             calibration=cal,
             gate=gate,
+            max_pixels=max_pixels,
         )
 
     # -- description ------------------------------------------------------------------------------
@@ -451,7 +458,9 @@ class Scorer:
         errors: list[tuple[int, str, str]] = []
         notes: dict[int, list[str]] = {}
         if paths:
-            lb = load_inputs([p for _, p in paths], workers=self.workers)
+            lb = load_inputs(
+                [p for _, p in paths], workers=self.workers, max_pixels=self.max_pixels
+            )
             for row, j in enumerate(lb.ok):
                 xs[paths[j][0]] = lb.x[row]
             errors += [(paths[j][0], src, reason) for j, src, reason in lb.errors]

@@ -79,3 +79,70 @@ def killers(folder: Path) -> dict[str, Path]:
         path, b"\x28\x00\x10\x00US\x02\x00\x40\x00", b"\x28\x00\x10\x00US\x03\x00\x40\x00\x00"
     )
     return out
+
+
+def png_bomb(path: Path, side: int = 13000) -> Path:
+    """A valid 8-bit grey PNG of side x side black pixels: a few hundred KB on disk, side**2
+    bytes once decoded (compressed row by row, so writing it needs no big buffer)."""
+    import struct
+    import zlib
+
+    def chunk(tag: bytes, data: bytes) -> bytes:
+        body = tag + data
+        return struct.pack(">I", len(data)) + body + struct.pack(">I", zlib.crc32(body))
+
+    comp = zlib.compressobj(9)
+    row = bytes(side + 1)  # filter byte 0 + black pixels
+    idat = b"".join(comp.compress(row) for _ in range(side)) + comp.flush()
+    ihdr = struct.pack(">IIBBBBB", side, side, 8, 0, 0, 0, 0)
+    png = b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
+    path.write_bytes(png)
+    return path
+
+
+def encapsulated(path: Path, frame: bytes, ts: str, rows: int, cols: int, bits: int = 8) -> Path:
+    """A MONOCHROME2 DICOM whose Pixel Data is ``frame`` encapsulated under transfer syntax
+    ``ts``, with the header declaring rows x cols (which need not match the stream)."""
+    from pydicom.encaps import encapsulate
+
+    ds = grey_dataset(np.zeros((2, 2), np.uint16), bits=bits)
+    ds.file_meta.TransferSyntaxUID = ts
+    ds.BitsAllocated = 8 if bits <= 8 else 16
+    ds.Rows, ds.Columns = rows, cols
+    ds.PixelData = encapsulate([frame])
+    ds["PixelData"].is_undefined_length = True
+    ds["PixelData"].VR = "OB"
+    return save(ds, path)
+
+
+def jpeg_with_declared_size(side: int) -> bytes:
+    """A small baseline JPEG whose SOF0 marker is rewritten to declare side x side pixels."""
+    import io
+    import struct
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(ramp(16, 16, 8).astype(np.uint8)).save(buf, "JPEG")
+    data = bytearray(buf.getvalue())
+    i = data.find(b"\xff\xc0")
+    data[i + 5 : i + 9] = struct.pack(">HH", side, side)
+    return bytes(data)
+
+
+def bombs(folder: Path) -> dict[str, Path]:
+    """The decompression bombs of issue 10, by name (each a few KB to a few hundred KB)."""
+    from pydicom.uid import JPEGBaseline8Bit, RLELossless
+
+    small_jpeg = jpeg_with_declared_size(16)
+    return {
+        "png_13000": png_bomb(folder / "bomb13000.png"),
+        "jpeg_dicom_13000": encapsulated(
+            folder / "jpeg13000.dcm", small_jpeg, JPEGBaseline8Bit, 13000, 13000
+        ),
+        "jpeg_stream_13000": encapsulated(
+            folder / "jpegstream13000.dcm", jpeg_with_declared_size(13000), JPEGBaseline8Bit, 16, 16
+        ),
+        "rle_12000": encapsulated(folder / "rle12000.dcm", b"\0" * 64, RLELossless, 12000, 12000),
+        "rle_30000": encapsulated(folder / "rle30000.dcm", b"\0" * 64, RLELossless, 30000, 30000),
+    }

@@ -6,11 +6,14 @@ from __future__ import annotations
 import datetime
 import json
 import os
+import subprocess
+import sys
+import textwrap
 from pathlib import Path
 
 import numpy as np
 import pytest
-from dicom_craft import grey_dataset, killers, save
+from dicom_craft import bombs, encapsulated, grey_dataset, killers, ramp, save
 from PIL import Image
 from typer.testing import CliRunner
 
@@ -194,3 +197,103 @@ def test_io_errors_are_image_load_errors(tmp_path: Path) -> None:
         with pytest.raises(ImageLoadError) as ei:
             load_image(path)
         assert ei.value.path == str(path) and KILLER_REASONS[name] in ei.value.reason
+
+
+# ---------------------------------------------------------------------------------------------
+# Resource limits: refused from the header, before decoding
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").is_file(), reason="needs Linux /proc")
+def test_decompression_bombs_are_refused_before_decoding(tmp_path: Path) -> None:
+    """Each bomb in a fresh process: refused with the size it declares, and the process's peak
+    RSS stays near that of the interpreter with numpy, Pillow and pydicom loaded."""
+    made = bombs(tmp_path)
+    code = textwrap.dedent(
+        f"""
+        import json
+        from ddad_edge.runtime.io import read_input, ImageLoadError
+        out = {{}}
+        for name, path in { ({k: str(v) for k, v in made.items()})!r}.items():
+            try:
+                read_input(path)
+                out[name] = "scored"
+            except ImageLoadError as e:
+                out[name] = e.reason
+        hwm = [x for x in open("/proc/self/status") if x.startswith("VmHWM:")]  # this exec only
+        out["peak_rss_mb"] = int(hwm[0].split()[1]) / 1024
+        print(json.dumps(out))
+        """
+    )
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr[-2000:]
+    out = json.loads(res.stdout)
+    for name in made:
+        assert "image too large" in out[name] and "refused before decoding" in out[name], out
+    assert "13000 x 13000" in out["png_13000"]
+    assert "codestream 13000 x 13000" in out["jpeg_stream_13000"]
+    assert "30000 x 30000" in out["rle_30000"]
+    assert out["peak_rss_mb"] < 250, out  # a decoded 13000^2 image alone would be 169 MB
+
+
+def test_pixel_budget_is_configurable(tmp_path: Path, bundle: Path) -> None:
+    png, _ = _good_files(tmp_path)  # 80 x 96 = 7680 pixels
+    with pytest.raises(ImageLoadError, match="7680 x|80 x 96"):
+        read_image(png, max_pixels=7000)
+    assert read_image(png, max_pixels=7680).image.shape == (96, 80)
+    dcm = save(grey_dataset(), tmp_path / "g.dcm")  # 64 x 64 x 1 x 1
+    with pytest.raises(ImageLoadError, match="64 x 64 x 1 frame"):
+        read_image(dcm, max_pixels=4000)
+    assert read_image(dcm, max_pixels=None).image.shape == (64, 64)
+    with Scorer.from_bundle(bundle, backend="ort-cpu", precision="fp32", max_pixels=7000) as s:
+        res = s.score([png, dcm])
+    _assert_failed(res[0], "image too large")
+    _assert_scored(res[1])
+    args = ["score", str(bundle), str(png), str(dcm), "--json", "--max-pixels", "4000"]
+    recs = [json.loads(x) for x in CliRunner().invoke(app, args).stdout.splitlines()]
+    assert all("image too large" in r["error"] for r in recs)
+
+
+def test_dicom_is_processed_in_blocks_with_unchanged_values(tmp_path: Path, monkeypatch) -> None:
+    """Rescale + window computed a block of rows at a time equal the whole-image computation."""
+    import ddad_edge.runtime.dicom as dicom
+
+    ds = grey_dataset(ramp(300, 200))
+    ds.RescaleSlope, ds.RescaleIntercept = 2, -100
+    ds.WindowCenter, ds.WindowWidth = 3000, 4000
+    path = save(ds, tmp_path / "w.dcm")
+    whole = read_image(path, target_size=None).image
+    monkeypatch.setattr(dicom, "_BLOCK_PIXELS", 1000)  # 5 rows per block
+    np.testing.assert_array_equal(read_image(path, target_size=None).image, whole)
+
+
+def test_missing_pylibjpeg_hint_when_pillow_alone_fails(tmp_path: Path, monkeypatch) -> None:
+    """A JPEG 2000 file that only pylibjpeg could decode: with Pillow as the only plugin, the
+    error says to install the dicom-codecs extra (it used to say "broken data stream" only)."""
+    import io
+
+    from pydicom.pixels import get_decoder
+    from pydicom.uid import JPEG2000Lossless
+
+    buf = io.BytesIO()
+    Image.fromarray(_noise()).save(buf, "JPEG2000", irreversible=False)
+    stream = buf.getvalue()
+    broken = stream[:200] + bytes(len(stream) - 200)  # header intact, tile data zeroed
+    path = encapsulated(tmp_path / "j2k.dcm", broken, JPEG2000Lossless, 96, 80)
+    decoder = get_decoder(JPEG2000Lossless)
+    monkeypatch.setattr(decoder, "_available", {"pillow": decoder._available["pillow"]})
+    with pytest.raises(ImageLoadError) as ei:
+        load_image(path)
+    assert "pixel data could not be decoded" in ei.value.reason
+    assert "ddad-edge[dicom-codecs]" in ei.value.reason
+
+
+def test_one_image_extension_list() -> None:
+    from ddad_edge.benchmarks import endtoend as bench_e2e
+    from ddad_edge.data import IMAGE_EXTS as data_exts
+    from ddad_edge.export.sources import IMAGE_EXTS as export_exts
+    from ddad_edge.runtime.io import IMAGE_EXTS
+
+    assert data_exts is IMAGE_EXTS and export_exts is IMAGE_EXTS
+    assert bench_e2e.IMAGE_EXTS is IMAGE_EXTS
+    assert {".png", ".jpg", ".dcm", ".tif", ".bmp"} <= IMAGE_EXTS
