@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -35,6 +36,10 @@ def item_error(exc: BaseException) -> str:
     if isinstance(exc, PreprocessError):
         return str(exc)
     text = " ".join(str(exc).split())
+    element = re.search(r"while trying to parse \((\w{4}),(\w{4})\)", text)
+    if element:  # pydicom names the element only at the end of a long message: lead with it
+        tag = f"({element[1]},{element[2]})".upper()
+        return f"DICOM element {tag} is malformed: {type(exc).__name__}"
     text = text[:197] + "..." if len(text) > 200 else text
     return f"could not be loaded: {type(exc).__name__}" + (f": {text}" if text else "")
 

@@ -390,35 +390,67 @@ def _frames(ds: Any) -> int:
         return 1
 
 
-def _check_budget(p: str, ds: Any, ts: Any, max_pixels: int | None) -> None:
-    """Refuse before decoding an image whose header (Rows x Columns x frames x samples) or
-    whose first JPEG / JPEG 2000 codestream (its own size, which the codec trusts) is over the
-    pixel budget."""
+def _check_budget(p: str, ds: Any, max_pixels: int | None) -> None:
+    """Refuse before decoding an image whose header declares more pixels (Rows x Columns x
+    frames x samples) than the budget."""
     rows, cols, frames = int(ds.Rows), int(ds.Columns), _frames(ds)
     spp = int(ds.get("SamplesPerPixel", 1) or 1)
     what = f"{rows} x {cols} x {frames} frame(s) x {spp} sample(s)"
     check_pixel_budget(p, rows * cols * frames * spp, max_pixels, what)
-    if max_pixels is None or not ts.is_compressed or ds["PixelData"].is_undefined_length is False:
+
+
+def _check_stream(p: str, ds: Any, ts: Any, max_pixels: int | None) -> None:
+    """Checks of the first compressed frame before a codec sees it: the size its JPEG / JPEG
+    2000 codestream declares (which the codec trusts over the header) against the budget, and
+    the box structure of a JP2 wrapper (a box of length < 8 sends pydicom's JPEG 2000 header
+    parser into an endless loop)."""
+    if not ts.is_compressed or not ds["PixelData"].is_undefined_length:
         return
-    size = _codestream_size(ds, frames)
+    from pydicom.encaps import get_frame
+
+    try:
+        frame = get_frame(ds.PixelData, 0, number_of_frames=_frames(ds))
+    except Exception:  # noqa: BLE001 - the decoder reports a broken encapsulation itself
+        return
+    if frame.startswith(_JP2_SIGNATURE):
+        _check_jp2_boxes(p, frame)
+    size = _codestream_size(frame)
     if size is not None:
+        spp = int(ds.get("SamplesPerPixel", 1) or 1)
         what = f"first frame's codestream {size[0]} x {size[1]}"
         check_pixel_budget(p, size[0] * size[1] * spp, max_pixels, what)
 
 
-def _codestream_size(ds: Any, frames: int) -> tuple[int, int] | None:
-    """(width, height) that the first frame's JPEG / JPEG 2000 codestream declares (read by
-    Pillow from the stream's header only), or None when Pillow cannot tell."""
+_JP2_SIGNATURE = b"\x00\x00\x00\x0cjP  "
+
+
+def _check_jp2_boxes(p: str, frame: bytes) -> None:
+    """Walk the boxes of a JP2 file (ISO/IEC 15444-1 Annex I) up to the codestream box; refuse
+    a box length that cannot be walked (0, 1 or under 8 bytes) and a file without that box."""
+    offset = 0
+    while offset + 8 <= len(frame):
+        length = int.from_bytes(frame[offset : offset + 4], "big")
+        if frame[offset + 4 : offset + 8] == b"jp2c":
+            return
+        if length < 8:
+            raise ImageLoadError(
+                p, f"JPEG 2000 (JP2) box at byte {offset} has length {length}: malformed stream"
+            )
+        offset += length
+    raise ImageLoadError(p, "JPEG 2000 (JP2) stream without a codestream box: malformed stream")
+
+
+def _codestream_size(frame: bytes) -> tuple[int, int] | None:
+    """(width, height) that a JPEG / JPEG 2000 codestream declares (read by Pillow from the
+    stream's header only), or None when Pillow cannot tell."""
     import io
 
     from PIL import Image
-    from pydicom.encaps import get_frame
 
     try:
-        frame = get_frame(ds.PixelData, 0, number_of_frames=frames)
         with Image.open(io.BytesIO(frame)) as im:
             return im.size
-    except Exception:  # not a stream Pillow knows (RLE, JPEG-LS): the header budget applies
+    except Exception:  # noqa: BLE001 - not a stream Pillow knows (RLE, JPEG-LS)
         return None
 
 
@@ -540,7 +572,8 @@ def load_dicom(p: str, notes: Notes, max_pixels: int | None = DEFAULT_MAX_PIXELS
 
     ts = _transfer_syntax(ds, p, fix=True)
     if "PixelData" in ds:
-        _check_budget(p, ds, ts, max_pixels)
+        _check_budget(p, ds, max_pixels)
+        _check_stream(p, ds, ts, max_pixels)
     arr = _decode_pixels(p, ds, ts, notes)
     if arr.size == 0:
         raise ImageLoadError(p, "DICOM pixel data decoded to an empty array")

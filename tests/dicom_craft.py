@@ -26,7 +26,9 @@ def grey_dataset(pixels: np.ndarray | None = None, bits: int = 12) -> Dataset:
     ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
     ds.SOPClassUID = SecondaryCaptureImageStorage
     ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID
-    ds.Modality = "OT"
+    ds.Modality = "CR"  # a chest PA radiograph, as the input gate wants
+    ds.BodyPartExamined = "CHEST"
+    ds.ViewPosition = "PA"
     ds.SamplesPerPixel = 1
     ds.Rows, ds.Columns = px.shape[-2:]
     if px.ndim == 3:

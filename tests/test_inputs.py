@@ -64,7 +64,7 @@ KILLER_REASONS = {
     "slope0_window": "constant",
     "voi_descriptor_1": "LUT Descriptor",
     "samples_2_values": "Samples per Pixel",
-    "rows_length_3": "Rows",
+    "rows_length_3": "(0028,0010)",
 }
 
 
@@ -150,10 +150,10 @@ def test_bad_pathlike_and_unreadable_paths(scorer: Scorer, tmp_path: Path) -> No
     os.symlink(tmp_path / "gone.png", dangling)
     png, _ = _good_files(tmp_path)
     res = scorer.score([Broken(), loop, dangling, tmp_path / "nul\0.png", png])
-    _assert_failed(res[0], "not a file path")
+    _assert_failed(res[0], "cannot say")
     _assert_failed(res[1], "symbolic link loop")
     _assert_failed(res[2], "broken symbolic link")
-    _assert_failed(res[3], "not a valid path")
+    _assert_failed(res[3], "null byte")
     _assert_scored(res[4])
 
 
@@ -297,3 +297,23 @@ def test_one_image_extension_list() -> None:
     assert data_exts is IMAGE_EXTS and export_exts is IMAGE_EXTS
     assert bench_e2e.IMAGE_EXTS is IMAGE_EXTS
     assert {".png", ".jpg", ".dcm", ".tif", ".bmp"} <= IMAGE_EXTS
+
+
+def test_jp2_box_of_length_zero_is_refused_not_an_endless_loop(tmp_path: Path) -> None:
+    """Found by the fuzz test: a JP2-wrapped frame with a box length of 0 before the codestream
+    box sent pydicom's JPEG 2000 header parser into an endless loop (the call never returned)."""
+    import io
+
+    from pydicom.uid import JPEG2000Lossless
+
+    buf = io.BytesIO()
+    Image.fromarray(_noise()).save(buf, "JPEG2000", irreversible=False)
+    jp2 = bytearray(buf.getvalue())
+    i = jp2.find(b"jp2h") - 4
+    assert jp2.startswith(b"\x00\x00\x00\x0cjP  ") and i > 0
+    jp2[i : i + 4] = bytes(4)  # the header box's length: 0
+    path = encapsulated(tmp_path / "jp2box0.dcm", bytes(jp2), JPEG2000Lossless, 96, 80)
+    code = f"from ddad_edge.runtime.batch import load_path\nprint(load_path({str(path)!r}).reason)"
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert "box at byte" in res.stdout and "length 0" in res.stdout, res.stdout
