@@ -95,7 +95,7 @@ class NodeProcess:
         self.spool.parent.mkdir(parents=True, exist_ok=True)
         with open(self.log, "ab") as log:
             self.proc = subprocess.Popen(cmd, stdout=log, stderr=log)
-        wait_port(self.port, 60)
+        wait_port(self.port, 300)  # loading and hash-checking the bundle, busy machines
         return self
 
     def kill9(self) -> None:
