@@ -457,15 +457,11 @@ def build_results(
         ImageLoadError: the source cannot be read again (header or, for the SC, pixels).
         ReportUnavailable: highdicom is not installed.
     """
-    import pydicom
-
-    from ddad_edge.runtime.io import ImageLoadError, load_image
+    from ddad_edge.runtime.gate import read_header
+    from ddad_edge.runtime.io import load_image
 
     p = os.fspath(source)
-    try:
-        ds = pydicom.dcmread(p, force=True, stop_before_pixels=True)
-    except Exception as e:  # pydicom raises many types on a corrupt header
-        raise ImageLoadError(p, f"DICOM header could not be read: {str(e)[:200]}") from e
+    ds = read_header(p)
     out = [
         build_sr(
             ds,

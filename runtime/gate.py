@@ -29,6 +29,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Any
 
+from ddad_edge.runtime.loaderrors import DEFAULT_MAX_PIXELS
 from ddad_edge.runtime.preprocess import IMAGE_SIZE
 
 MODALITIES = ("CR", "DX")
@@ -44,12 +45,13 @@ _AGE_UNITS = {"D": 1 / 365.25, "W": 7 / 365.25, "M": 1 / 12, "Y": 1.0}
 
 @dataclass(frozen=True)
 class GateLimits:
-    """Image size bounds in pixels (a side below ``min_side`` cannot be a radiograph the network
-    size needs; above ``max_side`` / ``max_pixels`` the decoder refuses to spend the memory)."""
+    """Image size bounds in pixels: a side below ``min_side`` is smaller than the network input;
+    ``max_pixels`` (rows x columns) is the decoder's own limit (``runtime/loaderrors.py``), so an
+    image too large to decode is abstained with that reason before any decoding."""
 
     min_side: int = IMAGE_SIZE
     max_side: int = 16384
-    max_pixels: int = 100_000_000
+    max_pixels: int = DEFAULT_MAX_PIXELS
 
 
 @dataclass
@@ -160,20 +162,31 @@ def check_file(
     Raises:
         ImageLoadError: a DICOM file whose header cannot be read (an error, not an abstention).
     """
-    from ddad_edge.runtime.io import ImageLoadError, is_dicom
+    from ddad_edge.runtime.io import is_dicom
 
-    p = os.fspath(path)
-    if not is_dicom(p):
+    if not is_dicom(path):
         return GateResult(True, None, [NOT_DICOM_NOTE])
+    return check_dataset(read_header(path), age_years=age_years, limits=limits)
+
+
+def read_header(path: str | os.PathLike[str]) -> Any:
+    """A DICOM image file's data set without its pixel data.
+
+    Raises:
+        ImageLoadError: the header cannot be read, or it describes no image (no Rows/Columns).
+    """
     import pydicom
 
+    from ddad_edge.runtime.io import ImageLoadError
+
+    p = os.fspath(path)
     try:
         ds = pydicom.dcmread(p, force=True, stop_before_pixels=True)
     except Exception as e:  # pydicom raises many types on a corrupt header
         raise ImageLoadError(p, f"DICOM header could not be read: {str(e)[:200]}") from e
     if not ds.get("Rows") or not ds.get("Columns"):
         raise ImageLoadError(p, "DICOM data set has no image (Rows/Columns missing or zero)")
-    return check_dataset(ds, age_years=age_years, limits=limits)
+    return ds
 
 
 def population_age(manifest: dict[str, Any]) -> tuple[float, float] | None:
@@ -195,4 +208,5 @@ __all__ = [
     "check_file",
     "patient_age_years",
     "population_age",
+    "read_header",
 ]
