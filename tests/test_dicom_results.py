@@ -116,10 +116,11 @@ def test_sr_normal_abstained_and_error(tmp_path: Path) -> None:
             assert "error: pixel data could not be decoded" in text
 
 
-def test_heatmap_sc(tmp_path: Path) -> None:
+@pytest.mark.parametrize("name", ["966_fixed", "nccid"])  # nccid: no body part, no laterality
+def test_heatmap_sc(tmp_path: Path, name: str) -> None:
     from ddad_edge.runtime.io import load_image
 
-    src_path = source("966_fixed")
+    src_path = source(name)
     src = pydicom.dcmread(src_path, force=True)
     image = load_image(src_path, target_size=256)
     heat = np.zeros((64, 64), np.float32)
