@@ -34,6 +34,7 @@ SECTIONS: tuple[str, ...] = (
     "coldstart",
     "training",
     "variants",
+    "triton",
 )
 Progress = Callable[[str], None]
 
@@ -77,6 +78,8 @@ class BenchConfig:
     torch_threads: int | None = None
     parity: dict[str, Any] | None = None
     sections: tuple[str, ...] = SECTIONS
+    triton_clients: tuple[int, ...] = (1, 2, 4, 8, 16)
+    triton_requests: int = 256
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -366,6 +369,16 @@ def _run_bench(cfg: BenchConfig, on: Progress) -> BenchResult:
         result["training"] = _training(cfg, bundle.kind, bundle.k, on)
     if "variants" in cfg.sections and _wanted_variants(cfg):
         result["variants"] = choose_variant(result, cfg.parity)
+    if "triton" in cfg.sections:
+        from ddad_edge.benchmarks.triton_load import measure_triton
+
+        result["triton"] = measure_triton(
+            cfg.bundle,
+            cfg.images,
+            clients=cfg.triton_clients,
+            requests=cfg.triton_requests,
+            on=on,
+        )
     result["targets"] = evaluate_targets(result, MAIN_LANE)
     load = os.getloadavg() if hasattr(os, "getloadavg") else None
     result["machine"]["loadavg_end"] = list(load) if load else None

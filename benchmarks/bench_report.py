@@ -325,6 +325,40 @@ def targets_section(result: BenchResult) -> str:
     )
 
 
+def triton_section(tr: dict[str, Any] | None) -> str:
+    """Throughput and latency through the Triton server vs the in-process Scorer."""
+    if not tr:
+        return ""
+    title = "\n## Triton server (`ddad_score`, concurrent clients, one file per request)\n\n"
+    if not tr.get("available"):
+        return f"{title}not available: {tr.get('reason')}\n"
+    ref = tr["reference"]
+    rows = [
+        [
+            p["clients"],
+            p["requests"],
+            fmt(p["throughput"], ".1f"),
+            fmt(p["throughput"] / ref["throughput"], ".2f"),
+            fmt(p["p50_ms"], ".1f"),
+            fmt(p["p95_ms"], ".1f"),
+            p["wrong"],
+            p["lost"],
+            p["errors"],
+            ", ".join(f"{b}×{n}" for b, n in p["batches"].items()),
+        ]
+        for p in tr["points"].values()
+    ]
+    head = ["clients", "requests", "files/s", "vs Scorer", "p50 ms", "p95 ms", "wrong", "lost"]
+    return (
+        f"{title}{tr['protocol']} on loopback; server ready in "
+        f"{fmt(tr['server']['ready_seconds'], '.1f')} s. Reference: the in-process Scorer at "
+        f"batch {ref['batch']} on the same {ref['n']} files (decode to scores): "
+        f"{fmt(ref['throughput'], '.1f')} files/s.\n\n"
+        + table([*head, "errors", "batches formed (size×count)"], rows)
+        + f"\nAt 8 clients: {fmt(tr.get('ratio_at_8'), '.2f')}× the Scorer (target ≥ 0.8×).\n"
+    )
+
+
 def bench_markdown(result: BenchResult) -> str:
     """The bench report as Markdown (see benchmarks/README.md for what each number means)."""
     cfg = result.get("config", {})
@@ -353,6 +387,7 @@ def bench_markdown(result: BenchResult) -> str:
         cold_start_section(result),
         training_section(result),
         variants_section(result),
+        triton_section(result.get("triton")),
         targets_section(result),
     ]
     return "".join(out)

@@ -66,7 +66,7 @@ Skip = Annotated[
     str,
     _opt(
         "Sections to skip, comma-separated: limits, sweep, paired, e2e, profile, coldstart, "
-        "training, variants."
+        "training, variants, triton (the Triton server lane)."
     ),
 ]
 ParityJson = Annotated[
@@ -184,6 +184,10 @@ def bench(
     skip: Skip = "",
     parity: ParityJson = None,
     quick: Quick = False,
+    triton_clients: Annotated[
+        str, _opt("Triton lane: numbers of concurrent clients.")
+    ] = "1,2,4,8,16",
+    triton_requests: Annotated[int, _opt("Triton lane: requests per number of clients.")] = 256,
 ) -> None:
     """Latency, throughput and machine limits of every backend vs the PyTorch eager reference.
 
@@ -230,6 +234,8 @@ def bench(
             torch_threads=torch_threads or None,
             parity=parity_result,
             sections=sections,
+            triton_clients=tuple(_ints(triton_clients, "--triton-clients")),
+            triton_requests=triton_requests,
         )
         try:
             result = run_bench(cfg, _progress)

@@ -391,10 +391,18 @@ def test_bench_cli_smoke(tiny: dict[str, Path]) -> None:
             "2",
             "--paired-seconds",
             "0",
+            "--triton-clients",
+            "1,4",
+            "--triton-requests",
+            "12",
         ],
     )
     assert r.exit_code == 0, r.output
     res = json.loads((out / "bench.json").read_text())
+    tr = res["triton"]
+    if tr["available"]:  # the server binary is there (nvidia-pytriton)
+        assert set(tr["points"]) == {"1", "4"} and tr["reference"]["throughput"] > 0
+        assert all(p["wrong"] == 0 and p["lost"] == 0 for p in tr["points"].values())
     paired = res["paired"]["batches"]
     assert set(paired) == {"1", "64"} and all(p["ratio"] > 0 for p in paired.values())
     assert res["paired"]["variants_vs_main"]["ort-int8"]["ratio"] > 0

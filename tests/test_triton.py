@@ -63,7 +63,7 @@ def repo(bundle: Path, calibration: Path, tmp_path_factory: pytest.TempPathFacto
 def _onnx_io(path: Path) -> dict[str, tuple[str, tuple[int, ...]]]:
     """name -> (Triton dtype, dims without the batch) read with the onnx package (an independent
     reader: the repository writer uses onnxruntime)."""
-    import onnx
+    onnx = pytest.importorskip("onnx", reason="reading the graph independently needs onnx (train)")
 
     types = {onnx.TensorProto.FLOAT: "TYPE_FP32", onnx.TensorProto.FLOAT16: "TYPE_FP16"}
     g = onnx.load(str(path), load_external_data=False).graph

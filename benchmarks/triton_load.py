@@ -1,0 +1,157 @@
+"""The ``triton`` lane of ``ddad-edge bench``: scoring files through a real Triton server (the
+nvidia-pytriton wheel's tritonserver, ``ddad_score`` model of ``ddad-edge triton``) against the
+in-process Scorer on the same files and machine.
+
+The server is started on loopback with a repository written into a scratch folder. For each
+number of concurrent clients (threads, one file per request, gRPC), a fixed number of requests
+is sent; per point: throughput (requests/s), p50/p95 request latency, batch sizes the dynamic
+batcher formed (from the server's statistics), wrong results (a score differing from the
+in-process Scorer's by more than 1e-6 relative, or a different status) and lost requests (no
+record). The reference is ``Scorer.score`` on the same files in batches of 64 (decode +
+preprocess + inference + scoring, as the server does), best of ``reps``.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+REFERENCE_BATCH = 64
+
+
+def _agree(got: Any, want: Any) -> bool:
+    if got.status != want.status:
+        return False
+    if want.scores is None:
+        return got.scores is None
+    return all(abs(got.scores[n] - v) <= 1e-6 * abs(v) for n, v in want.scores.items())
+
+
+def _batches(stats: dict[str, Any]) -> dict[int, int]:
+    """Executions per batch size in the server's statistics of the model."""
+    model = stats["model_stats"][0]
+    return {
+        int(b["batch_size"]): int(b["compute_infer"]["count"]) for b in model.get("batch_stats", [])
+    }
+
+
+def _reference(bundle: Path, files: list[str], reps: int) -> tuple[dict[str, Any], list[Any]]:
+    """The in-process Scorer's throughput at batch 64 on ``files`` and its records."""
+    from ddad_edge.runtime.scorer import Scorer
+
+    with Scorer.from_bundle(
+        bundle, backend="ort-cpu", precision="fp32", max_batch=REFERENCE_BATCH
+    ) as s:
+        s.score(files[:REFERENCE_BATCH])  # warm-up
+        times, records = [], []
+        for _ in range(reps):
+            t0 = time.perf_counter()
+            records = s.score(files)
+            times.append(time.perf_counter() - t0)
+    best = min(times)
+    return {
+        "batch": REFERENCE_BATCH,
+        "n": len(files),
+        "seconds": times,
+        "throughput": len(files) / best,
+    }, records
+
+
+def _point(client: Any, files: list[str], clients: int, want: dict[str, Any]) -> dict[str, Any]:
+    """Send every file once from ``clients`` threads; latency per request, agreement, losses."""
+
+    def one(path: str) -> tuple[float, Any]:
+        t0 = time.perf_counter()
+        r = client.score_one(path)
+        return time.perf_counter() - t0, r
+
+    before = _batches(client.statistics())
+    t0 = time.perf_counter()
+    with ThreadPoolExecutor(clients) as pool:
+        out = list(pool.map(one, files))
+    wall = time.perf_counter() - t0
+    after = _batches(client.statistics())
+    lat = np.array([t for t, _ in out]) * 1e3
+    records = [r for _, r in out]
+    formed = {b: n - before.get(b, 0) for b, n in sorted(after.items()) if n > before.get(b, 0)}
+    return {
+        "clients": clients,
+        "requests": len(files),
+        "seconds": wall,
+        "throughput": len(files) / wall,
+        "p50_ms": float(np.percentile(lat, 50)),
+        "p95_ms": float(np.percentile(lat, 95)),
+        "wrong": sum(not _agree(r, want[r.source]) for r in records if r.error is None),
+        "errors": sum(r.error is not None for r in records),
+        "lost": len(files) - len(records),
+        "batches": {str(b): n for b, n in formed.items()},
+    }
+
+
+def measure_triton(
+    bundle: Path,
+    images: Sequence[Path],
+    *,
+    clients: Sequence[int] = (1, 2, 4, 8, 16),
+    requests: int = 256,
+    reps: int = 2,
+    protocol: str = "grpc",
+    on: Callable[[str], None] = lambda _: None,
+) -> dict[str, Any]:
+    """Throughput and latency through the server vs the in-process Scorer (module docstring).
+
+    Returns {"available": False, "reason"} when the server cannot start here, else
+    {"available": True, "reference": {...}, "points": {clients: {...}}, "ratio_at_8": server
+    throughput at 8 clients / reference throughput, "server": {...}}.
+    """
+    from ddad_edge.export.triton_repo import write_repository
+    from ddad_edge.runtime.triton_client import TritonClientError, TritonScorer
+    from ddad_edge.runtime.triton_server import ServerError, dist_dir, start_server
+
+    try:
+        dist_dir()
+        TritonScorer(f"{protocol}://127.0.0.1:1")  # imports tritonclient; connects to nothing
+    except (ServerError, TritonClientError) as e:
+        return {"available": False, "reason": str(e)}
+    pool = [str(p) for p in images]
+    files = [pool[i % len(pool)] for i in range(requests)]
+    on("triton lane: the in-process Scorer at batch 64")
+    reference, records = _reference(bundle, files, reps)
+    want = {r.source: r for r in records}
+    with tempfile.TemporaryDirectory(prefix="ddad-bench-triton-") as tmp:
+        on("triton lane: writing the model repository and starting tritonserver")
+        repo = write_repository(bundle, Path(tmp) / "repo").root
+        try:
+            t0 = time.perf_counter()
+            server = start_server(repo, models=["ddad_score"])
+            ready_s = time.perf_counter() - t0
+        except ServerError as e:
+            return {"available": False, "reason": str(e).splitlines()[0]}
+        try:
+            url = f"grpc://{server.grpc_url}" if protocol == "grpc" else server.http_url
+            points = {}
+            for c in clients:
+                on(f"triton lane: {c} concurrent clients, {len(files)} requests")
+                client = TritonScorer(url, concurrency=c)
+                client.score(files[: 2 * c])  # warm-up: connections, first batches
+                points[str(c)] = _point(client, files, c, want)
+        finally:
+            server.stop()
+    at8 = points.get("8")
+    return {
+        "available": True,
+        "protocol": protocol,
+        "server": {"ready_seconds": ready_s, "model": "ddad_score", "inference": "in-process"},
+        "reference": reference,
+        "points": points,
+        "ratio_at_8": None if at8 is None else at8["throughput"] / reference["throughput"],
+    }
+
+
+__all__ = ["measure_triton"]
