@@ -4,6 +4,7 @@ the tritonserver binary of the nvidia-pytriton wheel on it). Thin: parse, call t
 
 from __future__ import annotations
 
+import signal
 import time
 from pathlib import Path
 from typing import Annotated
@@ -114,6 +115,7 @@ def serve_triton(
         f"metrics 127.0.0.1:{server.metrics_port}; log {server.log_path}"
     )
     deadline = time.monotonic() + seconds if seconds > 0 else None
+    signal.signal(signal.SIGTERM, _interrupt)  # `kill` stops the server too, like Ctrl-C
     try:
         while server.alive() and (deadline is None or time.monotonic() < deadline):
             time.sleep(0.5)
@@ -126,6 +128,10 @@ def serve_triton(
     if died:
         fail(f"tritonserver exited:\n{tail}")
     say("stopped")
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
 
 
 def register(app: typer.Typer) -> None:
