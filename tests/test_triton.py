@@ -304,3 +304,18 @@ def test_server_killed_mid_load_gives_clear_errors_never_a_wrong_score(repo, cas
         f"{sorted({r.error for r in failed})[:2]}"
     )
     assert np.isfinite([r.scores["inter"] for r in scored]).all()
+
+
+def test_bench_triton_lane_measures_the_server_against_the_scorer(bundle, cases) -> None:
+    """The ``triton`` lane of ``ddad-edge bench``, small: every request answered, none wrong."""
+    from ddad_edge.benchmarks.report import triton_section
+    from ddad_edge.benchmarks.triton_load import measure_triton
+
+    images = [Path(p) for p in cases[0][: 2 * N_PER_CLASS]]
+    res = measure_triton(bundle, images, clients=(1, 4), requests=12, reps=1)
+    assert res["available"], res.get("reason")
+    assert set(res["points"]) == {"1", "4"} and res["reference"]["throughput"] > 0
+    for p in res["points"].values():
+        assert p["requests"] == 12 and p["wrong"] == 0 and p["lost"] == 0 and p["errors"] == 0
+        assert sum(p["batches"].values()) >= 1 and p["p95_ms"] >= p["p50_ms"] > 0
+    assert "| 4 | 12 |" in triton_section(res)
