@@ -22,7 +22,8 @@ from typing import Any
 
 import numpy as np
 
-from ddad_edge.runtime.io import ImageLoadError, _check_file
+from ddad_edge.runtime.loaderrors import ImageLoadError
+from ddad_edge.runtime.loaderrors import check_file as check_readable
 from ddad_edge.runtime.scorer import ScoreResult
 from ddad_edge.runtime.triton_protocol import (
     ERROR_OUTPUT,
@@ -189,7 +190,7 @@ def unreadable(source: str, exc: OSError) -> ScoreResult:
     notes: list[str] = []
     try:
         notes = list(check_file(source).notes)
-        _check_file(source)
+        check_readable(source)
     except ImageLoadError as e:
         return ScoreResult(source, error=e.reason, notes=notes)
     return ScoreResult(source, error=f"cannot read file: {exc.strerror or exc}", notes=notes)

@@ -308,7 +308,7 @@ def test_server_killed_mid_load_gives_clear_errors_never_a_wrong_score(repo, cas
 
 def test_bench_triton_lane_measures_the_server_against_the_scorer(bundle, cases) -> None:
     """The ``triton`` lane of ``ddad-edge bench``, small: every request answered, none wrong."""
-    from ddad_edge.benchmarks.report import triton_section
+    from ddad_edge.benchmarks.bench_report import triton_section
     from ddad_edge.benchmarks.triton_load import measure_triton
 
     images = [Path(p) for p in cases[0][: 2 * N_PER_CLASS]]
