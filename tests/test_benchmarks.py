@@ -286,7 +286,7 @@ def _write_run(run: Path, manifest: dict, kind: str = "ae", k: int = 2) -> None:
 
     from ddad_edge.checkpoint import atomic_torch_save, module_path
     from ddad_edge.models import FusedEnsemble
-    from ddad_edge.train import TrainConfig
+    from ddad_edge.train import TrainConfig, make_optimizer
 
     cfg = TrainConfig(kind=kind, k=k, epochs=1)
     run.mkdir(parents=True)
@@ -302,6 +302,7 @@ def _write_run(run: Path, manifest: dict, kind: str = "ae", k: int = 2) -> None:
             "epoch": 1,
             "epochs": 1,
             "model": model.state_dict(),
+            "optimizer": make_optimizer(model, cfg).state_dict(),
             "history": [],
             "epoch_seconds": [],
             "config": asdict(cfg),
