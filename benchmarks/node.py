@@ -96,12 +96,20 @@ class Destination:
         self.ae.shutdown()
 
 
+_NEW_UIDS = ("SOPInstanceUID", "StudyInstanceUID", "MediaStorageSOPInstanceUID")
+
+
 def _copy(ds: Any) -> Any:
     """The data set as a new study with a new SOP Instance UID (pixel data untouched)."""
+    from pydicom import Dataset, FileMetaDataset
     from pydicom.uid import generate_uid
 
-    out = ds.copy()
-    out.file_meta = ds.file_meta.copy()
+    out = Dataset()  # new element tables (the elements themselves are shared, then replaced)
+    out.update({t: ds[t] for t in ds.keys() if ds[t].keyword not in _NEW_UIDS})
+    out.file_meta = FileMetaDataset()
+    meta = ds.file_meta
+    out.file_meta.update({t: meta[t] for t in meta.keys() if meta[t].keyword not in _NEW_UIDS})
+    out.preamble = ds.preamble
     out.SOPInstanceUID = out.file_meta.MediaStorageSOPInstanceUID = generate_uid()
     out.StudyInstanceUID = generate_uid()
     return out
