@@ -183,17 +183,20 @@ class TritonScorer:
 
 
 def unreadable(source: str, exc: OSError) -> ScoreResult:
-    """The record local scoring gives a file that cannot be read here: the input gate's notes
-    (or its error for a ``.dcm`` name) and the loader's reason."""
+    """The record local scoring gives a file that cannot be read here: the loader's reason, and
+    the input gate's notes when the gate could run (``Scorer._gate_into``)."""
     from ddad_edge.runtime.gate import check_file
 
-    notes: list[str] = []
+    reason = f"cannot read file: {exc.strerror or exc}"
     try:
         notes = list(check_file(source).notes)
+    except Exception:  # noqa: BLE001 - the gate cannot read it: the loader's wording stands
+        notes = []
+    try:
         check_readable(source)
     except ImageLoadError as e:
-        return ScoreResult(source, error=e.reason, notes=notes)
-    return ScoreResult(source, error=f"cannot read file: {exc.strerror or exc}", notes=notes)
+        reason = e.reason
+    return ScoreResult(source, error=reason, notes=notes)
 
 
 def _result(source: str, response: Any, url: str) -> ScoreResult:
