@@ -14,8 +14,8 @@ Checks, in order (the first failure is the reason; accepted caveats become notes
 4. View Position (0018,5101) PA or AP (PS3.3 C.8.11.5.1.1); LL/RL and other views abstain;
    absent: accepted with a note.
 5. Photometric Interpretation (0028,0004) MONOCHROME1 or MONOCHROME2; colour abstains.
-6. Rows x Columns within :class:`GateLimits` (no smaller than the network input, no larger than
-   the decoder's limits).
+6. Rows and Columns no smaller than the network input (:class:`GateLimits`); an image too large
+   to decode is the decoder's error (its pixel budget), not an abstention.
 7. Patient Age (0010,1010, e.g. "062Y", "005M") within the training population's range when the
    bundle records one (``age_years=(lo, hi)``); absent or unreadable age with a range: a note.
 
@@ -29,7 +29,6 @@ import os
 from dataclasses import dataclass, field
 from typing import Any
 
-from ddad_edge.runtime.loaderrors import DEFAULT_MAX_PIXELS
 from ddad_edge.runtime.preprocess import IMAGE_SIZE
 
 MODALITIES = ("CR", "DX")
@@ -45,13 +44,11 @@ _AGE_UNITS = {"D": 1 / 365.25, "W": 7 / 365.25, "M": 1 / 12, "Y": 1.0}
 
 @dataclass(frozen=True)
 class GateLimits:
-    """Image size bounds in pixels: a side below ``min_side`` is smaller than the network input;
-    ``max_pixels`` (rows x columns) is the decoder's own limit (``runtime/loaderrors.py``), so an
-    image too large to decode is abstained with that reason before any decoding."""
+    """Image size bounds in pixels: a side below ``min_side`` is smaller than the network input.
+    Too large is not the gate's call: the decoder's pixel budget refuses it as an error
+    (``runtime/loaderrors.py``), since such a file cannot be read at all."""
 
     min_side: int = IMAGE_SIZE
-    max_side: int = 16384
-    max_pixels: int = DEFAULT_MAX_PIXELS
 
 
 @dataclass
@@ -111,11 +108,6 @@ def _image_checks(ds: Any, limits: GateLimits) -> str | None:
     rows, cols = int(ds.get("Rows") or 0), int(ds.get("Columns") or 0)
     if min(rows, cols) < limits.min_side:
         return f"image size {cols}x{rows} is below {limits.min_side} pixels on a side"
-    if max(rows, cols) > limits.max_side or rows * cols > limits.max_pixels:
-        return (
-            f"image size {cols}x{rows} exceeds the limits ({limits.max_side} pixels on a side, "
-            f"{limits.max_pixels} pixels)"
-        )
     return None
 
 

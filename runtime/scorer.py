@@ -61,13 +61,12 @@ from ddad_edge.runtime.calibration import Calibration, load_calibration
 from ddad_edge.runtime.drift import ScoreWindow
 from ddad_edge.runtime.gate import (
     ARRAY_NOTE,
-    GateLimits,
     GateResult,
     check_dataset,
     check_file,
     population_age,
 )
-from ddad_edge.runtime.io import DEFAULT_MAX_PIXELS
+from ddad_edge.runtime.io import DEFAULT_MAX_PIXELS, ImageLoadError
 from ddad_edge.runtime.preprocess import IMAGE_SIZE, PreprocessError, check_input, preprocess
 from ddad_edge.runtime.scores import (
     SCORE_NAMES,
@@ -538,11 +537,7 @@ class Scorer:
             return GateResult(True, None, [ARRAY_NOTE])
         if not _is_path(item):
             return GateResult(True)  # not an image at all: loading reports the error
-        return check_file(item, age_years=self.age_years, limits=self._limits())
-
-    def _limits(self) -> GateLimits:
-        """The gate's size limits: the decoder's pixel budget (``max_pixels``)."""
-        return GateLimits() if self.max_pixels is None else GateLimits(max_pixels=self.max_pixels)
+        return check_file(item, age_years=self.age_years)
 
     def score(self, inputs: Sequence[Input] | Input, maps: bool = False) -> list[ScoreResult]:
         """Gate, load, infer and score inputs in chunks of ``max_batch``; one result per input,
@@ -583,11 +578,7 @@ class Scorer:
         import tempfile
 
         source = f"dicom:{ds.get('SOPInstanceUID', '?')}"
-        g = (
-            check_dataset(ds, age_years=self.age_years, limits=self._limits())
-            if self.gate
-            else GateResult(True)
-        )
+        g = check_dataset(ds, age_years=self.age_years) if self.gate else GateResult(True)
         if not g.accepted:
             return ScoreResult(source, reason=g.reason, notes=list(g.notes))
         with tempfile.TemporaryDirectory(prefix="ddad-dataset-") as tmp:
@@ -604,11 +595,11 @@ class Scorer:
         """Run the gate for one input and record its outcome; True when it is to be scored."""
         try:
             g = self.check(item) if gate else GateResult(True)
-        except Exception as e:  # noqa: BLE001 - per-item isolation
-            # an input the gate cannot read is an error; the loader words it as for any input
-            # (e.g. "not a file path"), the gate's reason stands when the loader would succeed
-            lb = self.load([item])
-            result.error = lb.errors[0][2] if lb.errors else item_error(e)
+        except ImageLoadError as e:
+            result.error = e.reason
+            return False
+        except Exception as e:  # noqa: BLE001 - per-item isolation (e.g. a failing PathLike)
+            result.error = item_error(e)
             return False
         result.notes = list(g.notes)
         result.reason = g.reason

@@ -76,9 +76,9 @@ def test_view_ap_and_missing_modality() -> None:
 
 
 def test_size_limits() -> None:
-    ds = header("CR-MONO1-10-chest")
-    assert not check_dataset(ds, limits=GateLimits(max_side=400)).accepted
-    assert check_dataset(ds, limits=GateLimits(max_side=440)).accepted
+    ds = header("CR-MONO1-10-chest")  # 440 x 440
+    assert "below 441 pixels" in check_dataset(ds, limits=GateLimits(min_side=441)).reason
+    assert check_dataset(ds, limits=GateLimits(min_side=440)).accepted
 
 
 def test_patient_age_against_population() -> None:
