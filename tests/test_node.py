@@ -358,6 +358,12 @@ def check_orthanc(orthanc: Orthanc, records: dict[str, dict], out: Path) -> None
 SENDERS, PER_SENDER = 8, 25
 
 
+def lost_responses(log: Path) -> int:
+    """Delivery tries whose C-STORE response never came (the store may have arrived)."""
+    events = [json.loads(line) for line in log.read_text().splitlines() if line.startswith("{")]
+    return sum(e["event"] == "send failed" and "no response" in e.get("reason", "") for e in events)
+
+
 def send_all(port: int, datasets: list[pydicom.Dataset], acked: set[str], lock) -> None:
     """Send datasets on one association; add the UIDs answered Success to ``acked``. Stops
     quietly when the association dies (the node was killed)."""
@@ -440,11 +446,11 @@ def test_burst_kill9_restart_destination_down_delivers_each_result_once(
             per_source[uid] = per_source.get(uid, 0) + 1
     assert set(per_source) == set(everything)  # nothing lost
     assert set(per_source.values()) == {1}, "one SR per source"
-    # By SOP Instance UID, each reported result arrived (a C-STORE whose response is lost is
-    # sent again under the same UID: a PACS keeps one instance; storescp +uf would show a
-    # second file, which this run must not need)
+    # By SOP Instance UID, each reported result arrived, once. A C-STORE whose response was lost
+    # is sent again under the same UID (a PACS keeps one instance; storescp +uf writes a second
+    # file): every extra file must be such a resend, logged by the node.
     reported = {res["sop_instance_uid"] for r in records.values() for res in r["results"]}
     assert {str(ds.SOPInstanceUID) for ds in delivered} == reported
-    assert len(delivered) == len(reported), "no result sent twice"
+    assert len(delivered) - len(reported) <= lost_responses(node.log)
     assert records[str(bad.SOPInstanceUID)]["status"] == "abstained"
     assert sum(r["status"] == "scored" for r in records.values()) == len(everything) - 1
