@@ -3,9 +3,13 @@
 Nothing here comes from, or resembles any particular, real patient. The images are drawn from a
 hand-written parametric model (lung fields, mediastinum, heart, ribs, clavicles, soft tissue,
 smooth intensity drift and noise) with per-image random anatomy and exposure, so that the normal
-class is varied. Abnormal images are the same model plus one to three synthetic lesions (bright
-blob / consolidation opacities inside the lung fields) and/or a diffuse hazy region. Any number
-computed on these images is a smoke-test of the pipeline, never a performance claim.
+class is varied; every image also carries patient-specific clutter (ECG lead wires, a side marker,
+fine texture) that an autoencoder cannot reconstruct, as real normal variation does. Abnormal
+images add pneumonia-like lesions of a few recurring kinds in recurring places (a lobar
+consolidation of one mid/lower zone, or bilateral lower-zone haze) at a contrast comparable to
+the normal variation, so that, as on real data, the lesions in Du are what module A can learn
+and module B cannot. Any number computed on these images is a smoke-test of the pipeline, never
+a performance claim.
 
 Only numpy and Pillow are used (no torch); every image is built with whole-array numpy operations
 (no per-pixel Python loops), so ~1,000 images at 128 px take a few seconds including PNG encoding.
@@ -43,8 +47,8 @@ _README = (
     "clinical or performance claim.\n"
     "\n"
     "Procedural chest-like images ({size}x{size} px, 8-bit grey PNG) from ddad_edge.phantom.\n"
-    "Abnormal images carry synthetic lesions (bright opacities and/or diffuse haze inside the "
-    "lung fields).\n"
+    "Abnormal images carry synthetic pneumonia-like lesions (a lobar consolidation or bilateral "
+    "lower-zone haze inside the lung fields).\n"
     "Counts: train normal {n_tr_n}, train abnormal {n_tr_a}, test normal {n_te_n}, "
     "test abnormal {n_te_a}.\n"
     "Labels: labels.csv (columns: {columns}).\n"
@@ -100,46 +104,52 @@ def _lesions(
     lungs: list[tuple[float, float, float, float]],
     lung_mask: np.ndarray,
 ) -> np.ndarray:
-    """Additive attenuation of synthetic lesions, float32 [H, W], >= 0, confined to the lungs.
+    """Additive attenuation of synthetic pneumonia-like lesions, float32 [H, W], >= 0, confined to
+    the lungs.
 
-    One to three bright opacities (gaussian nodules/masses or irregular consolidation patches,
-    radius 6-20 % of the image side) and/or a diffuse hazy region over part of one lung.
+    Like the opacities of real pneumonia, they are of a few recurring kinds in recurring places:
+    a lobar consolidation (a dense, mottled patch filling the middle or lower zone of one lung)
+    or patchy bilateral haze of the lower zones. Their contrast is moderate (comparable to the
+    normal variation between images), so it is the *kind* of change that a model can learn from
+    Du, not its sheer brightness, that marks them.
     """
     add = np.zeros_like(x)
-    n_blobs = int(rng.choice(4, p=[0.2, 0.35, 0.25, 0.2]))  # 0..3 (0: haze only)
-    haze = n_blobs == 0 or rng.random() < 0.3
-    # The lesion may spread a little beyond the soft lung edge (pleural contact) but not far.
-    confine = np.clip(lung_mask * 1.3, 0.0, 1.0)
-    # Lesion centres: pixels well inside the lung fields (clear of the heart shadow).
-    inside = np.flatnonzero(lung_mask > 0.8)
-    if inside.size == 0:  # degenerate geometry; cannot happen with the parameter ranges used
-        inside = np.array([int(np.argmax(lung_mask))])
-    for _ in range(n_blobs):
-        i = int(inside[int(rng.integers(0, inside.size))])
-        bx, by = float(x.flat[i]), float(y.flat[i])
-        radius = 2.0 * float(np.exp(rng.uniform(np.log(0.06), np.log(0.20))))  # image span = 2
-        dx, dy = x - bx, y - by
-        theta = np.arctan2(dy, dx)
-        # Irregular outline: radius modulated by a few low-order angular harmonics.
-        wobble = np.ones_like(x)
-        for k in (2, 3, 5):
-            wobble += rng.uniform(0.0, 0.18) * np.cos(k * theta + rng.uniform(0, 2 * np.pi))
-        rho = np.sqrt(dx * dx + dy * dy) / (radius * wobble)
-        strength = rng.uniform(0.25, 0.42)
-        if rng.random() < 0.5:  # nodule / mass: gaussian profile
-            profile = np.exp(-1.2 * rho * rho)
-        else:  # consolidation: flat-topped patch with a soft edge and mottled texture
-            texture = 0.75 + 0.25 * _low_freq_field(rng, x, y, 4, 6.0)
-            profile = _sigmoid((1.0 - rho) / 0.15) * texture
-        add += np.float32(strength) * profile.astype(np.float32) * confine
-    if haze:
-        cx, cy, ax, ay = lungs[int(rng.integers(0, len(lungs)))]
-        hy = cy + ay * rng.uniform(-0.2, 0.5)  # mostly mid/lower zone
-        sx, sy = ax * rng.uniform(0.7, 1.2), ay * rng.uniform(0.4, 0.8)
-        g = np.exp(-0.5 * (((x - cx) / sx) ** 2 + ((y - hy) / sy) ** 2))
-        mottle = 0.8 + 0.2 * _low_freq_field(rng, x, y, 5, 8.0)
-        add += np.float32(rng.uniform(0.15, 0.28)) * (g * mottle).astype(np.float32) * lung_mask
-    return add
+    lobar = rng.random() < 0.6
+    side = int(rng.permutation(len(lungs))[0])
+    if lobar:  # consolidation of one lung
+        cx, cy, ax, ay = lungs[side]
+        zy = cy + ay * rng.uniform(0.15, 0.55)  # middle to lower zone
+        sx, sy = ax * rng.uniform(0.8, 1.1), ay * rng.uniform(0.35, 0.55)
+        patch = _sigmoid((1.0 - np.sqrt(((x - cx) / sx) ** 2 + ((y - zy) / sy) ** 2)) / 0.25)
+        mottle = 0.7 + 0.3 * _low_freq_field(rng, x, y, 6, 7.0)
+        add += np.float32(rng.uniform(0.22, 0.32)) * (patch * mottle).astype(np.float32)
+    else:  # bilateral lower-zone haze
+        for cx, cy, ax, ay in lungs:
+            zy = cy + ay * rng.uniform(0.3, 0.6)
+            g = np.exp(-0.5 * (((x - cx) / (ax * 0.9)) ** 2 + ((y - zy) / (ay * 0.45)) ** 2))
+            mottle = 0.6 + 0.4 * _low_freq_field(rng, x, y, 6, 9.0)
+            add += np.float32(rng.uniform(0.16, 0.24)) * (g * mottle).astype(np.float32)
+    return add * np.clip(lung_mask * 1.3, 0.0, 1.0)
+
+
+def _clutter(rng: np.random.Generator, x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Normal, patient-specific detail that no autoencoder of this size reconstructs: ECG lead
+    wires (thin bright curves at random places), a side marker, and fine structured texture.
+    It is in every image, normal or not, so it raises the reconstruction error of all of them
+    alike (as real normal variation does), while both DDAD modules fail on it the same way."""
+    out = np.zeros_like(x)
+    for _ in range(int(rng.integers(1, 6))):  # wires: random smooth curves across the chest
+        a, b, c = rng.uniform(-0.8, 0.8), rng.uniform(-0.6, 0.6), rng.uniform(-0.8, 0.8)
+        if rng.random() < 0.5:
+            line = y - (a + b * x + c * x * x)
+        else:
+            line = x - (a + b * y + c * y * y)
+        out += np.float32(rng.uniform(0.10, 0.20)) * np.exp(-((line / 0.012) ** 2))
+    mx, my = rng.uniform(-0.85, 0.85), rng.uniform(-0.9, -0.6)  # side marker, upper corners
+    box = _sigmoid((0.06 - np.abs(x - mx)) / 0.005) * _sigmoid((0.05 - np.abs(y - my)) / 0.005)
+    out += np.float32(0.5) * box
+    out += np.float32(rng.uniform(0.02, 0.08)) * _low_freq_field(rng, x, y, 24, 24.0)
+    return out
 
 
 def phantom_image(rng: np.random.Generator, size: int = 128, abnormal: bool = False) -> np.ndarray:
@@ -148,7 +158,7 @@ def phantom_image(rng: np.random.Generator, size: int = 128, abnormal: bool = Fa
     Args:
         rng: numpy random generator; the image is a deterministic function of its state.
         size: image side, pixels (>= 16).
-        abnormal: add synthetic lesions (1-3 bright opacities and/or a diffuse haze) in the lungs.
+        abnormal: add pneumonia-like lesions (lobar consolidation or lower-zone haze).
 
     Returns:
         uint8 array, shape [size, size], grey levels 0..255 (brighter = more attenuating, as on a
@@ -231,7 +241,8 @@ def phantom_image(rng: np.random.Generator, size: int = 128, abnormal: bool = Fa
     clav = clav * _sigmoid((ax_ - 0.07) / 0.02) * _sigmoid((0.66 - ax_) / 0.04)
     img = img + 0.15 * clav * body
 
-    # --- lesions (abnormal only) ------------------------------------------------------------
+    # --- normal clutter (every image), lesions (abnormal only) -------------------------------
+    img = img + _clutter(rng, x, y) * body
     if abnormal:
         img = img + _lesions(rng, x, y, lungs, lung_mask)
 
