@@ -1,14 +1,10 @@
 """Graph variants with smaller weights, to move the batch-1 weight-read floor.
 
-- ``int8``: ``onnxruntime.quantization.quantize_dynamic`` quantises the weights of the graph's
-  large 2-D MatMuls (weights of at least ``INT8_MIN_ELEMENTS`` elements: the two big
-  bottleneck linears of each member, 1024x2048 and 2048x1024, 100 of the graph's 107.5 MB) to
-  QInt8 with one scale per output column (``per_channel=True``). The small MatMuls stay FP32:
-  the 16-d code layers and the MemAE memory (<1 MB in all) are where quantisation costs AUC
-  (benchmarks/README.md, decision log), and so are the decoder's pixel-interleave MatMuls
-  (permutation matrices, which only move data). Activations are quantised on the fly
-  (DynamicQuantizeLinear) and the products run as onnxruntime's integer MatMul kernels with
-  prepacked weights; convolutions stay FP32.
+- ``int8``: the bundle's ``int8`` precision, built by the export code (``export/int8.py``:
+  onnxruntime dynamic quantisation of the large bottleneck MatMuls' weights, per-column
+  scales; what it quantises and why is said there). Bundles exported with ``int8`` carry it as
+  ``dual_int8.onnx``, selectable as ``precision="int8"``; the variant rebuilds it from any
+  bundle's ``dual_fp32``.
 - ``fp16w``: every large float32 initializer stored as float16 and Cast back to float32 in the
   graph; compute stays FP32. Halves the file, but onnxruntime may constant-fold the Casts at
   session creation, in which case the weights in memory (and the floor) do not change: the
@@ -38,7 +34,6 @@ from ddad_edge.runtime.manifest import sealed
 
 VARIANTS: tuple[str, ...] = ("int8", "fp16w")
 FP16W_MIN_ELEMENTS = 1024
-INT8_MIN_ELEMENTS = 2**18  # 1 MiB of FP32 weights
 VARIANT_NOTES: dict[str, str] = {
     "int8": "quantize_dynamic QInt8 per-channel weights of the MatMuls >= 1 MiB; rest FP32",
     "fp16w": "float32 initializers >= 1024 elements stored as float16 + Cast; FP32 compute",
@@ -46,41 +41,11 @@ VARIANT_NOTES: dict[str, str] = {
 
 
 def make_int8(src: Path, dst: Path) -> Path:
-    """The ``int8`` variant of ONNX graph ``src`` at ``dst`` (see the module docstring)."""
-    import logging
+    """The ``int8`` graph of ONNX graph ``src`` (its external data beside it) at ``dst``, built
+    by the export code (``export.int8.quantize_int8``)."""
+    from ddad_edge.export.int8 import quantize_int8
 
-    from onnxruntime.quantization import QuantType, quantize_dynamic
-
-    from ddad_edge.benchmarks.flops import is_permutation_matmul, permutation_initializers
-
-    model = onnx.load(str(src))
-    perms = permutation_initializers(model)
-    sizes = {t.name: int(np.prod(t.dims)) for t in model.graph.initializer}
-    # The decoder's pixel-interleave MatMuls only reorder activations: quantising them would
-    # round every decoder activation to 8 bits (far outside the ΔAUC tolerance).
-    big = [
-        n.name
-        for n in model.graph.node
-        if n.op_type == "MatMul"
-        and not is_permutation_matmul(n, perms)
-        and any(sizes.get(i, 0) >= INT8_MIN_ELEMENTS for i in n.input)
-    ]
-    if not big:
-        raise ValueError(f"{src}: no MatMul with a weight of >= {INT8_MIN_ELEMENTS} elements")
-    root = logging.getLogger()
-    level = root.level
-    root.setLevel(logging.ERROR)  # quantize_dynamic logs a pre-processing hint on the root logger
-    try:
-        quantize_dynamic(
-            str(src),
-            str(dst),
-            op_types_to_quantize=["MatMul"],
-            weight_type=QuantType.QInt8,
-            per_channel=True,
-            nodes_to_quantize=big,
-        )
-    finally:
-        root.setLevel(level)
+    Path(dst).write_bytes(quantize_int8(onnx.load(str(src)).SerializeToString()))
     return Path(dst)
 
 
@@ -147,6 +112,9 @@ def make_variant_bundle(
             f"{bundle}: bundle has no {key} graph to derive the {variant} variant from"
         )
     graph_name = entry["file"]
+    own = manifest["graphs"].get(graph_key("dual", "int8"))
+    if variant == "int8" and graph_file is None and own is not None:
+        graph_file = bundle / own["file"]  # the bundle's own int8 graph (same export code)
     out_dir.mkdir(parents=True, exist_ok=True)
     if any(out_dir.iterdir()):
         raise FileExistsError(f"{out_dir}: not empty")

@@ -44,6 +44,10 @@ def export(
     fp16_module_graphs: Annotated[
         bool, typer.Option(help="Also write module_A_fp16.onnx and module_B_fp16.onnx.")
     ] = False,
+    int8: Annotated[
+        bool,
+        typer.Option(help="Also write dual_int8.onnx (8-bit bottleneck weights, gated like FP16)."),
+    ] = True,
     force: Annotated[
         bool, typer.Option(help="Replace an existing bundle at OUTPUT (after the gate passed).")
     ] = False,
@@ -61,9 +65,11 @@ def export(
     """Export a trained run as a bundle: fused ONNX graphs, golden vectors, manifest.
 
     Reads the run folder (checkpoints, config.json) and real images (the run's data, or --split /
-    --images). Writes OUTPUT/: dual_fp32.onnx, dual_fp16.onnx, module_{A,B}_fp32.onnx,
-    golden.npz, manifest.json. Every graph must first match the PyTorch FP32 reference on those
-    images (FP32: 1e-5 of each output's range; FP16: 2e-2); otherwise nothing is written.
+    --images). Writes OUTPUT/: dual_fp32.onnx, dual_fp16.onnx, dual_int8.onnx,
+    module_{A,B}_fp32.onnx, their weights (weights_fp32.bin, weights_fp16.bin: each weight once
+    per precision), golden.npz, manifest.json (and bundle.sig with --sign-key). Every graph must
+    first match the PyTorch FP32 reference on those images (FP32: 1e-5 of each output's range;
+    FP16 and INT8: 2e-2); otherwise nothing is written.
     """
     require_extra("export", "train", ("torch", "onnx"))
     from ddad_edge.export.bundle import ExportError, export_bundle
@@ -80,6 +86,7 @@ def export(
             n_golden=n_golden,
             module_graphs=module_graphs,
             fp16_module_graphs=fp16_module_graphs,
+            int8=int8,
             overwrite=force,
             allow_incomplete=allow_incomplete,
             sign_key=sign_key,
@@ -125,7 +132,9 @@ def verify(
             help="auto, ort (CUDA if available, else CPU), ort-cpu, ort-cuda, ort-trt or trt."
         ),
     ] = "ort",
-    precision: Annotated[str, typer.Option(help="fp32, fp16 or all.")] = "all",
+    precision: Annotated[
+        str, typer.Option(help="fp32, fp16, int8 or all (every precision the bundle has).")
+    ] = "all",
     graph: Annotated[str, typer.Option(help="dual or modules.")] = "dual",
     tolerance: Annotated[
         float | None,
@@ -146,16 +155,17 @@ def verify(
     or an error is past the tolerance.
     """
     from ddad_edge.runtime.backends import BackendUnavailable
-    from ddad_edge.runtime.bundle import BundleError, open_bundle
+    from ddad_edge.runtime.bundle import PRECISIONS, BundleError, graph_key, open_bundle
     from ddad_edge.runtime.scorer import Scorer, make_backends
 
-    precs = ["fp32", "fp16"] if precision == "all" else [precision]
-    if any(p not in ("fp32", "fp16") for p in precs):
-        fail(f"--precision must be fp32, fp16 or all, got {precision!r}")
+    if precision not in (*PRECISIONS, "all"):
+        fail(f"--precision must be {', '.join(PRECISIONS)} or all, got {precision!r}")
     try:
         b = open_bundle(bundle, verify=True, public_key=public_key)
     except BundleError as e:
         fail(e)
+    have = [p for p in PRECISIONS if graph_key("dual", p) in b.graphs()]
+    precs = have if precision == "all" else [precision]
     if public_key is not None:
         say(f"{bundle}: signature valid for {public_key}")
     say(f"{bundle}: manifest consistent; all {len(b.manifest['files'])} files match their sha256")
@@ -255,7 +265,7 @@ def score(
         ),
     ] = "auto",
     precision: Annotated[
-        str, typer.Option(help="auto (fp16 on GPU, fp32 on CPU), fp32 or fp16.")
+        str, typer.Option(help="auto (fp16 on GPU, fp32 on CPU), fp32, fp16 or int8.")
     ] = "auto",
     batch_size: Annotated[int, typer.Option(help="Images per inference call.")] = 64,
     workers: Annotated[

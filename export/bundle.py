@@ -12,9 +12,13 @@
    ``SCORE_TOLERANCE_FP32`` relative; FP16 graphs to ``TOLERANCES["fp16"]``, also checked under
    FP16-storage emulation (``fp16``);
 4. only then writes everything into a temporary sibling folder and renames it to ``out_dir``:
-   the ONNX files, ``golden.npz`` (the first ``n_golden`` parity images and the PyTorch FP32
+   the ONNX files, whose weights live in one shared file per precision (``weights_fp32.bin``,
+   ``weights_fp16.bin``: each weight stored once per precision, ``export.weights``; every
+   written graph is re-run from the folder and must give the gated outputs bit for bit),
+   ``golden.npz`` (the first ``n_golden`` parity images and the PyTorch FP32
    outputs and image scores for them) and ``manifest.json`` (provenance, contracts, hashes,
-   parity results). A failed gate raises :class:`ParityError` and leaves ``out_dir`` untouched.
+   parity results; ``export.manifest``), signed with ``sign_key`` when given. A failed gate
+   raises :class:`ParityError` and leaves ``out_dir`` untouched.
 """
 
 from __future__ import annotations
@@ -34,9 +38,16 @@ import numpy as np
 from ddad_edge import __version__
 from ddad_edge.export.fold import FoldedEnsemble, concat_members, fold_ensemble
 from ddad_edge.export.fp16 import emulate_fp16_storage
+from ddad_edge.export.int8 import quantize_int8
+from ddad_edge.export.manifest import (
+    INPUT_CONTRACT,
+    SCORE_DEFINITIONS,
+    build_manifest,
+    golden_section,
+    graph_entry,
+    parity_section,
+)
 from ddad_edge.export.onnx_graph import (
-    INPUT_NAME,
-    OPSET,
     OutputGroup,
     build_model,
     check,
@@ -53,17 +64,9 @@ from ddad_edge.export.parity import (
     run_onnx,
 )
 from ddad_edge.export.sources import ParityImages, parity_images
-from ddad_edge.runtime.bundle import (
-    FORMAT_VERSION,
-    GOLDEN,
-    MANIFEST,
-    TOLERANCES,
-    sha256_file,
-)
-from ddad_edge.runtime.manifest import sealed
-from ddad_edge.runtime.preprocess import IMAGE_SIZE
+from ddad_edge.export.weights import share_weights, weights_file
+from ddad_edge.runtime.bundle import GOLDEN, MANIFEST, TOLERANCES, sha256_file
 from ddad_edge.runtime.scores import (
-    SCORE_NAMES,
     STD_DEFINITION,
     dual_from_modules,
     maps_from_stats,
@@ -71,38 +74,7 @@ from ddad_edge.runtime.scores import (
 )
 from ddad_edge.runtime.signature import sign_bundle
 
-INPUT_CONTRACT: dict[str, Any] = {
-    "tensor": INPUT_NAME,
-    "dtype": "float32",
-    "layout": "NCHW",
-    "shape": ["N", 1, IMAGE_SIZE, IMAGE_SIZE],
-    "size": IMAGE_SIZE,
-    "colour": "grey; RGB converted to luma with ITU-R BT.601 weights (0.299, 0.587, 0.114)",
-    "resize": "bilinear (Pillow BILINEAR on float), to 64x64, aspect ratio not kept",
-    "range": "[0, 1] (uint8 / 255, uint16 / 65535), then (x - 0.5) / 0.5 -> [-1, 1]",
-    "dicom": (
-        "Modality LUT (sequence or rescale slope/intercept), then VOI LUT sequence or the first "
-        "Window Center/Width (LINEAR, LINEAR_EXACT, SIGMOID), scaled to [0, 1] against the fixed "
-        "output range of that step; MONOCHROME1 inverted against that range; a window that "
-        "excludes every pixel is ignored; first frame of multi-frame images"
-    ),
-    "implementation": (
-        "ddad_edge.runtime.preprocess / ddad_edge.runtime.io (numpy + Pillow + pydicom)"
-    ),
-}
-
-SCORE_DEFINITIONS: dict[str, Any] = {
-    "names": list(SCORE_NAMES),
-    "rec": "(x - mu_B)^2",
-    "intra": "std_B: population std across module B's K members (eq. 3)",
-    "inter": "|mu_A - mu_B|",
-    "aeu_refinement": (
-        "AE-U (eq. 5): var_B = mean over B's members of exp(logvar); rec / var_B, "
-        "intra / sqrt(var_B), inter / sqrt(var_B); module A's log-variance is not used"
-    ),
-    "image_score": "mean of the pixel map over its 64x64 pixels",
-    "computed_by": "ddad_edge.runtime.scores (numpy, float32), outside the graphs",
-}
+__all__ = ["INPUT_CONTRACT", "SCORE_DEFINITIONS", "ExportError", "ExportResult", "export_bundle"]
 
 
 class ExportError(RuntimeError):
@@ -177,6 +149,14 @@ def _reference(model_a: Any, model_b: Any, x: np.ndarray) -> dict[str, dict[str,
     return {"A": a, "B": b, "dual": dual_from_modules(a, b)}
 
 
+GATE_NOTES = {
+    "fp32": "",
+    "fp16": "onnxruntime CPU: float16 weights, float32 arithmetic (no x86 FP16 kernels; "
+    "InsertCastTransformer)",
+    "int8": "onnxruntime CPU: int8 bottleneck weights, integer MatMul kernels",
+}
+
+
 def _gate(
     graphs: list[_Graph], x: np.ndarray, ref: dict[str, dict[str, np.ndarray]]
 ) -> list[ParityResult]:
@@ -187,14 +167,7 @@ def _gate(
         dual_x = x if fam == "dual" else None
         stol = SCORE_TOLERANCE_FP32 if (fam == "dual" and g.precision == "fp32") else None
         got, secs = run_onnx(g.model_bytes, x)
-        note = (
-            ""
-            if g.precision == "fp32"
-            else (
-                "onnxruntime CPU: float16 weights, float32 arithmetic (no x86 FP16 kernels; "
-                "InsertCastTransformer)"
-            )
-        )
+        note = GATE_NOTES[g.precision]
         results.append(
             compare(
                 g.key,
@@ -251,6 +224,141 @@ def _write_atomic_dir(tmp: Path, out: Path, overwrite: bool) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
+@dataclass
+class _Run:
+    """A trained run, loaded: its folder, config.json, both modules (eval mode), kind, K and
+    the epochs each module trained."""
+
+    folder: Path
+    config: dict[str, Any]
+    model_a: Any
+    model_b: Any
+    kind: str
+    k: int
+    epochs: dict[str, int]
+
+
+def _check_request(out: Path, overwrite: bool, n_parity: int, n_golden: int, sign_key: Any) -> None:
+    if out.exists() and not overwrite and not (out.is_dir() and not any(out.iterdir())):
+        raise ExportError(f"{out} exists and is not empty; choose another -o or pass --force")
+    if n_golden < 1 or n_parity < n_golden:
+        raise ExportError("need 1 <= n_golden <= n_parity")
+    if sign_key is not None and not Path(sign_key).is_file():
+        raise ExportError(f"{sign_key}: signing key file not found")
+
+
+def _load_run(run_dir: Path, allow_incomplete: bool) -> _Run:
+    """Both modules of a run folder (checkpoints read as data only)."""
+    from ddad_edge.checkpoint import load_checkpoint, load_module, read_config
+
+    try:
+        config = read_config(run_dir)
+        model_a = load_module(run_dir, "A", require_complete=not allow_incomplete)
+        model_b = load_module(run_dir, "B", require_complete=not allow_incomplete)
+        epochs = {m: int(load_checkpoint(run_dir, m)["epoch"]) for m in ("A", "B")}
+    except (FileNotFoundError, RuntimeError, KeyError) as e:
+        raise ExportError(str(e)) from e
+    if (model_a.kind, model_a.k) != (model_b.kind, model_b.k):
+        raise ExportError(f"{run_dir}: modules A and B differ in kind or K")
+    return _Run(run_dir, config, model_a, model_b, model_a.kind, model_a.k, epochs)
+
+
+def _graph_metadata(run: _Run, created: str) -> dict[str, str]:
+    """ONNX metadata_props every graph carries (provenance and contracts)."""
+    return {
+        "ddad.toolkit_version": __version__,
+        "ddad.model_kind": run.kind,
+        "ddad.k": str(run.k),
+        "ddad.std_definition": STD_DEFINITION,
+        "ddad.input_contract": json.dumps(INPUT_CONTRACT, sort_keys=True),
+        "ddad.score_definitions": json.dumps(SCORE_DEFINITIONS, sort_keys=True),
+        "ddad.split_sha256": str(run.config.get("split_sha256", "")),
+        "ddad.training_config": json.dumps(run.config.get("train", {}), sort_keys=True),
+        "ddad.created_utc": created,
+    }
+
+
+def _int8_graph(fp32: _Graph) -> _Graph:
+    """The int8 graph of an FP32 graph (``export.int8``)."""
+    import onnx
+
+    data = quantize_int8(fp32.model_bytes)
+    key = f"{fp32.graph}_int8"
+    ops = op_counts(onnx.load_from_string(data))
+    return _Graph(key, f"{key}.onnx", fp32.graph, "int8", fp32.groups, data, ops)
+
+
+def _build_graphs(
+    run: _Run,
+    meta: dict[str, str],
+    module_graphs: bool,
+    fp16_module_graphs: bool,
+    int8: bool,
+) -> list[_Graph]:
+    """dual_fp32, dual_fp16 (and dual_int8), then the module graphs asked for (inline
+    weights)."""
+    fa, fb = fold_ensemble(run.model_a), fold_ensemble(run.model_b)
+    dual = concat_members(fa, fb)
+    k = run.k
+    graphs = [_build(f"dual_{p}", dual, dual_groups(k), p, meta) for p in ("fp32", "fp16")]
+    if int8:
+        graphs.append(_int8_graph(graphs[0]))
+    precs = (["fp32"] if module_graphs else []) + (["fp16"] if fp16_module_graphs else [])
+    for name, f in (("A", fa), ("B", fb)):
+        for p in precs:
+            graphs.append(_build(f"module_{name}_{p}", f, module_groups(k), p, meta))
+    return graphs
+
+
+def _golden_arrays(
+    imgs: ParityImages, ref: dict[str, dict[str, np.ndarray]], n: int, kind: str
+) -> dict[str, np.ndarray]:
+    """golden.npz: the first n parity images x, the PyTorch FP32 dual outputs for them (and
+    module A's var for AE-U), their image scores ``score_<name>`` and ``sources``."""
+    golden = {"x": imgs.x[:n]}
+    golden.update({name: v[:n] for name, v in ref["dual"].items()})
+    if kind == "aeu":
+        golden["var_a"] = ref["A"]["var"][:n]
+    for name, s in scores_from_stats(
+        imgs.x[:n], {k: v[:n] for k, v in ref["dual"].items()}
+    ).items():
+        golden[f"score_{name}"] = s
+    golden["sources"] = np.asarray(imgs.sources[:n], dtype=str)
+    return golden
+
+
+STORAGE = {"fp32": "fp32", "fp16": "fp16", "int8": "fp32"}
+"""Weights file of each precision: the int8 graph keeps its unquantised tensors (convolutions,
+small MatMuls) in FP32, the same bytes as the FP32 graph's, so it shares the FP32 file."""
+
+
+def _write_graphs(folder: Path, graphs: list[_Graph]) -> dict[str, list[str]]:
+    """Write the graphs with one shared weights file per storage precision
+    (``export.weights``); returns {graph key: [external-data files it reads]}."""
+    external: dict[str, list[str]] = {}
+    for prec in sorted({STORAGE[g.precision] for g in graphs}):
+        same = [g for g in graphs if STORAGE[g.precision] == prec]
+        dual = next(g for g in same if g.graph == "dual" and g.precision == prec)
+        rest = {g.key: g.model_bytes for g in same if g is not dual}
+        location = weights_file(prec)
+        dual_bytes, rest_bytes, blob, _ = share_weights(dual.model_bytes, rest, location)
+        (folder / location).write_bytes(blob)
+        for g in same:
+            (folder / g.file).write_bytes(dual_bytes if g is dual else rest_bytes[g.key])
+            external[g.key] = [location]
+    return external
+
+
+def _check_written(folder: Path, graphs: list[_Graph], x: np.ndarray) -> None:
+    """Each written graph, loaded from the folder (shared weights), gives bit for bit the
+    outputs of the graph the gate passed."""
+    for g in graphs:
+        want, _ = run_onnx(g.model_bytes, x)
+        got, _ = run_onnx(str(folder / g.file), x)
+        if any(not np.array_equal(want[n], got[n]) for n in want):
+            raise ExportError(f"{g.file}: the written graph differs from the gated one")
+
+
 def export_bundle(
     run_dir: str | os.PathLike[str],
     out_dir: str | os.PathLike[str],
@@ -261,6 +369,7 @@ def export_bundle(
     n_golden: int = 8,
     module_graphs: bool = True,
     fp16_module_graphs: bool = False,
+    int8: bool = True,
     overwrite: bool = False,
     allow_incomplete: bool = False,
     sign_key: str | os.PathLike[str] | None = None,
@@ -274,6 +383,7 @@ def export_bundle(
         n_parity: images in the parity gate; n_golden: how many of them go into golden.npz.
         module_graphs: also write module_A_fp32.onnx / module_B_fp32.onnx.
         fp16_module_graphs: also write module_A_fp16.onnx / module_B_fp16.onnx.
+        int8: also write dual_int8.onnx (``export.int8``), gated like FP16.
         overwrite: replace an existing bundle at out_dir (only after the gate passed).
         allow_incomplete: export a run whose training has not reached its last epoch.
         sign_key: PEM elliptic-curve private key: sign the bundle (``bundle.sig``, OpenSSF
@@ -286,166 +396,50 @@ def export_bundle(
         ExportError: unusable run folder or output folder, no parity images.
         ParityError: a graph failed the gate (nothing is written).
     """
-    from ddad_edge.checkpoint import load_checkpoint, load_module, read_config
     from ddad_edge.export.sources import SourceError
 
     t_start = time.perf_counter()
-    run_dir, out = Path(run_dir), Path(out_dir)
-    if out.exists() and not overwrite and not (out.is_dir() and not any(out.iterdir())):
-        raise ExportError(f"{out} exists and is not empty; choose another -o or pass --force")
-    if n_golden < 1 or n_parity < n_golden:
-        raise ExportError("need 1 <= n_golden <= n_parity")
-    if sign_key is not None and not Path(sign_key).is_file():
-        raise ExportError(f"{sign_key}: signing key file not found")
+    out = Path(out_dir)
+    _check_request(out, overwrite, n_parity, n_golden, sign_key)
+    run = _load_run(Path(run_dir), allow_incomplete)
     try:
-        config = read_config(run_dir)
-        model_a = load_module(run_dir, "A", require_complete=not allow_incomplete)
-        model_b = load_module(run_dir, "B", require_complete=not allow_incomplete)
-        epochs = {m: int(load_checkpoint(run_dir, m)["epoch"]) for m in ("A", "B")}
-    except (FileNotFoundError, RuntimeError, KeyError) as e:
-        raise ExportError(str(e)) from e
-    if (model_a.kind, model_a.k) != (model_b.kind, model_b.k):
-        raise ExportError(f"{run_dir}: modules A and B differ in kind or K")
-    kind, k = model_a.kind, model_a.k
-    try:
-        imgs: ParityImages = parity_images(config, n_parity, images=images, split=split)
+        imgs: ParityImages = parity_images(run.config, n_parity, images=images, split=split)
     except SourceError as e:
         raise ExportError(str(e)) from e
-
-    import onnx
-    import onnxruntime
-    import torch
-
     created = _utc_now()
-    meta = {
-        "ddad.toolkit_version": __version__,
-        "ddad.model_kind": kind,
-        "ddad.k": str(k),
-        "ddad.std_definition": STD_DEFINITION,
-        "ddad.input_contract": json.dumps(INPUT_CONTRACT, sort_keys=True),
-        "ddad.score_definitions": json.dumps(SCORE_DEFINITIONS, sort_keys=True),
-        "ddad.split_sha256": str(config.get("split_sha256", "")),
-        "ddad.training_config": json.dumps(config.get("train", {}), sort_keys=True),
-        "ddad.created_utc": created,
-    }
-
-    fa, fb = fold_ensemble(model_a), fold_ensemble(model_b)
-    dual = concat_members(fa, fb)
-    graphs = [
-        _build("dual_fp32", dual, dual_groups(k), "fp32", meta),
-        _build("dual_fp16", dual, dual_groups(k), "fp16", meta),
-    ]
-    precs = ["fp32"] + (["fp16"] if fp16_module_graphs else [])
-    if module_graphs or fp16_module_graphs:
-        for name, f in (("A", fa), ("B", fb)):
-            for p in precs if module_graphs else ["fp16"]:
-                graphs.append(_build(f"module_{name}_{p}", f, module_groups(k), p, meta))
-
-    ref = _reference(model_a, model_b, imgs.x)
+    meta = _graph_metadata(run, created)
+    graphs = _build_graphs(run, meta, module_graphs, fp16_module_graphs, int8)
+    ref = _reference(run.model_a, run.model_b, imgs.x)
     results = _gate(graphs, imgs.x, ref)
     if not all(r.passed for r in results):
         raise ParityError(
             f"export of {run_dir} failed the parity gate on {len(imgs.x)} images "
             f"({imgs.origin}); nothing written:\n{format_table(results)}"
         )
-
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.tmp-{secrets.token_hex(4)}")
     tmp.mkdir()
     try:
-        for g in graphs:
-            (tmp / g.file).write_bytes(g.model_bytes)
+        external = _write_graphs(tmp, graphs)
         ng = min(n_golden, len(imgs.x))
-        golden = {"x": imgs.x[:ng]}
-        golden.update({k2: v[:ng] for k2, v in ref["dual"].items()})
-        if kind == "aeu":
-            golden["var_a"] = ref["A"]["var"][:ng]
-        ref_dual = {k2: v[:ng] for k2, v in ref["dual"].items()}
-        for n, s in scores_from_stats(imgs.x[:ng], ref_dual).items():
-            golden[f"score_{n}"] = s
-        golden["sources"] = np.asarray(imgs.sources[:ng], dtype=str)
+        _check_written(tmp, graphs, imgs.x[:ng])
+        golden = _golden_arrays(imgs, ref, ng, run.kind)
         with open(tmp / GOLDEN, "wb") as f:
             np.savez(f, **golden)
         files = {
             p.name: {"sha256": sha256_file(p), "bytes": p.stat().st_size}
             for p in sorted(tmp.iterdir())
         }
-        manifest = {
-            "format_version": FORMAT_VERSION,
-            "toolkit": {
-                "name": "ddad-edge",
-                "version": __version__,
-                "onnx": onnx.__version__,
-                "onnxruntime": onnxruntime.__version__,
-                "torch": torch.__version__,
-                "opset": OPSET,
-            },
-            "created_utc": created,
-            "model": {
-                "kind": kind,
-                "k": k,
-                "members_in_dual_graph": 2 * k,
-                "epochs_trained": epochs,
-                "source_run": str(run_dir.resolve()),
-                "batchnorm": "folded into the preceding conv / linear (eval-mode statistics)",
-            },
-            "input_contract": INPUT_CONTRACT,
-            "scores": SCORE_DEFINITIONS,
-            "std_definition": STD_DEFINITION,
-            "split_sha256": config.get("split_sha256"),
-            "training_config": config.get("train", {}),
-            "run_config": config,
-            "graphs": {
-                g.key: {
-                    "file": g.file,
-                    "graph": g.graph,
-                    "precision": g.precision,
-                    "compute": "float16 weights and activations; reductions, sqrt, exp and "
-                    "MemAE softmax in float32"
-                    if g.precision == "fp16"
-                    else "float32",
-                    "inputs": {
-                        INPUT_NAME: {"dtype": "float32", "shape": ["N", 1, IMAGE_SIZE, IMAGE_SIZE]}
-                    },
-                    "outputs": {
-                        n: {"dtype": "float32", "shape": ["N", 1, IMAGE_SIZE, IMAGE_SIZE]}
-                        for grp in g.groups
-                        for n in grp.names(kind)
-                    },
-                    "members": 2 * k if g.graph == "dual" else k,
-                    "ops": g.ops,
-                    "bytes": len(g.model_bytes),
-                    "sha256": files[g.file]["sha256"],
-                }
-                for g in graphs
-            },
-            "golden": {
-                "file": GOLDEN,
-                "n": ng,
-                "sources": imgs.sources[:ng],
-                "arrays": sorted(golden),
-                "reference": "PyTorch FP32 (ddad_edge.reference, eval mode)",
-            },
-            "parity": {
-                "images": {
-                    "origin": imgs.origin,
-                    "synthetic": imgs.synthetic,
-                    "n": int(len(imgs.x)),
-                    "sources": imgs.sources,
-                    "skipped": [{"path": p, "reason": r} for p, r in imgs.skipped],
-                },
-                "tolerances": {
-                    "output_rel_range": TOLERANCES,
-                    "image_score_rel_fp32": SCORE_TOLERANCE_FP32,
-                },
-                "backend": f"onnxruntime {onnxruntime.__version__} CPUExecutionProvider",
-                "results": [r.to_json() for r in results],
-            },
-            "display": {"heatmap_vmax": _display_vmax(imgs.x, ref["dual"])},
-            "export_seconds": round(time.perf_counter() - t_start, 2),
-            "files": files,
-        }
-        manifest = sealed(manifest)
+        manifest = build_manifest(
+            run=run,
+            created=created,
+            graphs={g.key: graph_entry(g, run.kind, run.k, files, external[g.key]) for g in graphs},
+            golden=golden_section(ng, imgs.sources[:ng], list(golden)),
+            parity=parity_section(imgs, results),
+            display={"heatmap_vmax": _display_vmax(imgs.x, ref["dual"])},
+            files=files,
+            seconds=time.perf_counter() - t_start,
+        )
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1))
         if sign_key is not None:
             sign_bundle(tmp, sign_key)

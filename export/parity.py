@@ -63,12 +63,13 @@ class ParityResult:
 
 
 def run_onnx(
-    model_bytes: bytes, x: np.ndarray, *, optimize: bool = True, threads: int | None = None
+    model_bytes: bytes | str, x: np.ndarray, *, optimize: bool = True, threads: int | None = None
 ) -> tuple[dict[str, np.ndarray], float]:
     """Run a serialized ONNX model on onnxruntime's CPU provider.
 
     Args:
-        model_bytes: the serialized model.
+        model_bytes: the serialized model, or the path of a model file (its external data
+            beside it).
         x: float32 [N, 1, 64, 64].
         optimize: graph optimisation level ALL (True) or disabled (False; needed by the FP16
             storage emulation, whose rounding casts must survive).

@@ -26,7 +26,7 @@ SIGNATURE = "bundle.sig"
 ENGINES_DIR = "engines"
 FORMAT_VERSION = 2
 GRAPHS = ("dual", "module_A", "module_B")
-PRECISIONS = ("fp32", "fp16")
+PRECISIONS = ("fp32", "fp16", "int8")
 MODEL_KINDS = ("ae", "memae", "aeu")
 NOT_LISTED = (MANIFEST, SIGNATURE, ENGINES_DIR)
 """Bundle entries ``files`` does not list (the manifest cannot hash itself; the signature

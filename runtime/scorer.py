@@ -192,7 +192,7 @@ def make_backends(
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {', '.join(BACKENDS)}; got {backend!r}")
     if precision not in (*PRECISIONS, "auto"):
-        raise ValueError(f"precision must be fp32, fp16 or auto; got {precision!r}")
+        raise ValueError(f"precision must be {', '.join(PRECISIONS)} or auto; got {precision!r}")
     if graph not in GRAPH_MODES:
         raise ValueError(f"graph must be one of {', '.join(GRAPH_MODES)}; got {graph!r}")
     graphs = ["dual"] if graph == "dual" else ["module_A", "module_B"]
@@ -349,7 +349,8 @@ class Scorer:
             bundle_dir: folder written by ``ddad-edge export``.
             backend: "auto" (trt > ort-cuda > ort-cpu), "trt", "ort-trt", "ort-cuda", "ort-cpu"
                 or "ort".
-            precision: "fp32", "fp16" or "auto" (fp16 on GPU backends, fp32 on CPU).
+            precision: "fp32", "fp16", "int8" (8-bit bottleneck weights, onnxruntime only) or
+                "auto" (fp16 on GPU backends, fp32 on CPU).
             graph: "dual" (one graph, default) or "modules" (module_A + module_B graphs).
             max_batch: inputs per inference call (and per loading chunk in :meth:`score`).
             workers: threads decoding image files (default: physical cores).

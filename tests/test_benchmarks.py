@@ -597,7 +597,7 @@ def test_int8_variant_keeps_the_pixel_interleave_in_float(
     assert len(interleave) == 3 and all(ops[n] == "MatMul" for n in interleave)
     assert any(t in ("MatMulInteger", "DynamicQuantizeMatMul") for t in ops.values())
     # only the big bottleneck weights are quantised; the 16-d code layers stay FP32 MatMuls
-    from ddad_edge.benchmarks.variants import INT8_MIN_ELEMENTS
+    from ddad_edge.export.int8 import INT8_MIN_ELEMENTS
 
     k = int({p.key: p.value for p in onnx.load(str(src)).metadata_props}["ddad.k"])
     sizes = {t.name: int(np.prod(t.dims)) for t in model.graph.initializer}
@@ -607,7 +607,7 @@ def test_int8_variant_keeps_the_pixel_interleave_in_float(
     assert fp32_weights and all(sizes[w] < INT8_MIN_ELEMENTS for w in fp32_weights)
     assert sum(w.startswith(("fc2.", "fc3.")) for w in fp32_weights) == 2 * 2 * k
     x = np.random.default_rng(0).uniform(-1, 1, (2, 1, 64, 64)).astype(np.float32)
-    ref, _ = run_onnx(src.read_bytes(), x)
+    ref, _ = run_onnx(str(src), x)
     got, _ = run_onnx(dst.read_bytes(), x)
     for k in ref:  # 8-bit weights of the bottleneck only: a few % of each output's range
         rng_ = float(ref[k].max() - ref[k].min())

@@ -52,7 +52,15 @@ def cli_bundle(tmp_path_factory: pytest.TempPathFactory, trained_run: Path) -> P
 
 def test_export_writes_bundle_and_refuses_to_overwrite(cli_bundle: Path, trained_run: Path) -> None:
     names = sorted(p.name for p in cli_bundle.iterdir())
-    assert names == ["dual_fp16.onnx", "dual_fp32.onnx", "golden.npz", "manifest.json"]
+    assert names == [
+        "dual_fp16.onnx",
+        "dual_fp32.onnx",
+        "dual_int8.onnx",
+        "golden.npz",
+        "manifest.json",
+        "weights_fp16.bin",
+        "weights_fp32.bin",
+    ]
     res = runner.invoke(app, ["export", "--ckpt", str(trained_run), "-o", str(cli_bundle)])
     assert "not empty" in one_line_error(res)
     res = runner.invoke(

@@ -193,7 +193,8 @@ def test_export_bundle_with_parity(
     b = open_bundle(out)  # every file matches its hash
     m = b.manifest
     assert b.kind == kind and b.k == K
-    names = {"dual_fp32.onnx", "dual_fp16.onnx", "golden.npz"}
+    names = {"dual_fp32.onnx", "dual_fp16.onnx", "dual_int8.onnx", "golden.npz"}
+    names |= {"weights_fp32.bin", "weights_fp16.bin"}
     if kind == "ae":
         names |= {"module_A_fp32.onnx", "module_B_fp32.onnx"}
     assert set(m["files"]) == names
@@ -210,7 +211,13 @@ def test_export_bundle_with_parity(
     results = {r["graph"]: r for r in m["parity"]["results"]}
     assert all(r["passed"] for r in results.values())
     fp32 = [f[:-5] for f in names if f.endswith("fp32.onnx")]
-    assert set(results) == {*fp32, "dual_fp16", "dual_fp16 (fp16 storage emulation)"}
+    assert set(results) == {
+        *fp32,
+        "dual_fp16",
+        "dual_fp16 (fp16 storage emulation)",
+        "dual_int8",
+    }
+    assert max(e["rel"] for e in results["dual_int8"]["errors"].values()) <= TOLERANCES["int8"]
     for key in fp32:
         assert max(e["rel"] for e in results[key]["errors"].values()) <= 1e-5
     assert max(results["dual_fp32"]["score_errors"].values()) <= 1e-6
@@ -229,12 +236,37 @@ def test_export_bundle_with_parity(
     assert json.loads(meta["ddad.input_contract"])["size"] == 64
 
 
+def test_bundle_stores_each_weight_once_per_precision(bundle: Path) -> None:
+    """Module graphs read their weights from the dual graph's bytes in the shared file; the
+    bundle holds at most 1.1x the distinct weight bytes of its precisions."""
+    distinct: set[bytes] = set()
+    for key in ("dual_fp32", "dual_fp16", "dual_int8"):
+        model = onnx.load(str(bundle / f"{key}.onnx"))  # external data loaded
+        distinct |= {onnx.numpy_helper.to_array(t).tobytes() for t in model.graph.initializer}
+    weights = sum(len(b) for b in distinct)
+    total = sum(p.stat().st_size for p in bundle.iterdir())
+    assert total <= 1.1 * weights, (total, weights)
+    for key in ("module_A_fp32", "module_B_fp32"):
+        path = bundle / f"{key}.onnx"
+        assert path.stat().st_size < 100_000  # the graph only: its weights are shared
+        locations = {
+            e.value
+            for t in onnx.load(str(path), load_external_data=False).graph.initializer
+            for e in t.external_data
+            if e.key == "location"
+        }
+        assert locations == {"weights_fp32.bin"}
+        assert open_bundle(bundle).graph("module_A", "fp32")["external_data"] == [
+            "weights_fp32.bin"
+        ]
+
+
 def test_export_gate_failure_writes_nothing(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, trained_run: Path
 ) -> None:
     import ddad_edge.export.bundle as eb
 
-    monkeypatch.setattr(eb, "TOLERANCES", {"fp32": 1e-12, "fp16": 1e-12})
+    monkeypatch.setattr(eb, "TOLERANCES", {"fp32": 1e-12, "fp16": 1e-12, "int8": 1e-12})
     out = tmp_path / "bundle"
     with pytest.raises(ParityError, match="nothing written"):
         export_bundle(trained_run, out, n_parity=4, n_golden=2, module_graphs=False)
@@ -275,7 +307,7 @@ def test_full_test_split_fp32_scores_and_fp16_auc(
     def scores(stats: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         return image_scores(score_maps(x, stats["mean_a"], stats["mean_b"], stats["std_b"]))
 
-    fp32, _ = run_onnx((bundle / "dual_fp32.onnx").read_bytes(), x)
+    fp32, _ = run_onnx(str(bundle / "dual_fp32.onnx"), x)
     # FP16 as a GPU computes it (FP16 storage of weights and activations), emulated on CPU; the
     # plain onnxruntime-CPU run of the FP16 graph (FP16 weights only) is checked by the gate.
     fp16_model = onnx.load(str(bundle / "dual_fp16.onnx"))

@@ -89,6 +89,12 @@ def test_tampered_file_without_rehash_is_refused(bundle: Path, tmp_path: Path) -
         open_bundle(b)
     with pytest.raises(BundleError, match="dual_fp16.onnx"):
         Scorer.from_bundle(b, backend="ort-cpu")
+    # the shared weights file is hashed like the graphs (a tampered weight changed scores)
+    data = bytearray((b / "weights_fp32.bin").read_bytes())
+    data[len(data) // 2] ^= 0x40
+    (b / "weights_fp32.bin").write_bytes(bytes(data))
+    with pytest.raises(BundleError, match=r"weights_fp32\.bin: sha256 does not match"):
+        open_bundle(b, verify=["module_A_fp32.onnx", "weights_fp32.bin"])
     (b / "golden.npz").write_bytes(b"short")
     with pytest.raises(BundleError, match=r"golden\.npz: size"):
         open_bundle(b, verify=["golden.npz"])
