@@ -23,7 +23,9 @@ from ddad_edge.runtime.fileio import atomic_write
 MODULES = ("A", "B")
 MAX_K = 64
 """Largest K a checkpoint may declare (bounds what a foreign file can make us allocate)."""
-CHECKPOINT_KEYS = ("kind", "k", "epoch", "epochs", "model", "optimizer", "history")
+CHECKPOINT_KEYS = ("kind", "k", "epoch", "epochs", "model")
+RESUME_KEYS = ("optimizer", "history", "epoch_seconds")
+"""What a resume needs beyond the model (training state)."""
 
 
 class CheckpointError(RuntimeError):

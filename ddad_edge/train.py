@@ -19,6 +19,7 @@ import torch
 
 from ddad_edge import __version__
 from ddad_edge.checkpoint import (
+    RESUME_KEYS,
     CheckpointError,
     atomic_torch_save,
     ensemble_from,
@@ -128,6 +129,9 @@ def train_module(
     """
     if resume and ckpt.is_file():
         state = load_checkpoint(ckpt.parent, module)
+        missing = [key for key in RESUME_KEYS if key not in state]
+        if missing:
+            raise CheckpointError(f"{ckpt}: cannot resume: no {', '.join(missing)} in it")
         model = ensemble_from(state, ckpt)
         opt = make_optimizer(model, cfg)
         try:
