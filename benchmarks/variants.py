@@ -29,6 +29,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from ddad_edge.export.weights import link_or_copy
 from ddad_edge.runtime.bundle import MANIFEST, graph_key, read_manifest, sha256_file
 from ddad_edge.runtime.manifest import sealed
 
@@ -88,14 +89,6 @@ def make_variant_graph(variant: str, src: Path, dst: Path) -> Path:
     raise ValueError(f"unknown variant {variant!r}; choose from {', '.join(VARIANTS)}")
 
 
-def _link_or_copy(src: Path, dst: Path) -> None:
-    """Hard link (a symlink would lead out of the variant bundle, which bundles refuse)."""
-    try:
-        os.link(src.resolve(), dst)
-    except OSError:
-        shutil.copy2(src, dst)
-
-
 def make_variant_bundle(
     bundle: Path, variant: str, out_dir: Path, graph_file: Path | None = None
 ) -> Path:
@@ -120,7 +113,7 @@ def make_variant_bundle(
         raise FileExistsError(f"{out_dir}: not empty")
     for item in bundle.iterdir():
         if item.name not in (MANIFEST, graph_name):
-            _link_or_copy(item, out_dir / item.name)
+            link_or_copy(item.resolve(), out_dir / item.name)
     fd, tmp = tempfile.mkstemp(dir=out_dir, suffix=".onnx")
     os.close(fd)
     if graph_file is not None:

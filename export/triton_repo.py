@@ -17,7 +17,9 @@ Layout (model names are fixed so that clients and BLS calls can rely on them)::
 the preprocessed batch to one of the graph models by a BLS call instead (see
 ``runtime/triton_model.py`` for why in-process is the default).
 
-Files are hard links to the bundle's when the file system allows it, copies otherwise.
+Files are hard links to the bundle's when the file system allows it, copies otherwise; the
+shared weights files are always copied (``export.weights.link_or_copy`` says why), and each
+ONNX model gets the weights file its graph reads beside its ``model.onnx``.
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ from ddad_edge.export.triton_config import (
     to_pbtxt,
     validate_config,
 )
+from ddad_edge.export.weights import link_or_copy
 from ddad_edge.runtime.bundle import ENGINES_DIR, open_bundle, slugify
 from ddad_edge.runtime.triton_protocol import (
     ERROR_OUTPUT,
@@ -79,14 +82,6 @@ class RepoResult:
 
     root: Path
     models: list[RepoModel] = field(default_factory=list)
-
-
-def _link_or_copy(src: Path, dst: Path) -> None:
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        os.link(src, dst)
-    except OSError:
-        shutil.copy2(src, dst)
 
 
 def _write_config(model_dir: Path, config: dict[str, Any]) -> Path:
@@ -240,14 +235,16 @@ def _write_graph_models(
             continue
         src = bundle.graph_path("dual", precision)
         d = root / name
-        _link_or_copy(src, d / "1" / "model.onnx")
+        link_or_copy(src, d / "1" / "model.onnx")
+        for data in bundle.graph("dual", precision).get("external_data", []):
+            link_or_copy(bundle.root / data, d / "1" / data)  # weights beside the graph
         cfg = graph_model_config(name, "onnxruntime_onnx", kind, src, max_batch, queue_delay_us)
         _write_config(d, cfg)
         models.append(RepoModel(name, "onnxruntime_onnx", d, d / "1" / "model.onnx"))
     for plan, info in _engines(bundle.root):
         name = "ddad_trt_" + slugify(plan.stem).replace("-", "_").replace(".", "_")
         d = root / name
-        _link_or_copy(plan, d / "1" / "model.plan")
+        link_or_copy(plan, d / "1" / "model.plan")
         onnx_src = bundle.root / info.get("onnx_file", "dual_fp16.onnx")
         engine_batch = int(info["profile"]["max"][0])
         cfg = graph_model_config(
@@ -266,7 +263,7 @@ def _write_score_model(
     version = model_dir / "1"
     for f in bundle_root.rglob("*"):
         if f.is_file() and ENGINES_DIR not in f.relative_to(bundle_root).parts:
-            _link_or_copy(f, version / "bundle" / f.relative_to(bundle_root))
+            link_or_copy(f, version / "bundle" / f.relative_to(bundle_root))
     (version / "model.py").write_text(MODEL_PY)
     if calibration is not None:
         shutil.copy2(calibration, version / params["calibration"])

@@ -12,7 +12,10 @@ inside its graph. The file is listed and hashed in the manifest like the graphs.
 
 from __future__ import annotations
 
+import os
+import shutil
 from dataclasses import dataclass
+from pathlib import Path
 
 import onnx
 from onnx import TensorProto
@@ -26,6 +29,20 @@ MIN_EXTERNAL_BYTES = 1024
 def weights_file(precision: str) -> str:
     """File name of a precision's shared weights, e.g. ``weights_fp32.bin``."""
     return f"weights_{precision}.bin"
+
+
+def link_or_copy(src: Path, dst: Path) -> None:
+    """Hard-link a bundle file to ``dst`` (a copy when linking fails). Weights files are always
+    copied: ``onnx.load`` refuses external data with several hard links (a hard-link attack
+    guard), which would break every later reader of the source bundle."""
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    if not (src.name.startswith("weights_") and src.suffix == ".bin"):
+        try:
+            os.link(src, dst)
+            return
+        except OSError:
+            pass
+    shutil.copy2(src, dst)
 
 
 @dataclass

@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import os
-import shutil
 import types
 from pathlib import Path
 
@@ -19,6 +17,7 @@ import numpy as np
 import pytest
 
 from ddad_edge.export.trt_build import existing_engine_ok, profile_shapes
+from ddad_edge.export.weights import link_or_copy
 from ddad_edge.runtime import scorer as scorer_mod
 from ddad_edge.runtime.backends import TRT_MISSING, BackendUnavailable
 from ddad_edge.runtime.bundle import (
@@ -79,10 +78,7 @@ def fake_bundle(tmp_path: Path, bundle: Path) -> Bundle:
     root = tmp_path / "bundle"
     root.mkdir()
     for p in bundle.iterdir():
-        try:
-            os.link(p, root / p.name)
-        except OSError:
-            shutil.copy2(p, root / p.name)
+        link_or_copy(p, root / p.name)
     return open_bundle(root, verify=False)
 
 
