@@ -6,9 +6,9 @@ quantised to 8 bits by onnxruntime's dynamic quantisation.
 one scale per output column (``per_channel=True``). The small MatMuls (16-d code, MemAE
 memory) stay FP32, since quantising them costs AUC (benchmarks/README.md, decision log), and
 so do the decoder's pixel-interleave MatMuls (permutation matrices that only move data:
-quantising them would round every decoder activation to 8 bits). Activations are quantised on the fly (DynamicQuantizeLinear) and the
-products run as onnxruntime's integer MatMul kernels; convolutions stay FP32. Export gates the
-result like FP16 (``TOLERANCES["int8"]``).
+quantising them would round every decoder activation to 8 bits). Activations are quantised on
+the fly (DynamicQuantizeLinear) and the products run as onnxruntime's integer MatMul kernels;
+convolutions stay FP32. Export gates the result like FP16 (``TOLERANCES["int8"]``).
 """
 
 from __future__ import annotations
