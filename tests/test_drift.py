@@ -14,7 +14,6 @@ from hypothesis import strategies as st
 from typer.testing import CliRunner
 
 from ddad_edge.cli import app
-from ddad_edge.evaluate import stats_to_maps
 from ddad_edge.models import FusedEnsemble
 from ddad_edge.reference import dual_stats
 from ddad_edge.runtime.batch import load_inputs
@@ -35,7 +34,7 @@ from ddad_edge.runtime.score_records import (
     read_reference_scores,
     read_score_records,
 )
-from ddad_edge.runtime.scores import image_scores
+from ddad_edge.runtime.scores import image_scores, maps_from_stats
 from ddad_edge.train import TrainConfig, train_module
 
 runner = CliRunner()
@@ -189,7 +188,7 @@ def test_real_shifts_on_kermany(kermany: Path, tmp_path: Path) -> None:
         models.append(m.eval())
 
     def rec(x: np.ndarray) -> np.ndarray:  # a 2-epoch model's rec, not inter: inter needs training
-        return image_scores(stats_to_maps(x, dual_stats(models[0], models[1], x)))["rec"]
+        return image_scores(maps_from_stats(x, dual_stats(models[0], models[1], x)))["rec"]
 
     reference = rec(load_inputs(normal[200:320]).x)
     same = compare(reference, rec(load_inputs(normal[320:440]).x), "rec")
