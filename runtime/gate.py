@@ -152,10 +152,14 @@ def check_file(
     """Gate one file: DICOM headers are checked, other formats pass with a note.
 
     Raises:
-        ImageLoadError: a DICOM file whose header cannot be read (an error, not an abstention).
+        ImageLoadError: a file that is missing, empty or unreadable, or a DICOM file whose header
+            cannot be read (an error, not an abstention).
     """
     from ddad_edge.runtime.io import is_dicom
+    from ddad_edge.runtime.loaderrors import check_file as check_readable
 
+    # A missing, empty or unreadable file gets the loader's reason, not a header error.
+    check_readable(os.fspath(path))
     if not is_dicom(path):
         return GateResult(True, None, [NOT_DICOM_NOTE])
     return check_dataset(read_header(path), age_years=age_years, limits=limits)

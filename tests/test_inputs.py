@@ -253,8 +253,8 @@ def test_pixel_budget_is_configurable(tmp_path: Path, bundle: Path) -> None:
     args = ["score", str(bundle), str(png), str(dcm), "--json", "--max-pixels", "4000"]
     recs = [json.loads(x) for x in CliRunner().invoke(app, args).stdout.splitlines()]
     assert len(recs) == 2 and "image too large" in recs[0]["error"]
-    # the DICOM header's size goes through the input gate, which shares the budget
-    assert recs[1]["status"] == "abstained" and "exceeds the limits" in recs[1]["reason"]
+    # a DICOM header over the budget is refused before decoding: an error, not an abstention
+    assert recs[1]["status"] == "error" and "image too large" in recs[1]["error"]
 
 
 def test_dicom_is_processed_in_blocks_with_unchanged_values(tmp_path: Path, monkeypatch) -> None:
