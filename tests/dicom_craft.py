@@ -15,10 +15,8 @@ def ramp(rows: int = 64, cols: int = 64, bits: int = 12) -> np.ndarray:
     return v.astype(np.uint16)
 
 
-def grey_dataset(pixels: np.ndarray | None = None, bits: int = 12) -> Dataset:
-    """An uncompressed MONOCHROME2 data set (Explicit VR LE) holding ``pixels`` (uint16 HxW,
-    or frames x H x W)."""
-    px = ramp(bits=bits) if pixels is None else np.asarray(pixels, dtype=np.uint16)
+def sc_dataset() -> Dataset:
+    """An empty Secondary Capture data set with its file meta (Explicit VR LE) and new UIDs."""
     ds = Dataset()
     ds.file_meta = FileMetaDataset()
     ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
@@ -26,6 +24,14 @@ def grey_dataset(pixels: np.ndarray | None = None, bits: int = 12) -> Dataset:
     ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
     ds.SOPClassUID = SecondaryCaptureImageStorage
     ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID
+    return ds
+
+
+def grey_dataset(pixels: np.ndarray | None = None, bits: int = 12) -> Dataset:
+    """An uncompressed MONOCHROME2 data set (Explicit VR LE) holding ``pixels`` (uint16 HxW,
+    or frames x H x W)."""
+    px = ramp(bits=bits) if pixels is None else np.asarray(pixels, dtype=np.uint16)
+    ds = sc_dataset()
     ds.Modality = "CR"  # a chest PA radiograph, as the input gate wants
     ds.BodyPartExamined = "CHEST"
     ds.ViewPosition = "PA"

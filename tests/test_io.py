@@ -18,16 +18,14 @@ from pathlib import Path
 import numpy as np
 import pydicom
 import pytest
+from dicom_craft import sc_dataset
 from PIL import Image
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.pixels import apply_modality_lut, apply_windowing, get_decoder
 from pydicom.sequence import Sequence
 from pydicom.uid import (
-    ExplicitVRLittleEndian,
     JPEG2000Lossless,
     JPEGBaseline8Bit,
-    SecondaryCaptureImageStorage,
-    generate_uid,
 )
 
 from ddad_edge.runtime.io import (
@@ -115,13 +113,7 @@ def _reference_unit(ds: Dataset) -> np.ndarray:
 
 def _write_dicom(path: Path, pixels: np.ndarray, **attrs: object) -> Path:
     """Write a minimal uncompressed (Explicit VR LE) DICOM image with the given attributes."""
-    ds = Dataset()
-    ds.file_meta = FileMetaDataset()
-    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds.file_meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
-    ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
-    ds.SOPClassUID = SecondaryCaptureImageStorage
-    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID
+    ds = sc_dataset()
     ds.Modality = "OT"
     pixels = np.asarray(pixels)
     ds.SamplesPerPixel = 3 if pixels.shape[-1] == 3 and pixels.ndim == 3 else 1
