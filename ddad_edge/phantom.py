@@ -152,6 +152,153 @@ def _clutter(rng: np.random.Generator, x: np.ndarray, y: np.ndarray) -> np.ndarr
     return out
 
 
+Lung = tuple[float, float, float, float]
+"""One lung field: centre x, centre y, half-width, half-height (normalised coordinates)."""
+
+
+def _pose(
+    rng: np.random.Generator, size: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The pixel grid and the patient's frame on it.
+
+    Returns (gx, gy, x, y), float32 [size, size] each: gx, gy the fixed image coordinates in
+    [-1, 1]; x, y the same pixels in the patient's frame (random size, rotation and shift).
+    """
+    f32 = np.float32
+    lin = (np.arange(size, dtype=f32) + f32(0.5)) / f32(size) * f32(2.0) - f32(1.0)
+    gy, gx = np.meshgrid(lin, lin, indexing="ij")
+    scale = rng.uniform(0.88, 1.06)  # patient size relative to the field of view
+    rot = np.deg2rad(rng.uniform(-4.0, 4.0))
+    tx, ty = rng.uniform(-0.05, 0.05), rng.uniform(-0.05, 0.05)
+    c, s = np.cos(rot), np.sin(rot)
+    x = ((c * (gx - tx) + s * (gy - ty)) / scale).astype(f32)
+    y = ((-s * (gx - tx) + c * (gy - ty)) / scale).astype(f32)
+    return gx, gy, x, y
+
+
+def _body(rng: np.random.Generator, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Body outline (squarish torso with shoulders, neck) and its soft tissue.
+
+    Returns (body, img): body the soft body mask in [0, 1]; img the attenuation of air plus soft
+    tissue, thicker centrally. Both float32 [H, W].
+    """
+    body_rx, body_ry = rng.uniform(0.88, 0.99), rng.uniform(1.22, 1.30)
+    sq = np.abs(x / body_rx) ** 4 + np.abs((y - 0.35) / body_ry) ** 4
+    torso = _sigmoid((1.0 - sq) / 0.08)
+    neck = _sigmoid((0.24 - np.abs(x)) / 0.03) * _sigmoid((-0.6 - y) / 0.05)
+    body = np.maximum(torso, neck)
+    tissue = 0.40 + 0.14 * np.clip(1.0 - (x / body_rx) ** 2, 0.0, 1.0)
+    return body, 0.04 + body * tissue
+
+
+def _lung_fields(
+    rng: np.random.Generator, x: np.ndarray, y: np.ndarray
+) -> tuple[list[Lung], np.ndarray, float]:
+    """Two lung fields: ellipses with a narrow apex and a wide base.
+
+    Returns (lungs, lung_mask, base_cy): the two lungs' geometry (image-left first), their soft
+    union in [0, 1] (float32 [H, W]) and the mean lung-centre height the heart and clavicles
+    are placed from.
+    """
+    lungs: list[Lung] = []
+    lung_mask = np.zeros_like(x)
+    base_cx, base_cy = rng.uniform(0.39, 0.45), rng.uniform(-0.10, 0.02)
+    for side in (-1.0, 1.0):
+        cx = side * (base_cx + rng.uniform(-0.02, 0.02))
+        cy = base_cy + rng.uniform(-0.03, 0.03)
+        ax, ay = rng.uniform(0.26, 0.32), rng.uniform(0.50, 0.60)
+        v = np.clip((y - cy) / ay, -1.0, 1.0)
+        rx = ax * (0.55 + 0.45 * np.sqrt((v + 1.0) / 2.0))
+        lung_mask = np.maximum(lung_mask, _soft_ellipse(x, y, cx, cy, rx, ay, 0.06))
+        lungs.append((cx, cy, ax, ay))
+    return lungs, lung_mask, float(base_cy)
+
+
+def _heart_and_lungs(
+    rng: np.random.Generator,
+    x: np.ndarray,
+    y: np.ndarray,
+    lungs: list[Lung],
+    lung_mask: np.ndarray,
+    base_cy: float,
+) -> tuple[np.ndarray, np.ndarray]:
+    """The heart (over the image-right lung base) and the aerated lungs with their markings.
+
+    Returns (delta, lung_mask): the attenuation to add (negative over the aerated lungs), and
+    the lung mask with the heart's shadow taken out. Both float32 [H, W].
+    """
+    hx, hy = rng.uniform(0.10, 0.18), base_cy + rng.uniform(0.28, 0.36)
+    heart = _soft_ellipse(x, y, hx, hy, rng.uniform(0.26, 0.33), rng.uniform(0.20, 0.25), 0.10)
+    lung_mask = lung_mask * (1.0 - 0.9 * heart)
+    lung_depth = rng.uniform(0.30, 0.38)
+    # Lung markings: hila (medial, mid-height) and faint mid-frequency vascular texture.
+    hila = sum(
+        np.exp(-(((x - 0.55 * cx) / 0.10) ** 2 + ((y - cy + 0.05) / 0.16) ** 2))
+        for cx, cy, _, _ in lungs
+    )
+    markings = 0.05 * hila + 0.025 * _low_freq_field(rng, x, y, 8, 10.0)
+    return -lung_depth * lung_mask + lung_mask * markings + 0.06 * heart, lung_mask
+
+
+def _mediastinum(
+    rng: np.random.Generator, x: np.ndarray, y: np.ndarray, body: np.ndarray
+) -> np.ndarray:
+    """Mediastinum and spine (with vertebral banding) from the neck down: float32 [H, W]."""
+    thorax_y = _sigmoid((y + 0.85) / 0.05)
+    out = (0.12 * np.exp(-((x / 0.20) ** 2)) + 0.08 * np.exp(-((x / 0.07) ** 2))) * body
+    vert = 0.5 + 0.5 * np.cos(2.0 * np.pi * y / rng.uniform(0.10, 0.13))
+    return out + 0.05 * np.exp(-((x / 0.06) ** 2)) * vert * thorax_y * body
+
+
+def _ribs(rng: np.random.Generator, x: np.ndarray, y: np.ndarray, lungs: list[Lung]) -> np.ndarray:
+    """Posterior rib arches plus fainter anterior ribs over the thorax: float32 [H, W]."""
+    ax_ = np.abs(x)
+    spacing = rng.uniform(0.13, 0.17)
+    curv, apex_x = rng.uniform(1.0, 1.6), rng.uniform(0.32, 0.42)
+    v = y - curv * (ax_ - apex_x) ** 2
+    v = v + 0.12 * (v + 1.0) ** 2 * spacing  # spacing widens slightly downwards
+    ribs = (0.5 + 0.5 * np.cos(2.0 * np.pi * v / spacing + rng.uniform(0.0, 2.0 * np.pi))) ** 3
+    va = y + rng.uniform(0.35, 0.55) * ax_
+    ribs_ant = (0.5 + 0.5 * np.cos(2.0 * np.pi * va / (1.3 * spacing) + rng.uniform(0, 7))) ** 4
+    thorax = np.zeros_like(x)
+    for cx, cy, ax, ay in lungs:
+        thorax = np.maximum(thorax, _soft_ellipse(x, y, cx, cy, ax * 1.2, ay * 1.08, 0.08))
+    thorax = thorax * _sigmoid((ax_ - 0.07) / 0.02)  # ribs meet the spine, not cross it
+    return (rng.uniform(0.08, 0.12) * ribs + 0.04 * ribs_ant) * thorax
+
+
+def _clavicles(
+    rng: np.random.Generator, x: np.ndarray, y: np.ndarray, body: np.ndarray, base_cy: float
+) -> np.ndarray:
+    """The two clavicles, from the spine out to the shoulders: float32 [H, W]."""
+    ax_ = np.abs(x)
+    clav_y0 = base_cy - rng.uniform(0.55, 0.65)
+    clav_line = clav_y0 - 0.25 * (ax_ - 0.08) + 0.45 * (ax_ - 0.35) ** 2
+    clav = np.exp(-(((y - clav_line) / 0.04) ** 2))
+    clav = clav * _sigmoid((ax_ - 0.07) / 0.02) * _sigmoid((0.66 - ax_) / 0.04)
+    return 0.15 * clav * body
+
+
+def _expose(
+    rng: np.random.Generator, img: np.ndarray, gx: np.ndarray, gy: np.ndarray
+) -> np.ndarray:
+    """The exposure: smooth drift, contrast, brightness, gamma and quantum noise, then 8 bits.
+
+    Args:
+        img: attenuation image, float32 [H, W], roughly in [0, 1].
+        gx, gy: the fixed image coordinates (the drift belongs to the detector, not the patient).
+
+    Returns:
+        uint8 [H, W].
+    """
+    img = img + 0.035 * _low_freq_field(rng, gx, gy, 3, 1.5)
+    contrast, brightness = rng.uniform(0.85, 1.15), rng.uniform(-0.06, 0.06)
+    img = (img - 0.3) * contrast + 0.3 + brightness
+    img = np.clip(img, 0.0, 1.0) ** rng.uniform(0.85, 1.15)
+    img = img + rng.normal(0.0, 0.015, size=img.shape).astype(np.float32)
+    return np.clip(np.rint(img * 255.0), 0, 255).astype(np.uint8)
+
+
 def phantom_image(rng: np.random.Generator, size: int = 128, abnormal: bool = False) -> np.ndarray:
     """One SYNTHETIC 8-bit grey chest-like image (PA view).
 
@@ -166,93 +313,18 @@ def phantom_image(rng: np.random.Generator, size: int = 128, abnormal: bool = Fa
     """
     if size < 16:
         raise ValueError(f"size must be >= 16, got {size}")
-    f32 = np.float32
-    lin = (np.arange(size, dtype=f32) + f32(0.5)) / f32(size) * f32(2.0) - f32(1.0)
-    gy, gx = np.meshgrid(lin, lin, indexing="ij")
-
-    # --- patient / exposure variation -------------------------------------------------------
-    scale = rng.uniform(0.88, 1.06)  # patient size relative to the field of view
-    rot = np.deg2rad(rng.uniform(-4.0, 4.0))
-    tx, ty = rng.uniform(-0.05, 0.05), rng.uniform(-0.05, 0.05)
-    c, s = np.cos(rot), np.sin(rot)
-    x = ((c * (gx - tx) + s * (gy - ty)) / scale).astype(f32)
-    y = ((-s * (gx - tx) + c * (gy - ty)) / scale).astype(f32)
-    ax_ = np.abs(x)
-
-    # --- body outline (squarish torso with shoulders, neck) and soft tissue ----------------
-    body_rx, body_ry = rng.uniform(0.88, 0.99), rng.uniform(1.22, 1.30)
-    sq = np.abs(x / body_rx) ** 4 + np.abs((y - 0.35) / body_ry) ** 4
-    torso = _sigmoid((1.0 - sq) / 0.08)
-    neck = _sigmoid((0.24 - ax_) / 0.03) * _sigmoid((-0.6 - y) / 0.05)
-    body = np.maximum(torso, neck)
-    tissue = 0.40 + 0.14 * np.clip(1.0 - (x / body_rx) ** 2, 0.0, 1.0)  # thicker centrally
-    img = 0.04 + body * tissue
-
-    # --- lungs: ellipses with a narrow apex and a wide base ---------------------------------
-    lungs: list[tuple[float, float, float, float]] = []
-    lung_mask = np.zeros_like(x)
-    base_cx, base_cy = rng.uniform(0.39, 0.45), rng.uniform(-0.10, 0.02)
-    for side in (-1.0, 1.0):
-        cx = side * (base_cx + rng.uniform(-0.02, 0.02))
-        cy = base_cy + rng.uniform(-0.03, 0.03)
-        ax, ay = rng.uniform(0.26, 0.32), rng.uniform(0.50, 0.60)
-        v = np.clip((y - cy) / ay, -1.0, 1.0)
-        rx = ax * (0.55 + 0.45 * np.sqrt((v + 1.0) / 2.0))
-        lung_mask = np.maximum(lung_mask, _soft_ellipse(x, y, cx, cy, rx, ay, 0.06))
-        lungs.append((cx, cy, ax, ay))
-
-    # --- heart (over the image-right lung base) ---------------------------------------------
-    hx, hy = rng.uniform(0.10, 0.18), base_cy + rng.uniform(0.28, 0.36)
-    heart = _soft_ellipse(x, y, hx, hy, rng.uniform(0.26, 0.33), rng.uniform(0.20, 0.25), 0.10)
-    lung_mask = lung_mask * (1.0 - 0.9 * heart)
-    lung_depth = rng.uniform(0.30, 0.38)
-    # Lung markings: hila (medial, mid-height) and faint mid-frequency vascular texture.
-    hila = sum(
-        np.exp(-(((x - 0.55 * cx) / 0.10) ** 2 + ((y - cy + 0.05) / 0.16) ** 2))
-        for cx, cy, _, _ in lungs
-    )
-    markings = 0.05 * hila + 0.025 * _low_freq_field(rng, x, y, 8, 10.0)
-    img = img - lung_depth * lung_mask + lung_mask * markings + 0.06 * heart
-
-    # --- mediastinum and spine --------------------------------------------------------------
-    thorax_y = _sigmoid((y + 0.85) / 0.05)  # from the neck down
-    img = img + (0.12 * np.exp(-((x / 0.20) ** 2)) + 0.08 * np.exp(-((x / 0.07) ** 2))) * body
-    vert = 0.5 + 0.5 * np.cos(2.0 * np.pi * y / rng.uniform(0.10, 0.13))
-    img = img + 0.05 * np.exp(-((x / 0.06) ** 2)) * vert * thorax_y * body
-
-    # --- ribs: posterior arches plus fainter anterior ribs over the thorax ------------------
-    spacing = rng.uniform(0.13, 0.17)
-    curv, apex_x = rng.uniform(1.0, 1.6), rng.uniform(0.32, 0.42)
-    v = y - curv * (ax_ - apex_x) ** 2
-    v = v + 0.12 * (v + 1.0) ** 2 * spacing  # spacing widens slightly downwards
-    ribs = (0.5 + 0.5 * np.cos(2.0 * np.pi * v / spacing + rng.uniform(0.0, 2.0 * np.pi))) ** 3
-    va = y + rng.uniform(0.35, 0.55) * ax_
-    ribs_ant = (0.5 + 0.5 * np.cos(2.0 * np.pi * va / (1.3 * spacing) + rng.uniform(0, 7))) ** 4
-    thorax = np.zeros_like(x)
-    for cx, cy, ax, ay in lungs:
-        thorax = np.maximum(thorax, _soft_ellipse(x, y, cx, cy, ax * 1.2, ay * 1.08, 0.08))
-    thorax = thorax * _sigmoid((ax_ - 0.07) / 0.02)  # ribs meet the spine, not cross it
-    img = img + (rng.uniform(0.08, 0.12) * ribs + 0.04 * ribs_ant) * thorax
-
-    # --- clavicles --------------------------------------------------------------------------
-    clav_y0 = base_cy - rng.uniform(0.55, 0.65)
-    clav_line = clav_y0 - 0.25 * (ax_ - 0.08) + 0.45 * (ax_ - 0.35) ** 2
-    clav = np.exp(-(((y - clav_line) / 0.04) ** 2))
-    clav = clav * _sigmoid((ax_ - 0.07) / 0.02) * _sigmoid((0.66 - ax_) / 0.04)
-    img = img + 0.15 * clav * body
-
-    # --- normal clutter (every image), lesions (abnormal only) -------------------------------
+    gx, gy, x, y = _pose(rng, size)
+    body, img = _body(rng, x, y)
+    lungs, lung_mask, base_cy = _lung_fields(rng, x, y)
+    delta, lung_mask = _heart_and_lungs(rng, x, y, lungs, lung_mask, base_cy)
+    img = img + delta
+    img = img + _mediastinum(rng, x, y, body)
+    img = img + _ribs(rng, x, y, lungs)
+    img = img + _clavicles(rng, x, y, body, base_cy)
     img = img + _clutter(rng, x, y) * body
     if abnormal:
         img = img + _lesions(rng, x, y, lungs, lung_mask)
-
-    # --- smooth exposure drift, contrast/brightness/gamma, quantum noise --------------------
-    img = img + 0.035 * _low_freq_field(rng, gx, gy, 3, 1.5)
-    contrast, brightness = rng.uniform(0.85, 1.15), rng.uniform(-0.06, 0.06)
-    img = (img - 0.3) * contrast + 0.3 + brightness
-    img = np.clip(img, 0.0, 1.0) ** rng.uniform(0.85, 1.15)
-    img = img + rng.normal(0.0, 0.015, size=img.shape).astype(np.float32)
-    return np.clip(np.rint(img * 255.0), 0, 255).astype(np.uint8)
+    return _expose(rng, img, gx, gy)
 
 
 def make_phantom_dataset(
