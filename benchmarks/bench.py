@@ -150,7 +150,7 @@ def _paired(
             return {"skipped": f"failed: {type(e).__name__}: {e}"}
         out["variants_vs_main"] = {}
         for name, entry in lanes.items():
-            if LANE_SPECS[name].family != "variant" or not entry.get("available"):
+            if not LANE_SPECS[name].smaller_weights or not entry.get("available"):
                 continue
             try:
                 with closing(opened(name)) as variant:
@@ -367,7 +367,7 @@ def _run_bench(cfg: BenchConfig, on: Progress) -> BenchResult:
         result["cold_start"] = _cold_start(cfg, on)
     if "training" in cfg.sections:
         result["training"] = _training(cfg, bundle.kind, bundle.k, on)
-    if "variants" in cfg.sections and _wanted_variants(cfg):
+    if "variants" in cfg.sections and any(LANE_SPECS[n].smaller_weights for n in cfg.lanes):
         result["variants"] = choose_variant(result, cfg.parity)
     if "triton" in cfg.sections:
         from ddad_edge.benchmarks.triton_load import measure_triton

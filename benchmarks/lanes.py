@@ -12,10 +12,11 @@ Lanes:
   run's two modules). Every other lane is compared with it.
 - ``torch-cuda``, ``torch-cuda-fp16`` (autocast), ``torch-cuda-graphs``,
   ``torch-cuda-fp16-graphs`` (the same, replayed from a CUDA graph captured per batch size).
-- ``ort``, ``ort-fp16``: the runtime ``Scorer`` on onnxruntime CPU, bundle graphs dual_fp32 /
-  dual_fp16; ``ort-cuda[-fp16]``, ``ort-trt[-fp16]``, ``trt[-fp16]``: the Scorer's GPU backends.
-- ``ort-int8``, ``ort-fp16w``: the Scorer on a variant bundle whose dual_fp32 graph was rewritten
-  with smaller weights (see :mod:`ddad_edge.benchmarks.variants`).
+- ``ort``, ``ort-fp16``, ``ort-int8``: the runtime ``Scorer`` on onnxruntime CPU, bundle graphs
+  dual_fp32 / dual_fp16 / dual_int8; ``ort-cuda[-fp16]``, ``ort-trt[-fp16]``, ``trt[-fp16]``: the
+  Scorer's GPU backends.
+- ``ort-fp16w``: the Scorer on a variant bundle whose dual_fp32 graph was rewritten with
+  FP16-stored weights (see :mod:`ddad_edge.benchmarks.variants`).
 
 A lane that cannot run here raises :class:`LaneUnavailable` with the reason, which the reports
 print as "not available: <reason>" (never dropped silently).
@@ -64,6 +65,11 @@ class LaneSpec:
         """Which parity tolerance applies: "fp32", or "reduced" for fp16 / int8 / fp16w."""
         return "fp32" if self.precision == "fp32" else "reduced"
 
+    @property
+    def smaller_weights(self) -> bool:
+        """A CPU lane whose weights are smaller than FP32 (judged by ``variant_choice``)."""
+        return self.backend == "ort-cpu" and self.precision in ("int8", "fp16w")
+
 
 LANE_SPECS: dict[str, LaneSpec] = {
     s.name: s
@@ -75,7 +81,7 @@ LANE_SPECS: dict[str, LaneSpec] = {
         LaneSpec("torch-cuda-fp16-graphs", "torch", "cuda", "fp16", cuda_graphs=True),
         LaneSpec("ort", "runtime", "ort-cpu", "fp32"),
         LaneSpec("ort-fp16", "runtime", "ort-cpu", "fp16"),
-        LaneSpec("ort-int8", "variant", "ort-cpu", "int8"),
+        LaneSpec("ort-int8", "runtime", "ort-cpu", "int8"),
         LaneSpec("ort-fp16w", "variant", "ort-cpu", "fp16w"),
         LaneSpec("ort-cuda", "runtime", "ort-cuda", "fp32"),
         LaneSpec("ort-cuda-fp16", "runtime", "ort-cuda", "fp16"),
@@ -102,11 +108,31 @@ GPU_LANES: tuple[str, ...] = (
 DEFAULT_LANES: tuple[str, ...] = (*CPU_LANES, *GPU_LANES)
 
 
-def parse_lanes(text: str) -> list[str]:
-    """Comma-separated lane names ("default" = every known lane; "cpu", "gpu" = those groups).
+LANE_PRECISIONS: tuple[str, ...] = ("fp32", "fp16", "int8", "fp16w")
 
-    Always puts the reference lane first (it is added when missing).
+
+def parse_lanes(text: str, precision: str = "all") -> list[str]:
+    """Comma-separated lane names ("default" = every known lane; "cpu", "gpu" = those groups),
+    keeping only the lanes of ``precision`` (comma-separated names of LANE_PRECISIONS, or "all").
+
+    Always puts the reference lane first (it is added when missing). ValueError on an unknown
+    name or precision, or when the precision leaves no lane but the reference.
     """
+    precs = (
+        set(LANE_PRECISIONS) if precision == "all" else {p.strip() for p in precision.split(",")}
+    )
+    if not precs or precs - set(LANE_PRECISIONS):
+        raise ValueError(
+            f"unknown precision in {precision!r}; known: {', '.join(LANE_PRECISIONS)} or all"
+        )
+    names = [n for n in _named_lanes(text) if LANE_SPECS[n].precision in precs]
+    if not names and precision != "all":
+        raise ValueError(f"no lane of precision {precision} among {text!r} but the reference")
+    return [REFERENCE_LANE, *names]
+
+
+def _named_lanes(text: str) -> list[str]:
+    """The lanes ``text`` names, groups expanded, in order, without repeats or the reference."""
     names: list[str] = []
     for raw in text.split(","):
         t = raw.strip()
@@ -118,9 +144,7 @@ def parse_lanes(text: str) -> list[str]:
                 raise ValueError(f"unknown backend {n!r}; known: {', '.join(LANE_SPECS)}")
             if n not in names:
                 names.append(n)
-    if REFERENCE_LANE in names:
-        names.remove(REFERENCE_LANE)
-    return [REFERENCE_LANE, *names]
+    return [n for n in names if n != REFERENCE_LANE]
 
 
 class Lane:
@@ -354,7 +378,7 @@ def open_lane(
         name: a key of LANE_SPECS.
         bundle: the export bundle folder.
         run_dir: the PyTorch run (needed by the torch lanes).
-        variant_bundles: precision ("int8", "fp16w") -> variant bundle folder (variant lanes).
+        variant_bundles: precision ("fp16w") -> variant bundle folder (variant lanes).
         max_batch: largest batch one Scorer inference call takes.
         intra_op_threads: onnxruntime CPU threads (None: the runtime's default, physical cores).
 

@@ -182,7 +182,7 @@ def run_parity_bundle(cfg: ParityConfig, on_progress: Progress | None = None) ->
             "eligible": bool(e["max_abs_delta_auc"] <= 0.003),
         }
         for n, e in result["lanes"].items()
-        if n in LANE_SPECS and LANE_SPECS[n].family == "variant"
+        if n in LANE_SPECS and LANE_SPECS[n].smaller_weights
     }
     result["seconds"] = time.perf_counter() - t0
     return result

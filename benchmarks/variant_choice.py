@@ -66,7 +66,7 @@ def choose_variant(result: BenchResult, parity: dict[str, Any] | None) -> Varian
     rows: dict[str, VariantRow] = {}
     for name, e in result["lanes"].items():
         spec = LANE_SPECS[name]
-        if spec.family != "variant":
+        if not spec.smaller_weights:
             continue
         row: VariantRow = {"note": VARIANT_NOTES[spec.precision]}
         rows[name] = row

@@ -1,14 +1,10 @@
-"""Graph variants with smaller weights, to move the batch-1 weight-read floor.
+"""A graph variant with smaller stored weights, to move the batch-1 weight-read floor.
 
-- ``int8``: the bundle's ``int8`` precision, built by the export code (``export/int8.py``:
-  onnxruntime dynamic quantisation of the large bottleneck MatMuls' weights, per-column
-  scales; what it quantises and why is said there). Bundles exported with ``int8`` carry it as
-  ``dual_int8.onnx``, selectable as ``precision="int8"``; the variant rebuilds it from any
-  bundle's ``dual_fp32``.
-- ``fp16w``: every large float32 initializer stored as float16 and Cast back to float32 in the
-  graph; compute stays FP32. Halves the file, but onnxruntime may constant-fold the Casts at
-  session creation, in which case the weights in memory (and the floor) do not change: the
-  benchmark measures what actually happens.
+``fp16w``: every large float32 initializer stored as float16 and Cast back to float32 in the
+graph; compute stays FP32. Halves the file, but onnxruntime may constant-fold the Casts at session
+creation, in which case the weights in memory (and the floor) do not change: the benchmark
+measures what actually happens. (The other smaller-weight lane, ``ort-int8``, runs the bundle's
+own ``int8`` precision, built at export by ``export/int8.py``.)
 
 A variant is run through the real runtime ``Scorer`` by putting it in a *variant bundle*: a folder
 whose files link to the original bundle's, except ``dual_fp32.onnx`` (the variant) and
@@ -33,21 +29,12 @@ from ddad_edge.export.weights import link_or_copy
 from ddad_edge.runtime.bundle import MANIFEST, graph_key, read_manifest, sha256_file
 from ddad_edge.runtime.manifest import sealed
 
-VARIANTS: tuple[str, ...] = ("int8", "fp16w")
+VARIANTS: tuple[str, ...] = ("fp16w",)
 FP16W_MIN_ELEMENTS = 1024
 VARIANT_NOTES: dict[str, str] = {
-    "int8": "quantize_dynamic QInt8 per-channel weights of the MatMuls >= 1 MiB; rest FP32",
+    "int8": "the bundle's dual_int8: QInt8 per-channel weights of the MatMuls >= 1 MiB; rest FP32",
     "fp16w": "float32 initializers >= 1024 elements stored as float16 + Cast; FP32 compute",
 }
-
-
-def make_int8(src: Path, dst: Path) -> Path:
-    """The ``int8`` graph of ONNX graph ``src`` (its external data beside it) at ``dst``, built
-    by the export code (``export.int8.quantize_int8``)."""
-    from ddad_edge.export.int8 import quantize_int8
-
-    Path(dst).write_bytes(quantize_int8(onnx.load(str(src)).SerializeToString()))
-    return Path(dst)
 
 
 def make_fp16_weights(src: Path, dst: Path, min_elements: int = FP16W_MIN_ELEMENTS) -> Path:
@@ -80,22 +67,15 @@ def make_fp16_weights(src: Path, dst: Path, min_elements: int = FP16W_MIN_ELEMEN
     return Path(dst)
 
 
-def make_variant_graph(variant: str, src: Path, dst: Path) -> Path:
-    """Build variant ``variant`` ("int8" or "fp16w") of graph ``src`` at ``dst``."""
-    if variant == "int8":
-        return make_int8(src, dst)
-    if variant == "fp16w":
-        return make_fp16_weights(src, dst)
-    raise ValueError(f"unknown variant {variant!r}; choose from {', '.join(VARIANTS)}")
-
-
 def make_variant_bundle(
     bundle: Path, variant: str, out_dir: Path, graph_file: Path | None = None
 ) -> Path:
     """A variant bundle in ``out_dir`` (created; must not exist or be empty): see the module
     docstring. ``graph_file``: use this ONNX file as the variant instead of building
     ``variant`` (for user-supplied graphs, e.g. a deliberately tampered one in tests).
-    Returns ``out_dir``."""
+    Returns ``out_dir``. ValueError for an unknown variant without ``graph_file``."""
+    if graph_file is None and variant not in VARIANTS:
+        raise ValueError(f"unknown variant {variant!r}; choose from {', '.join(VARIANTS)}")
     bundle, out_dir = Path(bundle), Path(out_dir)
     manifest = read_manifest(bundle)
     key = graph_key("dual", "fp32")
@@ -105,9 +85,6 @@ def make_variant_bundle(
             f"{bundle}: bundle has no {key} graph to derive the {variant} variant from"
         )
     graph_name = entry["file"]
-    own = manifest["graphs"].get(graph_key("dual", "int8"))
-    if variant == "int8" and graph_file is None and own is not None:
-        graph_file = bundle / own["file"]  # the bundle's own int8 graph (same export code)
     out_dir.mkdir(parents=True, exist_ok=True)
     if any(out_dir.iterdir()):
         raise FileExistsError(f"{out_dir}: not empty")
@@ -119,7 +96,7 @@ def make_variant_bundle(
     if graph_file is not None:
         shutil.copyfile(graph_file, tmp)
     else:
-        make_variant_graph(variant, bundle / graph_name, Path(tmp))
+        make_fp16_weights(bundle / graph_name, Path(tmp))
     os.replace(tmp, out_dir / graph_name)
     new = json.loads(json.dumps(manifest))
     path = out_dir / graph_name
@@ -139,7 +116,7 @@ def make_variant_bundle(
 def build_variant_bundles(
     bundle: Path, precisions: list[str], work_dir: Path, on: Callable[[str], None]
 ) -> tuple[dict[str, Path], dict[str, str]]:
-    """A variant bundle per precision ("int8", "fp16w") under ``work_dir``.
+    """A variant bundle per precision (of VARIANTS) under ``work_dir``.
 
     Returns ({precision: bundle folder}, {precision: why building it failed}).
     """

@@ -18,6 +18,7 @@ from rich.table import Table
 
 from ddad_edge.cli_common import (
     TRAIN_EXTRA,
+    DataRootOpt,
     console,
     fail,
     note,
@@ -179,9 +180,7 @@ def train(
     resume: Annotated[
         bool, typer.Option(help="Continue an interrupted run from its last completed epoch.")
     ] = False,
-    data_root: Annotated[
-        Path | None, typer.Option(help="Data folder, if it moved since `split`.")
-    ] = None,
+    data_root: DataRootOpt = None,
     reuse_b: Annotated[
         Path | None,
         typer.Option(
@@ -316,9 +315,7 @@ def eval_cmd(
     output: Annotated[
         Path | None, typer.Option("-o", "--output", help="Report folder (default RUN/eval).")
     ] = None,
-    data_root: Annotated[
-        Path | None, typer.Option(help="Data folder, if it moved since `split`.")
-    ] = None,
+    data_root: DataRootOpt = None,
     calibration: Annotated[
         Path | None,
         typer.Option(help="Calibration file of this run's bundle: its points on the ROC plot."),

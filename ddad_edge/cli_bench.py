@@ -15,7 +15,15 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from ddad_edge.cli_common import TRAIN_EXTRA, console, out_console, require_extra
+from ddad_edge.cli_common import (
+    TRAIN_EXTRA,
+    BundleArg,
+    DataRootOpt,
+    console,
+    out_console,
+    require_extra,
+    say,
+)
 from ddad_edge.cli_common import fail as _fail
 from ddad_edge.cli_common import note as _progress
 
@@ -31,7 +39,6 @@ def _opt(help: str, *names: str, **kw: object) -> typer.models.OptionInfo:
 
 
 # The commands' arguments and options (shared by bench and parity where they mean the same).
-Bundle = Annotated[Path, typer.Argument(help="Bundle folder written by `ddad-edge export`.")]
 Ckpt = Annotated[
     Path | None, _opt("PyTorch run folder for the reference (default: the bundle's source run).")
 ]
@@ -91,6 +98,13 @@ ParityOutput = Annotated[
 ]
 Split = Annotated[Path, _opt("Split manifest; its test part is scored.", "--split")]
 ParityBackends = Annotated[str, _opt("Lanes to compare with torch FP32 (same names as `bench`).")]
+Precision = Annotated[
+    str,
+    _opt(
+        "Keep only the lanes of these precisions, comma-separated: fp32, fp16, int8 (the "
+        "bundle's dual_int8 graph), fp16w, or all. torch is always included."
+    ),
+]
 Graphs = Annotated[
     list[str] | None,
     _opt(
@@ -102,7 +116,6 @@ MaxImages = Annotated[
     int | None,
     _opt("Score only this many test images, evenly spaced within each class (smoke runs)."),
 ]
-DataRoot = Annotated[Path | None, _opt("Data folder, if it moved since `split`.")]
 
 
 def _ints(text: str, what: str) -> list[int]:
@@ -135,11 +148,11 @@ def _run_dir(bundle: Path, ckpt: Path | None) -> Path | None:
     return None
 
 
-def _lanes(text: str) -> list[str]:
+def _lanes(text: str, precision: str) -> list[str]:
     from ddad_edge.benchmarks.lanes import parse_lanes
 
     try:
-        return parse_lanes(text)
+        return parse_lanes(text, precision)
     except ValueError as e:
         _fail(str(e))
     return []
@@ -156,9 +169,10 @@ def _sections(skip: str) -> tuple[str, ...]:
 
 
 def bench(
-    bundle: Bundle,
+    bundle: BundleArg,
     output: BenchOutput = Path("bench"),
     backends: Annotated[str, _opt(BACKENDS_HELP)] = "default",
+    precision: Precision = "all",
     batches: Annotated[str, _opt("Batch sizes of the sweep.")] = "1,8,64,256",
     ckpt: Ckpt = None,
     images: Images = None,
@@ -196,56 +210,61 @@ def bench(
     """
     require_extra("bench", "train", TRAIN_EXTRA)
     from ddad_edge.benchmarks import inputs
-    from ddad_edge.benchmarks.bench import BenchConfig, run_bench
-    from ddad_edge.benchmarks.bench_report import write_bench_report
     from ddad_edge.benchmarks.latency import Budget
-    from ddad_edge.runtime.bundle import BundleError
 
     batch_list = _ints(batches, "--batches")
-    sections = _sections(skip)
-    lanes = _lanes(backends)
-    run_dir = _run_dir(bundle, ckpt)
-    parity_result = json.loads(parity.read_text()) if parity else None
+    settings = dict(
+        bundle=bundle,
+        lanes=_lanes(backends, precision),
+        batches=batch_list,
+        sections=_sections(skip),
+        run_dir=_run_dir(bundle, ckpt),
+        parity=json.loads(parity.read_text()) if parity else None,
+        fullres=fullres or inputs.shared_folder("kermany-fullres"),
+        dicom=dicom or inputs.shared_folder("dicom-cxr"),
+        latency_budget=Budget(warmup, latency_reps, latency_seconds, 5 * latency_seconds),
+        sweep_budget=Budget(min(warmup, 1), min_reps, min_seconds, max_seconds),
+        e2e_batch=e2e_batch,
+        paired_rounds=paired_rounds,
+        paired_turn_seconds=paired_seconds,
+        coldstart_reps=coldstart_reps,
+        train_steps=train_steps,
+        quick_limits=quick,
+        intra_op_threads=threads or None,
+        torch_threads=torch_threads or None,
+        triton_clients=tuple(_ints(triton_clients, "--triton-clients")),
+        triton_requests=triton_requests,
+    )
+    result, report = _run_bench(settings, images, output)
+    _print_bench(result)
+    say(f"report: {report} (+ bench.json, PNG plots)")
+
+
+def _run_bench(settings: dict, images: Path | None, output: Path) -> tuple[BenchResult, Path]:
+    """Draw the image pool into a scratch folder, run the bench with ``settings`` (the other
+    BenchConfig fields) and write its report into ``output``; (result, bench.md path)."""
+    from ddad_edge.benchmarks import inputs
+    from ddad_edge.benchmarks.bench import BenchConfig, run_bench
+    from ddad_edge.benchmarks.bench_report import write_bench_report
+    from ddad_edge.runtime.bundle import BundleError
+
     with tempfile.TemporaryDirectory(prefix="ddad-bench-") as scratch:
         try:
-            pool, note, kermany = inputs.image_pool(images, max(batch_list), Path(scratch))
+            pool, note, kermany = inputs.image_pool(images, max(settings["batches"]), Path(scratch))
         except ValueError as e:
             _fail(str(e))
         cfg = BenchConfig(
-            bundle=bundle,
-            run_dir=run_dir,
-            lanes=lanes,
-            batches=batch_list,
             images=pool,
             images_note=note,
             kermany=kermany,
             work_dir=Path(scratch) / "variants",
-            fullres=fullres or inputs.shared_folder("kermany-fullres"),
-            dicom=dicom or inputs.shared_folder("dicom-cxr"),
-            latency_budget=Budget(warmup, latency_reps, latency_seconds, 5 * latency_seconds),
-            sweep_budget=Budget(min(warmup, 1), min_reps, min_seconds, max_seconds),
-            e2e_batch=e2e_batch,
-            paired_rounds=paired_rounds,
-            paired_turn_seconds=paired_seconds,
-            coldstart_reps=coldstart_reps,
-            train_steps=train_steps,
-            quick_limits=quick,
-            intra_op_threads=threads or None,
-            torch_threads=torch_threads or None,
-            parity=parity_result,
-            sections=sections,
-            triton_clients=tuple(_ints(triton_clients, "--triton-clients")),
-            triton_requests=triton_requests,
+            **settings,
         )
         try:
             result = run_bench(cfg, _progress)
         except (BundleError, FileNotFoundError) as e:
             _fail(str(e))
-        paths = write_bench_report(result, output)
-    _print_bench(result)
-    out_console.print(
-        f"report: {escape(str(paths['markdown']))} (+ bench.json, PNG plots)", highlight=False
-    )
+        return result, write_bench_report(result, output)["markdown"]
 
 
 def _print_bench(result: BenchResult) -> None:
@@ -292,16 +311,17 @@ def _print_bench(result: BenchResult) -> None:
 
 
 def parity(
-    bundle: Bundle,
+    bundle: BundleArg,
     split: Split,
     output: ParityOutput = Path("parity"),
     backends: ParityBackends = "default",
+    precision: Precision = "all",
     ckpt: Ckpt = None,
     graph: Graphs = None,
     n_boot: Annotated[int, _opt("Paired bootstrap resamples for the ΔAUC interval.")] = 1000,
     seed: Annotated[int, _opt("Seed of the bootstrap.")] = 0,
     max_images: MaxImages = None,
-    data_root: DataRoot = None,
+    data_root: DataRootOpt = None,
 ) -> None:
     """AUC/AP parity of every backend and precision against the PyTorch FP32 reference.
 
@@ -322,7 +342,7 @@ def parity(
         if not sep or not name or not Path(path).is_file():
             _fail(f"--graph {item!r}: expected NAME=PATH to an existing ONNX file")
         extra[name] = Path(path)
-    lanes = [n for n in _lanes(backends) if n != "torch"]
+    lanes = [n for n in _lanes(backends, precision) if n != "torch"]
     run_dir = _run_dir(bundle, ckpt)
     with tempfile.TemporaryDirectory(prefix="ddad-parity-") as scratch:
         cfg = ParityConfig(
@@ -343,9 +363,7 @@ def parity(
             _fail(str(e))
     paths = write_parity_report(result, output)
     _print_parity(result)
-    out_console.print(
-        f"report: {escape(str(paths['markdown']))} (+ parity.json, delta_auc.png)", highlight=False
-    )
+    say(f"report: {paths['markdown']} (+ parity.json, delta_auc.png)")
     if not result["passed"]:
         for v in result["violations"]:
             console.print(f"[bold red]parity FAILED:[/] {escape(v)}", highlight=False)

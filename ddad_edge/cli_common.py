@@ -7,7 +7,8 @@ runtime-only install.
 from __future__ import annotations
 
 import importlib
-from typing import NoReturn
+from pathlib import Path
+from typing import Annotated, NoReturn
 
 import typer
 from rich.console import Console
@@ -76,3 +77,21 @@ def require_extra(command: str, extra: str, modules: tuple[str, ...]) -> None:
 
 TRAIN_EXTRA = ("torch", "onnx", "matplotlib")
 """The modules of the `train` extra that the runtime install lacks."""
+
+
+# Arguments and options that several commands take with the same meaning (typer reads the
+# help and names from the Annotated metadata).
+BundleArg = Annotated[Path, typer.Argument(help="Bundle folder written by `ddad-edge export`.")]
+CalibrationOpt = Annotated[
+    Path | None,
+    typer.Option(help="Calibration file of this bundle (`calibrate`): adds the flag at its point."),
+]
+OperatingPointOpt = Annotated[
+    float | None,
+    typer.Option(help="Specificity of the calibration's operating point (default: the file's)."),
+]
+PublicKeyOpt = Annotated[
+    Path | None,
+    typer.Option(help="PEM public key: refuse a bundle without a valid signature by its key."),
+]
+DataRootOpt = Annotated[Path | None, typer.Option(help="Data folder, if it moved since `split`.")]

@@ -11,7 +11,16 @@ from typing import Annotated, Any
 import numpy as np
 import typer
 
-from ddad_edge.cli_common import command_help, fail, one_line, out_console, say
+from ddad_edge.cli_common import (
+    BundleArg,
+    CalibrationOpt,
+    OperatingPointOpt,
+    command_help,
+    fail,
+    one_line,
+    out_console,
+    say,
+)
 
 
 def _images(folder: Path) -> list[str]:
@@ -54,7 +63,7 @@ def _sets(
 
 
 def calibrate(
-    bundle: Annotated[Path, typer.Argument(help="Bundle folder written by `export`.")],
+    bundle: BundleArg,
     split_path: Annotated[
         Path | None, typer.Option("--split", help="Split manifest: its calibration part.")
     ] = None,
@@ -195,15 +204,11 @@ def _unique_stem(path: str, used: set[str]) -> str:
 
 
 def report(
-    bundle: Annotated[Path, typer.Argument(help="Bundle folder written by `export`.")],
+    bundle: BundleArg,
     inputs: Annotated[list[Path], typer.Argument(help="Images: DICOM (and PNG, JPEG, ...).")],
     output: Annotated[Path, typer.Option("-o", "--output", help="Folder for the results.")],
-    calibration: Annotated[
-        Path | None, typer.Option(help="Calibration file of this bundle: adds the decision.")
-    ] = None,
-    operating_point: Annotated[
-        float | None, typer.Option(help="Specificity of the operating point (default: file's).")
-    ] = None,
+    calibration: CalibrationOpt = None,
+    operating_point: OperatingPointOpt = None,
     heat: Annotated[str, typer.Option(help="Map drawn in the Secondary Capture.")] = "inter",
 ) -> None:
     """Gate, score and decide, and write the results as DICOM objects next to JSON records.

@@ -14,7 +14,18 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from ddad_edge.cli_common import command_help, fail, note, out_console, require_extra, say
+from ddad_edge.cli_common import (
+    BundleArg,
+    CalibrationOpt,
+    OperatingPointOpt,
+    PublicKeyOpt,
+    command_help,
+    fail,
+    note,
+    out_console,
+    require_extra,
+    say,
+)
 from ddad_edge.runtime.loaderrors import DEFAULT_MAX_PIXELS
 
 
@@ -125,7 +136,7 @@ def _parity_table(m: dict, parity: list) -> Table:
 
 
 def verify(
-    bundle: Annotated[Path, typer.Argument(help="Bundle folder written by `export`.")],
+    bundle: BundleArg,
     backend: Annotated[
         str,
         typer.Option(
@@ -142,10 +153,7 @@ def verify(
             help="Override the tolerance (max error / output scale); default fp32 1e-5, fp16 2e-2."
         ),
     ] = None,
-    public_key: Annotated[
-        Path | None,
-        typer.Option(help="PEM public key: the bundle must carry a valid signature by its key."),
-    ] = None,
+    public_key: PublicKeyOpt = None,
 ) -> None:
     """Check a bundle: file hashes, then replay golden.npz on a backend and compare with the
     stored PyTorch FP32 outputs.
@@ -205,7 +213,7 @@ def verify(
 
 
 def build(
-    bundle: Annotated[Path, typer.Argument(help="Bundle folder written by `export`.")],
+    bundle: BundleArg,
     precision: Annotated[str, typer.Option(help="fp16 (from dual_fp16.onnx) or fp32.")] = "fp16",
     max_batch: Annotated[int, typer.Option(help="Largest batch of the optimization profile.")] = 64,
     opt_batch: Annotated[
@@ -242,6 +250,39 @@ def build(
     say(f"{verb} {res.plan}")
 
 
+# score's options that need more than a line of help.
+ScoreBackendOpt = Annotated[
+    str,
+    typer.Option(help="auto (trt > ort-cuda > ort-cpu), trt, ort, ort-trt, ort-cuda or ort-cpu."),
+]
+ScorePrecisionOpt = Annotated[
+    str, typer.Option(help="auto (fp16 on GPU, fp32 on CPU), fp32, fp16 or int8.")
+]
+HugePagesOpt = Annotated[
+    bool,
+    typer.Option(
+        help="On CPU, after the first inference, ask Linux to back this process's densely "
+        "written memory (onnxruntime's weights) with transparent huge pages (advice only)."
+    ),
+]
+TritonOpt = Annotated[
+    str | None,
+    typer.Option(
+        help="Score on a Triton server instead (HOST:PORT for HTTP, or grpc://HOST:PORT); "
+        "then there is no BUNDLE argument, every argument is an image, and calibration is "
+        "the server's (`ddad-edge triton --calibration`)."
+    ),
+]
+MaxPixelsOpt = Annotated[
+    int,
+    typer.Option(
+        help="Largest image a file may declare, in pixels (DICOM: rows x columns x frames x "
+        "samples), checked before decoding; larger files are refused. 0: no limit.",
+        min=0,
+    ),
+]
+
+
 def score(
     bundle: Annotated[
         Path, typer.Argument(help="Bundle folder written by `export` (with --triton: an image).")
@@ -258,55 +299,19 @@ def score(
     heatmap_map: Annotated[
         str, typer.Option(help="Map drawn in the overlays: rec, intra or inter.")
     ] = "inter",
-    backend: Annotated[
-        str,
-        typer.Option(
-            help="auto (trt > ort-cuda > ort-cpu), trt, ort, ort-trt, ort-cuda or ort-cpu."
-        ),
-    ] = "auto",
-    precision: Annotated[
-        str, typer.Option(help="auto (fp16 on GPU, fp32 on CPU), fp32, fp16 or int8.")
-    ] = "auto",
+    backend: ScoreBackendOpt = "auto",
+    precision: ScorePrecisionOpt = "auto",
     batch_size: Annotated[int, typer.Option(help="Images per inference call.")] = 64,
     workers: Annotated[
         int, typer.Option(help="Threads decoding images (0: one per physical core).")
     ] = 0,
-    calibration: Annotated[
-        Path | None,
-        typer.Option(help="Calibration file of this bundle (`calibrate`): adds the flag."),
-    ] = None,
-    operating_point: Annotated[
-        float | None,
-        typer.Option(help="Specificity of the operating point to use (default: the file's)."),
-    ] = None,
-    huge_pages: Annotated[
-        bool,
-        typer.Option(
-            help="On CPU, after the first inference, ask Linux to back this process's densely "
-            "written memory (onnxruntime's weights) with transparent huge pages (advice only)."
-        ),
-    ] = False,
-    public_key: Annotated[
-        Path | None,
-        typer.Option(help="PEM public key: refuse a bundle without a valid signature by its key."),
-    ] = None,
-    triton: Annotated[
-        str | None,
-        typer.Option(
-            help="Score on a Triton server instead (HOST:PORT for HTTP, or grpc://HOST:PORT); "
-            "then there is no BUNDLE argument, every argument is an image, and calibration is "
-            "the server's (`ddad-edge triton --calibration`)."
-        ),
-    ] = None,
+    calibration: CalibrationOpt = None,
+    operating_point: OperatingPointOpt = None,
+    huge_pages: HugePagesOpt = False,
+    public_key: PublicKeyOpt = None,
+    triton: TritonOpt = None,
     concurrency: Annotated[int, typer.Option(help="With --triton: requests in flight.")] = 8,
-    max_pixels: Annotated[
-        int,
-        typer.Option(
-            help="Largest image a file may declare, in pixels (DICOM: rows x columns x frames x "
-            "samples), checked before decoding; larger files are refused. 0: no limit.",
-            min=0,
-        ),
-    ] = DEFAULT_MAX_PIXELS,
+    max_pixels: MaxPixelsOpt = DEFAULT_MAX_PIXELS,
 ) -> None:
     """Gate and score images with a bundle: image-level rec, intra and inter scores, and with
     --calibration a flag (abnormal/normal) at the calibrated operating point.
@@ -324,10 +329,6 @@ def score(
     gates and scores them with this runtime: the records are the same.
     Files that declare more than --max-pixels pixels are refused before decoding.
     """
-    from ddad_edge.runtime.backends import BackendUnavailable
-    from ddad_edge.runtime.bundle import BundleError
-    from ddad_edge.runtime.hugepages import for_cpu_backend
-    from ddad_edge.runtime.scorer import Scorer
     from ddad_edge.runtime.scores import SCORE_NAMES
 
     if heatmap_map not in SCORE_NAMES:
@@ -341,30 +342,44 @@ def score(
         return
     if not inputs:
         fail("no images given (usage: ddad-edge score BUNDLE IMAGE...)")
-    try:
-        scorer = Scorer.from_bundle(
-            bundle,
-            backend=backend,
-            precision=precision,
-            max_batch=batch_size,
-            workers=workers or None,
-            calibration=calibration,
-            operating_point=operating_point,
-            warm_up=for_cpu_backend if huge_pages else None,
-            public_key=public_key,
-            max_pixels=max_pixels or None,
-        )
-    except (BackendUnavailable, BundleError, ValueError) as e:
-        fail(e)
-    d = scorer.describe()
-    model = f"{d['model']['kind']} K={d['model']['k']}"
-    note(f"{d['backend']} on {d['device']}, {d['precision']}, {model}")
+    scorer = _open_scorer(
+        bundle,
+        backend=backend,
+        precision=precision,
+        max_batch=batch_size,
+        workers=workers or None,
+        calibration=calibration,
+        operating_point=operating_point,
+        huge_pages=huge_pages,
+        public_key=public_key,
+        max_pixels=max_pixels or None,
+    )
     with scorer:
         results = scorer.score([str(p) for p in inputs], maps=heatmaps is not None)
     written: list[Path | None] = [None] * len(results)
     if heatmaps is not None:
         written = _write_heatmaps(scorer, results, heatmaps, heatmap_map)
     _report(results, written if heatmaps is not None else None, as_json)
+
+
+def _open_scorer(bundle: Path, *, huge_pages: bool, **options: Any) -> Any:
+    """``Scorer.from_bundle(bundle, **options)`` (huge pages as its warm-up when asked), with a
+    note naming the backend, device, precision and model; one-line error when it cannot open."""
+    from ddad_edge.runtime.backends import BackendUnavailable
+    from ddad_edge.runtime.bundle import BundleError
+    from ddad_edge.runtime.hugepages import for_cpu_backend
+    from ddad_edge.runtime.scorer import Scorer
+
+    try:
+        scorer = Scorer.from_bundle(
+            bundle, warm_up=for_cpu_backend if huge_pages else None, **options
+        )
+    except (BackendUnavailable, BundleError, ValueError) as e:
+        fail(e)
+    d = scorer.describe()
+    model = f"{d['model']['kind']} K={d['model']['k']}"
+    note(f"{d['backend']} on {d['device']}, {d['precision']}, {model}")
+    return scorer
 
 
 def _score_triton(url: str, paths: list[Path], concurrency: int) -> list:

@@ -13,7 +13,13 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from ddad_edge.cli_common import command_help, out_console, require_extra
+from ddad_edge.cli_common import (
+    CalibrationOpt,
+    OperatingPointOpt,
+    command_help,
+    out_console,
+    require_extra,
+)
 from ddad_edge.cli_common import fail as _fail
 
 
@@ -44,14 +50,8 @@ def serve(
     bundle: Annotated[
         Path | None, typer.Argument(help="Bundle folder written by `export` (not with --status).")
     ] = None,
-    calibration: Annotated[
-        Path | None,
-        typer.Option(help="Calibration file of this bundle (`calibrate`): flags at its point."),
-    ] = None,
-    operating_point: Annotated[
-        float | None,
-        typer.Option(help="Specificity of the calibration's operating point to use."),
-    ] = None,
+    calibration: CalibrationOpt = None,
+    operating_point: OperatingPointOpt = None,
     ae_title: Annotated[str, typer.Option(help="Our AE title.")] = "DDAD",
     host: Annotated[str, typer.Option(help="Address the SCP listens on.")] = "0.0.0.0",
     port: Annotated[int, typer.Option(help="DICOM port the SCP listens on.")] = 11112,

@@ -13,21 +13,22 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from ddad_edge.cli_common import fail, out_console, say
+from ddad_edge.cli_common import (
+    BundleArg,
+    CalibrationOpt,
+    OperatingPointOpt,
+    fail,
+    out_console,
+    say,
+)
 
 
 def triton(
-    bundle: Annotated[Path, typer.Argument(help="Bundle folder written by `export`.")],
+    bundle: BundleArg,
     output: Annotated[Path, typer.Option("-o", "--output", help="Model repository to write.")],
     max_batch: Annotated[int, typer.Option(help="max_batch_size of the models.")] = 64,
-    calibration: Annotated[
-        Path | None,
-        typer.Option(help="Calibration file of this bundle: the server's records get the flag."),
-    ] = None,
-    operating_point: Annotated[
-        float | None,
-        typer.Option(help="Specificity of the operating point to use (default: the file's)."),
-    ] = None,
+    calibration: CalibrationOpt = None,
+    operating_point: OperatingPointOpt = None,
     inference: Annotated[
         str,
         typer.Option(

@@ -416,7 +416,7 @@ def test_bench_cli_smoke(tiny: dict[str, Path]) -> None:
     assert "skipped" in ort["end_to_end"]["dicom"]
     assert ort["limits"]["floor_ms"] > 0 and ort["limits"]["b1_latency_over_floor"] > 0
     assert res["lanes"]["ort-int8"]["available"]
-    assert res["graphs"]["dual_fp32.onnx [int8]"]["weights"]["by_dtype"]["int8"] > 0
+    assert res["graphs"]["dual_int8.onnx"]["weights"]["by_dtype"]["int8"] > 0
     g = res["graphs"]["dual_fp32.onnx"]
     assert g["flops"]["2"]["flops"] == 2 * g["flops"]["1"]["flops"] > 0
     assert not res["lanes"]["trt"]["available"] or res["machine"]["gpu"]["cuda_available"]
@@ -583,14 +583,11 @@ def test_variant_kept_only_when_its_interval_is_within_tolerance() -> None:
     assert choose_variant(result, parity)["kept"] is None
 
 
-def test_int8_variant_keeps_the_pixel_interleave_in_float(
-    tiny: dict[str, Path], tmp_path: Path
-) -> None:
-    from ddad_edge.benchmarks.variants import make_int8
+def test_int8_graph_keeps_the_pixel_interleave_in_float(tiny: dict[str, Path]) -> None:
     from ddad_edge.export.parity import run_onnx
 
     src = tiny["bundle"] / "dual_fp32.onnx"
-    dst = make_int8(src, tmp_path / "int8.onnx")
+    dst = tiny["bundle"] / "dual_int8.onnx"  # the bundle's int8 precision, which ort-int8 runs
     model = onnx.load(str(dst))
     ops = {n.name: n.op_type for n in model.graph.node}
     interleave = [n for n in ops if n.startswith("Interleave")]
@@ -608,7 +605,51 @@ def test_int8_variant_keeps_the_pixel_interleave_in_float(
     assert sum(w.startswith(("fc2.", "fc3.")) for w in fp32_weights) == 2 * 2 * k
     x = np.random.default_rng(0).uniform(-1, 1, (2, 1, 64, 64)).astype(np.float32)
     ref, _ = run_onnx(str(src), x)
-    got, _ = run_onnx(dst.read_bytes(), x)
+    got, _ = run_onnx(str(dst), x)
     for k in ref:  # 8-bit weights of the bottleneck only: a few % of each output's range
         rng_ = float(ref[k].max() - ref[k].min())
         assert float(np.abs(got[k] - ref[k]).max()) <= 0.1 * rng_ + 1e-6, k
+
+
+def test_lanes_by_precision() -> None:
+    from ddad_edge.benchmarks.lanes import parse_lanes
+
+    assert parse_lanes("default", "int8") == ["torch", "ort-int8"]
+    assert parse_lanes("cpu", "fp32,fp16") == ["torch", "ort", "ort-fp16"]
+    assert parse_lanes("ort,ort-int8") == ["torch", "ort", "ort-int8"]
+    for backends, precision in (("ort", "int8"), ("cpu", "int4"), ("cpu", "")):
+        with pytest.raises(ValueError):
+            parse_lanes(backends, precision)
+
+
+BENCH_FAST = [
+    "--batches", "1", "--warmup", "1", "--min-reps", "1", "--min-seconds", "0",
+    "--max-seconds", "1", "--latency-reps", "2", "--latency-seconds", "0", "--torch-threads", "1",
+    "--skip", "limits,paired,e2e,profile,coldstart,training,variants,triton",
+]  # fmt: skip
+
+
+def test_bench_precision_int8_runs_the_bundles_int8_graph(
+    bundle: Path, good_images: list[Path], tmp_path: Path
+) -> None:
+    out = tmp_path / "bench"
+    args = ["bench", str(bundle), "-o", str(out), "--precision", "int8"]
+    r = runner.invoke(app, [*args, "--images", str(good_images[0].parent), *BENCH_FAST])
+    assert r.exit_code == 0, r.output
+    res = json.loads((out / "bench.json").read_text())
+    assert list(res["lanes"]) == ["torch", "ort-int8"]
+    info = res["lanes"]["ort-int8"]["info"]
+    assert info["scorer"]["precision"] == "int8" and Path(info["graph"]).name == "dual_int8.onnx"
+    bad = runner.invoke(app, ["bench", str(bundle), "--backends", "ort", "--precision", "int8"])
+    assert bad.exit_code == 1 and "no lane of precision int8" in bad.output
+
+
+def test_parity_precision_int8(tiny: dict[str, Path]) -> None:
+    r = _run_parity(tiny, "parity-int8", "--precision", "int8")  # --backends ort: no int8 lane
+    assert r.exit_code == 1 and "no lane of precision int8" in r.output
+    args = ["parity", str(tiny["bundle"]), "--split", str(tiny["split"]), "--n-boot", "50"]
+    r = runner.invoke(app, [*args, "--precision", "int8", "-o", str(tiny["root"] / "p8")])
+    assert r.exit_code in (0, 3), r.output  # 3: the ΔAUC of random weights may exceed 0.003
+    res = json.loads((tiny["root"] / "p8" / "parity.json").read_text())
+    assert list(res["lanes"]) == ["ort-int8"] and res["n_images"] == 32
+    assert Path(res["lanes"]["ort-int8"]["info"]["graph"]).name == "dual_int8.onnx"
