@@ -9,7 +9,6 @@ eval. A file that is truncated, foreign or not shaped like our checkpoint is a
 
 from __future__ import annotations
 
-import json
 import pickle
 import zipfile
 from pathlib import Path
@@ -18,7 +17,7 @@ from typing import Any
 import torch
 
 from ddad_edge.models import KINDS, FusedEnsemble
-from ddad_edge.runtime.fileio import atomic_write
+from ddad_edge.runtime.fileio import atomic_write, read_json
 
 MODULES = ("A", "B")
 MAX_K = 64
@@ -116,10 +115,7 @@ def read_config(run_dir: Path) -> dict[str, Any]:
     path = Path(run_dir) / "config.json"
     if not path.is_file():
         raise FileNotFoundError(f"{path}: not a ddad-edge run directory (no config.json)")
-    try:
-        config = json.loads(path.read_text())
-    except (OSError, ValueError) as e:
-        raise CheckpointError(f"{path}: unreadable run config: {_first_line(e)}") from e
+    config = read_json(path, CheckpointError, "run config")
     if not isinstance(config, dict):
         raise CheckpointError(f"{path}: not a ddad-edge run config (not a JSON object)")
     return config

@@ -168,6 +168,15 @@ class StackedConvTranspose2d(_StackedConvBase):
     transposed = True
 
 
+def _conv_stack(k: int, conv: type[nn.Module], channels: tuple[int, ...]) -> list[nn.Module]:
+    """``conv(k, c_in, c_out)`` + BatchNorm + ReLU for each consecutive pair of ``channels``
+    (the encoder's and the hidden decoder layers' repeating unit)."""
+    layers: list[nn.Module] = []
+    for cin, cout in zip(channels[:-1], channels[1:], strict=True):
+        layers += [conv(k, cin, cout), nn.BatchNorm2d(k * cout), nn.ReLU(True)]
+    return layers
+
+
 class FusedEnsemble(nn.Module):
     """K members of one kind in stacked weights.
 
@@ -182,14 +191,7 @@ class FusedEnsemble(nn.Module):
             raise ValueError("an ensemble needs k >= 1 members")
         self.kind, self.k = kind, k
         self.out = out_channels(kind)
-        enc: list[nn.Module] = []
-        for cin, cout in zip(ENC_CHANNELS[:-1], ENC_CHANNELS[1:], strict=True):
-            enc += [
-                StackedConv2d(k, cin, cout),
-                nn.BatchNorm2d(k * cout),
-                nn.ReLU(True),
-            ]
-        self.encoder = nn.Sequential(*enc)
+        self.encoder = nn.Sequential(*_conv_stack(k, StackedConv2d, ENC_CHANNELS))
         self.fc1 = StackedLinear(k, FLAT, HIDDEN)
         self.bn1 = StackedBatchNorm1d(k, HIDDEN)
         self.fc2 = StackedLinear(k, HIDDEN, LATENT)
@@ -197,13 +199,7 @@ class FusedEnsemble(nn.Module):
         self.fc3 = StackedLinear(k, LATENT, HIDDEN)
         self.bn3 = StackedBatchNorm1d(k, HIDDEN)
         self.fc4 = StackedLinear(k, HIDDEN, FLAT)
-        dec: list[nn.Module] = []
-        for cin, cout in zip(DEC_CHANNELS[:-1], DEC_CHANNELS[1:], strict=True):
-            dec += [
-                StackedConvTranspose2d(k, cin, cout),
-                nn.BatchNorm2d(k * cout),
-                nn.ReLU(True),
-            ]
+        dec = _conv_stack(k, StackedConvTranspose2d, DEC_CHANNELS)
         dec.append(StackedConvTranspose2d(k, DEC_CHANNELS[-1], self.out))
         self.decoder = nn.Sequential(*dec)
 

@@ -35,6 +35,7 @@ from typing import Any
 
 import numpy as np
 
+from ddad_edge.runtime.fileio import read_json
 from ddad_edge.runtime.manifest import (
     ENGINES_DIR,
     FORMAT_VERSION,
@@ -149,10 +150,7 @@ def read_manifest(root: str | os.PathLike[str]) -> dict[str, Any]:
         raise BundleError(f"{root}: not a folder (expected a bundle written by `ddad-edge export`)")
     if not path.is_file():
         raise BundleError(f"{path}: missing; not a ddad-edge bundle (run `ddad-edge export`)")
-    try:
-        manifest = json.loads(path.read_text())
-    except (OSError, ValueError) as e:
-        raise BundleError(f"{path}: unreadable manifest: {e}") from e
+    manifest = read_json(path, BundleError, "manifest")
     check_manifest(root, manifest)
     stray = unlisted_files(root, manifest["files"])
     if stray:

@@ -1,4 +1,5 @@
-"""Atomic file writes: the one implementation every writer in the toolkit uses.
+"""Atomic file writes, the one implementation every writer in the toolkit uses; and the one
+reader of the JSON files the toolkit writes (manifests, run configs) with a one-line error.
 
 A file is written to a unique sibling temp name (opened exclusively, so it gets the usual
 umask permissions), flushed and fsynced, then renamed over the target. A reader never sees a
@@ -8,11 +9,12 @@ half-written file, and an interrupted write leaves the old file untouched.
 from __future__ import annotations
 
 import glob
+import json
 import os
 import secrets
 from collections.abc import Callable
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 
 def _temp_name(path: Path) -> Path:
@@ -51,3 +53,13 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
 def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
     """Write UTF-8 ``text`` to ``path`` atomically (newlines as given)."""
     return atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def read_json(path: str | os.PathLike, error: type[Exception], what: str) -> Any:
+    """The parsed JSON of file ``path``; raises ``error("<path>: unreadable <what>: <reason>")``
+    (one line) when it cannot be read or is not JSON."""
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, ValueError) as e:
+        lines = str(e).strip().splitlines()
+        raise error(f"{path}: unreadable {what}: {lines[0] if lines else type(e).__name__}") from e

@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+from collections.abc import Iterator
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -97,12 +98,18 @@ def check_version(path: Path, version: object) -> None:
         )
 
 
-def _check_files(path: Path, files: object) -> None:
-    _expect(isinstance(files, dict) and bool(files), path, "files", "a non-empty object", files)
-    assert isinstance(files, dict)
-    for name, entry in files.items():
-        field = f"files[{name!r}]"
+def _entries(path: Path, name: str, value: object) -> Iterator[tuple[str, str, dict[str, Any]]]:
+    """(key, field name, entry) of ``value``, which must be a non-empty object of objects."""
+    _expect(isinstance(value, dict) and bool(value), path, name, "a non-empty object", value)
+    assert isinstance(value, dict)
+    for key, entry in value.items():
+        field = f"{name}[{key!r}]"
         _expect(isinstance(entry, dict), path, field, "an object", entry)
+        yield key, field, entry
+
+
+def _check_files(path: Path, files: object) -> None:
+    for _, field, entry in _entries(path, "files", files):
         sha, size = entry.get("sha256"), entry.get("bytes")
         ok = isinstance(sha, str) and _SHA256.fullmatch(sha) is not None
         _expect(ok, path, f"{field}.sha256", "64 lower-case hex digits", sha)
@@ -111,11 +118,7 @@ def _check_files(path: Path, files: object) -> None:
 
 
 def _check_graphs(path: Path, graphs: object, files: dict[str, Any]) -> None:
-    _expect(isinstance(graphs, dict) and bool(graphs), path, "graphs", "a non-empty object", graphs)
-    assert isinstance(graphs, dict)
-    for key, entry in graphs.items():
-        field = f"graphs[{key!r}]"
-        _expect(isinstance(entry, dict), path, field, "an object", entry)
+    for key, field, entry in _entries(path, "graphs", graphs):
         graph, prec = entry.get("graph"), entry.get("precision")
         _expect(graph in GRAPHS, path, f"{field}.graph", f"one of {GRAPHS}", graph)
         _expect(prec in PRECISIONS, path, f"{field}.precision", f"one of {PRECISIONS}", prec)

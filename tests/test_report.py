@@ -149,19 +149,8 @@ def test_cli_calibrate_score_report(bundle: Path, tmp_path: Path) -> None:
     lateral = tmp_path / "lateral.dcm"
     ds.save_as(lateral)
     png = normals / "00.png"
-    res = runner.invoke(
-        app,
-        [
-            "score",
-            str(bundle),
-            str(good),
-            str(lateral),
-            str(png),
-            "--json",
-            "--calibration",
-            str(cal),
-        ],
-    )
+    inputs = [str(bundle), str(good), str(lateral), str(png), "--calibration", str(cal)]
+    res = runner.invoke(app, ["score", *inputs, "--json"])
     assert res.exit_code == 0, res.output
     recs = [json.loads(line) for line in res.stdout.splitlines() if line.startswith("{")]
     assert [r["status"] for r in recs] == ["scored", "abstained", "scored"]
@@ -176,20 +165,7 @@ def test_cli_calibrate_score_report(bundle: Path, tmp_path: Path) -> None:
     assert res.exit_code == 1 and "another bundle" in res.stderr
 
     out = tmp_path / "out"
-    res = runner.invoke(
-        app,
-        [
-            "report",
-            str(bundle),
-            str(good),
-            str(lateral),
-            str(png),
-            "-o",
-            str(out),
-            "--calibration",
-            str(cal),
-        ],
-    )
+    res = runner.invoke(app, ["report", *inputs, "-o", str(out)])
     assert res.exit_code == 0, res.output
     lines = [json.loads(x) for x in (out / "results.jsonl").read_text().splitlines()]
     assert lines[0]["dicom"] == [f"{good.stem}.sr.dcm", f"{good.stem}.sc.dcm"]
