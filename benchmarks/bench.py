@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from ddad_edge import __version__
-from ddad_edge.benchmarks import achieved, endtoend, latency, machine, paired, variants
+from ddad_edge.benchmarks import achieved, endtoend, latency, machine, paired
 from ddad_edge.benchmarks.lanes import LANE_SPECS, REFERENCE_LANE, LaneUnavailable, open_lane
 from ddad_edge.benchmarks.latency import Budget
 from ddad_edge.benchmarks.limits import measure_limits, measure_read_bandwidth
@@ -92,26 +92,20 @@ def _nothing(_: str) -> None:
     return None
 
 
-def _open_lane(
-    cfg: BenchConfig, name: str, variant_bundles: dict[str, Path], max_batch: int
-) -> Any:
-    """``open_lane`` with this run's bundle, PyTorch run and thread settings."""
+def _open_lane(cfg: BenchConfig, name: str, max_batch: int) -> Any:
+    """``open_lane`` with this run's bundle, PyTorch run, scratch folder and thread settings."""
     return open_lane(
         name,
         bundle=cfg.bundle,
         run_dir=cfg.run_dir,
-        variant_bundles=variant_bundles,
+        work_dir=cfg.work_dir,
         max_batch=max_batch,
         intra_op_threads=cfg.intra_op_threads,
     )
 
 
 def _paired(
-    cfg: BenchConfig,
-    lanes: dict[str, Any],
-    variant_bundles: dict[str, Path],
-    max_batch: int,
-    on: Progress,
+    cfg: BenchConfig, lanes: dict[str, Any], max_batch: int, on: Progress
 ) -> dict[str, Any]:
     """Interleaved speedups (``benchmarks/paired.py``): the main lane over the reference at
     ``cfg.paired_batches``, and each measured variant lane over the main lane at batch 1.
@@ -123,7 +117,7 @@ def _paired(
         return {"skipped": f"lane(s) {', '.join(missing)} not measured in this run"}
 
     def opened(name: str) -> Any:
-        return _open_lane(cfg, name, variant_bundles, max_batch)
+        return _open_lane(cfg, name, max_batch)
 
     def speedup(ref: Any, lane: Any, batch: int) -> dict[str, Any]:
         on(f"interleaved {lane.name} vs {ref.name}: batch {batch}")
@@ -176,10 +170,6 @@ def run_bench(cfg: BenchConfig, on_progress: Progress = _nothing) -> BenchResult
         torch.set_num_threads(previous)
 
 
-def _wanted_variants(cfg: BenchConfig) -> list[str]:
-    return [LANE_SPECS[n].precision for n in cfg.lanes if LANE_SPECS[n].family == "variant"]
-
-
 def _end_to_end(cfg: BenchConfig, lane: Any, on: Progress) -> dict[str, Any]:
     """``endtoend.run_folder`` on the full-resolution and DICOM folders (or why skipped)."""
     out: dict[str, Any] = {}
@@ -229,24 +219,14 @@ class _LaneRuns:
     paths: dict[str, Path] = field(default_factory=dict)  # graph label -> ONNX file
 
 
-def _run_lanes(
-    cfg: BenchConfig,
-    bundle: Any,
-    variant_bundles: dict[str, Path],
-    errors: dict[str, str],
-    max_batch: int,
-    on: Progress,
-) -> _LaneRuns:
+def _run_lanes(cfg: BenchConfig, bundle: Any, max_batch: int, on: Progress) -> _LaneRuns:
     """Open and measure every requested lane in turn (one open at a time)."""
     runs = _LaneRuns()
     for name in cfg.lanes:
         spec = LANE_SPECS[name]
-        if spec.family == "variant" and spec.precision in errors:
-            runs.entries[name] = {"available": False, "reason": errors[spec.precision]}
-            continue
         on(f"opening lane {name}")
         try:
-            lane = _open_lane(cfg, name, variant_bundles, max_batch)
+            lane = _open_lane(cfg, name, max_batch)
         except LaneUnavailable as e:
             runs.entries[name] = {"available": False, "reason": str(e)}
             continue
@@ -346,14 +326,11 @@ def _run_bench(cfg: BenchConfig, on: Progress) -> BenchResult:
     if "limits" in cfg.sections:
         on("measuring matmul peak and memory bandwidth")
         limits = result["limits"] = measure_limits(quick=cfg.quick_limits)
-    variant_bundles, variant_errors = variants.build_variant_bundles(
-        cfg.bundle, _wanted_variants(cfg), cfg.work_dir, on
-    )
     max_batch = max([*cfg.batches, cfg.e2e_batch, 1])
-    runs = _run_lanes(cfg, bundle, variant_bundles, variant_errors, max_batch, on)
+    runs = _run_lanes(cfg, bundle, max_batch, on)
     result["lanes"] = runs.entries
     if "paired" in cfg.sections:
-        result["paired"] = _paired(cfg, runs.entries, variant_bundles, max_batch, on)
+        result["paired"] = _paired(cfg, runs.entries, max_batch, on)
     on("counting FLOPs and weight bytes of the graphs")
     costs = result["graphs"] = achieved.graph_costs(runs.paths, cfg.batches)
     if limits is not None and not limits.get("quick"):

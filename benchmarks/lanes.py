@@ -368,7 +368,7 @@ def open_lane(
     *,
     bundle: Path,
     run_dir: Path | None,
-    variant_bundles: dict[str, Path] | None = None,
+    work_dir: Path | None = None,
     max_batch: int = 256,
     intra_op_threads: int | None = None,
 ) -> Lane:
@@ -378,7 +378,8 @@ def open_lane(
         name: a key of LANE_SPECS.
         bundle: the export bundle folder.
         run_dir: the PyTorch run (needed by the torch lanes).
-        variant_bundles: precision ("fp16w") -> variant bundle folder (variant lanes).
+        work_dir: where a variant lane's bundle is built (``work_dir/<precision>``, once: a later
+            open reuses it).
         max_batch: largest batch one Scorer inference call takes.
         intra_op_threads: onnxruntime CPU threads (None: the runtime's default, physical cores).
 
@@ -390,11 +391,30 @@ def open_lane(
         if run_dir is None:
             raise LaneUnavailable("no PyTorch run: the bundle manifest names none; pass --ckpt RUN")
         return TorchLane(spec, run_dir)
+    precision = None
     if spec.family == "variant":
-        vb = (variant_bundles or {}).get(spec.precision)
-        if vb is None:
-            raise LaneUnavailable(f"no {spec.precision} variant graph was built")
-        return RuntimeLane(
-            spec, vb, graph_precision="fp32", max_batch=max_batch, intra_op_threads=intra_op_threads
-        )
-    return RuntimeLane(spec, bundle, max_batch=max_batch, intra_op_threads=intra_op_threads)
+        if work_dir is None:
+            raise LaneUnavailable(f"no folder to build the {spec.precision} variant in")
+        bundle, precision = _variant_bundle(bundle, spec.precision, work_dir), "fp32"
+    return RuntimeLane(
+        spec,
+        bundle,
+        graph_precision=precision,
+        max_batch=max_batch,
+        intra_op_threads=intra_op_threads,
+    )
+
+
+def _variant_bundle(bundle: Path, variant: str, work_dir: Path) -> Path:
+    """The variant bundle of ``variant`` under ``work_dir``, built on first use."""
+    from ddad_edge.benchmarks.variants import make_variant_bundle
+    from ddad_edge.runtime.bundle import MANIFEST
+
+    out = Path(work_dir) / variant
+    if (out / MANIFEST).is_file():
+        return out
+    try:
+        return make_variant_bundle(bundle, variant, out)
+    except Exception as e:  # noqa: BLE001 - any failure is this lane's reason
+        msg = f"building the {variant} variant failed: {type(e).__name__}: {e}"
+        raise LaneUnavailable(msg) from e

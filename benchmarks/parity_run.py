@@ -96,22 +96,14 @@ def load_test_set(
 
 
 def _open_all(cfg: ParityConfig, on: Progress) -> tuple[list[Lane], dict[str, str]]:
-    names = [n for n in cfg.lanes if n != REFERENCE_LANE]
-    wanted = sorted({LANE_SPECS[n].precision for n in names if LANE_SPECS[n].family == "variant"})
-    bundles, errors = variants.build_variant_bundles(cfg.bundle, wanted, cfg.work_dir, on)
-    unavailable = {
-        n: errors[s.precision]
-        for n in names
-        if (s := LANE_SPECS[n]).family == "variant" and s.precision in errors
-    }
     lanes: list[Lane] = []
-    for n in names:
-        if n in unavailable:
-            continue
+    unavailable: dict[str, str] = {}
+    for n in (n for n in cfg.lanes if n != REFERENCE_LANE):
+        on(f"opening lane {n}")
         try:
             lanes.append(
                 open_lane(
-                    n, bundle=cfg.bundle, run_dir=cfg.run_dir, variant_bundles=bundles, max_batch=64
+                    n, bundle=cfg.bundle, run_dir=cfg.run_dir, work_dir=cfg.work_dir, max_batch=64
                 )
             )
         except LaneUnavailable as e:

@@ -11,7 +11,7 @@ from collections.abc import Callable
 import numpy as np
 
 from ddad_edge.benchmarks.schema import TimeSummary
-from ddad_edge.runtime.metrics import roc_auc
+from ddad_edge.runtime.metrics import average_ranks, roc_auc
 
 PERCENTILES: tuple[int, ...] = (50, 95, 99)
 
@@ -42,17 +42,6 @@ def summarize_times(samples_s: np.ndarray | list[float]) -> TimeSummary:
     for p in PERCENTILES:
         out[f"p{p}_ms"] = float(np.percentile(s, p))
     return out
-
-
-def average_ranks(values: np.ndarray) -> np.ndarray:
-    """1-based ranks of values [N], ties get the mean of their ranks. Returns float64 [N]."""
-    v = np.asarray(values, dtype=np.float64).ravel()
-    order = np.argsort(v, kind="mergesort")
-    sorted_v = v[order]
-    _, first, counts = np.unique(sorted_v, return_index=True, return_counts=True)
-    ranks = np.empty(v.size, dtype=np.float64)
-    ranks[order] = np.repeat(first + (counts - 1) / 2.0 + 1.0, counts)
-    return ranks
 
 
 def spearman(a: np.ndarray, b: np.ndarray) -> float:

@@ -18,7 +18,6 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -111,21 +110,3 @@ def make_variant_bundle(
     }
     (out_dir / MANIFEST).write_text(json.dumps(sealed(new), indent=1))
     return out_dir
-
-
-def build_variant_bundles(
-    bundle: Path, precisions: list[str], work_dir: Path, on: Callable[[str], None]
-) -> tuple[dict[str, Path], dict[str, str]]:
-    """A variant bundle per precision (of VARIANTS) under ``work_dir``.
-
-    Returns ({precision: bundle folder}, {precision: why building it failed}).
-    """
-    built: dict[str, Path] = {}
-    errors: dict[str, str] = {}
-    for v in precisions:
-        on(f"building the {v} variant graph")
-        try:
-            built[v] = make_variant_bundle(bundle, v, work_dir / v)
-        except Exception as e:  # noqa: BLE001 - recorded as the lanes' reason
-            errors[v] = f"building the {v} variant failed: {type(e).__name__}: {e}"
-    return built, errors

@@ -121,40 +121,14 @@ def make_split(
     if len(set(paths)) != len(paths):
         raise SplitError("the label list names some file more than once")
     rng = np.random.default_rng(seed)
-    if any(it.split == "test" for it in items):
-        test = [it for it in items if it.split == "test"]
-        pool = [it for it in items if it.split != "test"]
-        test_source = "split column / test folder"
-    else:
-        test, pool = [], []
-        for lab in (0, 1):
-            group = [it for it in items if it.label == lab]
-            perm = rng.permutation(len(group))
-            n_test = int(round(test_fraction * len(group)))
-            test += [group[i] for i in perm[:n_test]]
-            pool += [group[i] for i in perm[n_test:]]
-        test_source = f"carved out: {test_fraction:.0%} of each class (seed {seed})"
+    test, pool, test_source = _test_and_pool(items, rng, test_fraction, seed)
     normals = [it for it in pool if it.label == 0]
     abnormals = [it for it in pool if it.label == 1]
     normals = [normals[i] for i in rng.permutation(len(normals))]
     abnormals = [abnormals[i] for i in rng.permutation(len(abnormals))]
     n_abn = int(round(unlabeled * ar))
     n_norm_u = unlabeled - n_abn
-    if calibration < 0:
-        raise SplitError("--calibration must be >= 0")
-    if normal_train + n_norm_u + calibration > len(normals):
-        raise SplitError(
-            f"not enough normal training images: D needs {normal_train} and Du needs {n_norm_u} "
-            f"(|Du|={unlabeled}, AR={ar})"
-            + (f" and the calibration set {calibration}" if calibration else "")
-            + f", but only {len(normals)} are available; a sweep down to AR 0 allows "
-            f"|Du| <= {max(0, len(normals) - normal_train - calibration)}"
-        )
-    if n_abn > len(abnormals):
-        raise SplitError(
-            f"not enough abnormal training images for AR={ar}: Du needs {n_abn}, only "
-            f"{len(abnormals)} are available; lower --ar or --unlabeled"
-        )
+    _check_enough(len(normals), len(abnormals), normal_train, unlabeled, ar, calibration)
     d = normals[:normal_train]
     du = normals[normal_train : normal_train + n_norm_u] + abnormals[:n_abn]
     du = [du[i] for i in rng.permutation(len(du))]
@@ -164,7 +138,67 @@ def make_split(
         raise SplitError("training and test/calibration sets overlap")
     if len(test) == 0 or len({it.label for it in test}) < 2:
         raise SplitError("the test set needs both normal and abnormal images")
-    manifest: dict[str, Any] = {
+    manifest = _manifest(root, seed, ar, test_source, d, (du, n_abn), test)
+    if calibration:
+        manifest["calibration"] = [it.path for it in cal]
+        manifest["counts"]["calibration"] = len(cal)
+    return manifest
+
+
+def _test_and_pool(
+    items: list[Item], rng: np.random.Generator, test_fraction: float, seed: int
+) -> tuple[list[Item], list[Item], str]:
+    """(Dt, the rest, how Dt was chosen): the items marked ``test``, else a stratified
+    ``test_fraction`` of each class drawn with ``rng``."""
+    if any(it.split == "test" for it in items):
+        test = [it for it in items if it.split == "test"]
+        pool = [it for it in items if it.split != "test"]
+        return test, pool, "split column / test folder"
+    test, pool = [], []
+    for lab in (0, 1):
+        group = [it for it in items if it.label == lab]
+        perm = rng.permutation(len(group))
+        n_test = int(round(test_fraction * len(group)))
+        test += [group[i] for i in perm[:n_test]]
+        pool += [group[i] for i in perm[n_test:]]
+    return test, pool, f"carved out: {test_fraction:.0%} of each class (seed {seed})"
+
+
+def _check_enough(
+    n_normals: int, n_abnormals: int, normal_train: int, unlabeled: int, ar: float, calibration: int
+) -> None:
+    """SplitError unless the pool holds D's, Du's and the calibration set's images."""
+    n_abn = int(round(unlabeled * ar))
+    n_norm_u = unlabeled - n_abn
+    if calibration < 0:
+        raise SplitError("--calibration must be >= 0")
+    if normal_train + n_norm_u + calibration > n_normals:
+        raise SplitError(
+            f"not enough normal training images: D needs {normal_train} and Du needs {n_norm_u} "
+            f"(|Du|={unlabeled}, AR={ar})"
+            + (f" and the calibration set {calibration}" if calibration else "")
+            + f", but only {n_normals} are available; a sweep down to AR 0 allows "
+            f"|Du| <= {max(0, n_normals - normal_train - calibration)}"
+        )
+    if n_abn > n_abnormals:
+        raise SplitError(
+            f"not enough abnormal training images for AR={ar}: Du needs {n_abn}, only "
+            f"{n_abnormals} are available; lower --ar or --unlabeled"
+        )
+
+
+def _manifest(
+    root: Path,
+    seed: int,
+    ar: float,
+    test_source: str,
+    d: list[Item],
+    du_and_abnormal: tuple[list[Item], int],
+    test: list[Item],
+) -> dict[str, Any]:
+    """The split manifest's fields and counts for D, (Du, its number of abnormals) and Dt."""
+    du, n_abn = du_and_abnormal
+    return {
         "version": MANIFEST_VERSION,
         "root": str(Path(root).resolve()),
         "data_note": describe_data(root),
@@ -176,18 +210,14 @@ def make_split(
         "unlabeled_labels_for_analysis_only": [it.label for it in du],
         "test": [it.path for it in test],
         "test_labels": [it.label for it in test],
+        "counts": {
+            "D": len(d),
+            "Du": len(du),
+            "Du_abnormal": n_abn,
+            "Dt": len(test),
+            "Dt_abnormal": int(sum(it.label for it in test)),
+        },
     }
-    manifest["counts"] = {
-        "D": len(d),
-        "Du": len(du),
-        "Du_abnormal": n_abn,
-        "Dt": len(test),
-        "Dt_abnormal": int(sum(it.label for it in test)),
-    }
-    if calibration:
-        manifest["calibration"] = [it.path for it in cal]
-        manifest["counts"]["calibration"] = len(cal)
-    return manifest
 
 
 def sweep_path(output: Path, ar: float) -> Path:

@@ -86,6 +86,32 @@ def existing_engine_ok(
     return side.get("plan_sha256") == sha256_file(plan_path)
 
 
+def _network_and_config(
+    trt: Any, onnx_path: Path, precision: str, profile: dict[str, Any], workspace_mib: int
+) -> tuple[Any, Any, Any]:
+    """(builder, strongly typed network parsed from ``onnx_path``, builder config with the
+    workspace limit, no TF32 for fp32, and the optimization profile of input ``x``)."""
+    logger = trt.Logger(trt.Logger.WARNING)
+    builder = trt.Builder(logger)
+    flags = 0
+    strongly = getattr(trt.NetworkDefinitionCreationFlag, "STRONGLY_TYPED", None)
+    if strongly is not None:
+        flags |= 1 << int(strongly)
+    network = builder.create_network(flags)
+    parser = trt.OnnxParser(network, logger)
+    if not parser.parse_from_file(str(onnx_path)):
+        errs = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
+        raise BuildError(f"{onnx_path}: TensorRT's ONNX parser failed: {errs}")
+    config = builder.create_builder_config()
+    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, workspace_mib << 20)
+    if precision == "fp32" and hasattr(trt.BuilderFlag, "TF32"):
+        config.clear_flag(trt.BuilderFlag.TF32)
+    opt_profile = builder.create_optimization_profile()
+    opt_profile.set_shape("x", profile["min"], profile["opt"], profile["max"])
+    config.add_optimization_profile(opt_profile)
+    return builder, network, config
+
+
 def build_engine(
     bundle_dir: str | os.PathLike[str],
     *,
@@ -130,25 +156,9 @@ def build_engine(
     ):
         return BuildResult(plan, side, False, json.loads(side.read_text()))
 
-    logger = trt.Logger(trt.Logger.WARNING)
-    builder = trt.Builder(logger)
-    flags = 0
-    strongly = getattr(trt.NetworkDefinitionCreationFlag, "STRONGLY_TYPED", None)
-    if strongly is not None:
-        flags |= 1 << int(strongly)
-    network = builder.create_network(flags)
-    parser = trt.OnnxParser(network, logger)
-    if not parser.parse_from_file(str(onnx_path)):
-        errs = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
-        raise BuildError(f"{onnx_path}: TensorRT's ONNX parser failed: {errs}")
-    config = builder.create_builder_config()
-    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, workspace_mib << 20)
-    if precision == "fp32" and hasattr(trt.BuilderFlag, "TF32"):
-        config.clear_flag(trt.BuilderFlag.TF32)
-    opt_profile = builder.create_optimization_profile()
-    opt_profile.set_shape("x", profile["min"], profile["opt"], profile["max"])
-    config.add_optimization_profile(opt_profile)
-
+    builder, network, config = _network_and_config(
+        trt, onnx_path, precision, profile, workspace_mib
+    )
     plan.parent.mkdir(parents=True, exist_ok=True)
     cache_path = plan.parent / TIMING_CACHE
     cache_bytes = cache_path.read_bytes() if cache_path.is_file() else b""

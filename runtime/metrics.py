@@ -19,16 +19,20 @@ def _check(labels: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarr
     return y, s
 
 
+def average_ranks(values: np.ndarray) -> np.ndarray:
+    """1-based ranks of values [N], ties get the mean of their ranks. Returns float64 [N]."""
+    v = np.asarray(values, dtype=np.float64).ravel()
+    order = np.argsort(v, kind="mergesort")
+    _, first, counts = np.unique(v[order], return_index=True, return_counts=True)
+    ranks = np.empty(v.size, dtype=np.float64)
+    ranks[order] = np.repeat(first + (counts - 1) / 2.0 + 1.0, counts)
+    return ranks
+
+
 def roc_auc(labels: np.ndarray, scores: np.ndarray) -> float:
     """Area under the ROC curve (ties count one half), via the Mann-Whitney U statistic."""
     y, s = _check(labels, scores)
-    order = np.argsort(s, kind="mergesort")
-    ranks = np.empty(len(s), dtype=np.float64)
-    sorted_s = s[order]
-    # average ranks for ties
-    _, first, counts = np.unique(sorted_s, return_index=True, return_counts=True)
-    avg = first + (counts - 1) / 2.0 + 1.0
-    ranks[order] = np.repeat(avg, counts)
+    ranks = average_ranks(s)
     n_pos = int(y.sum())
     n_neg = len(y) - n_pos
     return float((ranks[y == 1].sum() - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg))
