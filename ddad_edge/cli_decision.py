@@ -62,6 +62,23 @@ def _sets(
     }
 
 
+def _score_sets(bundle: Path, sets: dict[str, Any]) -> tuple[dict[str, Any], list[Any]]:
+    """(the bundle's manifest, [(scores, excluded) of the normals, abnormals and held-out
+    normals]), scored on onnxruntime CPU in FP32 (``calibration.score_for_calibration``)."""
+    from ddad_edge.runtime.backends import BackendUnavailable
+    from ddad_edge.runtime.bundle import BundleError
+    from ddad_edge.runtime.calibration import score_for_calibration
+    from ddad_edge.runtime.scorer import Scorer
+
+    try:
+        scorer = Scorer.from_bundle(bundle, backend="ort-cpu", precision="fp32")
+    except (BackendUnavailable, BundleError, ValueError) as e:
+        fail(e)
+    with scorer:
+        parts = ("normals", "abnormals", "held_out_normals")
+        return scorer.bundle.manifest, [score_for_calibration(scorer, sets[p]) for p in parts]
+
+
 def calibrate(
     bundle: BundleArg,
     split_path: Annotated[
@@ -104,34 +121,22 @@ def calibrate(
     cannot be read, are left out and listed. Reads BUNDLE and the images; writes the calibration
     file, which is bound to this bundle's digest (`score --calibration` refuses it for another).
     """
-    from ddad_edge.runtime.backends import BackendUnavailable
-    from ddad_edge.runtime.bundle import BundleError
     from ddad_edge.runtime.calibration import (
         DEFAULT_SPECIFICITIES,
         CalibrationError,
         calibration_record,
-        score_for_calibration,
         write_calibration,
     )
     from ddad_edge.runtime.calibration import (
         calibrate as compute,
     )
-    from ddad_edge.runtime.scorer import Scorer
     from ddad_edge.runtime.scores import SCORE_NAMES
 
     if score not in SCORE_NAMES:
         fail(f"--score must be one of {', '.join(SCORE_NAMES)}")
     sets = _sets(split_path, normals, abnormals, from_test, seed)
     specs = tuple(specificity or DEFAULT_SPECIFICITIES)
-    try:
-        scorer = Scorer.from_bundle(bundle, backend="ort-cpu", precision="fp32")
-    except (BackendUnavailable, BundleError, ValueError) as e:
-        fail(e)
-    with scorer:
-        all0, ex0 = score_for_calibration(scorer, sets["normals"])
-        all1, ex1 = score_for_calibration(scorer, sets["abnormals"])
-        all2, ex2 = score_for_calibration(scorer, sets["held_out_normals"])
-        manifest = scorer.bundle.manifest
+    manifest, [(all0, ex0), (all1, ex1), (all2, ex2)] = _score_sets(bundle, sets)
     empty = np.zeros(0)
     s0, s1, held = (a.get(score, empty) for a in (all0, all1, all2))
     try:

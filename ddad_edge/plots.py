@@ -208,6 +208,21 @@ def plot_score_histograms(
     return _save_atomic(fig, out_png)
 
 
+def _column_range(rows: Sequence[Mapping[str, np.ndarray]], key: str) -> tuple[float, float]:
+    """(min, max) of the finite values of column ``key`` over all rows; (0, 1) when there are
+    none, and a non-empty range when they are all equal."""
+    vals = [v[np.isfinite(v)] for r in rows if (v := r.get(key)) is not None]
+    vals = [v for v in vals if v.size]
+    if vals:
+        lo = float(min(v.min() for v in vals))
+        hi = float(max(v.max() for v in vals))
+    else:
+        lo, hi = 0.0, 1.0
+    if not hi > lo:
+        hi = lo + max(abs(lo) * 1e-6, 1e-12)
+    return lo, hi
+
+
 def plot_heatmap_grid(
     rows: Sequence[Mapping[str, np.ndarray]],
     row_titles: Sequence[str],
@@ -247,22 +262,7 @@ def plot_heatmap_grid(
             if v.ndim != 2:
                 raise ValueError(f"row {i} '{k}': expected a 2-D array, got shape {v.shape}")
 
-    limits: dict[str, tuple[float, float]] = {}
-    for k in keys:
-        if k in image_keys:
-            limits[k] = (0.0, 1.0)
-            continue
-        vals = [v[np.isfinite(v)] for r in data if (v := r.get(k)) is not None]
-        vals = [v for v in vals if v.size]
-        if vals:
-            lo = float(min(v.min() for v in vals))
-            hi = float(max(v.max() for v in vals))
-        else:
-            lo, hi = 0.0, 1.0
-        if not hi > lo:
-            hi = lo + max(abs(lo) * 1e-6, 1e-12)
-        limits[k] = (lo, hi)
-
+    limits = {k: (0.0, 1.0) if k in image_keys else _column_range(data, k) for k in keys}
     nr, nc = len(rows), len(keys)
     fig = _new_figure(1.9 * nc + 0.6, 1.9 * nr + 1.4)
     axes = fig.subplots(nr, nc, squeeze=False)
