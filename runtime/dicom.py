@@ -52,6 +52,14 @@ Colour images (RGB, YBR_* which pydicom converts to RGB, PALETTE COLOR through i
 turned to luma; no modality/VOI step applies to colour. Other photometric interpretations are
 rejected.
 
+Reduced-resolution JPEG 2000 (only when the caller gives ``target_size``, as the scorer does):
+a single-frame grey JPEG 2000 image is decoded by OpenJPEG through glymur at the resolution
+level :func:`j2k_reduce_level` picks (both sides stay >= ``2 * target_size``; a 2000 x 2128 film
+decodes at level 3, 250 x 266), skipping the finest inverse-wavelet stages. The stored values
+then go through steps 2-4 as usual. Without glymur/libopenjp2, or on any failure or mismatch
+with the header, the full decode below is used. Scores move within the AUC-parity tolerance of
+the FP16 gate (benchmarks/README.md "Reduced-resolution JPEG 2000").
+
 Compressed transfer syntaxes (JPEG baseline/extended/lossless, JPEG-LS, JPEG 2000, ...) decode
 through pydicom's plugins (pylibjpeg + openjpeg/libjpeg: the ``dicom-codecs`` extra; pydicom may
 also use Pillow for JPEG / JPEG 2000). When no plugin for the file's transfer syntax is
@@ -87,6 +95,7 @@ __all__ = [
     "CODECS_HINT",
     "colour_to_grey",
     "dicom_info",
+    "j2k_reduce_level",
     "load_dicom",
     "modality_lut",
     "read_dicom",
@@ -454,6 +463,76 @@ def _codestream_size(frame: bytes) -> tuple[int, int] | None:
         return None
 
 
+JPEG2000_SYNTAXES = ("1.2.840.10008.1.2.4.90", "1.2.840.10008.1.2.4.91")
+"""JPEG 2000 Image Compression (Lossless Only) and JPEG 2000 Image Compression (PS3.5 A.4.4)."""
+
+
+def j2k_reduce_level(rows: int, cols: int, target_size: int, levels: int) -> int:
+    """Resolution level ``r`` at which to decode a JPEG 2000 image for a ``target_size`` input.
+
+    Level r is the LL band after r inverse-wavelet stages are skipped: ``ceil(side / 2**r)``
+    pixels per side (ISO/IEC 15444-1 B.5). The largest r <= ``levels`` (the codestream's
+    decomposition levels) whose BOTH sides stay >= ``2 * target_size`` is taken, the rule JPEG
+    draft decoding follows (``runtime/imagefile.py``): the bilinear resize to the network size
+    then still averages at least 2 x 2 decoded pixels per input pixel, so the wavelet's own
+    low-pass never decides what the network sees. 0 = full resolution.
+    """
+    r, m = 0, 2 * target_size
+    while r < levels and -(-min(rows, cols) // 2 ** (r + 1)) >= m:
+        r += 1
+    return r
+
+
+def _decode_j2k_reduced(ds: Any, ts: Any, target_size: int) -> np.ndarray | None:
+    """Stored values of a single-frame grey JPEG 2000 image decoded at a reduced resolution
+    level (:func:`j2k_reduce_level`) by OpenJPEG through glymur (the ``dicom-codecs`` extra).
+
+    Returns None, and the caller decodes at full resolution, when the image is not one (other
+    transfer syntax, several frames or samples), no level below full applies, glymur or
+    libopenjp2 is missing, or anything fails or disagrees with the header (signedness, bit
+    depth, shape): this path only ever saves time, it never refuses a file.
+    """
+    if str(ts) not in JPEG2000_SYNTAXES or _frames(ds) != 1:
+        return None
+    if int(ds.get("SamplesPerPixel", 1) or 1) != 1 or not ds["PixelData"].is_undefined_length:
+        return None
+    try:
+        return _glymur_reduced(ds, target_size)
+    except Exception:  # noqa: BLE001 - any failure: the full decode decides
+        return None
+
+
+def _glymur_reduced(ds: Any, target_size: int) -> np.ndarray | None:
+    import tempfile
+    import warnings
+
+    import glymur
+    from pydicom.encaps import get_frame
+
+    # libopenjp2's own remarks (e.g. a stream without EOC, which pydicom's decoder accepts too)
+    warnings.filterwarnings("ignore", category=UserWarning, module=r"glymur\.")
+    frame = get_frame(ds.PixelData, 0, number_of_frames=1)
+    suffix = ".jp2" if frame.startswith(_JP2_SIGNATURE) else ".j2k"
+    with tempfile.NamedTemporaryFile(suffix=suffix) as tmp:  # glymur reads files only
+        tmp.write(frame)
+        tmp.flush()
+        j2k = glymur.Jp2k(tmp.name)
+        cod = next(s for s in j2k.codestream.segment if s.marker_id == "COD")
+        rows, cols = int(ds.Rows), int(ds.Columns)
+        r = j2k_reduce_level(rows, cols, target_size, int(cod.num_res))
+        if r == 0 or tuple(j2k.shape[:2]) != (rows, cols):
+            return None
+        step = 2**r
+        arr = np.asarray(j2k[::step, ::step])
+    signed = int(ds.get("PixelRepresentation", 0) or 0) == 1
+    expected = (-(-rows // step), -(-cols // step))
+    if arr.shape != expected or (arr.dtype.kind == "i") != signed:
+        return None
+    if arr.dtype.itemsize * 8 > max(8, int(ds.get("BitsAllocated", 16) or 16)):
+        return None
+    return arr
+
+
 def _decode_pixels(p: str, ds: Any, ts: Any, notes: Notes) -> np.ndarray:
     """Stored values of the first frame (pydicom's decoders)."""
     from pydicom.pixels import get_decoder
@@ -539,13 +618,21 @@ def _check_header(p: str, ds: Any) -> None:
                 )
 
 
-def load_dicom(p: str, notes: Notes, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> np.ndarray:
+def load_dicom(
+    p: str,
+    notes: Notes,
+    max_pixels: int | None = DEFAULT_MAX_PIXELS,
+    target_size: int | None = None,
+) -> np.ndarray:
     """DICOM file -> float32 HxW in [0, 1] (pipeline in the module docstring).
 
     Args:
         p: the file.
         notes: warnings are appended here (window ignored, values clipped, several frames).
         max_pixels: pixel budget, checked from the header before decoding (None: no limit).
+        target_size: network input side the image is meant for: a JPEG 2000 image is then
+            decoded at a reduced resolution level (:func:`j2k_reduce_level`) when one applies.
+            None: full resolution.
 
     Raises:
         ImageLoadError: naming the file and the reason.
@@ -574,7 +661,9 @@ def load_dicom(p: str, notes: Notes, max_pixels: int | None = DEFAULT_MAX_PIXELS
     if "PixelData" in ds:
         _check_budget(p, ds, max_pixels)
         _check_stream(p, ds, ts, max_pixels)
-    arr = _decode_pixels(p, ds, ts, notes)
+    arr = _decode_j2k_reduced(ds, ts, target_size) if target_size is not None else None
+    if arr is None:
+        arr = _decode_pixels(p, ds, ts, notes)
     if arr.size == 0:
         raise ImageLoadError(p, "DICOM pixel data decoded to an empty array")
     if photometric not in _MONO:

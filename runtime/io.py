@@ -149,7 +149,7 @@ def _decode(p: str, target_size: int | None, max_pixels: int | None, notes: Note
     try:
         check_file(p)
         if is_dicom(p):
-            img = load_dicom(p, notes, max_pixels)
+            img = load_dicom(p, notes, max_pixels, target_size)
         else:
             size = None if target_size is None else int(target_size)
             img = load_pillow(p, size, notes, max_pixels)
@@ -177,9 +177,10 @@ def load_image(
     Args:
         path: PNG, JPEG, any other format Pillow reads, or DICOM (see :func:`is_dicom`).
         target_size: side of the network input the image is meant for, pixels. Only a decoding
-            hint for Pillow formats: JPEG draft mode and a box-filter reduction shrink the image
-            while both sides stay >= ``2 * target_size`` (see the module docstring). ``None``
-            decodes at full resolution. DICOM is always returned at full resolution.
+            hint: JPEG draft mode and a box-filter reduction shrink Pillow images, and JPEG 2000
+            DICOM images are decoded at a reduced resolution level, while both sides stay
+            >= ``2 * target_size`` (see the decoders' module docstrings). ``None`` decodes at
+            full resolution. Other DICOM images are always returned at full resolution.
 
     Returns:
         float32 array, shape HxW (the file's size, or its reduced size, see above), values in

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # One set-up for a fresh machine, used by the README's test command and by .ci/run:
-# system tools the DICOM and serving tests talk to (dcmtk, dicom3tools, Orthanc), then a virtual
+# system tools the DICOM and serving tests talk to (dcmtk, dicom3tools, Orthanc; libopenjp2 for
+# reduced JPEG 2000 decoding), then a virtual
 # environment with every extra the test suite exercises.
 #   VENV=.venv (default) bash scripts/setup.sh
 set -euo pipefail
@@ -11,6 +12,8 @@ need_apt=()
 command -v storescu >/dev/null 2>&1 || need_apt+=(dcmtk)
 command -v dciodvfy >/dev/null 2>&1 || need_apt+=(dicom3tools)
 command -v Orthanc >/dev/null 2>&1 || need_apt+=(orthanc)
+# OpenJPEG's C library: glymur (dicom-codecs extra) decodes JPEG 2000 at reduced resolution with it
+ldconfig -p 2>/dev/null | grep -q "libopenjp2\.so" || need_apt+=(libopenjp2-7)
 if [ ${#need_apt[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
     apt-get update -qq

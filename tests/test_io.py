@@ -28,6 +28,7 @@ from pydicom.uid import (
     JPEGBaseline8Bit,
 )
 
+from ddad_edge.runtime.dicom import j2k_reduce_level
 from ddad_edge.runtime.io import (
     CODECS_HINT,
     DicomWindowWarning,
@@ -80,10 +81,10 @@ def _ids(files: list[str]) -> list[str]:
 
 @functools.cache
 def _load(rel: str) -> np.ndarray:
-    """load_image of a real DICOM file, cached across tests (read-only)."""
+    """load_image of a real DICOM file at full resolution, cached across tests (read-only)."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DicomWindowWarning)
-        a = load_image(DICOM_DIR / rel)
+        a = load_image(DICOM_DIR / rel, target_size=None)
     a.flags.writeable = False
     return a
 
@@ -205,6 +206,57 @@ def test_real_dicom_matches_pydicom_reference(rel):
     np.testing.assert_allclose(_load(rel), _reference_unit(ds), atol=1e-6, rtol=0)
 
 
+J2K_FILES = [f for f in LOADABLE if "J2K" in INDEX_ROWS[f]["transfer_syntax"].upper()]
+J2K_FILES += [WIDE16] if INDEX.is_file() else []
+
+
+def test_j2k_reduce_level_keeps_both_sides_over_twice_the_target():
+    assert j2k_reduce_level(2128, 2000, 64, 5) == 3  # 266 x 250
+    assert j2k_reduce_level(1955, 1841, 64, 5) == 3  # 245 x 231
+    assert j2k_reduce_level(2128, 2000, 64, 2) == 2  # no more levels than the codestream has
+    assert j2k_reduce_level(255, 4000, 64, 5) == 1  # ceil(255 / 2) = 128
+    assert j2k_reduce_level(254, 4000, 64, 5) == 0  # 127 would be under 128
+    assert j2k_reduce_level(224, 224, 64, 5) == 0
+    assert j2k_reduce_level(2128, 2000, 256, 5) == 1  # a larger network input reduces less
+
+
+@needs_dicom
+@pytest.mark.parametrize("rel", J2K_FILES, ids=_ids(J2K_FILES))
+def test_j2k_reduced_decode_is_the_same_image_smaller(rel):
+    """The scorer's decode of a JPEG 2000 DICOM (target_size 64) is the reduced level: both
+    sides >= 128, far fewer pixels, and the network input it gives is the full decode's to
+    within a small mean difference (the score-level check is the AUC parity in
+    benchmarks/README.md)."""
+    pytest.importorskip("glymur", reason="reduced JPEG 2000 decoding needs the dicom-codecs extra")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DicomWindowWarning)
+        reduced = load_image(DICOM_DIR / rel)
+        full = _load(rel)
+    assert min(reduced.shape) >= 128 and reduced.size * 16 <= full.size
+    assert reduced.shape == tuple(-(-n // 8) for n in full.shape)  # level 3: ceil(side / 8)
+    assert float(np.abs(preprocess(reduced) - preprocess(full)).mean()) < 0.01
+
+
+@needs_dicom
+def test_j2k_reduced_decode_falls_back_to_full(monkeypatch):
+    """Without glymur (or on any failure of the reduced path) the full decode is used."""
+    import builtins
+
+    real_import = builtins.__import__
+
+    def no_glymur(name, *a, **k):
+        if name == "glymur":
+            raise ImportError("no glymur")
+        return real_import(name, *a, **k)
+
+    monkeypatch.setattr(builtins, "__import__", no_glymur)
+    rel = J2K_966
+    assert load_image(DICOM_DIR / rel).shape == (
+        int(INDEX_ROWS[rel]["rows"]),
+        int(INDEX_ROWS[rel]["cols"]),
+    )
+
+
 @needs_dicom
 def test_no_window_scales_by_bit_depth_not_min_max():
     ds = pydicom.dcmread(DICOM_DIR / NIH)
@@ -297,7 +349,7 @@ def test_16bit_dx_outside_its_window_loads_clipped_to_bit_depth():
     loader warns, ignores that window and scales by the 16-bit stored range instead."""
     path = DICOM_DIR / WIDE16
     with pytest.warns(DicomWindowWarning, match="outside the pixel values"):
-        a = load_image(path)
+        a = load_image(path, target_size=None)
     ds = pydicom.dcmread(path)
     assert a.shape == (int(ds.Rows), int(ds.Columns))
     assert a.dtype == np.float32 and 0.0 <= float(a.min()) and float(a.max()) <= 1.0
@@ -311,7 +363,7 @@ def test_missing_codec_reported_before_decoding(monkeypatch):
     decoder = get_decoder(JPEG2000Lossless)
     monkeypatch.setattr(decoder, "_available", {})
     with pytest.raises(ImageLoadError) as ei:
-        load_image(DICOM_DIR / J2K_966)
+        load_image(DICOM_DIR / J2K_966, target_size=None)  # (glymur's reduced path aside)
     msg = str(ei.value)
     assert "ddad-edge[dicom-codecs]" in msg and CODECS_HINT in msg
     assert "JPEG 2000 Image Compression (Lossless Only)" in msg
