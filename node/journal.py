@@ -10,7 +10,11 @@ neither stored nor reported again. States (``STATES``)::
 Results waiting for delivery live in the ``outbox`` table (one row per result file: the SR and
 the Secondary Capture), each with its attempts, the time of its next try and its last error.
 Rows are written in the same transaction as the object's new state, so after a crash an object
-either has all its results queued or is still ``received`` and is processed again.
+either has all its results queued or is still ``received`` and is processed again. A result
+that is built after the others (the Secondary Capture, so that the SR, the decision, leaves
+first) is queued in that transaction as ``building``: it is not sent and does not let the object
+settle until :meth:`Journal.mark_built` makes it ``pending``; after a crash the worker rebuilds
+every ``building`` row (:meth:`Journal.building`).
 
 Durability: WAL journal with ``synchronous=FULL`` (a commit is on disk when it returns). One
 connection shared by the node's threads behind a lock; every public method is one transaction.
@@ -38,7 +42,7 @@ RESULT_SENT = "result-sent"
 DEAD_LETTERED = "dead-lettered"
 STATES = (RECEIVED, SCORED, ABSTAINED, FAILED, RESULT_SENT, DEAD_LETTERED)
 
-PENDING, SENT, DEAD = "pending", "sent", "dead"
+PENDING, SENT, DEAD, BUILDING = "pending", "sent", "dead", "building"
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS objects (
@@ -97,12 +101,18 @@ class OutboxRow:
 
 @dataclass(frozen=True)
 class Result:
-    """A result file to queue: its SOP Instance/Class UIDs, kind ("sr", "sc") and path."""
+    """A result file to queue: its SOP Instance/Class UIDs, kind ("sr", "sc") and path;
+    ``ready`` False: the file is still being built (queued as ``building``)."""
 
     result_uid: str
     sop_class: str
     kind: str
     path: str
+    ready: bool = True
+
+
+def _queued(result: Result) -> str:
+    return PENDING if result.ready else BUILDING
 
 
 class Journal:
@@ -204,9 +214,48 @@ class Journal:
                 "INSERT OR REPLACE INTO outbox (result_uid, sop_uid, kind, sop_class, path, state,"
                 " attempts, next_at) VALUES (?, ?, ?, ?, ?, ?, 0, ?)",
                 [
-                    (r.result_uid, sop_uid, r.kind, r.sop_class, r.path, PENDING, now)
+                    (r.result_uid, sop_uid, r.kind, r.sop_class, r.path, _queued(r), now)
                     for r in results
                 ],
+            )
+
+    def mark_built(self, result_uid: str) -> None:
+        """A ``building`` result's file is written: it becomes ``pending`` (due now)."""
+        with self._tx() as db:
+            db.execute(
+                "UPDATE outbox SET state = ?, next_at = ? WHERE result_uid = ? AND state = ?",
+                (PENDING, time.time(), result_uid, BUILDING),
+            )
+
+    def build_failed(self, result_uid: str, error: str) -> None:
+        """A ``building`` result cannot be built: it is dead-lettered with the reason (the
+        object then settles as ``dead-lettered`` once its other results are done)."""
+        now = time.time()
+        with self._tx() as db:
+            db.execute(
+                "UPDATE outbox SET state = ?, last_error = ? WHERE result_uid = ? AND state = ?",
+                (DEAD, error, result_uid, BUILDING),
+            )
+            self._settle(db, result_uid, now)
+
+    def building(self) -> list[OutboxRow]:
+        """Results queued as ``building`` (after a crash: to build again), oldest first."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT result_uid, sop_uid, kind, sop_class, path, attempts FROM outbox"
+                " WHERE state = ? ORDER BY next_at, rowid",
+                (BUILDING,),
+            ).fetchall()
+        return [OutboxRow(*r) for r in rows]
+
+    def add_time(self, sop_uid: str, stage: str, seconds: float) -> None:
+        """Add one stage's duration to the object's ``times`` (e.g. a result built later)."""
+        with self._tx() as db:
+            row = db.execute("SELECT times FROM objects WHERE sop_uid = ?", (sop_uid,)).fetchone()
+            times = json.loads(row[0]) if row and row[0] else {}
+            times[stage] = seconds
+            db.execute(
+                "UPDATE objects SET times = ? WHERE sop_uid = ?", (json.dumps(times), sop_uid)
             )
 
     def record(self, sop_uid: str) -> dict[str, Any] | None:
@@ -281,7 +330,7 @@ class Journal:
         states = [
             r[0] for r in db.execute("SELECT state FROM outbox WHERE sop_uid = ?", (sop_uid,))
         ]
-        if PENDING in states:
+        if PENDING in states or BUILDING in states:
             return None
         if DEAD in states:
             errors = [
@@ -310,12 +359,12 @@ class Journal:
     # -- summaries --------------------------------------------------------------------------------
     def counts(self) -> dict[str, int]:
         """Objects per state (every state listed, zeros included) and outbox rows per state
-        (as ``outbox-pending``, ``outbox-sent``, ``outbox-dead``)."""
+        (as ``outbox-building``, ``outbox-pending``, ``outbox-sent``, ``outbox-dead``)."""
         with self._lock:
             objs = dict(self._db.execute("SELECT state, COUNT(*) FROM objects GROUP BY state"))
             box = dict(self._db.execute("SELECT state, COUNT(*) FROM outbox GROUP BY state"))
         out = {s: int(objs.get(s, 0)) for s in STATES}
-        out.update({f"outbox-{s}": int(box.get(s, 0)) for s in (PENDING, SENT, DEAD)})
+        out.update({f"outbox-{s}": int(box.get(s, 0)) for s in (BUILDING, PENDING, SENT, DEAD)})
         return out
 
     def dead_letters(self) -> list[tuple[str, str, str]]:

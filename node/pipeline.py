@@ -10,8 +10,10 @@ Stages (each timed, seconds, in ``Outcome.times``):
 3. ``score``: the scorer's backend and ``runtime.scores`` (the one scoring implementation);
    the calibrated operating point gives the flag.
 4. ``build``: a TID 1500 SR for every object (scored: the flag, scores and threshold;
-   abstained: "not evaluated" with the reason) and, for scored objects, the heat-map Secondary
-   Capture (``runtime.dicom_results``), both encoded as DICOM files.
+   abstained: "not evaluated" with the reason), encoded as a DICOM file and delivered first;
+   for scored objects the heat-map Secondary Capture (``runtime.dicom_results``) follows as a
+   :class:`~ddad_edge.node.worker.Later`, built by the worker once the SR is queued, at most
+   ``OVERLAY_MAX_SIDE`` pixels on its longer side (a display aid, not the diagnostic image).
 
 An object whose header cannot even be read as DICOM gets no SR (there is no study to put it in):
 it is abstained with the reason, recorded in the journal and the JSON line.
@@ -28,11 +30,11 @@ from typing import Any
 import numpy as np
 
 from ddad_edge.node.journal import ABSTAINED, SCORED, ObjectRow
-from ddad_edge.node.worker import Outcome, ResultFile
+from ddad_edge.node.worker import Later, Outcome, ResultFile
 
 OVERLAY_SCORE = "inter"
 OVERLAY_MAX_SIDE = 512
-SR_CLASS_PREFIX = "1.2.840.10008.5.1.4.1.1.88."  # the Structured Report storage classes
+SC_CLASS = "1.2.840.10008.5.1.4.1.1.7"  # Secondary Capture Image Storage
 
 
 class PipelineError(Exception):
@@ -79,17 +81,17 @@ class Pipeline:
         record = ScoreResult(row.path)
         image = self._gate_and_score(row.path, record, times)
         t = time.perf_counter()
-        results, note, study = self._build(row.path, record, image)
-        times["build"] = time.perf_counter() - t
+        results, later, note, study = self._build(row.path, record, image)
+        times["build"] = time.perf_counter() - t  # the SR; the SC is timed by the worker
         state = SCORED if record.status == "scored" else ABSTAINED
         reason = None if state == SCORED else (record.reason or record.error)
         out = record.to_json()
         out["status"] = state  # the node's word: an undecodable object is abstained too
         out["study_instance_uid"] = study
-        out["results"] = [{"kind": r.kind, "sop_instance_uid": r.uid} for r in results]
+        out["results"] = [{"kind": r.kind, "sop_instance_uid": r.uid} for r in [*results, *later]]
         if note:
             out["notes"] = [*out.get("notes", []), note]
-        return Outcome(state, reason, out, results, times)
+        return Outcome(state, reason, out, results, times, later)
 
     def _gate_and_score(self, path: str, record: Any, times: dict[str, float]) -> np.ndarray | None:
         """Fill ``record`` (reason / error / scores / maps / flag); returns the decoded image
@@ -130,37 +132,51 @@ class Pipeline:
 
     def _build(
         self, path: str, record: Any, image: np.ndarray | None
-    ) -> tuple[list[ResultFile], str | None, str | None]:
-        """The SR (+ SC when scored) as result files, a note when no SR could be made for an
-        abstained object, and the source's Study Instance UID (None when unreadable)."""
-        from pydicom import dcmread
+    ) -> tuple[list[ResultFile], list[Later], str | None, str | None]:
+        """The SR as a result file now, the heat-map SC (scored objects) as a :class:`Later`, a
+        note when no SR could be made for an abstained object, and the source's Study Instance
+        UID (None when unreadable)."""
+        from pydicom.uid import generate_uid
 
-        from ddad_edge.runtime.dicom_results import build_results
+        from ddad_edge.runtime.dicom_results import build_sr
+        from ddad_edge.runtime.gate import read_header
 
         try:
-            study = str(dcmread(path, stop_before_pixels=True, force=True).StudyInstanceUID)
+            source = read_header(path)
+            study = str(source.StudyInstanceUID)
         except Exception:  # no readable header or no study: no SR either (below)
-            study = None
+            source, study = None, None
         try:
-            built = build_results(
-                path, record, self.algorithm, heat=OVERLAY_SCORE, vmax=self.vmax,
-                image=image, max_side=OVERLAY_MAX_SIDE,
-            )  # fmt: skip
+            if source is None:
+                raise ValueError("no readable DICOM header with a Study Instance UID")
+            sr = build_sr(source, record, self.algorithm)
         except Exception as e:
             if record.status == "scored":
                 raise
             why = f"no SR: the object's header does not allow one ({type(e).__name__}: {e})"
-            return [], why, study
-        results = [
-            ResultFile(
-                str(ds.SOPInstanceUID),
-                str(ds.SOPClassUID),
-                "sr" if str(ds.SOPClassUID).startswith(SR_CLASS_PREFIX) else "sc",
-                encode(ds),
-            )
-            for ds in built
-        ]
-        return results, None, study
+            return [], [], why, study
+        results = [ResultFile(str(sr.SOPInstanceUID), str(sr.SOPClassUID), "sr", encode(sr))]
+        later = []
+        if record.status == "scored" and record.maps is not None and image is not None:
+
+            def build_sc(uid: str) -> bytes:
+                return encode(self._heatmap_sc(source, record, image, uid))
+
+            later.append(Later(generate_uid(), SC_CLASS, "sc", build_sc))
+        return results, later, None, study
+
+    def _heatmap_sc(self, source: Any, record: Any, image: np.ndarray, uid: str) -> Any:
+        from ddad_edge.runtime.dicom_results import build_heatmap_sc, heatmap_caption
+
+        return build_heatmap_sc(
+            source,
+            image,
+            record.maps[OVERLAY_SCORE],
+            caption=heatmap_caption(record, OVERLAY_SCORE),
+            vmax=self.vmax,
+            max_side=OVERLAY_MAX_SIDE,
+            sop_instance_uid=uid,
+        )
 
 
 def load_pipeline(

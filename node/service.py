@@ -84,7 +84,7 @@ class Node:
             on_results=wake, threads=cfg.workers, jsonl=cfg.jsonl,
         )  # fmt: skip
         self.metrics.queue_depth.set_function(self.worker.depth)
-        self.metrics.outbox_depth.set_function(lambda: journal.counts()["outbox-pending"])
+        self.metrics.outbox_depth.set_function(lambda: _outbox_depth(journal))
         resumed = self.worker.start()
         if self.forwarder is not None:
             self.forwarder.start()
@@ -132,6 +132,11 @@ class Node:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def _outbox_depth(journal: Journal) -> int:
+    c = journal.counts()
+    return c["outbox-pending"] + c["outbox-building"]
 
 
 def run_until_signalled(node: Node) -> None:

@@ -72,9 +72,13 @@ class Spool:
         """
         return self._write(self.incoming / f"{file_stem(uid)}.dcm", data)
 
+    def result_path(self, uid: str) -> Path:
+        """Where the result file of SOP Instance UID ``uid`` is (or will be) stored."""
+        return self.outbox / f"{file_stem(uid)}.dcm"
+
     def write_result(self, uid: str, data: bytes) -> Path:
         """Store a result file's bytes durably in the outbox; returns its path."""
-        return self._write(self.outbox / f"{file_stem(uid)}.dcm", data)
+        return self._write(self.result_path(uid), data)
 
     @staticmethod
     def _write(path: Path, data: bytes) -> Path:

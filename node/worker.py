@@ -6,6 +6,12 @@ object goes through ``process(row) -> Outcome`` (``node.pipeline``), its result 
 written to the outbox durably, and the journal moves the object to its new state and queues the
 results in one transaction. An exception from ``process`` marks the object ``failed`` with the
 reason; the worker goes on with the next one.
+
+Results the outcome lists as ``later`` (the heat-map Secondary Capture) are queued in that
+transaction as ``building`` under their final UID and built right after it, while the forwarder
+already sends the others (the SR, i.e. the decision): they then become ``pending``. After a
+crash the first thread builds every ``building`` result again from a new ``process`` of its
+object before taking new work; a result that cannot be built is dead-lettered with the reason.
 """
 
 from __future__ import annotations
@@ -37,12 +43,25 @@ class ResultFile:
 
 
 @dataclass
+class Later:
+    """A result built after the object's state is committed: UIDs and kind as
+    :class:`ResultFile`; ``build(uid)`` returns its encoded bytes under SOP Instance UID ``uid``
+    (the UID reserved in the journal, also when built again after a crash)."""
+
+    uid: str
+    sop_class: str
+    kind: str
+    build: Callable[[str], bytes] = field(repr=False)
+
+
+@dataclass
 class Outcome:
     """What processing one object gave.
 
     state: "scored" or "abstained"; reason: why abstained (None when scored); record: the JSON
-    record (scores, flag, threshold, notes, ...); results: files to deliver; times: seconds per
-    stage ({"read", "gate", "decode", "score", "build"}).
+    record (scores, flag, threshold, notes, ...); results: files to deliver now; times: seconds
+    per stage ({"read", "gate", "decode", "score", "build"}); later: results to build once the
+    others are queued.
     """
 
     state: str
@@ -50,6 +69,7 @@ class Outcome:
     record: dict[str, Any]
     results: list[ResultFile]
     times: dict[str, float] = field(default_factory=dict)
+    later: list[Later] = field(default_factory=list)
 
 
 Process = Callable[[ObjectRow], Outcome]
@@ -108,6 +128,8 @@ class Worker:
             t.join(max(0.0, deadline - time.monotonic()))
 
     def _run(self) -> None:
+        if threading.current_thread() is self._threads[0]:
+            self._rebuild_unfinished()
         while not self._stop.is_set():
             try:
                 uid = self._queue.get(timeout=0.2)
@@ -126,6 +148,10 @@ class Worker:
             queued = [
                 Result(r.uid, r.sop_class, r.kind, str(self.spool.write_result(r.uid, r.data)))
                 for r in out.results
+            ]
+            queued += [
+                Result(r.uid, r.sop_class, r.kind, str(self.spool.result_path(r.uid)), ready=False)
+                for r in out.later
             ]
         except Exception as e:  # a bug or an environment failure: keep the reason, go on
             reason = f"{type(e).__name__}: {e}"
@@ -152,4 +178,35 @@ class Worker:
         )
         if queued:
             self.on_results()
+        for later in out.later:
+            self._build_later(row.sop_uid, later, later.uid)
         return out.state if out.state in (SCORED, ABSTAINED) else FAILED
+
+    def _build_later(self, sop_uid: str, later: Later, uid: str) -> None:
+        """Build a ``building`` result, store it and make it ``pending`` (or dead-letter it)."""
+        t = time.perf_counter()
+        try:
+            self.spool.write_result(uid, later.build(uid))
+        except Exception as e:
+            reason = f"{later.kind} could not be built: {type(e).__name__}: {e}"
+            self.journal.build_failed(uid, reason)
+            log.error("result not built", extra={"sop_uid": sop_uid, "reason": reason})
+            return
+        self.journal.mark_built(uid)
+        self.journal.add_time(sop_uid, f"build_{later.kind}", time.perf_counter() - t)
+        self.on_results()
+
+    def _rebuild_unfinished(self) -> None:
+        """After a crash: build every ``building`` result again (a new ``process`` of its
+        object gives the builder; the result keeps its reserved UID)."""
+        for res in self.journal.building():
+            row = self.journal.get(res.sop_uid)
+            try:
+                if row is None:
+                    raise LookupError("its source object is not in the journal")
+                later = next(x for x in self.process(row).later if x.kind == res.kind)
+            except Exception as e:  # StopIteration too: the object no longer gives one
+                reason = f"{res.kind} could not be rebuilt: {type(e).__name__}: {e}"
+                self.journal.build_failed(res.result_uid, reason)
+                continue
+            self._build_later(res.sop_uid, later, res.result_uid)

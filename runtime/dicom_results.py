@@ -350,6 +350,23 @@ def _fit(image: np.ndarray, max_side: int) -> np.ndarray:
     return np.asarray(Image.fromarray(img, mode="F").resize(size, Image.BILINEAR), np.float32)
 
 
+def _source_image_item(source_ds: Dataset) -> Dataset:
+    """An item of Source Image Sequence (PS3.3 C.7.6.1, Image SOP Instance Reference Macro
+    C.10.1.1.1) naming the source image and why it was used (DCM 121322 "Source image for
+    image processing operation")."""
+    from pydicom import Dataset as Ds
+
+    item = Ds()
+    item.ReferencedSOPClassUID = source_ds.SOPClassUID
+    item.ReferencedSOPInstanceUID = source_ds.SOPInstanceUID
+    purpose = Ds()
+    purpose.CodeValue = "121322"
+    purpose.CodingSchemeDesignator = "DCM"
+    purpose.CodeMeaning = "Source image for image processing operation"
+    item.PurposeOfReferenceCodeSequence = [purpose]
+    return item
+
+
 def build_heatmap_sc(
     source_ds: Dataset,
     image: np.ndarray,
@@ -360,6 +377,7 @@ def build_heatmap_sc(
     max_side: int = 1024,
     series_instance_uid: str | None = None,
     instance_number: int = 1,
+    sop_instance_uid: str | None = None,
 ) -> Dataset:
     """A Secondary Capture Image of the anomaly map blended over the image.
 
@@ -373,9 +391,11 @@ def build_heatmap_sc(
         max_side: longer side of the capture in pixels (larger images are reduced, bilinear).
         series_instance_uid: the SC series (None: a new one).
         instance_number: Instance Number in that series.
+        sop_instance_uid: its SOP Instance UID (None: a new one).
 
     Returns:
-        a ``highdicom.sc.SCImage`` (RGB, 8 bits), Burned In Annotation YES.
+        a ``highdicom.sc.SCImage`` (RGB, 8 bits), Burned In Annotation YES, whose Source Image
+        Sequence references the source image (PS3.3 C.7.6.1.1.4).
     """
     hd = _hd()
     from pydicom.uid import generate_uid
@@ -394,7 +414,7 @@ def build_heatmap_sc(
         coordinate_system="PATIENT",
         series_instance_uid=series_instance_uid or generate_uid(),
         series_number=SC_SERIES_NUMBER,
-        sop_instance_uid=generate_uid(),
+        sop_instance_uid=sop_instance_uid or generate_uid(),
         instance_number=instance_number,
         manufacturer=MANUFACTURER,
         # highdicom requires two values; the real ones are set below (Type 2: may be empty)
@@ -412,13 +432,15 @@ def build_heatmap_sc(
         sc.Laterality = ""
     if source_ds.get("BodyPartExamined"):
         sc.BodyPartExamined = source_ds.BodyPartExamined
+    sc.SourceImageSequence = [_source_image_item(source_ds)]
     sc.BurnedInAnnotation = "YES"
     sc.SeriesDescription = "DDAD anomaly heat map (not for diagnostic use)"
     sc.ImageComments = NOT_FOR_DIAGNOSIS
     return sc
 
 
-def _caption(record: ScoreResult, heat: str) -> str:
+def heatmap_caption(record: ScoreResult, heat: str) -> str:
+    """The second burned-in line of the heat-map SC: the map and the decision."""
     if record.flag is None:
         return f"DDAD {heat} map; no calibrated operating point"
     op = record.operating_point or {}
@@ -479,7 +501,7 @@ def build_results(
                 ds,
                 image,
                 record.maps[heat],
-                caption=_caption(record, heat),
+                caption=heatmap_caption(record, heat),
                 vmax=vmax,
                 max_side=max_side,
                 series_instance_uid=sc_series_uid,
@@ -491,6 +513,7 @@ def build_results(
 
 __all__ = [
     "NOT_FOR_DIAGNOSIS",
+    "heatmap_caption",
     "build_results",
     "AlgorithmInfo",
     "ReportUnavailable",

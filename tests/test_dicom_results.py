@@ -132,6 +132,10 @@ def test_heatmap_sc(tmp_path: Path, name: str) -> None:
     check_identity(back, src)
     assert back.BurnedInAnnotation == "YES"
     assert back.ImageComments == NOT_FOR_DIAGNOSIS
+    (ref,) = back.SourceImageSequence  # the image it was derived from (dciodvfy checks it)
+    assert ref.ReferencedSOPInstanceUID == src.SOPInstanceUID
+    assert ref.ReferencedSOPClassUID == src.SOPClassUID
+    assert ref.PurposeOfReferenceCodeSequence[0].CodeValue == "121322"
     px = back.pixel_array
     h, w = px.shape[:2]
     assert max(h, w) == 1024 and px.shape[2] == 3 and px.dtype == np.uint8

@@ -134,7 +134,11 @@ class NodeProcess:
             c = self.status()["counts"]
             known = sum(c[s] for s in ("received", "scored", "abstained", "failed"))
             known += c["result-sent"] + c["dead-lettered"]
-            if known >= n and c["received"] == 0 and c["outbox-pending"] == 0:
+            if (
+                known >= n
+                and c["received"] == 0
+                and c["outbox-pending"] + c["outbox-building"] == 0
+            ):
                 return c
             if time.monotonic() > deadline:
                 raise AssertionError(f"not settled after {timeout} s: {c}; log {self.log}")

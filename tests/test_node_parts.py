@@ -28,6 +28,7 @@ from ddad_edge.node.journal import (
 from ddad_edge.node.metrics import NodeMetrics
 from ddad_edge.node.scp import OUT_OF_RESOURCES, StoreHandler, start_scp
 from ddad_edge.node.spool import Spool, file_stem
+from ddad_edge.node.worker import Later, Outcome, Worker
 
 
 @pytest.fixture(scope="module")
@@ -172,6 +173,44 @@ def test_journal_finish_is_once_and_counts(tmp_path: Path) -> None:
     j.finish("1.2", SCORED)  # no longer received: ignored
     assert j.get("1.2").state == ABSTAINED and j.get("1.2").reason.startswith("view")
     assert j.counts()[ABSTAINED] == 1
+    j.close()
+
+
+def test_later_result_goes_after_the_sr_and_is_rebuilt_after_a_crash(tmp_path: Path) -> None:
+    """The SC queued as ``building``: never due, the object does not settle on the SR alone;
+    a crash before it was built (journal reopened, new worker) builds it again under its
+    reserved UID, then it is due; one that cannot be built is dead-lettered with the reason."""
+    spool = Spool(tmp_path / "spool")
+    j = Journal(spool.journal_path)
+    for uid in ("1.2", "1.3"):
+        j.add_received(uid, "c", "A", "p")
+        j.finish(uid, SCORED, results=[
+            Result(f"{uid}.1", "sr-class", "sr", "sr.dcm"),
+            Result(f"{uid}.2", "sc-class", "sc", str(spool.result_path(f"{uid}.2")), ready=False),
+        ])  # fmt: skip
+    assert {r.result_uid for r in j.due()} == {"1.2.1", "1.3.1"}
+    assert j.mark_sent("1.2.1") is False and j.get("1.2").state == SCORED  # SC still building
+    assert j.counts()["outbox-building"] == 2
+    j.close()
+
+    j = Journal(spool.journal_path)  # "restart"
+
+    def process(row):
+        if row.sop_uid == "1.3":
+            raise RuntimeError("pixels gone")
+        return Outcome(SCORED, None, {}, [], later=[Later("new", "sc-class", "sc", str.encode)])
+
+    worker = Worker(j, spool, NodeMetrics(), process)
+    worker.start()
+    try:
+        assert wait_for(lambda: j.counts()["outbox-building"] == 0, 10)
+    finally:
+        worker.stop()
+    assert spool.result_path("1.2.2").read_bytes() == b"1.2.2"  # built under its reserved UID
+    assert {r.result_uid for r in j.due()} == {"1.2.2", "1.3.1"}
+    assert j.mark_sent("1.2.2") is True and j.get("1.2").state == RESULT_SENT
+    assert j.mark_sent("1.3.1") is False  # its SC is dead: the object ends dead-lettered
+    assert j.get("1.3").state == DEAD_LETTERED and "pixels gone" in j.get("1.3").reason
     j.close()
 
 

@@ -1,0 +1,169 @@
+"""AUC parity and speed of reduced-resolution JPEG 2000 decoding (``runtime/dicom.py``).
+
+Two steps, run as ``python -m ddad_edge.benchmarks.j2k_reduce``:
+
+- ``encode SPLIT.json OUT/ [--upsample F] [--fullres DIR]``: each test image of a split
+  manifest (or, with ``--fullres``, each image of a ``labels.csv`` folder such as
+  ``kermany-fullres``) as a grey 8-bit DX DICOM compressed with pydicom's JPEG 2000 Lossless
+  encoder (pylibjpeg-openjpeg), optionally upsampled F x (bicubic) first so that the reduced
+  level applies to small images; ``OUT/labels.csv`` lists file and label.
+- ``compare BUNDLE OUT/ [-o result.json]``: every file decoded twice, at full resolution
+  (``target_size=None``) and as the scorer decodes it (reduced level), both preprocessed and
+  scored with the bundle (FP32); the AUC of each score from both decodes, |ΔAUC| against the
+  FP16 gate's tolerance (0.003), the largest relative change of an image score, and the decode
+  times (medians, ms).
+
+Lossless compression keeps the pixels exact, so the only difference between the two arms is
+the decoded resolution.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+TOLERANCE = 0.003  # the FP16 gate's |ΔAUC| (benchmarks/parity.py)
+
+
+def _dicom(grey: np.ndarray, uid_seed: str) -> Any:
+    """A minimal DX data set holding ``grey`` (uint8 [H, W]), JPEG 2000 Lossless."""
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import DigitalXRayImageStorageForPresentation as DX
+    from pydicom.uid import ExplicitVRLittleEndian, JPEG2000Lossless, generate_uid
+
+    ds = Dataset()
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.SOPClassUID, ds.SOPInstanceUID = DX, generate_uid(entropy_srcs=[uid_seed])
+    ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID
+    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    ds.Modality, ds.BodyPartExamined, ds.ViewPosition = "DX", "CHEST", "PA"
+    ds.PresentationIntentType = "FOR PRESENTATION"
+    ds.Rows, ds.Columns = grey.shape
+    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 8, 8, 7, 0
+    ds.compress(JPEG2000Lossless, np.ascontiguousarray(grey))
+    return ds
+
+
+def encode(items: list[tuple[Path, int]], out: Path, upsample: int) -> int:
+    """Write one JPEG 2000 DICOM per (image, label) and ``out/labels.csv``; returns the count."""
+    from PIL import Image
+
+    out.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for i, (src, label) in enumerate(items):
+        with Image.open(src) as im:
+            g = im.convert("L")
+            if upsample > 1:
+                g = g.resize((g.width * upsample, g.height * upsample), Image.BICUBIC)
+            grey = np.asarray(g, np.uint8)
+        name = f"{i:04d}.dcm"
+        _dicom(grey, str(src)).save_as(out / name, enforce_file_format=True)
+        rows.append((name, label, str(src)))
+    with open(out / "labels.csv", "w", newline="") as fh:
+        csv.writer(fh).writerows([("file", "label", "source"), *rows])
+    return len(rows)
+
+
+def _split_items(split: Path) -> list[tuple[Path, int]]:
+    m = json.loads(split.read_text())
+    root = Path(m["root"])
+    return [(root / p, int(y)) for p, y in zip(m["test"], m["test_labels"], strict=True)]
+
+
+def _fullres_items(folder: Path) -> list[tuple[Path, int]]:
+    with open(folder / "labels.csv", newline="") as fh:
+        return [(folder / r["path"], int(r["label"])) for r in csv.DictReader(fh)]
+
+
+def _decode_both(path: Path) -> tuple[np.ndarray, np.ndarray, float, float, tuple[int, int]]:
+    """(full input, reduced input, full ms, reduced ms, reduced shape)."""
+    from ddad_edge.runtime.io import read_image
+    from ddad_edge.runtime.preprocess import preprocess
+
+    t = time.perf_counter()
+    full = read_image(path, target_size=None).image
+    t_full = time.perf_counter() - t
+    t = time.perf_counter()
+    reduced = read_image(path).image
+    t_red = time.perf_counter() - t
+    shape = (int(reduced.shape[0]), int(reduced.shape[1]))
+    return preprocess(full), preprocess(reduced), t_full * 1e3, t_red * 1e3, shape
+
+
+def compare(bundle: Path, folder: Path) -> dict[str, Any]:
+    """Score every file of ``folder`` (``labels.csv``) from both decodes; the parity result."""
+    from ddad_edge.runtime.metrics import roc_auc
+    from ddad_edge.runtime.scorer import Scorer
+
+    with open(folder / "labels.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    labels = np.array([int(r["label"]) for r in rows])
+    arms: dict[str, list[np.ndarray]] = {"full": [], "reduced": []}
+    times: dict[str, list[float]] = {"full": [], "reduced": []}
+    shapes = set()
+    for r in rows:
+        xf, xr, tf, tr, shape = _decode_both(folder / r["file"])
+        arms["full"].append(xf)
+        arms["reduced"].append(xr)
+        times["full"].append(tf)
+        times["reduced"].append(tr)
+        shapes.add(shape)
+    scorer = Scorer.from_bundle(bundle, backend="ort-cpu", max_batch=32)
+    scores = {}
+    for arm, xs in arms.items():
+        x = np.stack(xs)
+        scores[arm] = {n: v for n, v in scorer.scores(x, scorer.infer(x)).image.items()}
+    aucs = {n: {arm: roc_auc(labels, scores[arm][n]) for arm in arms} for n in scores["full"]}
+    for a in aucs.values():
+        a["delta"] = a["reduced"] - a["full"]
+    rel = {
+        n: float(np.max(np.abs(scores["reduced"][n] / scores["full"][n] - 1)))
+        for n in scores["full"]
+    }
+    return {
+        "files": len(rows),
+        "abnormal": int(labels.sum()),
+        "reduced_shapes": sorted(shapes)[:5],
+        "auc": aucs,
+        "tolerance": TOLERANCE,
+        "passed": all(abs(a["delta"]) <= TOLERANCE for a in aucs.values()),
+        "max_relative_score_change": rel,
+        "decode_ms_median": {arm: float(np.median(t)) for arm, t in times.items()},
+        "speedup_median": float(np.median(np.array(times["full"]) / np.array(times["reduced"]))),
+    }
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(prog="python -m ddad_edge.benchmarks.j2k_reduce")
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    enc = sub.add_parser("encode")
+    enc.add_argument("split", type=Path, help="split manifest (its test images), or a folder")
+    enc.add_argument("out", type=Path)
+    enc.add_argument("--upsample", type=int, default=1)
+    enc.add_argument("--fullres", action="store_true", help="SPLIT is a labels.csv folder")
+    cmp_ = sub.add_parser("compare")
+    cmp_.add_argument("bundle", type=Path)
+    cmp_.add_argument("folder", type=Path)
+    cmp_.add_argument("-o", "--output", type=Path)
+    a = ap.parse_args(argv)
+    if a.cmd == "encode":
+        items = _fullres_items(a.split) if a.fullres else _split_items(a.split)
+        print(f"{encode(items, a.out, a.upsample)} files written to {a.out}")
+        return
+    result = compare(a.bundle, a.folder)
+    text = json.dumps(result, indent=2)
+    if a.output:
+        a.output.write_text(text + "\n")
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
