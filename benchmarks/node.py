@@ -13,8 +13,11 @@ Per object, from the node's journal (``times``) and the two ends:
 - receive+persist: C-STORE sent -> object stored, fsynced and journalled (``received_at``);
 - wait: stored -> a worker takes it (queueing; grows with concurrent senders);
 - gate, decode, score: the pipeline's stages (``node.pipeline``);
-- build+send: scores ready -> the object's last result received at the destination;
-- e2e: C-STORE sent -> last result received.
+- sr: scores ready -> the SR (the decision) received at the destination (SR build, encode,
+  outbox, send);
+- build+send: scores ready -> the object's last result (the heat-map SC, built after the SR
+  is queued) received at the destination;
+- e2e decision: C-STORE sent -> SR received; e2e: C-STORE sent -> last result received.
 
 The in-process reference is ``decode + score`` of the same file in this process
 (``runtime.io.load_image`` + ``preprocess`` + the scorer), median of ``repeats``; the target
@@ -58,13 +61,13 @@ def wait_port(port: int, timeout: float = 600.0) -> None:
 
 
 class Destination:
-    """A Storage SCP noting the arrival times of results per Study Instance UID (each send is
-    its own study, so the results of one send are those of its study)."""
+    """A Storage SCP noting the arrival times and modalities of results per Study Instance UID
+    (each send is its own study, so the results of one send are those of its study)."""
 
     def __init__(self) -> None:
         from pynetdicom import AE, AllStoragePresentationContexts, evt
 
-        self.arrivals: dict[str, list[float]] = {}
+        self.arrivals: dict[str, list[tuple[float, str]]] = {}
         self.cond = threading.Condition()
         self.ae = AE(ae_title="BENCHDEST")
         self.ae.supported_contexts = AllStoragePresentationContexts
@@ -76,13 +79,14 @@ class Destination:
     def _on_store(self, event: Any) -> int:
         t = time.time()
         study = str(event.dataset.get("StudyInstanceUID", ""))
+        modality = str(event.dataset.get("Modality", ""))
         with self.cond:
-            self.arrivals.setdefault(study, []).append(t)
+            self.arrivals.setdefault(study, []).append((t, modality))
             self.cond.notify_all()
         return 0x0000
 
-    def wait(self, study: str, n_results: int, timeout: float = 600.0) -> float:
-        """When the n-th result in ``study`` arrived."""
+    def wait(self, study: str, n_results: int, timeout: float = 600.0) -> tuple[float, float]:
+        """When the SR and when the n-th result in ``study`` arrived."""
         deadline = time.monotonic() + timeout
         with self.cond:
             while len(self.arrivals.get(study, [])) < n_results:
@@ -90,7 +94,8 @@ class Destination:
                 if left <= 0:
                     raise TimeoutError(f"results in study {study} did not arrive in {timeout} s")
                 self.cond.wait(left)
-            return max(self.arrivals[study][:n_results])
+            got = self.arrivals[study][:n_results]
+            return min(t for t, m in got if m == "SR"), max(t for t, _ in got)
 
     def close(self) -> None:
         self.ae.shutdown()
@@ -143,8 +148,8 @@ def _send_and_wait(
                 raise RuntimeError(f"{name}: C-STORE status {status}")
             uid = str(ds.SOPInstanceUID)
             # a scored object gets an SR and a Secondary Capture, both in its study
-            t_dest = dest.wait(str(ds.StudyInstanceUID), 2)
-            out.append({"file": name, "uid": uid, "t0": t0, "t_dest": t_dest})
+            t_sr, t_dest = dest.wait(str(ds.StudyInstanceUID), 2)
+            out.append({"file": name, "uid": uid, "t0": t0, "t_sr": t_sr, "t_dest": t_dest})
     finally:
         assoc.release()
 
@@ -171,7 +176,9 @@ def _breakdown(spool: Path, sends: list[dict[str, Any]]) -> list[dict[str, Any]]
                     "gate": t.get("gate", 0.0) * 1e3,
                     "decode": t.get("decode", 0.0) * 1e3,
                     "score": t.get("score", 0.0) * 1e3,
+                    "sr": (s["t_sr"] - scored_at) * 1e3,
                     "build_send": (s["t_dest"] - scored_at) * 1e3,
+                    "e2e_decision": (s["t_sr"] - s["t0"]) * 1e3,
                     "e2e": (s["t_dest"] - s["t0"]) * 1e3,
                 }
             )
@@ -215,7 +222,8 @@ def in_process(bundle: Path, files: list[Path], repeats: int) -> dict[str, dict[
 
 
 def _summary(rows: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
-    keys = ("receive_persist", "wait", "gate", "decode", "score", "build_send", "e2e")
+    keys = ("receive_persist", "wait", "gate", "decode", "score", "sr", "build_send")
+    keys += ("e2e_decision", "e2e")
     return {
         k: {
             "p50": float(np.percentile([r[k] for r in rows], 50)),
@@ -232,6 +240,7 @@ def run(
     *,
     rounds: int = 5,
     concurrency: tuple[int, ...] = (1, 8),
+    workers: int = 1,
     workdir: Path,
 ) -> dict[str, Any]:
     """Start a node, send every file ``rounds`` times at each concurrency, return the per-send
@@ -251,7 +260,8 @@ def run(
         "--forward",
         f"BENCHDEST@127.0.0.1:{dest.port}",
     ]
-    cmd += ["--backend", "ort-cpu"] + (["--calibration", str(calibration)] if calibration else [])
+    cmd += ["--backend", "ort-cpu", "--workers", str(workers)]
+    cmd += ["--calibration", str(calibration)] if calibration else []
     log = open(workdir / "node.log", "wb")  # noqa: SIM115 (closed below)
     node = subprocess.Popen(cmd, stdout=log, stderr=log)
     results: dict[str, Any] = {}
@@ -289,6 +299,10 @@ def main(
     calibration: Annotated[Path | None, typer.Option(help="Calibration file.")] = None,
     rounds: Annotated[int, typer.Option(help="Sends of each file per concurrency.")] = 5,
     repeats: Annotated[int, typer.Option(help="In-process repeats per file.")] = 5,
+    senders: Annotated[
+        list[int] | None, typer.Option(help="Concurrent senders to measure (repeatable).")
+    ] = None,
+    workers: Annotated[int, typer.Option(help="The node's processing threads.")] = 1,
     output: Annotated[Path, typer.Option("-o", help="JSON results file.")] = Path(
         "node-bench.json"
     ),
@@ -297,14 +311,23 @@ def main(
     """Measure the node's end-to-end latency (see the module docstring) and print a table."""
     workdir.mkdir(parents=True, exist_ok=True)
     ref = in_process(bundle, files, repeats)
-    rows = run(bundle, calibration, files, rounds=rounds, workdir=workdir)
-    report: dict[str, Any] = {"in_process_ms": ref, "sends": rows, "summary": {}}
+    conc = tuple(senders or (1, 8))
+    rows = run(
+        bundle, calibration, files, rounds=rounds, concurrency=conc, workers=workers,
+        workdir=workdir,
+    )  # fmt: skip
+    report: dict[str, Any] = {
+        "in_process_ms": ref, "sends": rows, "summary": {}, "workers": workers,
+        "load_average": os.getloadavg(),
+    }  # fmt: skip
     for c, rs in rows.items():
         for name in sorted({r["file"] for r in rs}):
             sub = [r for r in rs if r["file"] == name]
             s = _summary(sub)
             s["in_process_decode_score"] = ref[name]["decode"] + ref[name]["score"]
             s["e2e_p50_over_in_process"] = s["e2e"]["p50"] / s["in_process_decode_score"]
+            ref_ms = s["in_process_decode_score"]
+            s["e2e_decision_p50_over_in_process"] = s["e2e_decision"]["p50"] / ref_ms
             report["summary"][f"{c}:{name}"] = s
     output.write_text(json.dumps(report, indent=1))
     for key, s in report["summary"].items():
@@ -314,7 +337,8 @@ def main(
         )
         typer.echo(
             f"{c} sender(s) {name}: {stages}  in-process {s['in_process_decode_score']:.0f} ms"
-            f"  ratio {s['e2e_p50_over_in_process']:.2f}"
+            f"  ratio decision {s['e2e_decision_p50_over_in_process']:.2f}"
+            f" all {s['e2e_p50_over_in_process']:.2f}"
         )
     for name, r in ref.items():
         typer.echo(

@@ -1,11 +1,14 @@
 """Deliver queued results to the destination by C-STORE SCU, from the persisted outbox.
 
-A background thread takes the results that are due (``Journal.due``), opens one association
-to the destination and sends them one by one, marking each as sent the moment its C-STORE
-response says Success (or Warning). A result that fails (association refused or lost, failure
-status, unreadable file) is retried after an exponential backoff: ``backoff * 2**(tries - 1)``
-seconds, at most ``max_backoff``; after ``max_tries`` tries it is dead-lettered with the last
-reason. Nothing is removed from the spool: sent and dead-lettered files stay where they are.
+A background thread takes the results that are due (``Journal.due``) and sends them one by one
+on an association to the destination, marking each as sent the moment its C-STORE response
+says Success (or Warning). The association stays open while results keep coming (released
+after ``IDLE_RELEASE_S`` without any, at stop, and whenever a result needs a SOP class it did
+not negotiate), so a result does not pay for a new association each time. A result that fails
+(association refused or lost, failure status, unreadable file) is retried after an exponential
+backoff: ``backoff * 2**(tries - 1)`` seconds, at most ``max_backoff``; after ``max_tries``
+tries it is dead-lettered with the last reason. Nothing is removed from the spool: sent and
+dead-lettered files stay where they are.
 """
 
 from __future__ import annotations
@@ -71,6 +74,9 @@ class RetryPolicy:
         return now + min(self.backoff * 2 ** (tries_so_far - 1), self.max_backoff)
 
 
+IDLE_RELEASE_S = 2.0
+"""An open association with nothing to send is released after this many seconds."""
+
 _SUCCESS_OR_WARNING = {0x0000, 0x0001, 0x0107, 0x0116, 0xB000, 0xB006, 0xB007}
 
 
@@ -94,6 +100,9 @@ class Forwarder:
         self.policy = policy or RetryPolicy()
         self._wake = threading.Event()
         self._stop = threading.Event()
+        self._assoc: Any = None  # only the forwarder thread touches it
+        self._classes: frozenset[str] = frozenset()
+        self._last_used = 0.0
         self._thread = threading.Thread(target=self._run, name="ddad-forwarder", daemon=True)
 
     def start(self) -> None:
@@ -108,22 +117,41 @@ class Forwarder:
         self._thread.join(timeout)
 
     def _run(self) -> None:
-        while not self._stop.is_set():
-            rows = self.journal.due()
-            if rows:
-                self._send(rows)
-                continue
-            nxt = self.journal.next_due_at()
-            wait = 5.0 if nxt is None else min(5.0, max(0.0, nxt - time.time()))
-            self._wake.wait(wait)
-            self._wake.clear()
+        try:
+            while not self._stop.is_set():
+                rows = self.journal.due()
+                if rows:
+                    self._send(rows)
+                    continue
+                nxt = self.journal.next_due_at()
+                wait = 5.0 if nxt is None else min(5.0, max(0.0, nxt - time.time()))
+                if self._assoc is not None:
+                    idle = time.monotonic() - self._last_used
+                    if idle >= IDLE_RELEASE_S:
+                        self._release()
+                    else:
+                        wait = min(wait, IDLE_RELEASE_S - idle)
+                self._wake.wait(wait)
+                self._wake.clear()
+        finally:
+            self._release()
 
-    def _send(self, rows: list[OutboxRow]) -> None:
-        """Send ``rows`` on one association; each row's outcome goes to the journal."""
+    def _release(self) -> None:
+        assoc, self._assoc = self._assoc, None
+        if assoc is not None and assoc.is_established:
+            assoc.release()
+
+    def _association(self, classes: set[str]) -> Any:
+        """The open association if it is alive and negotiated ``classes``, else a new one.
+        Raises ConnectionError with the reason when none can be had."""
+        if self._assoc is not None and self._assoc.is_established and classes <= self._classes:
+            return self._assoc
+        self._release()
         ae = AE(ae_title=self.calling_ae)
         # One context per transfer syntax: results are explicit VR little endian files, sent as
         # stored when the peer accepts that, else converted to implicit VR (the default).
-        for sop in sorted({r.sop_class for r in rows}):
+        wanted = classes | self._classes
+        for sop in sorted(wanted):
             ae.add_requested_context(sop, ExplicitVRLittleEndian)
             ae.add_requested_context(sop, ImplicitVRLittleEndian)
         # generous: a timeout on a store that did arrive means sending it again
@@ -132,21 +160,28 @@ class Forwarder:
         try:
             assoc = ae.associate(d.host, d.port, ae_title=d.ae_title)
         except Exception as e:  # socket errors surface here on some platforms
-            self._failed_all(rows, f"association with {d} failed: {e}")
-            return
+            raise ConnectionError(f"association with {d} failed: {e}") from e
         if not assoc.is_established:
-            self._failed_all(rows, f"association with {d} was rejected or aborted")
-            return
+            raise ConnectionError(f"association with {d} was rejected or aborted")
+        self._assoc, self._classes = assoc, frozenset(wanted)
+        return assoc
+
+    def _send(self, rows: list[OutboxRow]) -> None:
+        """Send ``rows`` on the association; each row's outcome goes to the journal."""
         try:
-            for i, row in enumerate(rows):
-                if self._stop.is_set() or not assoc.is_established:
-                    if not assoc.is_established:
-                        self._failed_all(rows[i:], f"association with {d} was lost")
-                    return
-                self._send_one(assoc, row)
-        finally:
-            if assoc.is_established:
-                assoc.release()
+            assoc = self._association({r.sop_class for r in rows})
+        except ConnectionError as e:
+            self._failed_all(rows, str(e))
+            return
+        for i, row in enumerate(rows):
+            if self._stop.is_set():
+                return
+            if not assoc.is_established:
+                self._release()
+                self._failed_all(rows[i:], f"association with {self.destination} was lost")
+                return
+            self._send_one(assoc, row)
+        self._last_used = time.monotonic()
 
     def _send_one(self, assoc: Any, row: OutboxRow) -> None:
         try:
