@@ -141,6 +141,12 @@ def compare(bundle: Path, folder: Path) -> dict[str, Any]:
     }
 
 
+def _current_margin() -> int:
+    from ddad_edge.runtime.dicom import J2K_MARGIN
+
+    return J2K_MARGIN
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(prog="python -m ddad_edge.benchmarks.j2k_reduce")
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -153,12 +159,18 @@ def main(argv: list[str] | None = None) -> None:
     cmp_.add_argument("bundle", type=Path)
     cmp_.add_argument("folder", type=Path)
     cmp_.add_argument("-o", "--output", type=Path)
+    cmp_.add_argument("--margin", type=int, help="override runtime.dicom.J2K_MARGIN (a trial)")
     a = ap.parse_args(argv)
     if a.cmd == "encode":
         items = _fullres_items(a.split) if a.fullres else _split_items(a.split)
         print(f"{encode(items, a.out, a.upsample)} files written to {a.out}")
         return
+    if a.margin:
+        from ddad_edge.runtime import dicom
+
+        dicom.J2K_MARGIN = a.margin
     result = compare(a.bundle, a.folder)
+    result["margin"] = a.margin or _current_margin()
     text = json.dumps(result, indent=2)
     if a.output:
         a.output.write_text(text + "\n")

@@ -467,7 +467,13 @@ JPEG2000_SYNTAXES = ("1.2.840.10008.1.2.4.90", "1.2.840.10008.1.2.4.91")
 """JPEG 2000 Image Compression (Lossless Only) and JPEG 2000 Image Compression (PS3.5 A.4.4)."""
 
 
-def j2k_reduce_level(rows: int, cols: int, target_size: int, levels: int) -> int:
+J2K_MARGIN = 2
+"""Both sides of a reduced JPEG 2000 decode stay >= ``J2K_MARGIN * target_size``."""
+
+
+def j2k_reduce_level(
+    rows: int, cols: int, target_size: int, levels: int, margin: int | None = None
+) -> int:
     """Resolution level ``r`` at which to decode a JPEG 2000 image for a ``target_size`` input.
 
     Level r is the LL band after r inverse-wavelet stages are skipped: ``ceil(side / 2**r)``
@@ -477,7 +483,7 @@ def j2k_reduce_level(rows: int, cols: int, target_size: int, levels: int) -> int
     then still averages at least 2 x 2 decoded pixels per input pixel, so the wavelet's own
     low-pass never decides what the network sees. 0 = full resolution.
     """
-    r, m = 0, 2 * target_size
+    r, m = 0, (J2K_MARGIN if margin is None else margin) * target_size
     while r < levels and -(-min(rows, cols) // 2 ** (r + 1)) >= m:
         r += 1
     return r

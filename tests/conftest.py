@@ -13,7 +13,7 @@ import importlib.util
 import os
 import re
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -281,3 +281,14 @@ def release_keys(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         "public": out["release"][1],
         "other_public": out["other"][1],
     }
+
+
+@pytest.fixture
+def loopback_netns() -> Iterator[Path]:
+    """The test runs in a network namespace whose only interface is loopback (for servers that
+    cannot bind to 127.0.0.1: dcmtk 3.6.7's storescp, Orthanc's DICOM port); see
+    ``dicomnet.loopback_only``."""
+    from dicomnet import loopback_only
+
+    with loopback_only() as ns:
+        yield ns

@@ -5,11 +5,13 @@ in each transfer syntax the node accepts."""
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import functools
 import json
 import os
 import shutil
 import subprocess
+import threading
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -65,11 +67,68 @@ def stop_process(proc: subprocess.Popen) -> None:
             proc.wait(10)
 
 
+_CLONE_NEWNET = 0x40000000  # <sched.h>
+
+
+def _setns(fd: int) -> None:
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.setns(fd, _CLONE_NEWNET) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"setns(CLONE_NEWNET): {os.strerror(err)}")
+
+
+@contextlib.contextmanager
+def loopback_only() -> Iterator[Path]:
+    """Run the enclosed exchange in a new network namespace whose only interface is loopback.
+
+    dcmtk 3.6.7's storescp has no bind-address option and Orthanc 1.10's DICOM server listens on
+    every interface (its configuration has no DICOM listen address), so the tests do not rely on
+    binding: a process made by ``unshare --net`` holds a namespace with ``lo`` up and nothing
+    else, this thread enters it (``setns``), and everything it starts (the node, dcmtk, Orthanc)
+    and connects to lives there: unreachable from any other host or namespace. Yields the
+    namespace's ``/proc/<pid>/ns/net`` path. Needs root (``CAP_SYS_ADMIN``) and util-linux's
+    ``unshare`` and iproute2's ``ip``; otherwise the test is skipped with the reason.
+    """
+    if os.geteuid() != 0 or not (shutil.which("unshare") and shutil.which("ip")):
+        pytest.skip(
+            "the DICOM servers' private network namespace needs root, unshare and ip "
+            "(dcmtk 3.6.7's storescp and Orthanc 1.10 cannot be bound to 127.0.0.1)"
+        )
+    holder = subprocess.Popen(
+        ["unshare", "--net", "sh", "-c", "ip link set lo up && echo up && exec sleep 3600"],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    ns = Path(f"/proc/{holder.pid}/ns/net")
+    own = os.open(f"/proc/self/task/{threading.get_native_id()}/ns/net", os.O_RDONLY)
+    try:
+        if holder.stdout is None or holder.stdout.readline().strip() != "up":
+            raise RuntimeError("could not bring up loopback in a new network namespace")
+        fd = os.open(ns, os.O_RDONLY)
+        try:
+            _setns(fd)
+        finally:
+            os.close(fd)
+        try:
+            yield ns
+        finally:
+            _setns(own)
+    finally:
+        os.close(own)
+        stop_process(holder)
+
+
+def interfaces(pid: int) -> list[str]:
+    """Network interfaces visible to process ``pid`` (from /proc/<pid>/net/dev)."""
+    lines = Path(f"/proc/{pid}/net/dev").read_text().splitlines()[2:]
+    return sorted(line.split(":", 1)[0].strip() for line in lines)
+
+
 @contextlib.contextmanager
 def storescp(exe: str, out_dir: Path, port: int, ae: str = "DEST") -> Iterator[subprocess.Popen]:
     """dcmtk storescp writing every received object to its own file in out_dir (+uf: a
     duplicate delivery would be a second file). dcmtk 3.6.7's storescp has no bind-address
-    option: it listens on every interface, on a random free port, for the test's duration."""
+    option: it listens on every interface, so tests start it inside :func:`loopback_only`."""
     out_dir.mkdir(parents=True, exist_ok=True)
     proc = subprocess.Popen(
         [exe, "-aet", ae, "+xa", "-od", str(out_dir), "+uf", "-fe", ".dcm", str(port)],
@@ -85,7 +144,8 @@ def storescp(exe: str, out_dir: Path, port: int, ae: str = "DEST") -> Iterator[s
 
 class Orthanc:
     """An Orthanc started on free ports with a temporary configuration (no auth, HTTP on
-    loopback only, no plugins, storage in a temporary folder)."""
+    loopback only, no plugins, storage in a temporary folder). Its DICOM port listens on every
+    interface: tests start it inside :func:`loopback_only`."""
 
     def __init__(self, workdir: Path, ae: str = "ORTHANC") -> None:
         if not Path(ORTHANC).is_file():

@@ -28,6 +28,7 @@ from dicomnet import (
     Orthanc,
     dcmtk_tools,
     free_port,
+    interfaces,
     make_xray,
     storescp,
     storescu,
@@ -267,6 +268,12 @@ def send_raw(port: int, files: list[Path]) -> dict[str, int]:
     return statuses
 
 
+@pytest.fixture(autouse=True)
+def _private_network(loopback_netns: Path) -> Path:
+    """Every exchange here (node, dcmtk, Orthanc) runs in a loopback-only network namespace."""
+    return loopback_netns
+
+
 @pytest.fixture(scope="module")
 def dicom_cxr() -> Path:
     if not DICOM_CXR.is_dir():
@@ -290,6 +297,7 @@ def test_real_and_generated_files_reach_orthanc_as_valid_sr_and_sc(
             bundle, calibration, tmp_path / "spool", f"ORTHANC@127.0.0.1:{orthanc.dicom_port}"
         ) as node,
     ):
+        assert interfaces(orthanc.proc.pid) == ["lo"]  # reachable from nowhere else
         for run in storescu(dcmtk["storescu"], node.port, real + gen):
             assert run.returncode == 0, run.stdout + run.stderr
         # The edge cases share two SOP Instance UIDs with the originals: acknowledged, not redone.
@@ -436,7 +444,8 @@ def test_burst_kill9_restart_destination_down_delivers_each_result_once(
         time.sleep(1.0)  # the destination is still down: results queue
         queued = node.status()["counts"]["outbox-pending"]
         assert queued > 0
-        with storescp(dcmtk["storescp"], tmp_path / "dest", dest_port):
+        with storescp(dcmtk["storescp"], tmp_path / "dest", dest_port) as dest:
+            assert interfaces(dest.pid) == ["lo"]
             counts = node.wait_settled(len(everything), timeout=600)
             assert node.stop() == 0  # SIGTERM: graceful
         records = node.records()

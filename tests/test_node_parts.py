@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pydicom
 import pytest
-from dicomnet import dcmtk_tools, free_port, make_xray, storescp, write_syntaxes
+from dicomnet import dcmtk_tools, free_port, interfaces, make_xray, storescp, write_syntaxes
 from dicomnet import storescu as send
 from pydicom.uid import generate_uid
 
@@ -214,7 +214,9 @@ def test_later_result_goes_after_the_sr_and_is_rebuilt_after_a_crash(tmp_path: P
     j.close()
 
 
-def test_forwarder_queues_while_destination_down_then_delivers_once(dcmtk, tmp_path) -> None:
+def test_forwarder_queues_while_destination_down_then_delivers_once(
+    dcmtk, tmp_path, loopback_netns
+) -> None:
     spool = Spool(tmp_path / "spool")
     journal = Journal(spool.journal_path)
     uids = queue_results(spool, journal, 4)
@@ -227,7 +229,8 @@ def test_forwarder_queues_while_destination_down_then_delivers_once(dcmtk, tmp_p
     try:
         assert wait_for(lambda: journal.counts()["outbox-pending"] == 4 and _tried(journal), 10)
         time.sleep(1.0)  # down for a while: several tries fail
-        with storescp(dcmtk["storescp"], tmp_path / "dest", port):
+        with storescp(dcmtk["storescp"], tmp_path / "dest", port) as dest:
+            assert interfaces(dest.pid) == ["lo"]  # storescp listens on all interfaces: only lo
             assert wait_for(lambda: journal.counts()[RESULT_SENT] == 4, 30)
     finally:
         fwd.stop()
