@@ -179,7 +179,8 @@ def load_image(
         target_size: side of the network input the image is meant for, pixels. Only a decoding
             hint: JPEG draft mode and a box-filter reduction shrink Pillow images, and JPEG 2000
             DICOM images are decoded at a reduced resolution level, while both sides stay
-            >= ``2 * target_size`` (see the decoders' module docstrings). ``None`` decodes at
+            >= ``2 * target_size`` (JPEG, PNG...) or ``4 * target_size`` (JPEG 2000; see the
+            decoders' module docstrings). ``None`` decodes at
             full resolution. Other DICOM images are always returned at full resolution.
 
     Returns:
