@@ -209,6 +209,10 @@ class TorchLane(Lane):
             self.model_b = load_module(self.run_dir, "B").to(self.device).eval()
         except (FileNotFoundError, RuntimeError) as e:
             raise LaneUnavailable(f"cannot load the PyTorch run {self.run_dir}: {e}") from e
+        from ddad_edge.asr import has_asr, load_asr
+
+        # the run's ASR network (on the CPU, FP32), when it has one: the reference asr score
+        self.asr = load_asr(self.run_dir) if has_asr(self.run_dir) else None
         self._graphs: dict[int, tuple[Any, Any, tuple[Any, ...]]] = {}
         self.huge_pages: str | None = None
         if self.device.type == "cpu":
@@ -271,6 +275,17 @@ class TorchLane(Lane):
         return outs
 
     def infer(self, x: np.ndarray) -> dict[str, np.ndarray]:
+        """The dual statistics (:meth:`_stats`), plus the ASR probability map ``asr`` of the
+        run's ASR network (``ddad_edge.asr.asr_probability``) when the run has one."""
+        stats = self._stats(x)
+        if self.asr is not None:
+            from ddad_edge.asr import asr_probability
+            from ddad_edge.runtime.scores import ASR_SCORE, maps_from_stats
+
+            stats[ASR_SCORE] = asr_probability(*self.asr, maps_from_stats(x, stats))
+        return stats
+
+    def _stats(self, x: np.ndarray) -> dict[str, np.ndarray]:
         """Without CUDA graphs: ``ddad_edge.reference.dual_stats`` itself (under autocast for
         the FP16 lanes), the whole batch in one forward pass. With CUDA graphs: the captured
         forward pass, then the same numpy member statistics as ``dual_stats``."""

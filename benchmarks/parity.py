@@ -2,7 +2,7 @@
 
 The split's test images are loaded ONCE with the runtime's loader, so every lane scores the very
 same x float32 [N, 1, 64, 64]; only the inference backend and precision differ. Per lane and per
-score (rec, intra, inter):
+score (rec, intra, inter, and asr when the run and bundle have ASR):
 
 - AUC and AP (image level, ``ddad_edge.runtime.metrics``),
 - ΔAUC = AUC(lane) - AUC(reference), with a paired bootstrap 95% interval (same resampled images
@@ -24,7 +24,6 @@ import numpy as np
 from ddad_edge.benchmarks.lanes import Lane
 from ddad_edge.benchmarks.stats import paired_bootstrap_delta, spearman
 from ddad_edge.runtime.metrics import average_precision, roc_auc
-from ddad_edge.runtime.scores import SCORE_NAMES
 
 TOLERANCES: dict[str, float] = {"fp32": 0.001, "fp16": 0.003, "int8": 0.003, "fp16w": 0.003}
 """Largest allowed |ΔAUC| against the PyTorch FP32 reference, by lane precision."""
@@ -65,7 +64,7 @@ def compare_scores(
     """Per score name: the lane's metrics and its agreement with the reference (see module
     docstring). ``ref`` and ``new`` are (maps, scores) as returned by :func:`lane_outputs`."""
     out: dict[str, dict[str, Any]] = {}
-    for name in SCORE_NAMES:
+    for name in [n for n in ref[1] if n in new[1]]:
         rs, ns = ref[1][name], new[1][name]
         rm, nm = ref[0][name], new[0][name]
         finite = bool(np.all(np.isfinite(ns)))
@@ -129,7 +128,7 @@ def run_parity(
             "lane": reference.name,
             "scores": {
                 n: {"auc": roc_auc(labels, ref[1][n]), "ap": average_precision(labels, ref[1][n])}
-                for n in SCORE_NAMES
+                for n in ref[1]
             },
         },
         "lanes": {},

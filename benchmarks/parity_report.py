@@ -11,7 +11,6 @@ import numpy as np
 from ddad_edge.benchmarks.machine_report import machine_section
 from ddad_edge.benchmarks.report import KERMANY_NOTE, figure, fmt, save_png, table, write_json
 from ddad_edge.runtime.fileio import atomic_write_text
-from ddad_edge.runtime.scores import SCORE_NAMES
 
 TOLERANCE_TEXT = "FP32: |ΔAUC| <= 0.001; FP16, INT8, FP16-weight: <= 0.003"
 
@@ -34,7 +33,7 @@ def _lane_rows(result: dict[str, Any]) -> list[list[str]]:
     """One row per lane and score: AUC, AP, ΔAUC and its interval, map errors, pass/fail."""
     rows = []
     for lane, e in result["lanes"].items():
-        for n in SCORE_NAMES:
+        for n in e["scores"]:
             r = e["scores"][n]
             ci = r["delta_auc_ci95"]
             rows.append(
@@ -99,7 +98,7 @@ def parity_markdown(result: dict[str, Any]) -> str:
         "\n## Reference (torch FP32 eager)\n\n"
         + table(
             ["score", "AUC", "AP"],
-            [[n, fmt(ref[n]["auc"], ".4f"), fmt(ref[n]["ap"], ".4f")] for n in SCORE_NAMES],
+            [[n, fmt(ref[n]["auc"], ".4f"), fmt(ref[n]["ap"], ".4f")] for n in ref],
         )
     )
     out.append("\n## Lanes vs the reference\n\n" + table(LANE_HEADERS, _lane_rows(result)))
@@ -110,9 +109,9 @@ def plot_parity(result: dict[str, Any], path: Path) -> Path:
     """delta_auc.png: ΔAUC with its 95% interval per lane and score, tolerance bands shaded."""
     fig, ax = figure()
     labels, ys, los, his, colours = [], [], [], [], []
-    palette = {"rec": "tab:blue", "intra": "tab:orange", "inter": "tab:green"}
+    palette = {"rec": "tab:blue", "intra": "tab:orange", "inter": "tab:green", "asr": "tab:red"}
     for lane, e in result["lanes"].items():
-        for n in SCORE_NAMES:
+        for n in e["scores"]:
             r = e["scores"][n]
             d, ci = r["delta_auc"], r["delta_auc_ci95"]
             if not isinstance(d, float) or not math.isfinite(d) or ci[0] is None:

@@ -544,6 +544,9 @@ cli_triton.register(app)
 from ddad_edge import cli_node  # noqa: E402
 
 cli_node.register(app)
+from ddad_edge import cli_asr  # noqa: E402
+
+cli_asr.register(app)
 
 
 def main() -> None:  # pragma: no cover

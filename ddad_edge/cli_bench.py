@@ -372,20 +372,20 @@ def parity(
 
 def _print_parity(result: dict) -> None:
     from ddad_edge.benchmarks.report import fmt
-    from ddad_edge.runtime.scores import SCORE_NAMES
 
+    names = list(result["reference"]["scores"])  # rec, intra, inter (and asr)
     t = Table(
         title=f"ΔAUC vs torch FP32 on {result['n_images']} test images "
         f"({result['config'].get('data_note', '')})"
     )
-    for c in ("lane", *SCORE_NAMES, "tolerance", "result"):
+    for c in ("lane", *names, "tolerance", "result"):
         t.add_column(c, justify="left" if c == "lane" else "right", no_wrap=c == "lane")
     ref = result["reference"]["scores"]
-    t.add_row("torch (AUC)", *[fmt(ref[n]["auc"], ".4f") for n in SCORE_NAMES], "", "")
+    t.add_row("torch (AUC)", *[fmt(ref[n]["auc"], ".4f") for n in names], "", "")
     for name, e in result["lanes"].items():
         t.add_row(
             name,
-            *[fmt(e["scores"][n]["delta_auc"], "+.4f") for n in SCORE_NAMES],
+            *[fmt(e["scores"][n]["delta_auc"], "+.4f") if n in e["scores"] else "" for n in names],
             f"{e['tolerance']:.3f}",
             "pass" if e["passed"] else "[red]FAIL[/]",
         )

@@ -62,9 +62,10 @@ def _sets(
     }
 
 
-def _score_sets(bundle: Path, sets: dict[str, Any]) -> tuple[dict[str, Any], list[Any]]:
+def _score_sets(bundle: Path, sets: dict[str, Any], score: str) -> tuple[dict[str, Any], list[Any]]:
     """(the bundle's manifest, [(scores, excluded) of the normals, abnormals and held-out
-    normals]), scored on onnxruntime CPU in FP32 (``calibration.score_for_calibration``)."""
+    normals]), scored on onnxruntime CPU in FP32 (``calibration.score_for_calibration``); a
+    one-line error when the bundle does not give ``score`` (asr without ASR)."""
     from ddad_edge.runtime.backends import BackendUnavailable
     from ddad_edge.runtime.bundle import BundleError
     from ddad_edge.runtime.calibration import score_for_calibration
@@ -75,6 +76,8 @@ def _score_sets(bundle: Path, sets: dict[str, Any]) -> tuple[dict[str, Any], lis
     except (BackendUnavailable, BundleError, ValueError) as e:
         fail(e)
     with scorer:
+        if score not in scorer.score_names:
+            fail(f"{bundle}: has no {score} score (it gives {', '.join(scorer.score_names)})")
         parts = ("normals", "abnormals", "held_out_normals")
         return scorer.bundle.manifest, [score_for_calibration(scorer, sets[p]) for p in parts]
 
@@ -100,9 +103,10 @@ def calibrate(
     default: Annotated[
         float | None, typer.Option(help="The point `score` uses by default (nearest 0.95).")
     ] = None,
-    score: Annotated[str, typer.Option(help="Image score: inter (default), intra or rec.")] = (
-        "inter"
-    ),
+    score: Annotated[
+        str,
+        typer.Option(help="Image score: inter (default), intra, rec, or asr (bundles with ASR)."),
+    ] = "inter",
     n_boot: Annotated[int, typer.Option(help="Bootstrap resamples for the intervals.")] = 2000,
     seed: Annotated[int, typer.Option(help="Seed of the bootstrap and of --from-test.")] = 0,
     output: Annotated[
@@ -130,13 +134,13 @@ def calibrate(
     from ddad_edge.runtime.calibration import (
         calibrate as compute,
     )
-    from ddad_edge.runtime.scores import SCORE_NAMES
+    from ddad_edge.runtime.scores import score_names
 
-    if score not in SCORE_NAMES:
-        fail(f"--score must be one of {', '.join(SCORE_NAMES)}")
+    if score not in score_names(True):
+        fail(f"--score must be one of {', '.join(score_names(True))}")
     sets = _sets(split_path, normals, abnormals, from_test, seed)
     specs = tuple(specificity or DEFAULT_SPECIFICITIES)
-    manifest, [(all0, ex0), (all1, ex1), (all2, ex2)] = _score_sets(bundle, sets)
+    manifest, [(all0, ex0), (all1, ex1), (all2, ex2)] = _score_sets(bundle, sets, score)
     empty = np.zeros(0)
     s0, s1, held = (a.get(score, empty) for a in (all0, all1, all2))
     try:

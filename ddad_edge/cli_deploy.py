@@ -72,6 +72,13 @@ def export(
             "signing extra). Keep this key offline, in the release pipeline."
         ),
     ] = None,
+    asr: Annotated[
+        bool,
+        typer.Option(
+            help="Fuse the run's ASR network (RUN/asr.pt, `train-asr`) after the dual graphs "
+            "when it has one: output and score asr."
+        ),
+    ] = True,
 ) -> None:
     """Export a trained run as a bundle: fused ONNX graphs, golden vectors, manifest.
 
@@ -101,6 +108,7 @@ def export(
             overwrite=force,
             allow_incomplete=allow_incomplete,
             sign_key=sign_key,
+            asr=asr,
         )
     except (ExportError, ParityError, BundleError, OSError, ValueError) as e:
         fail(e)
@@ -329,10 +337,10 @@ def score(
     gates and scores them with this runtime: the records are the same.
     Files that declare more than --max-pixels pixels are refused before decoding.
     """
-    from ddad_edge.runtime.scores import SCORE_NAMES
+    from ddad_edge.runtime.scores import score_names
 
-    if heatmap_map not in SCORE_NAMES:
-        fail(f"--heatmap-map must be one of {', '.join(SCORE_NAMES)}")
+    if heatmap_map not in score_names(True):
+        fail(f"--heatmap-map must be one of {', '.join(score_names(True))}")
     if workers < 0:
         fail(f"--workers must be >= 0 (0: one per physical core), got {workers}")
     if triton is not None:
@@ -354,6 +362,9 @@ def score(
         public_key=public_key,
         max_pixels=max_pixels or None,
     )
+    if heatmaps is not None and heatmap_map not in scorer.score_names:
+        scorer.close()
+        fail(f"{bundle}: has no {heatmap_map} map (it gives {', '.join(scorer.score_names)})")
     with scorer:
         results = scorer.score([str(p) for p in inputs], maps=heatmaps is not None)
     written: list[Path | None] = [None] * len(results)
@@ -453,6 +464,7 @@ def _print_scores(results: list, heatmaps: list[Path | None] | None, as_json: bo
     """JSON Lines (with each overlay's path when ``heatmaps`` is given) or a table, on stdout."""
     from ddad_edge.runtime.scores import SCORE_NAMES
 
+    names = next((tuple(r.scores) for r in results if r.scores), SCORE_NAMES)
     if as_json:
         for i, r in enumerate(results):
             rec = r.to_json()
@@ -460,7 +472,7 @@ def _print_scores(results: list, heatmaps: list[Path | None] | None, as_json: bo
                 rec["heatmap"] = str(heatmaps[i]) if heatmaps[i] else None
             print(json.dumps(rec))
         return
-    out_console.print(_results_table(results, SCORE_NAMES))
+    out_console.print(_results_table(results, names))
 
 
 def register(app: typer.Typer) -> None:

@@ -14,12 +14,13 @@ from typing import Any
 
 import numpy as np
 
+from ddad_edge.asr import asr_probability, has_asr, load_asr
 from ddad_edge.checkpoint import load_module
 from ddad_edge.reference import dual_stats
 from ddad_edge.runtime.fileio import atomic_write_text
 from ddad_edge.runtime.metrics import average_precision, rates_at, roc_auc, roc_curve
 from ddad_edge.runtime.preprocess import to_display
-from ddad_edge.runtime.scores import SCORE_NAMES, maps_from_stats, scores_from_stats
+from ddad_edge.runtime.scores import ASR_SCORE, maps_from_stats, scores_from_stats
 
 
 def metrics_table(scores: dict[str, np.ndarray], labels: np.ndarray) -> dict[str, dict[str, float]]:
@@ -33,13 +34,16 @@ def metrics_table(scores: dict[str, np.ndarray], labels: np.ndarray) -> dict[str
 def evaluate_arrays(
     run_dir: Path, x: np.ndarray, labels: np.ndarray
 ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray], dict[str, dict[str, float]]]:
-    """Score x [N, 1, 64, 64] with the run's PyTorch modules.
+    """Score x [N, 1, 64, 64] with the run's PyTorch modules (and its ASR network when the run
+    has one: ``asr`` in stats, scores and metrics).
 
     Returns (stats, image scores {name: float32 [N]}, metrics {name: {auc, ap}}).
     """
     model_a = load_module(run_dir, "A")
     model_b = load_module(run_dir, "B")
     stats = dual_stats(model_a, model_b, x)
+    if has_asr(run_dir):
+        stats[ASR_SCORE] = asr_probability(*load_asr(run_dir), maps_from_stats(x, stats))
     scores = scores_from_stats(x, stats)
     return stats, scores, metrics_table(scores, labels)
 
@@ -64,6 +68,7 @@ def _example_rows(
                     "mu_B": to_display(stats["mean_b"][i, 0]),
                     "intra": maps["intra"][i, 0],
                     "inter": maps["inter"][i, 0],
+                    **({ASR_SCORE: maps[ASR_SCORE][i, 0]} if ASR_SCORE in maps else {}),
                 }
             )
             titles.append(f"{name} #{i} (inter {scores['inter'][i]:.4f})")
@@ -106,12 +111,13 @@ def write_report(
     atomic_write_text(files["metrics"], json.dumps(body, indent=1))
     buf = io.StringIO()
     w = csv.writer(buf)
-    w.writerow(["path", "label", *SCORE_NAMES])
+    names = list(scores)
+    w.writerow(["path", "label", *names])
     for i, p in enumerate(paths):
-        w.writerow([p, int(labels[i]), *(f"{scores[s][i]:.8g}" for s in SCORE_NAMES)])
+        w.writerow([p, int(labels[i]), *(f"{scores[s][i]:.8g}" for s in names)])
     atomic_write_text(files["scores"], buf.getvalue())
     curves = {}
-    for s in SCORE_NAMES:
+    for s in names:
         fpr, tpr = roc_curve(labels, scores[s])
         curves[s] = (fpr, tpr, metrics[s]["auc"])
     marks = [

@@ -36,6 +36,7 @@ from typing import Any
 import numpy as np
 
 from ddad_edge import __version__
+from ddad_edge.export.asr_graph import ASR_OUTPUT, AsrWeights, asr_weights
 from ddad_edge.export.fold import FoldedEnsemble, concat_members, fold_ensemble
 from ddad_edge.export.fp16 import emulate_fp16_storage
 from ddad_edge.export.int8 import quantize_int8
@@ -99,6 +100,12 @@ class _Graph:
     groups: list[OutputGroup]
     model_bytes: bytes
     ops: dict[str, int]
+    extra_outputs: tuple[str, ...] = ()
+    """Outputs after the groups' statistics (``asr`` in a dual graph with ASR)."""
+
+    def outputs(self, kind: str) -> list[str]:
+        """The graph's output names, in order."""
+        return [n for grp in self.groups for n in grp.names(kind)] + list(self.extra_outputs)
 
 
 def _utc_now() -> str:
@@ -124,29 +131,37 @@ def _build(
     groups: list[OutputGroup],
     precision: str,
     meta: dict[str, str],
+    asr: AsrWeights | None = None,
 ) -> _Graph:
     graph = key.rsplit("_", 1)[0]
-    outputs = [n for g in groups for n in g.names(folded.kind)]
+    extra = (ASR_OUTPUT,) if asr is not None else ()
+    outputs = [n for g in groups for n in g.names(folded.kind)] + list(extra)
     model = build_model(
         folded,
         groups,
         precision=precision,
         graph_name=f"ddad_{key}",
         metadata=_metadata(meta, graph, precision, outputs),
+        asr=asr,
     )
     check(model)
-    return _Graph(
-        key, f"{key}.onnx", graph, precision, groups, model.SerializeToString(), op_counts(model)
-    )
+    data = model.SerializeToString()
+    return _Graph(key, f"{key}.onnx", graph, precision, groups, data, op_counts(model), extra)
 
 
-def _reference(model_a: Any, model_b: Any, x: np.ndarray) -> dict[str, dict[str, np.ndarray]]:
-    """PyTorch FP32 outputs per graph family: "A", "B" (module stats) and "dual"."""
+def _reference(run: _Run, x: np.ndarray) -> dict[str, dict[str, np.ndarray]]:
+    """PyTorch FP32 outputs per graph family: "A", "B" (module stats) and "dual" (with the ASR
+    probability map ``asr`` when the run has ASR)."""
     from ddad_edge.reference import module_stats
 
-    a = module_stats(model_a, x)
-    b = module_stats(model_b, x)
-    return {"A": a, "B": b, "dual": dual_from_modules(a, b)}
+    a = module_stats(run.model_a, x)
+    b = module_stats(run.model_b, x)
+    dual = dual_from_modules(a, b)
+    if run.asr is not None:
+        from ddad_edge.asr import asr_probability
+
+        dual[ASR_OUTPUT] = asr_probability(*run.asr, maps_from_stats(x, dual))
+    return {"A": a, "B": b, "dual": dual}
 
 
 GATE_NOTES = {
@@ -236,6 +251,9 @@ class _Run:
     kind: str
     k: int
     epochs: dict[str, int]
+    asr: tuple[Any, list[float]] | None = None
+    """The run's ASR network and input scales (``ddad_edge.asr.load_asr``), when it has one."""
+    asr_epochs: int = 0
 
 
 def _check_request(out: Path, overwrite: bool, n_parity: int, n_golden: int, sign_key: Any) -> None:
@@ -247,8 +265,10 @@ def _check_request(out: Path, overwrite: bool, n_parity: int, n_golden: int, sig
         raise ExportError(f"{sign_key}: signing key file not found")
 
 
-def _load_run(run_dir: Path, allow_incomplete: bool) -> _Run:
-    """Both modules of a run folder (checkpoints read as data only)."""
+def _load_run(run_dir: Path, allow_incomplete: bool, with_asr: bool = True) -> _Run:
+    """Both modules of a run folder and, when it has one and ``with_asr``, its ASR network
+    (checkpoints read as data only)."""
+    from ddad_edge.asr import has_asr, load_asr, load_asr_checkpoint
     from ddad_edge.checkpoint import load_checkpoint, load_module, read_config
 
     try:
@@ -260,7 +280,14 @@ def _load_run(run_dir: Path, allow_incomplete: bool) -> _Run:
         raise ExportError(str(e)) from e
     if (model_a.kind, model_a.k) != (model_b.kind, model_b.k):
         raise ExportError(f"{run_dir}: modules A and B differ in kind or K")
-    return _Run(run_dir, config, model_a, model_b, model_a.kind, model_a.k, epochs)
+    run = _Run(run_dir, config, model_a, model_b, model_a.kind, model_a.k, epochs)
+    if with_asr and has_asr(run_dir):
+        try:
+            run.asr = load_asr(run_dir, require_complete=not allow_incomplete)
+            run.asr_epochs = int(load_asr_checkpoint(run_dir)["epoch"])
+        except (FileNotFoundError, RuntimeError) as e:
+            raise ExportError(str(e)) from e
+    return run
 
 
 def _graph_metadata(run: _Run, created: str) -> dict[str, str]:
@@ -285,7 +312,9 @@ def _int8_graph(fp32: _Graph) -> _Graph:
     data = quantize_int8(fp32.model_bytes)
     key = f"{fp32.graph}_int8"
     ops = op_counts(onnx.load_from_string(data))
-    return _Graph(key, f"{key}.onnx", fp32.graph, "int8", fp32.groups, data, ops)
+    return _Graph(
+        key, f"{key}.onnx", fp32.graph, "int8", fp32.groups, data, ops, fp32.extra_outputs
+    )
 
 
 def _build_graphs(
@@ -300,7 +329,8 @@ def _build_graphs(
     fa, fb = fold_ensemble(run.model_a), fold_ensemble(run.model_b)
     dual = concat_members(fa, fb)
     k = run.k
-    graphs = [_build(f"dual_{p}", dual, dual_groups(k), p, meta) for p in ("fp32", "fp16")]
+    asr = asr_weights(*run.asr) if run.asr is not None else None
+    graphs = [_build(f"dual_{p}", dual, dual_groups(k), p, meta, asr) for p in ("fp32", "fp16")]
     if int8:
         graphs.append(_int8_graph(graphs[0]))
     precs = (["fp32"] if module_graphs else []) + (["fp16"] if fp16_module_graphs else [])
@@ -373,6 +403,7 @@ def export_bundle(
     overwrite: bool = False,
     allow_incomplete: bool = False,
     sign_key: str | os.PathLike[str] | None = None,
+    asr: bool = True,
 ) -> ExportResult:
     """Export a trained run as a bundle (see the module docstring).
 
@@ -388,6 +419,8 @@ def export_bundle(
         allow_incomplete: export a run whose training has not reached its last epoch.
         sign_key: PEM elliptic-curve private key: sign the bundle (``bundle.sig``, OpenSSF
             model-signing; the ``signing`` extra) before it is moved into place.
+        asr: fuse the run's ASR network (``RUN/asr.pt``, from ``ddad-edge train-asr``) after
+            the dual graphs' statistics, when the run has one (output ``asr``, score ``asr``).
 
     Returns:
         ExportResult.
@@ -401,7 +434,7 @@ def export_bundle(
     t_start = time.perf_counter()
     out = Path(out_dir)
     _check_request(out, overwrite, n_parity, n_golden, sign_key)
-    run = _load_run(Path(run_dir), allow_incomplete)
+    run = _load_run(Path(run_dir), allow_incomplete, asr)
     try:
         imgs: ParityImages = parity_images(run.config, n_parity, images=images, split=split)
     except SourceError as e:
@@ -409,7 +442,7 @@ def export_bundle(
     created = _utc_now()
     meta = _graph_metadata(run, created)
     graphs = _build_graphs(run, meta, module_graphs, fp16_module_graphs, int8)
-    ref = _reference(run.model_a, run.model_b, imgs.x)
+    ref = _reference(run, imgs.x)
     results = _gate(graphs, imgs.x, ref)
     if not all(r.passed for r in results):
         raise ParityError(

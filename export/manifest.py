@@ -14,7 +14,13 @@ from ddad_edge.export.sources import ParityImages
 from ddad_edge.runtime.bundle import FORMAT_VERSION, GOLDEN, TOLERANCES
 from ddad_edge.runtime.manifest import sealed
 from ddad_edge.runtime.preprocess import IMAGE_SIZE
-from ddad_edge.runtime.scores import SCORE_NAMES, STD_DEFINITION
+from ddad_edge.runtime.scores import (
+    ASR_INPUTS,
+    ASR_SCORE,
+    SCORE_NAMES,
+    STD_DEFINITION,
+    score_names,
+)
 
 IMAGE_SHAPE = ["N", 1, IMAGE_SIZE, IMAGE_SIZE]
 COMPUTE = {
@@ -57,6 +63,33 @@ SCORE_DEFINITIONS: dict[str, Any] = {
     "computed_by": "ddad_edge.runtime.scores (numpy, float32), outside the graphs",
 }
 
+ASR_DEFINITION = (
+    "bundles with ASR: the dual graph's output asr, the anomaly probability (softmax class 1) "
+    "of the refinement network (three 3x3 convolutions, 128 channels) over the [inter, intra] "
+    "maps, each divided by its input_scale; trained on D with synthetic anomalies (focal loss)"
+)
+
+
+def score_definitions(run: Any) -> dict[str, Any]:
+    """SCORE_DEFINITIONS, with the ``asr`` score named and defined when the run has ASR."""
+    if run.asr is None:
+        return SCORE_DEFINITIONS
+    return {**SCORE_DEFINITIONS, "names": list(score_names(True)), ASR_SCORE: ASR_DEFINITION}
+
+
+def asr_section(run: Any) -> dict[str, Any] | None:
+    """What the bundle's ASR network is: inputs, their scales, channels, training epochs."""
+    if run.asr is None:
+        return None
+    return {
+        "output": ASR_SCORE,
+        "inputs": list(ASR_INPUTS),
+        "input_scale": list(run.asr[1]),
+        "channels": int(run.asr[0].conv1.out_channels),
+        "epochs_trained": run.asr_epochs,
+        "source": "RUN/asr.pt (ddad-edge train-asr)",
+    }
+
 
 def graph_entry(
     g: Any, kind: str, k: int, files: dict[str, dict[str, Any]], external: list[str]
@@ -70,11 +103,7 @@ def graph_entry(
         "precision": g.precision,
         "compute": COMPUTE[g.precision],
         "inputs": {INPUT_NAME: {"dtype": "float32", "shape": IMAGE_SHAPE}},
-        "outputs": {
-            n: {"dtype": "float32", "shape": IMAGE_SHAPE}
-            for grp in g.groups
-            for n in grp.names(kind)
-        },
+        "outputs": {n: {"dtype": "float32", "shape": IMAGE_SHAPE} for n in g.outputs(kind)},
         "members": 2 * k if g.graph == "dual" else k,
         "ops": g.ops,
         "bytes": files[g.file]["bytes"],
@@ -148,7 +177,8 @@ def build_manifest(
                 "batchnorm": "folded into the preceding conv / linear (eval-mode statistics)",
             },
             "input_contract": INPUT_CONTRACT,
-            "scores": SCORE_DEFINITIONS,
+            "scores": score_definitions(run),
+            **({"asr": asr} if (asr := asr_section(run)) is not None else {}),
             "std_definition": STD_DEFINITION,
             "split_sha256": config.get("split_sha256"),
             "training_config": config.get("train", {}),

@@ -17,6 +17,8 @@ Graph (K members, opset 17, input ``x`` float32 [N, 1, 64, 64], N dynamic):
   A = members 0..K-1 and B = K..2K-1 in the dual graph): Slice, ReduceMean over members -> mean,
   population std sqrt(mean((r - mean)^2)) -> std, and (AE-U) mean(exp(logvar)) -> var.
   All outputs float32 [N, 1, 64, 64].
+* with ASR (dual graph, ``export.asr_graph``): the refinement network over the [inter, intra]
+  maps, output ``asr`` (anomaly probability) [N, 1, 64, 64].
 
 Why this form (the forms tried and their timings are in benchmarks/README.md, decision log):
 the bottleneck is 2-D MatMuls per member because onnxruntime prepacks 2-D constant weights only
@@ -42,6 +44,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from ddad_edge.export.asr_graph import AsrWeights, add_asr
 from ddad_edge.export.fold import FoldedEnsemble
 from ddad_edge.runtime.bundle import PRECISIONS
 from ddad_edge.runtime.preprocess import IMAGE_SIZE
@@ -319,6 +322,7 @@ def build_model(
     precision: str = "fp32",
     graph_name: str = "ddad",
     metadata: dict[str, str] | None = None,
+    asr: AsrWeights | None = None,
 ) -> onnx.ModelProto:
     """The fused inference graph of ensemble ``f`` (see the module docstring).
 
@@ -328,6 +332,8 @@ def build_model(
         precision: "fp32" or "fp16" (weights and compute; I/O and reductions stay float32).
         graph_name: the ONNX graph's name.
         metadata: string key/values stored in the model's ``metadata_props``.
+        asr: dual graphs only: the ASR network, fused after the statistics as output ``asr``
+            (``export.asr_graph``).
 
     Returns:
         onnx.ModelProto, opset 17, IR version compatible with onnxruntime >= 1.18.
@@ -348,7 +354,12 @@ def build_model(
         h = b.op("Cast", [h], "decoder_out_fp32", to=TensorProto.FLOAT)
     shape = b.const_i64("shape_members", [0, f.k, f.out, IMAGE_SIZE, IMAGE_SIZE])
     r = b.op("Reshape", [h, shape], "members")
-    return _model(b, _group_stats(b, f, r, groups), graph_name, metadata)
+    outputs = _group_stats(b, f, r, groups)
+    if asr is not None:
+        if not {"mean_a", "mean_b", "std_b"} <= set(outputs):
+            raise ValueError("the ASR network is fused after a dual graph's statistics only")
+        outputs.append(add_asr(b, asr, f.kind, fp16))
+    return _model(b, outputs, graph_name, metadata)
 
 
 def check(model: onnx.ModelProto) -> None:

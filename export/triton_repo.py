@@ -113,13 +113,15 @@ def score_model_config(
 
     FILE and NAME are UINT8 [-1] (the file's bytes and its UTF-8 name) with ragged batching:
     this Triton build's Python stub cannot read or write BYTES tensors under numpy 2 (see
-    ``runtime/triton_model.py``). SCORES is FP32 [3] (rec, intra, inter), ERROR UINT8 [-1]
+    ``runtime/triton_model.py``). SCORES is FP32 [S] (``score_order``: rec, intra, inter,
+    and asr for a bundle with ASR), ERROR UINT8 [-1]
     the per-request error text, RECORD UINT8 [-1] the record's JSON, FLAG BOOL [1] only when
     calibrated (``runtime/triton_protocol.py``).
     """
     ragged = {"data_type": Sym("TYPE_UINT8"), "dims": [-1], "allow_ragged_batch": True}
+    n_scores = len(params.get("score_order", ",".join(SCORE_ORDER)).split(","))
     outputs = [
-        {"name": SCORES_OUTPUT, "data_type": Sym("TYPE_FP32"), "dims": [len(SCORE_ORDER)]},
+        {"name": SCORES_OUTPUT, "data_type": Sym("TYPE_FP32"), "dims": [n_scores]},
         {"name": ERROR_OUTPUT, "data_type": Sym("TYPE_UINT8"), "dims": [-1]},
         {"name": RECORD_OUTPUT, "data_type": Sym("TYPE_UINT8"), "dims": [-1]},
     ]
@@ -204,7 +206,7 @@ def write_repository(
         "bundle": "bundle",
         "inference": inference,
         "max_batch": str(max_batch),
-        "score_order": ",".join(SCORE_ORDER),
+        "score_order": ",".join(bundle.score_names),
     }
     if inference == "bls":
         params["bls_model"] = bls_model

@@ -8,6 +8,8 @@ Bundle layout (a folder)::
                            (+ var_b for AE-U)
     dual_fp16.onnx         the same in float16 compute (float32 I/O and reductions)
     dual_int8.onnx         dual_fp32 with 8-bit bottleneck weights (optional)
+                           (each dual graph + output asr when the run had ASR: the refinement
+                           network's anomaly probability map, ``export/asr_graph.py``)
     module_A_fp32.onnx     one module: x -> mean, std (+var)   (optional, same for B)
     weights_fp32.bin       the weights of every fp32 (and int8) graph, each stored once: graphs
     weights_fp16.bin       point into these files (ONNX external data), module graphs at the
@@ -47,6 +49,7 @@ from ddad_edge.runtime.manifest import (
     safe_relpath,
     unlisted_files,
 )
+from ddad_edge.runtime.scores import ASR_SCORE, score_names
 
 GOLDEN = "golden.npz"
 __all__ = ["FORMAT_VERSION", "GRAPHS", "PRECISIONS", "Bundle", "BundleError", "open_bundle"]
@@ -92,6 +95,18 @@ class Bundle:
     def k(self) -> int:
         """Members per module."""
         return int(self.manifest["model"]["k"])
+
+    @property
+    def has_asr(self) -> bool:
+        """Whether the dual graph carries the ASR refinement output ``asr`` (then every image
+        gets the ``asr`` score too; not with ``graph="modules"``)."""
+        dual = self.manifest["graphs"].get(graph_key("dual", "fp32"), {})
+        return ASR_SCORE in dual.get("outputs", {})
+
+    @property
+    def score_names(self) -> tuple[str, ...]:
+        """The image scores the dual graph gives: rec, intra, inter (and asr)."""
+        return score_names(self.has_asr)
 
     def graphs(self) -> dict[str, dict[str, Any]]:
         """Manifest entries of every graph, keyed like ``dual_fp32``."""

@@ -48,6 +48,7 @@ _SCORE_MEANINGS = {
     "rec": "DDAD reconstruction score",
     "intra": "DDAD intra-discrepancy score",
     "inter": "DDAD inter-discrepancy score",
+    "asr": "DDAD-ASR refined anomaly score",
 }
 
 

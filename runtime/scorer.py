@@ -57,7 +57,7 @@ from ddad_edge.runtime.bundle import (
     open_bundle,
     relative_errors,
 )
-from ddad_edge.runtime.calibration import Calibration, load_calibration
+from ddad_edge.runtime.calibration import Calibration, CalibrationError, load_calibration
 from ddad_edge.runtime.drift import ScoreWindow
 from ddad_edge.runtime.gate import (
     ARRAY_NOTE,
@@ -69,11 +69,12 @@ from ddad_edge.runtime.gate import (
 from ddad_edge.runtime.io import DEFAULT_MAX_PIXELS, ImageLoadError
 from ddad_edge.runtime.preprocess import IMAGE_SIZE, PreprocessError, check_input, preprocess
 from ddad_edge.runtime.scores import (
-    SCORE_NAMES,
+    ASR_SCORE,
     dual_from_modules,
     image_scores,
     maps_from_stats,
     relative_score_errors,
+    score_names,
 )
 
 BACKENDS = ("auto", "trt", "ort-trt", "ort-cuda", "ort-cpu", "ort")
@@ -88,8 +89,8 @@ class ScoreResult:
 
     source: the path as given, ``"array[i]"`` for the i-th input when it was an array, or
         ``"input[i]"`` when it was neither a path nor an array.
-    scores: {"rec", "intra", "inter"} -> image score (float); None unless scored.
-    maps: with ``maps=True``: {"rec", "intra", "inter"} -> float32 [64, 64] pixel maps.
+    scores: {"rec", "intra", "inter"[, "asr"]} -> image score (float); None unless scored.
+    maps: with ``maps=True``: the same names -> float32 [64, 64] pixel maps.
     error: why the input could not be read, one line (None otherwise).
     warnings: what the caller should know about a scored input, one line each (e.g. a
         multi-frame file of which only the first frame was scored); empty when nothing.
@@ -317,6 +318,10 @@ class Scorer:
         self.max_pixels = max_pixels
         self.notes = list(notes or [])
         self.kind = bundle.kind
+        self.has_asr = bundle.has_asr and self.graph == "dual"
+        self.score_names = score_names(self.has_asr)
+        """The image scores this scorer gives: rec, intra, inter (and asr with an ASR bundle's
+        dual graph)."""
         self.calibration = calibration
         self.gate = gate
         self.age_years = population_age(bundle.manifest)
@@ -390,7 +395,7 @@ class Scorer:
             intra_op_threads=intra_op_threads,
             warm_up=warm_up,
         )
-        return cls(
+        scorer = cls(
             bundle,
             backends,
             prec,
@@ -401,6 +406,13 @@ class Scorer:
             gate=gate,
             max_pixels=max_pixels,
         )
+        if cal is not None and cal.point.score not in scorer.score_names:
+            scorer.close()
+            raise CalibrationError(
+                f"{calibration}: calibrated on the {cal.point.score} score, which this scorer "
+                f"does not give (it gives {', '.join(scorer.score_names)})"
+            )
+        return scorer
 
     # -- description ------------------------------------------------------------------------------
     @property
@@ -485,8 +497,9 @@ class Scorer:
         """Member statistics for x float32 [N, 1, 64, 64] in [-1, 1].
 
         Returns:
-            {mean_a, std_a, mean_b, std_b[, var_b]} -> float32 [N, 1, 64, 64] (std: population,
-            across each module's K members; var_b: AE-U only).
+            {mean_a, std_a, mean_b, std_b[, var_b][, asr]} -> float32 [N, 1, 64, 64] (std:
+            population, across each module's K members; var_b: AE-U only; asr: the ASR anomaly
+            probability map, bundles with ASR only).
         """
         x = np.ascontiguousarray(x, dtype=np.float32)
         if x.ndim != 4 or x.shape[1:] != (1, IMAGE_SIZE, IMAGE_SIZE):
@@ -495,6 +508,7 @@ class Scorer:
             names = ["mean_a", "std_a", "mean_b", "std_b"] + (
                 ["var_b"] if self.kind == "aeu" else []
             )
+            names += [ASR_SCORE] if self.has_asr else []
             return {n: np.zeros_like(x) for n in names}
         parts = [
             self._infer_chunk(x[i : i + self.max_batch]) for i in range(0, len(x), self.max_batch)
@@ -522,8 +536,8 @@ class Scorer:
         """Anomaly maps and image scores from x and its statistics (``runtime.scores``).
 
         Returns:
-            ScoreArrays: image {rec, intra, inter} float32 [N]; maps float32 [N, 1, 64, 64]
-            when ``maps`` is True.
+            ScoreArrays: image {rec, intra, inter[, asr]} float32 [N]; maps float32
+            [N, 1, 64, 64] when ``maps`` is True.
         """
         m = maps_from_stats(x, stats)
         return ScoreArrays(image_scores(m), m if maps else None)
@@ -563,10 +577,10 @@ class Scorer:
             arr = self.scores(lb.x, self.infer(lb.x), maps=maps)
             for row, j in enumerate(lb.ok):
                 r = results[idx[j]]
-                r.scores = {n: float(arr.image[n][row]) for n in SCORE_NAMES}
+                r.scores = {n: float(arr.image[n][row]) for n in self.score_names}
                 self.recent.add(r.scores)
                 if arr.maps is not None:
-                    r.maps = {n: arr.maps[n][row, 0] for n in SCORE_NAMES}
+                    r.maps = {n: arr.maps[n][row, 0] for n in self.score_names}
                 if self.calibration is not None:
                     r.flag = self.calibration.point.flag(r.scores)
                     r.operating_point = self.calibration.to_json()
@@ -623,7 +637,8 @@ class Scorer:
         stats = self.infer(x)
         errs = relative_errors(stats, {k: g[k] for k in stats if k in g})
         got = self.scores(x, stats).image
-        score_errs = relative_score_errors(got, {n: g[f"score_{n}"] for n in SCORE_NAMES})
+        ref = {n: g[f"score_{n}"] for n in self.score_names if f"score_{n}" in g}
+        score_errs = relative_score_errors(got, ref)
         tol = TOLERANCES[self.precision] if tolerance is None else float(tolerance)
         passed = all(e["rel"] <= tol for e in errs.values())
         return {

@@ -9,6 +9,9 @@ Definitions (paper Sec. 2.2-2.3, method.md):
   inter = |mu_A - mu_B|
 AE-U refinement (eq. 5), with var_B = mean over B's members of exp(logvar):
   rec / var_B, intra / sqrt(var_B), inter / sqrt(var_B).
+ASR (method.md, last section; bundles and runs that have it): the refinement network's anomaly
+probability map, read from the statistics under ``asr`` (the graph computes it from the
+[inter, intra] maps, :func:`asr_input`); its image score is, like every other, the map's mean.
 Arithmetic is done in float32 whatever the input precision (FP16 maps are upcast first).
 """
 
@@ -17,6 +20,10 @@ from __future__ import annotations
 import numpy as np
 
 SCORE_NAMES: tuple[str, ...] = ("rec", "intra", "inter")
+"""The scores every bundle gives; a bundle with ASR adds ``ASR_SCORE``."""
+ASR_SCORE = "asr"
+ASR_INPUTS: tuple[str, ...] = ("inter", "intra")
+"""The maps the ASR network reads, in channel order."""
 STD_DEFINITION = "population (ddof=0) standard deviation across the K members of a module"
 
 
@@ -112,24 +119,43 @@ def image_scores(maps: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     }
 
 
+def score_names(has_asr: bool) -> tuple[str, ...]:
+    """The image scores of a bundle or run: SCORE_NAMES, plus ASR_SCORE when it has ASR."""
+    return (*SCORE_NAMES, ASR_SCORE) if has_asr else SCORE_NAMES
+
+
+def asr_input(maps: dict[str, np.ndarray], scale: list[float]) -> np.ndarray:
+    """The ASR network's input: the ASR_INPUTS maps, each [N, 1, H, W], divided by its fixed
+    scale (measured on D at training) and stacked as channels -> float32 [N, 2, H, W]."""
+    chans = [
+        np.asarray(maps[n], np.float32) / np.float32(s)
+        for n, s in zip(ASR_INPUTS, scale, strict=True)
+    ]
+    return np.concatenate(chans, axis=1).astype(np.float32, copy=False)
+
+
 def maps_from_stats(x: np.ndarray, stats: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """:func:`score_maps` from x [N, 1, H, W] and dual statistics (a dual graph's outputs:
-    mean_a, mean_b, std_b[, var_b]; other keys ignored)."""
-    return score_maps(x, stats["mean_a"], stats["mean_b"], stats["std_b"], stats.get("var_b"))
+    mean_a, mean_b, std_b[, var_b]; other keys ignored), plus the ``asr`` probability map
+    [N, 1, H, W] when the statistics carry one."""
+    maps = score_maps(x, stats["mean_a"], stats["mean_b"], stats["std_b"], stats.get("var_b"))
+    if ASR_SCORE in stats:
+        maps[ASR_SCORE] = np.asarray(stats[ASR_SCORE], dtype=np.float32)
+    return maps
 
 
 def scores_from_stats(x: np.ndarray, stats: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """Image scores {rec, intra, inter} float32 [N] from x and dual statistics."""
+    """Image scores {rec, intra, inter[, asr]} float32 [N] from x and dual statistics."""
     return image_scores(maps_from_stats(x, stats))
 
 
 def relative_score_errors(
     got: dict[str, np.ndarray], ref: dict[str, np.ndarray]
 ) -> dict[str, float]:
-    """Per score name: max over images of |got - ref| / |ref| (float64; a zero reference is
-    replaced by float32's smallest normal number)."""
+    """Per score name in both: max over images of |got - ref| / |ref| (float64; a zero
+    reference is replaced by float32's smallest normal number)."""
     out = {}
-    for n in SCORE_NAMES:
+    for n in [n for n in ref if n in got]:
         r = np.asarray(ref[n], np.float64)
         scale = np.maximum(np.abs(r), np.finfo(np.float32).tiny)
         out[n] = float(np.max(np.abs(np.asarray(got[n], np.float64) - r) / scale))

@@ -31,12 +31,12 @@ from ddad_edge.runtime.triton_protocol import (
     NAME_INPUT,
     RECORD_OUTPUT,
     SCORE_MODEL,
-    SCORE_ORDER,
     SCORES_OUTPUT,
     decode_record,
     decode_text,
     encode_file,
     encode_name,
+    scores_tensor,
 )
 
 PROTOCOLS = ("http", "grpc")
@@ -216,7 +216,8 @@ def _result(source: str, response: Any, url: str) -> ScoreResult:
             operating_point=rec["operating_point"],
         )
         s = r.scores or {}
-        want = np.array([[s.get(n, np.nan) for n in SCORE_ORDER]], np.float32)
+        # scored: the record's scores in its order (the bundle's); otherwise all NaN
+        want = scores_tensor(s, tuple(s)) if s else np.full((1, tensor.shape[-1]), np.nan)
         if tensor.shape != want.shape or not np.array_equal(tensor, want, equal_nan=True):
             raise ValueError(f"SCORES {tensor.tolist()} disagree with the record's {s}")
         if decode_text(response.as_numpy(ERROR_OUTPUT)[0]) != (r.error or ""):

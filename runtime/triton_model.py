@@ -42,11 +42,11 @@ from ddad_edge.runtime.triton_protocol import (
     FLAG_OUTPUT,
     NAME_INPUT,
     RECORD_OUTPUT,
-    SCORE_ORDER,
     SCORES_OUTPUT,
     decode_name,
     encode_record,
     encode_text,
+    scores_tensor,
 )
 
 Item = tuple[str, bytes] | str
@@ -188,8 +188,7 @@ class TritonPythonModel:
     def _response(self, r: ScoreResult) -> Any:
         """SCORES, ERROR, RECORD (and FLAG) of one input, whatever its status."""
         pb = self.pb
-        s = r.scores or {}
-        scores = np.array([[s.get(n, np.nan) for n in SCORE_ORDER]], np.float32)
+        scores = scores_tensor(r.scores, self.scorer.score_names)
         tensors = [
             pb.Tensor.from_dlpack(SCORES_OUTPUT, scores),
             pb.Tensor.from_dlpack(ERROR_OUTPUT, encode_text(r.error or "")),

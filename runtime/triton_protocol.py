@@ -9,7 +9,9 @@ One request carries one file:
 
 Every input gets a successful response (one bad file never fails the batch) with:
 
-* ``SCORES`` FP32 [1, 3] in :data:`SCORE_ORDER`, NaN unless the input was scored;
+* ``SCORES`` FP32 [1, S], the bundle's image scores (``Bundle.score_names``: rec, intra,
+  inter, and asr when the bundle has ASR; the repository's ``score_order`` parameter), NaN
+  unless the input was scored;
 * ``ERROR`` UINT8 [1, e], UTF-8: why the input could not be read (e = 0 when it was);
 * ``RECORD`` UINT8 [1, r], the UTF-8 JSON of the record local scoring gives
   (``ScoreResult.to_json()``: status, scores, flag, threshold, operating point, reason, notes,
@@ -41,7 +43,14 @@ SCORES_OUTPUT, ERROR_OUTPUT, RECORD_OUTPUT, FLAG_OUTPUT = "SCORES", "ERROR", "RE
 SOURCE_TOKEN = "\x00source\x00"
 """Stands for the file's path in a record's texts (the server saw only a private copy)."""
 SCORE_ORDER: tuple[str, ...] = SCORE_NAMES
-"""Order of the image scores in ``SCORES``."""
+"""Order of the image scores in ``SCORES`` for a bundle without ASR (with ASR, ``asr``
+follows)."""
+
+
+def scores_tensor(scores: dict[str, float] | None, names: tuple[str, ...]) -> np.ndarray:
+    """``SCORES`` of one input: FP32 [1, len(names)] in ``names`` order, NaN where absent."""
+    s = scores or {}
+    return np.array([[s.get(n, np.nan) for n in names]], np.float32)
 
 
 def encode_name(path: str | os.PathLike[str]) -> np.ndarray:
@@ -108,4 +117,5 @@ __all__ = [
     "encode_name",
     "encode_record",
     "encode_text",
+    "scores_tensor",
 ]

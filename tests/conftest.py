@@ -221,6 +221,36 @@ def shared_bundle(assets: Path, shared_run: Callable[[str], Path]) -> Callable[[
 
 
 @pytest.fixture(scope="session")
+def asr_run(assets: Path, shared_run: Callable[[str], Path], training_images) -> Path:
+    """A copy of the shared AE-U run with an ASR network trained for one epoch (32 crops) on
+    its training images (made once, kept in ``assets``). Read-only."""
+    out = assets / "run-aeu-asr"
+    if not (out / "asr.pt").is_file():
+        require_train_extra()
+        from ddad_edge.asr import AsrConfig, train_asr
+
+        src = shared_run("aeu")
+        tmp = assets / f"run-aeu-asr.tmp{os.getpid()}"
+        shutil.copytree(src, tmp)
+        train_asr(tmp, training_images[0][:32], AsrConfig(epochs=1, batch_size=16))
+        shutil.rmtree(out, ignore_errors=True)
+        tmp.rename(out)
+    return out
+
+
+@pytest.fixture(scope="session")
+def asr_bundle(assets: Path, asr_run: Path) -> Path:
+    """The bundle of ``asr_run`` (dual graphs with the ASR output; 8 parity images, no module
+    graphs), made once. Read-only."""
+    out = assets / "bundle-aeu-asr"
+    if not (out / "manifest.json").is_file():
+        from ddad_edge.export.bundle import export_bundle
+
+        export_bundle(asr_run, out, n_parity=8, n_golden=4, module_graphs=False)
+    return out
+
+
+@pytest.fixture(scope="session")
 def trained_run(shared_run: Callable[[str], Path]) -> Path:
     """The shared AE run (K=2)."""
     return shared_run("ae")

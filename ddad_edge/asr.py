@@ -1,0 +1,314 @@
+"""ASR: the self-supervised refinement of DDAD's anomaly maps (method.md, last section; the
+authors' journal follow-up DDAD-ASR).
+
+A small fully convolutional network reads the two DDAD maps of an image, [inter, intra]
+(``runtime.scores.asr_input``: each divided by a fixed scale measured on D), and gives each
+pixel a probability of being anomalous:
+
+  Conv3x3(2 -> 128) -> ReLU -> Conv3x3(128 -> 128) -> ReLU -> Conv3x3(128 -> 2), padding 1,
+  softmax over the 2 classes (normal, anomalous); the anomaly probability is class 1.
+
+It trains on D alone (the split's known normals), with modules A and B frozen: each epoch a
+seeded share of D's images gets a synthetic anomaly (a square patch of another D image blended
+in, :func:`synthesize`), both modules score the corrupted images, and the network learns to
+find the patch in their maps under a focal loss (:func:`focal_loss`). The image score is the
+mean anomaly probability over the pixels (``runtime.scores``). Nothing is selected on the test
+set: the last of a fixed number of epochs is kept.
+
+The network has a receptive field of 7x7 pixels and no normalisation layer, so training on
+32x32 crops of the 64x64 maps (each crop holding the whole patch) is the same computation as on
+whole maps away from the crop border, at a quarter of the cost.
+
+The checkpoint is ``RUN/asr.pt``, plain data (read with ``torch.load(weights_only=True)``),
+written every epoch; ``resume`` continues from the last completed epoch with the same images,
+patches and order (every draw is seeded by (seed, epoch)).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ddad_edge.checkpoint import CheckpointError, atomic_torch_save, load_module
+from ddad_edge.reference import dual_stats
+from ddad_edge.runtime.scores import ASR_INPUTS, asr_input, maps_from_stats
+
+ASR_FILE = "asr.pt"
+CHANNELS = 128
+FOCAL_GAMMA = 2.0
+SCALE_PERCENTILE = 99.0
+"""Each input map is divided by this percentile of its pixels over D's uncorrupted images."""
+ASR_KEYS = ("format", "epoch", "epochs", "model", "input_scale", "channels")
+AsrEpochCallback = Callable[[int, int, float, float], None]
+
+
+@dataclass
+class AsrConfig:
+    """ASR training settings (patch sizes in pixels of the 64x64 network input)."""
+
+    epochs: int = 15
+    lr: float = 1e-3
+    batch_size: int = 32
+    crop: int = 32
+    patch_min: int = 6
+    patch_max: int = 24
+    corrupt_fraction: float = 0.5
+    blend_min: float = 0.5
+    blend_max: float = 1.0
+    seed: int = 0
+
+    def check(self, size: int) -> None:
+        """ValueError for settings that cannot work on size x size maps."""
+        if self.epochs < 1 or self.batch_size < 1 or self.lr <= 0:
+            raise ValueError("epochs and batch size must be >= 1 and lr > 0")
+        if not 1 <= self.patch_min <= self.patch_max <= self.crop <= size:
+            raise ValueError(
+                f"need 1 <= patch_min <= patch_max <= crop <= {size}; got {self.patch_min}, "
+                f"{self.patch_max}, {self.crop}"
+            )
+        if not 0 < self.corrupt_fraction <= 1 or not 0 < self.blend_min <= self.blend_max <= 1:
+            raise ValueError("corrupt_fraction and blend factors must lie in (0, 1]")
+
+
+class AsrNet(nn.Module):
+    """The refinement network. forward: maps float32 [N, 2, H, W] ([inter, intra], scaled) ->
+    logits [N, 2, H, W] (class 0 normal, class 1 anomalous)."""
+
+    def __init__(self, channels: int = CHANNELS) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(len(ASR_INPUTS), channels, 3, padding=1)
+        self.conv2 = nn.Conv2d(channels, channels, 3, padding=1)
+        self.conv3 = nn.Conv2d(channels, 2, 3, padding=1)
+
+    def forward(self, m: torch.Tensor) -> torch.Tensor:
+        return self.conv3(F.relu(self.conv2(F.relu(self.conv1(m)))))
+
+
+def focal_loss(
+    logits: torch.Tensor, mask: torch.Tensor, gamma: float = FOCAL_GAMMA
+) -> torch.Tensor:
+    """Focal loss (Lin et al. 2017) over pixels: mean of -(1 - p_t)^gamma * log(p_t), where p_t
+    is the softmax probability of each pixel's true class.
+
+    Args:
+        logits: float [N, 2, H, W]; mask: [N, 1, H, W] with 1 on anomalous pixels, 0 elsewhere.
+    """
+    logp = F.log_softmax(logits, dim=1)
+    logp_t = logp.gather(1, mask.long())
+    return (-((1.0 - logp_t.exp()) ** gamma) * logp_t).mean()
+
+
+def synthesize(
+    d: np.ndarray, rng: np.random.Generator, cfg: AsrConfig
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Synthetic anomalies on D's images: a share ``cfg.corrupt_fraction`` of them gets one square
+    patch (side patch_min..patch_max) cut from another image of D at an independent random
+    place and blended in, x' = (1 - a) x + a donor with a ~ U[blend_min, blend_max].
+
+    Args:
+        d: D's images, float32 [N, 1, H, W] (N >= 2).
+
+    Returns:
+        (images float32 [N, 1, H, W], mask float32 [N, 1, H, W] (1 on the patch), donor index
+        int [N], -1 where the image was left as it was).
+    """
+    n, _, h, w = d.shape
+    if n < 2:
+        raise ValueError("synthetic anomalies need at least 2 images in D (one donates the patch)")
+    x = np.array(d, dtype=np.float32, copy=True)
+    mask = np.zeros_like(x)
+    donors = np.full(n, -1, dtype=np.int64)
+    for i in range(n):
+        if rng.random() >= cfg.corrupt_fraction:
+            continue
+        j = int(rng.integers(n - 1))
+        j += j >= i  # any image but i
+        s = int(rng.integers(cfg.patch_min, cfg.patch_max + 1))
+        ty, tx, sy, sx = (int(v) for v in rng.integers(0, [h - s + 1, w - s + 1] * 2))
+        a = np.float32(rng.uniform(cfg.blend_min, cfg.blend_max))
+        patch = d[j, :, sy : sy + s, sx : sx + s]
+        x[i, :, ty : ty + s, tx : tx + s] = (1 - a) * x[i, :, ty : ty + s, tx : tx + s] + a * patch
+        mask[i, :, ty : ty + s, tx : tx + s] = 1.0
+        donors[i] = j
+    return x, mask, donors
+
+
+def crop_origins(mask: np.ndarray, crop: int, rng: np.random.Generator) -> np.ndarray:
+    """Top-left corners int [N, 2] of crop x crop windows: each holds its image's whole patch
+    (uniform among such windows), or lies anywhere when the image has none."""
+    n, _, h, w = mask.shape
+    out = np.zeros((n, 2), dtype=np.int64)
+    for i in range(n):
+        rows, cols = np.flatnonzero(mask[i, 0].any(1)), np.flatnonzero(mask[i, 0].any(0))
+        lo = (
+            [0, 0] if rows.size == 0 else [max(0, rows[-1] + 1 - crop), max(0, cols[-1] + 1 - crop)]
+        )
+        hi = (
+            [h - crop, w - crop]
+            if rows.size == 0
+            else [min(rows[0], h - crop), min(cols[0], w - crop)]
+        )
+        out[i] = [int(rng.integers(lo[0], hi[0] + 1)), int(rng.integers(lo[1], hi[1] + 1))]
+    return out
+
+
+def input_scale(maps: dict[str, np.ndarray]) -> list[float]:
+    """The fixed divisors of the ASR inputs: the SCALE_PERCENTILE-th percentile of each map
+    (ASR_INPUTS order) over the given images' pixels (D, uncorrupted)."""
+    return [max(float(np.percentile(maps[n], SCALE_PERCENTILE)), 1e-12) for n in ASR_INPUTS]
+
+
+def _epoch_batches(
+    models: tuple[Any, Any], d: np.ndarray, scale: list[float], cfg: AsrConfig, epoch: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """One epoch's training data: scaled [inter, intra] crops float32 [N, 2, c, c] of D's
+    synthetically corrupted images and their masks [N, 1, c, c], in the epoch's order."""
+    rng = np.random.default_rng([cfg.seed, 7, epoch])
+    x, mask, _ = synthesize(d, rng, cfg)
+    m = asr_input(maps_from_stats(x, dual_stats(models[0], models[1], x)), scale)
+    origins = crop_origins(mask, cfg.crop, rng)
+    c = cfg.crop
+    mc = np.stack([m[i, :, y : y + c, x0 : x0 + c] for i, (y, x0) in enumerate(origins)])
+    kc = np.stack([mask[i, :, y : y + c, x0 : x0 + c] for i, (y, x0) in enumerate(origins)])
+    order = rng.permutation(len(d))
+    return mc[order], kc[order]
+
+
+def _new_state(cfg: AsrConfig, scale: list[float], n: int, split_sha256: str | None) -> dict:
+    torch.manual_seed(cfg.seed)
+    net = AsrNet()
+    return {
+        "format": "ddad-asr",
+        "epoch": 0,
+        "epochs": cfg.epochs,
+        "model": net.state_dict(),
+        "input_scale": scale,
+        "inputs": list(ASR_INPUTS),
+        "channels": CHANNELS,
+        "config": asdict(cfg),
+        "history": [],
+        "epoch_seconds": [],
+        "n_train": n,
+        "split_sha256": split_sha256,
+    }
+
+
+def train_asr(
+    run_dir: Path,
+    d: np.ndarray,
+    cfg: AsrConfig,
+    *,
+    split_sha256: str | None = None,
+    resume: bool = False,
+    on_epoch: AsrEpochCallback | None = None,
+) -> dict[str, Any]:
+    """Train (or resume) the ASR network of a finished run on D, x float32 [N, 1, 64, 64].
+
+    Writes run_dir/asr.pt every epoch. Returns the final checkpoint dict (history: mean focal
+    loss per epoch). on_epoch(epoch, epochs, loss, seconds) after each epoch.
+
+    Raises:
+        CheckpointError: asr.pt exists without ``resume``, or cannot be resumed.
+    """
+    cfg.check(d.shape[-1])
+    path = Path(run_dir) / ASR_FILE
+    models = (load_module(run_dir, "A"), load_module(run_dir, "B"))
+    if path.is_file() and not resume:
+        raise CheckpointError(f"{path}: exists; pass --resume to continue it, or remove it")
+    if path.is_file():
+        state = load_asr_checkpoint(run_dir)
+        if state.get("config", {}).get("seed") != cfg.seed:
+            raise CheckpointError(f"{path}: cannot resume with another seed")
+        state["epochs"] = cfg.epochs
+    else:
+        clean = maps_from_stats(d, dual_stats(models[0], models[1], d))
+        state = _new_state(cfg, input_scale(clean), len(d), split_sha256)
+    net = AsrNet(state["channels"])
+    net.load_state_dict(state["model"])
+    opt = torch.optim.Adam(net.parameters(), lr=cfg.lr)
+    if "optimizer" in state:
+        opt.load_state_dict(state["optimizer"])
+    for epoch in range(state["epoch"], cfg.epochs):
+        t0 = time.perf_counter()
+        m, mask = _epoch_batches(models, d, state["input_scale"], cfg, epoch)
+        net.train()
+        losses = []
+        for i in range(0, len(m), cfg.batch_size):
+            loss = focal_loss(
+                net(torch.from_numpy(m[i : i + cfg.batch_size])),
+                torch.from_numpy(mask[i : i + cfg.batch_size]),
+            )
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            losses.append(float(loss.detach()))
+        mean = float(np.mean(losses))
+        if not np.isfinite(mean):
+            raise FloatingPointError(f"ASR epoch {epoch + 1}: loss is not finite")
+        seconds = time.perf_counter() - t0
+        state.update(epoch=epoch + 1, model=net.state_dict(), optimizer=opt.state_dict())
+        state["history"].append(mean)
+        state["epoch_seconds"].append(seconds)
+        atomic_torch_save(state, path)
+        if on_epoch is not None:
+            on_epoch(epoch + 1, cfg.epochs, mean, seconds)
+    return state
+
+
+def has_asr(run_dir: Path) -> bool:
+    """Whether a run folder holds an ASR checkpoint."""
+    return (Path(run_dir) / ASR_FILE).is_file()
+
+
+def load_asr_checkpoint(run_dir: Path) -> dict[str, Any]:
+    """run_dir/asr.pt as a dict, read with the safe loader (CheckpointError when unreadable,
+    unsafe or not an ASR checkpoint; FileNotFoundError when absent)."""
+    path = Path(run_dir) / ASR_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no ASR checkpoint (run `ddad-edge train-asr` first)")
+    try:
+        ck = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # the safe loader's refusals and truncated files alike
+        raise CheckpointError(f"{path}: unreadable or refused ASR checkpoint: {e}") from e
+    if not isinstance(ck, dict) or any(k not in ck for k in ASR_KEYS) or ck["format"] != "ddad-asr":
+        raise CheckpointError(f"{path}: not a ddad-edge ASR checkpoint")
+    return ck
+
+
+def load_asr(run_dir: Path, *, require_complete: bool = True) -> tuple[AsrNet, list[float]]:
+    """The trained ASR network (eval mode) and its input scales; None-free: raises
+    FileNotFoundError without asr.pt, RuntimeError when its training did not finish."""
+    ck = load_asr_checkpoint(run_dir)
+    if require_complete and ck["epoch"] < ck["epochs"]:
+        raise RuntimeError(
+            f"{Path(run_dir) / ASR_FILE}: ASR training stopped at epoch {ck['epoch']} of "
+            f"{ck['epochs']}; finish it with `ddad-edge train-asr ... --resume`"
+        )
+    net = AsrNet(int(ck["channels"]))
+    try:
+        net.load_state_dict(ck["model"])
+    except (RuntimeError, KeyError) as e:
+        raise CheckpointError(f"{Path(run_dir) / ASR_FILE}: weights do not fit: {e}") from e
+    return net.eval(), [float(s) for s in ck["input_scale"]]
+
+
+@torch.no_grad()
+def asr_probability(
+    net: AsrNet, scale: list[float], maps: dict[str, np.ndarray], batch_size: int = 64
+) -> np.ndarray:
+    """Anomaly probability maps float32 [N, 1, H, W] from DDAD maps ({inter, intra, ...}
+    float32 [N, 1, H, W], ``runtime.scores.score_maps``)."""
+    m = asr_input(maps, scale)
+    out = [
+        torch.softmax(net(torch.from_numpy(m[i : i + batch_size])), dim=1)[:, 1:].numpy()
+        for i in range(0, len(m), batch_size)
+    ]
+    return np.concatenate(out) if out else np.zeros((0, 1, *m.shape[2:]), np.float32)

@@ -1,0 +1,85 @@
+"""The train-asr command: train a finished run's ASR refinement network on the split's D.
+Thin: parse, call ``ddad_edge.asr``, print."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from ddad_edge.cli_common import TRAIN_EXTRA, command_help, console, fail, require_extra, say
+
+
+def train_asr(
+    run: Annotated[Path, typer.Argument(help="Finished run folder written by `train`.")],
+    split_path: Annotated[
+        Path, typer.Option("--split", help="The split manifest the run was trained on (its D).")
+    ],
+    epochs: Annotated[int, typer.Option(help="Epochs (fixed; the last is kept).", min=1)] = 15,
+    seed: Annotated[int, typer.Option(help="Seed of initialisation, anomalies and order.")] = 0,
+    threads: Annotated[int, typer.Option(help="torch CPU threads (0: torch's default).")] = 0,
+    resume: Annotated[
+        bool, typer.Option(help="Continue an interrupted ASR training from its last epoch.")
+    ] = False,
+    data_root: Annotated[
+        Path | None, typer.Option(help="Data folder, if it moved since `split`.")
+    ] = None,
+) -> None:
+    """Train the ASR refinement network (method.md, DDAD-ASR) of a finished run, on D only.
+
+    Reads the run's modules A and B (frozen) and the split's known normals D; writes RUN/asr.pt
+    (every epoch). Each epoch, synthetic anomalies (square patches of other D images blended
+    in) are scored by both modules and the network learns to find them in the (inter, intra)
+    maps (focal loss). `eval` and `export` then add the `asr` score.
+    """
+    require_extra("train-asr", "train", TRAIN_EXTRA)
+    import json
+
+    import torch
+
+    from ddad_edge.asr import AsrConfig
+    from ddad_edge.asr import train_asr as train
+    from ddad_edge.checkpoint import CheckpointError, read_config
+    from ddad_edge.cli import load_part_with_progress
+    from ddad_edge.data import SplitError, read_manifest
+    from ddad_edge.train import normal_train_digest
+
+    try:
+        manifest = read_manifest(split_path, data_root)
+        config = read_config(run)
+    except (SplitError, FileNotFoundError, CheckpointError) as e:
+        fail(e)
+    same_d = config.get("split_sha256") == manifest["sha256"] or (
+        config.get("normal_train_sha256") is not None
+        and config.get("normal_train_sha256") == normal_train_digest(manifest)
+    )
+    if not same_d:
+        fail(f"{run} was trained on another split (another D); pass the run's own split")
+    if threads:
+        torch.set_num_threads(threads)
+    d = load_part_with_progress(manifest, "normal_train", "D (known normal)")
+
+    def on_epoch(epoch: int, total: int, loss: float, seconds: float) -> None:
+        console.print(f"ASR epoch {epoch}/{total} focal loss {loss:.5f} ({seconds:.1f} s/epoch)")
+
+    try:
+        state = train(
+            run,
+            d.x,
+            AsrConfig(epochs=epochs, seed=seed),
+            split_sha256=manifest["sha256"],
+            resume=resume,
+            on_epoch=on_epoch,
+        )
+    except (CheckpointError, FileNotFoundError, RuntimeError, ValueError) as e:
+        fail(e)
+    say(
+        f"trained ASR for {state['epoch']} epochs on {state['n_train']} images of D into "
+        f"{run / 'asr.pt'} (input scales {json.dumps([round(s, 6) for s in state['input_scale']])})"
+    )
+
+
+def register(app: typer.Typer) -> None:
+    """Add train-asr to the app."""
+    app.command("train-asr", help=command_help(train_asr))(train_asr)

@@ -1,0 +1,163 @@
+"""ASR refinement (ddad_edge.asr, export/asr_graph.py): the focal loss, the synthetic
+anomalies, the fused export and its parity gate, the runtime's asr score, and bundles
+without ASR left as they were."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from ddad_edge.asr import (  # noqa: E402
+    AsrConfig,
+    asr_probability,
+    crop_origins,
+    focal_loss,
+    load_asr,
+    synthesize,
+)
+from ddad_edge.runtime.scores import ASR_SCORE, SCORE_NAMES  # noqa: E402
+
+
+def test_focal_loss_is_the_direct_formula() -> None:
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(3, 2, 5, 4, generator=g, dtype=torch.float64)
+    mask = (torch.rand(3, 1, 5, 4, generator=g) > 0.7).double()
+    for gamma in (0.0, 2.0, 3.5):
+        p1 = torch.exp(logits[:, 1]) / (torch.exp(logits[:, 0]) + torch.exp(logits[:, 1]))
+        pt = torch.where(mask[:, 0] > 0, p1, 1 - p1)
+        want = (-((1 - pt) ** gamma) * torch.log(pt)).mean()
+        assert float(focal_loss(logits, mask, gamma)) == pytest.approx(float(want), rel=1e-12)
+    ce = torch.nn.functional.cross_entropy(logits, mask[:, 0].long())
+    assert float(focal_loss(logits, mask, 0.0)) == pytest.approx(float(ce), rel=1e-12)
+
+
+def _find(patch: np.ndarray, image: np.ndarray) -> bool:
+    """Whether ``patch`` [s, s] occurs in ``image`` [H, W] exactly."""
+    s = patch.shape[0]
+    win = np.lib.stride_tricks.sliding_window_view(image, (s, s))
+    return bool(np.any(np.all(win == patch, axis=(2, 3))))
+
+
+def test_synthetic_anomaly_is_a_square_of_another_d_image() -> None:
+    rng = np.random.default_rng(1)
+    d = rng.uniform(-1, 1, (6, 1, 64, 64)).astype(np.float32)
+    cfg = AsrConfig(corrupt_fraction=1.0, blend_min=1.0, blend_max=1.0)
+    x, mask, donors = synthesize(d, np.random.default_rng(2), cfg)
+    assert (donors >= 0).all() and (donors != np.arange(6)).all() and (donors < 6).all()
+    for i in range(6):
+        rows, cols = np.flatnonzero(mask[i, 0].any(1)), np.flatnonzero(mask[i, 0].any(0))
+        s = len(rows)
+        assert cfg.patch_min <= s <= cfg.patch_max and len(cols) == s
+        box = np.zeros((64, 64), bool)
+        box[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1] = True
+        np.testing.assert_array_equal(mask[i, 0] > 0, box)  # the mask is exactly a square
+        np.testing.assert_array_equal(x[i, 0][~box], d[i, 0][~box])  # nothing else changed
+        assert not np.array_equal(x[i, 0][box], d[i, 0][box])
+        pasted = x[i, 0][box].reshape(s, s)
+        assert _find(pasted, d[donors[i], 0])  # cut from the donor, an image of D
+    half = AsrConfig(corrupt_fraction=0.5)
+    x, mask, donors = synthesize(d, np.random.default_rng(3), half)
+    for i in np.flatnonzero(donors < 0):  # untouched images: no mask, no change
+        assert not mask[i].any() and np.array_equal(x[i], d[i])
+
+
+def test_crops_hold_the_whole_patch() -> None:
+    d = np.random.default_rng(4).uniform(-1, 1, (20, 1, 64, 64)).astype(np.float32)
+    _, mask, _ = synthesize(d, np.random.default_rng(5), AsrConfig())
+    origins = crop_origins(mask, 32, np.random.default_rng(6))
+    for i, (y, x0) in enumerate(origins):
+        assert 0 <= y <= 32 and 0 <= x0 <= 32
+        assert mask[i, :, y : y + 32, x0 : x0 + 32].sum() == mask[i].sum()
+
+
+def test_checkpoint_is_plain_data_and_resumes(asr_run: Path, tmp_path: Path) -> None:
+    from ddad_edge.asr import ASR_FILE, load_asr_checkpoint, train_asr
+    from ddad_edge.checkpoint import CheckpointError
+
+    ck = torch.load(asr_run / ASR_FILE, weights_only=True)
+    assert ck["epoch"] == ck["epochs"] == 1 and len(ck["input_scale"]) == 2
+    with pytest.raises(CheckpointError, match="--resume"):
+        train_asr(asr_run, np.zeros((2, 1, 64, 64), np.float32), AsrConfig(epochs=1))
+    bad = tmp_path / "run"
+    bad.mkdir()
+    (bad / ASR_FILE).write_bytes(b"not a checkpoint")
+    with pytest.raises(CheckpointError, match="asr.pt"):
+        load_asr_checkpoint(bad)
+
+
+def _torch_reference(run: Path, x: np.ndarray) -> dict[str, np.ndarray]:
+    from ddad_edge.checkpoint import load_module
+    from ddad_edge.reference import dual_stats
+    from ddad_edge.runtime.scores import maps_from_stats
+
+    stats = dual_stats(load_module(run, "A"), load_module(run, "B"), x)
+    stats[ASR_SCORE] = asr_probability(*load_asr(run), maps_from_stats(x, stats))
+    return stats
+
+
+def test_export_fuses_asr_and_gates_it(asr_bundle: Path) -> None:
+    m = json.loads((asr_bundle / "manifest.json").read_text())
+    for key in ("dual_fp32", "dual_fp16", "dual_int8"):
+        assert ASR_SCORE in m["graphs"][key]["outputs"], key
+    assert m["scores"]["names"] == [*SCORE_NAMES, ASR_SCORE]
+    assert m["asr"]["inputs"] == ["inter", "intra"] and m["asr"]["channels"] == 128
+    res = {r["graph"]: r for r in m["parity"]["results"]}
+    fp32 = res["dual_fp32"]
+    assert fp32["passed"] and fp32["errors"][ASR_SCORE]["rel"] <= 1e-5
+    assert fp32["score_errors"][ASR_SCORE] <= 1e-5
+    for key in ("dual_fp16", "dual_fp16 (fp16 storage emulation)", "dual_int8"):
+        assert res[key]["passed"] and ASR_SCORE in res[key]["errors"], key
+    assert "score_asr" in m["golden"]["arrays"] and ASR_SCORE in m["golden"]["arrays"]
+
+
+def test_runtime_asr_score_matches_pytorch(asr_run: Path, asr_bundle: Path, good_images) -> None:
+    from ddad_edge.runtime import Scorer
+
+    with Scorer.from_bundle(asr_bundle, backend="ort-cpu", precision="fp32") as scorer:
+        assert scorer.score_names == (*SCORE_NAMES, ASR_SCORE)
+        assert scorer.replay_golden()["passed"]
+        results = scorer.score([str(p) for p in good_images], maps=True)
+        x = scorer.load([str(p) for p in good_images]).x
+    ref = _torch_reference(asr_run, x)
+    for r, want in zip(results, ref[ASR_SCORE], strict=True):
+        assert r.status == "scored" and list(r.scores) == [*SCORE_NAMES, ASR_SCORE]
+        assert 0.0 <= r.scores[ASR_SCORE] <= 1.0
+        assert r.scores[ASR_SCORE] == pytest.approx(float(want.mean()), rel=1e-5)
+        np.testing.assert_allclose(r.maps[ASR_SCORE], want[0], atol=1e-5)
+
+
+def test_calibrate_on_asr_and_bundles_without_it(
+    asr_bundle: Path, bundle: Path, good_images, tmp_path: Path
+) -> None:
+    from typer.testing import CliRunner
+
+    from ddad_edge.cli import app
+    from ddad_edge.runtime import Scorer
+
+    with Scorer.from_bundle(bundle, backend="ort-cpu") as plain:
+        assert plain.score_names == SCORE_NAMES and not plain.bundle.has_asr
+        assert list(plain.score(str(good_images[0]))[0].scores) == list(SCORE_NAMES)
+    # ``calibrate --score asr``: the threshold lies on the asr score, and score flags with it
+    normals = tmp_path / "normals"
+    normals.mkdir()
+    for i in range(20):  # calibrate needs 20 normals: copies of the three images will do
+        p = good_images[i % len(good_images)]
+        (normals / f"{i}{p.suffix}").write_bytes(p.read_bytes())
+    out = tmp_path / "cal.json"
+    runner = CliRunner()
+    args = ["calibrate", str(asr_bundle), "--normals", str(normals), "--n-boot", "50"]
+    res = runner.invoke(app, [*args, "--score", "asr", "-o", str(out)])
+    assert res.exit_code == 0, res.output
+    assert json.loads(out.read_text())["score"] == ASR_SCORE
+    with Scorer.from_bundle(asr_bundle, backend="ort-cpu", calibration=out) as s:
+        r = s.score(str(good_images[0]))[0]
+        assert r.flag in ("normal", "abnormal") and r.operating_point["score"] == ASR_SCORE
+    res = runner.invoke(
+        app, ["calibrate", str(bundle), "--normals", str(normals), "--score", "asr"]
+    )
+    assert res.exit_code != 0 and "has no asr score" in res.output
