@@ -37,7 +37,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ddad_edge.checkpoint import CheckpointError, atomic_torch_save, load_module
+from ddad_edge.checkpoint import CheckpointError, atomic_torch_save, load_module, read_plain
 from ddad_edge.reference import dual_stats
 from ddad_edge.runtime.scores import ASR_INPUTS, asr_input, maps_from_stats
 
@@ -274,10 +274,7 @@ def load_asr_checkpoint(run_dir: Path) -> dict[str, Any]:
     path = Path(run_dir) / ASR_FILE
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no ASR checkpoint (run `ddad-edge train-asr` first)")
-    try:
-        ck = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # the safe loader's refusals and truncated files alike
-        raise CheckpointError(f"{path}: unreadable or refused ASR checkpoint: {e}") from e
+    ck = read_plain(path)
     if not isinstance(ck, dict) or any(k not in ck for k in ASR_KEYS) or ck["format"] != "ddad-asr":
         raise CheckpointError(f"{path}: not a ddad-edge ASR checkpoint")
     return ck

@@ -53,8 +53,21 @@ def load_checkpoint(run_dir: Path, module: str) -> dict[str, Any]:
     path = module_path(run_dir, module)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no checkpoint for module {module} (train first)")
+    ck = read_plain(path)
+    if not isinstance(ck, dict) or any(key not in ck for key in CHECKPOINT_KEYS):
+        have = sorted(ck) if isinstance(ck, dict) else type(ck).__name__
+        raise CheckpointError(
+            f"{path}: not a ddad-edge module checkpoint (expected keys "
+            f"{', '.join(CHECKPOINT_KEYS)}; found {have})"
+        )
+    return ck
+
+
+def read_plain(path: Path) -> Any:
+    """torch.load a checkpoint file with the safe loader (plain data only); CheckpointError
+    naming the file when it is refused, truncated or foreign."""
     try:
-        ck = torch.load(path, map_location="cpu", weights_only=True)
+        return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
         raise CheckpointError(
             f"{path}: refused: not a plain-data checkpoint (the safe loader said "
@@ -66,13 +79,6 @@ def load_checkpoint(run_dir: Path, module: str) -> dict[str, Any]:
             f"{path}: unreadable checkpoint (truncated or not written by ddad-edge train): "
             f"{_first_line(e)}"
         ) from e
-    if not isinstance(ck, dict) or any(key not in ck for key in CHECKPOINT_KEYS):
-        have = sorted(ck) if isinstance(ck, dict) else type(ck).__name__
-        raise CheckpointError(
-            f"{path}: not a ddad-edge module checkpoint (expected keys "
-            f"{', '.join(CHECKPOINT_KEYS)}; found {have})"
-        )
-    return ck
 
 
 def load_module(run_dir: Path, module: str, *, require_complete: bool = True) -> FusedEnsemble:

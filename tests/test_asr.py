@@ -161,3 +161,42 @@ def test_calibrate_on_asr_and_bundles_without_it(
         app, ["calibrate", str(bundle), "--normals", str(normals), "--score", "asr"]
     )
     assert res.exit_code != 0 and "has no asr score" in res.output
+
+
+def test_node_pipeline_and_triton_records_carry_asr(asr_bundle: Path, tmp_path: Path) -> None:
+    """The node's pipeline and Triton's ddad_score model score with the runtime Scorer: both
+    report asr (the SR as a measurement, SCORES as a 4th value that the client checks)."""
+    pytest.importorskip("highdicom")
+    from conftest import require_dicom_cxr
+
+    from ddad_edge.node.journal import ObjectRow
+    from ddad_edge.node.pipeline import Pipeline
+    from ddad_edge.runtime import Scorer
+    from ddad_edge.runtime.triton_protocol import encode_record, scores_tensor
+
+    src = sorted((require_dicom_cxr() / "original").glob("*.dcm"))[0]
+    with Scorer.from_bundle(asr_bundle, backend="ort-cpu") as scorer:
+        row = ObjectRow("1.2.3", "1.2.840.10008.5.1.4.1.1.1", "MOD", str(src), "received", None, 0)
+        out = Pipeline(scorer)(row)
+        direct = scorer.score(str(src))[0]
+    assert out.state == "scored" and set(out.record["scores"]) == {*SCORE_NAMES, ASR_SCORE}
+    assert out.record["scores"][ASR_SCORE] == pytest.approx(direct.scores[ASR_SCORE], rel=1e-6)
+    sr = next(r for r in out.results if r.kind == "sr")
+    assert b"DDAD-ASR refined anomaly score" in sr.data
+    # Triton: SCORES holds the bundle's four scores in its order; the client's check accepts it
+    from ddad_edge.runtime.triton_client import _result
+
+    class Response:
+        def __init__(self, r):
+            self.t = {
+                "SCORES": scores_tensor(r.scores, scorer.score_names),
+                "ERROR": np.zeros((1, 0), np.uint8),
+                "RECORD": encode_record(r.to_json(), r.source),
+            }
+
+        def as_numpy(self, name):
+            return self.t[name]
+
+    got = _result(direct.source, Response(direct), "test")
+    assert got.error is None and got.scores == direct.scores
+    assert list(got.scores)[-1] == ASR_SCORE
