@@ -43,6 +43,13 @@ def triton(
         int, typer.Option(help="Dynamic batching: longest wait for a batch to fill, µs.")
     ] = 2000,
     instances: Annotated[int, typer.Option(help="Instances of the ddad_score model.")] = 1,
+    threads: Annotated[
+        int | None,
+        typer.Option(
+            help="onnxruntime and decoding threads per ddad_score instance (default: the "
+            "server's physical cores shared out among the instances)."
+        ),
+    ] = None,
     force: Annotated[bool, typer.Option(help="Replace an existing OUTPUT.")] = False,
 ) -> None:
     """Write a Triton Inference Server model repository for a bundle.
@@ -70,6 +77,7 @@ def triton(
             bls_model=bls_model,
             queue_delay_us=queue_delay_us,
             instances=instances,
+            threads=threads,
             force=force,
         )
         checked = {m.name: m.note for m in validate_repository(res.root)}

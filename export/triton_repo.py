@@ -164,6 +164,7 @@ def write_repository(
     bls_model: str = ONNX_MODELS["fp32"][0],
     queue_delay_us: int = 2000,
     instances: int = 1,
+    threads: int | None = None,
     force: bool = False,
 ) -> RepoResult:
     """Write the model repository for a bundle (layout in the module docstring).
@@ -179,13 +180,15 @@ def write_repository(
         bls_model: the graph model BLS calls go to.
         queue_delay_us: dynamic batching's longest wait for a batch to fill.
         instances: instances of the scoring model (each loads its own onnxruntime session).
+        threads: onnxruntime (and decoding) threads per instance; None: the server machine's
+            physical cores shared out among the instances, decided when the model loads.
 
     Raises:
         BundleError: the bundle is unusable; ConfigError: a graph Triton cannot serve;
         FileExistsError: ``output`` exists and ``force`` is False.
     """
-    if max_batch < 1 or instances < 1:
-        raise ValueError("max_batch and instances must be >= 1")
+    if max_batch < 1 or instances < 1 or (threads is not None and threads < 1):
+        raise ValueError("max_batch, instances and threads must be >= 1")
     if inference not in INFERENCE_MODES:
         raise ValueError(f"inference must be one of {', '.join(INFERENCE_MODES)}")
     bundle = open_bundle(bundle_dir, verify=True)
@@ -210,6 +213,8 @@ def write_repository(
     }
     if inference == "bls":
         params["bls_model"] = bls_model
+    if threads is not None:
+        params["intra_op_threads"] = str(threads)
     if calibration is not None:
         params["calibration"] = "calibration.json"
         params["operating_point"] = "" if operating_point is None else repr(operating_point)

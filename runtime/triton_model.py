@@ -35,6 +35,7 @@ from typing import Any
 
 import numpy as np
 
+from ddad_edge.runtime.cpu import physical_cores
 from ddad_edge.runtime.scorer import Scorer, ScoreResult
 from ddad_edge.runtime.triton_protocol import (
     ERROR_OUTPUT,
@@ -92,11 +93,24 @@ class BlsBackend:
         """Nothing to release."""
 
 
-def make_scorer(version_dir: Path, params: dict[str, str], pb_utils: Any) -> Scorer:
+def cpu_threads(params: dict[str, str], instances: int) -> int:
+    """onnxruntime intra-op threads (and decoding threads) of one instance: the model parameter
+    ``intra_op_threads`` when set, else the physical cores shared out among the model's
+    ``instances`` (at least one each), so that instances do not oversubscribe the cores."""
+    if params.get("intra_op_threads"):
+        return max(1, int(params["intra_op_threads"]))
+    return max(1, physical_cores() // max(1, instances))
+
+
+def make_scorer(
+    version_dir: Path, params: dict[str, str], pb_utils: Any, instances: int = 1
+) -> Scorer:
     """The Scorer the model serves, from its parameters: bundle, inference, max_batch,
-    bls_model, calibration (a file in the version folder) and operating_point."""
+    bls_model, calibration (a file in the version folder), operating_point and
+    intra_op_threads (:func:`cpu_threads`; ``instances``: instances of the model)."""
     bundle_dir = version_dir / params.get("bundle", "bundle")
     max_batch = int(params.get("max_batch", "64"))
+    threads = cpu_threads(params, instances)
     calibration = version_dir / params["calibration"] if params.get("calibration") else None
     point = float(params["operating_point"]) if params.get("operating_point") else None
     if params.get("inference", "in-process") == "in-process":
@@ -105,6 +119,8 @@ def make_scorer(version_dir: Path, params: dict[str, str], pb_utils: Any) -> Sco
             backend="ort-cpu",
             precision="fp32",
             max_batch=max_batch,
+            workers=threads,
+            intra_op_threads=threads,
             calibration=calibration,
             operating_point=point,
         )
@@ -117,7 +133,9 @@ def make_scorer(version_dir: Path, params: dict[str, str], pb_utils: Any) -> Sco
     outputs = list(bundle.graph("dual", "fp32")["outputs"])
     backend = BlsBackend(pb_utils, model, outputs)
     cal = None if calibration is None else load_calibration(calibration, bundle.manifest, point)
-    return Scorer(bundle, {"dual": backend}, precision, max_batch=max_batch, calibration=cal)
+    return Scorer(
+        bundle, {"dual": backend}, precision, max_batch=max_batch, workers=threads, calibration=cal
+    )
 
 
 def score_files(scorer: Scorer, items: list[Item], workdir: Path) -> list[ScoreResult]:
@@ -168,7 +186,8 @@ class TritonPythonModel:
         config = json.loads(args["model_config"])
         params = {k: v.get("string_value", "") for k, v in config.get("parameters", {}).items()}
         version_dir = Path(args["model_repository"]) / args["model_version"]
-        self.scorer = make_scorer(version_dir, params, pb_utils)
+        instances = sum(int(g.get("count", 1)) for g in config.get("instance_group", [])) or 1
+        self.scorer = make_scorer(version_dir, params, pb_utils, instances)
         self.flag = any(o["name"] == FLAG_OUTPUT for o in config.get("output", []))
         self.workdir = Path(tempfile.mkdtemp(prefix="ddad-score-", dir=_shm_dir()))
 
@@ -205,4 +224,4 @@ class TritonPythonModel:
         shutil.rmtree(self.workdir, ignore_errors=True)
 
 
-__all__ = ["BlsBackend", "TritonPythonModel", "make_scorer", "score_files"]
+__all__ = ["BlsBackend", "TritonPythonModel", "cpu_threads", "make_scorer", "score_files"]

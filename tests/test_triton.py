@@ -152,6 +152,24 @@ def test_engine_becomes_a_tensorrt_plan_model(bundle: Path, tmp_path: Path) -> N
     assert not (res.root / "ddad_score" / "1" / "bundle" / "engines").exists()
 
 
+def test_instances_share_the_cores_unless_threads_are_given(bundle: Path, tmp_path: Path) -> None:
+    from ddad_edge.export.triton_config import parse_config
+    from ddad_edge.export.triton_repo import write_repository
+    from ddad_edge.runtime.cpu import physical_cores
+    from ddad_edge.runtime.triton_model import cpu_threads
+
+    n = physical_cores()
+    assert cpu_threads({}, 1) == n and cpu_threads({}, n) == 1 and cpu_threads({}, 4 * n) == 1
+    assert cpu_threads({"intra_op_threads": ""}, 1) == n
+    assert cpu_threads({"intra_op_threads": "3"}, 2) == 3
+    root = write_repository(bundle, tmp_path / "repo", instances=2, threads=1).root
+    cfg = parse_config(root / "ddad_score" / "config.pbtxt")
+    assert cfg.instance_group[0].count == 2
+    assert cfg.parameters["intra_op_threads"].string_value == "1"
+    with pytest.raises(ValueError, match="threads"):
+        write_repository(bundle, tmp_path / "bad", threads=0)
+
+
 # ----------------------------------------------------------------------------------------------
 # A real Triton server
 # ----------------------------------------------------------------------------------------------
