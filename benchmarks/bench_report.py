@@ -325,6 +325,16 @@ def targets_section(result: BenchResult) -> str:
     )
 
 
+STAGES_HEAD = "server ms/request: queue / input / infer / output"
+
+
+def _stages(ms: dict[str, float] | None) -> str:
+    """Triton's per-request stage means (``triton_load.STAGES``), or "-" when not recorded."""
+    from ddad_edge.benchmarks.triton_load import STAGES
+
+    return " / ".join(fmt(ms.get(k), ".1f") for k in STAGES) if ms else "-"
+
+
 def triton_section(tr: dict[str, Any] | None) -> str:
     """Throughput and latency through the Triton server vs the in-process Scorer."""
     if not tr:
@@ -345,16 +355,23 @@ def triton_section(tr: dict[str, Any] | None) -> str:
             p["lost"],
             p["errors"],
             ", ".join(f"{b}×{n}" for b, n in p["batches"].items()),
+            _stages(p.get("server_ms")),
         ]
         for p in tr["points"].values()
     ]
     head = ["clients", "requests", "files/s", "vs Scorer", "p50 ms", "p95 ms", "wrong", "lost"]
+    srv = tr["server"]
+    setup = (
+        f"{srv.get('instances', '?')} instance(s) × {srv.get('threads_per_instance', '?')} "
+        f"thread(s), preferred batches {srv.get('preferred_batch_size', '?')}, queue delay "
+        f"{srv.get('max_queue_delay_us', '?')} µs"
+    )
     return (
-        f"{title}{tr['protocol']} on loopback; server ready in "
-        f"{fmt(tr['server']['ready_seconds'], '.1f')} s. Reference: the in-process Scorer at "
-        f"batch {ref['batch']} on the same {ref['n']} files (decode to scores): "
+        f"{title}{tr['protocol']} on loopback; `ddad_score` {srv.get('inference')}, {setup}; "
+        f"server ready in {fmt(srv['ready_seconds'], '.1f')} s. Reference: the in-process "
+        f"Scorer at batch {ref['batch']} on the same {ref['n']} files (decode to scores): "
         f"{fmt(ref['throughput'], '.1f')} files/s.\n\n"
-        + table([*head, "errors", "batches formed (size×count)"], rows)
+        + table([*head, "errors", "batches formed (size×count)", STAGES_HEAD], rows)
         + f"\nAt 8 clients: {fmt(tr.get('ratio_at_8'), '.2f')}× the Scorer (target ≥ 0.8×).\n"
     )
 

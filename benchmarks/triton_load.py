@@ -33,6 +33,11 @@ def _agree(got: Any, want: Any) -> bool:
     return all(abs(got.scores[n] - v) <= 1e-6 * abs(v) for n, v in want.scores.items())
 
 
+STAGES = ("queue", "compute_input", "compute_infer", "compute_output")
+"""Per-request stages of Triton's inference statistics (a request's share of its batch's
+compute is the whole batch's time: each request of a batch counts it)."""
+
+
 def _batches(stats: dict[str, Any]) -> dict[int, int]:
     """Executions per batch size in the server's statistics of the model."""
     model = stats["model_stats"][0]
@@ -41,8 +46,20 @@ def _batches(stats: dict[str, Any]) -> dict[int, int]:
     }
 
 
+def _stage_ms(before: dict[str, Any], after: dict[str, Any]) -> dict[str, float]:
+    """Mean milliseconds per request in each of :data:`STAGES` between two statistics."""
+    a, b = after["model_stats"][0]["inference_stats"], before["model_stats"][0]["inference_stats"]
+    out = {}
+    for k in STAGES:
+        n = int(a[k].get("count", 0)) - int(b[k].get("count", 0))
+        ns = int(a[k].get("ns", 0)) - int(b[k].get("ns", 0))
+        out[k] = ns / n / 1e6 if n > 0 else float("nan")
+    return out
+
+
 def _reference(bundle: Path, files: list[str], reps: int) -> tuple[dict[str, Any], list[Any]]:
     """The in-process Scorer's throughput at batch 64 on ``files`` and its records."""
+    from ddad_edge.runtime.cpu import physical_cores
     from ddad_edge.runtime.scorer import Scorer
 
     with Scorer.from_bundle(
@@ -57,6 +74,7 @@ def _reference(bundle: Path, files: list[str], reps: int) -> tuple[dict[str, Any
     best = min(times)
     return {
         "batch": REFERENCE_BATCH,
+        "threads": physical_cores(),  # the Scorer's default: onnxruntime and decoding
         "n": len(files),
         "seconds": times,
         "throughput": len(files) / best,
@@ -71,12 +89,13 @@ def _point(client: Any, files: list[str], clients: int, want: dict[str, Any]) ->
         r = client.score_one(path)
         return time.perf_counter() - t0, r
 
-    before = _batches(client.statistics())
+    stats0 = client.statistics()
     t0 = time.perf_counter()
     with ThreadPoolExecutor(clients) as pool:
         out = list(pool.map(one, files))
     wall = time.perf_counter() - t0
-    after = _batches(client.statistics())
+    stats1 = client.statistics()
+    before, after = _batches(stats0), _batches(stats1)
     lat = np.array([t for t, _ in out]) * 1e3
     records = [r for _, r in out]
     formed = {b: n - before.get(b, 0) for b, n in sorted(after.items()) if n > before.get(b, 0)}
@@ -91,6 +110,25 @@ def _point(client: Any, files: list[str], clients: int, want: dict[str, Any]) ->
         "errors": sum(r.error is not None for r in records),
         "lost": len(files) - len(records),
         "batches": {str(b): n for b, n in formed.items()},
+        "server_ms": _stage_ms(stats0, stats1),
+    }
+
+
+def _settings(config: Path) -> dict[str, Any]:
+    """What the lane's ``ddad_score`` config sets: inference, instances, threads per instance
+    (as the model decides them on this machine), preferred batch sizes, queue delay."""
+    from ddad_edge.export.triton_config import parse_config
+    from ddad_edge.runtime.triton_model import cpu_threads
+
+    cfg = parse_config(config)
+    params = {k: v.string_value for k, v in cfg.parameters.items()}
+    instances = sum(g.count or 1 for g in cfg.instance_group) or 1
+    return {
+        "inference": params.get("inference", "in-process"),
+        "instances": instances,
+        "threads_per_instance": cpu_threads(params, instances),
+        "preferred_batch_size": list(cfg.dynamic_batching.preferred_batch_size),
+        "max_queue_delay_us": int(cfg.dynamic_batching.max_queue_delay_microseconds),
     }
 
 
@@ -127,6 +165,7 @@ def measure_triton(
     with tempfile.TemporaryDirectory(prefix="ddad-bench-triton-") as tmp:
         on("triton lane: writing the model repository and starting tritonserver")
         repo = write_repository(bundle, Path(tmp) / "repo").root
+        setup = _settings(repo / "ddad_score" / "config.pbtxt")
         try:
             t0 = time.perf_counter()
             server = start_server(repo, models=["ddad_score"])
@@ -147,7 +186,7 @@ def measure_triton(
     return {
         "available": True,
         "protocol": protocol,
-        "server": {"ready_seconds": ready_s, "model": "ddad_score", "inference": "in-process"},
+        "server": {"ready_seconds": ready_s, "model": "ddad_score", **setup},
         "reference": reference,
         "points": points,
         "ratio_at_8": None if at8 is None else at8["throughput"] / reference["throughput"],

@@ -336,4 +336,6 @@ def test_bench_triton_lane_measures_the_server_against_the_scorer(bundle, cases)
     for p in res["points"].values():
         assert p["requests"] == 12 and p["wrong"] == 0 and p["lost"] == 0 and p["errors"] == 0
         assert sum(p["batches"].values()) >= 1 and p["p95_ms"] >= p["p50_ms"] > 0
+        assert p["server_ms"]["compute_infer"] > 0 and p["server_ms"]["queue"] >= 0
+    assert res["server"]["instances"] >= 1 and res["server"]["threads_per_instance"] >= 1
     assert "| 4 | 12 |" in triton_section(res)
