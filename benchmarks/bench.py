@@ -8,7 +8,6 @@ result with ``{"available": False, "reason": ...}``.
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Callable
 from contextlib import closing
@@ -357,7 +356,6 @@ def _run_bench(cfg: BenchConfig, on: Progress) -> BenchResult:
             on=on,
         )
     result["targets"] = evaluate_targets(result, MAIN_LANE)
-    load = os.getloadavg() if hasattr(os, "getloadavg") else None
-    result["machine"]["loadavg_end"] = list(load) if load else None
+    result["machine"]["loadavg_end"] = machine.load_average()
     result["seconds"] = time.perf_counter() - t_start
     return result

@@ -152,9 +152,14 @@ def thread_settings() -> dict[str, Any]:
     return out
 
 
+def load_average() -> list[float] | None:
+    """The 1, 5 and 15-minute load averages (None where the OS has none)."""
+    return list(os.getloadavg()) if hasattr(os, "getloadavg") else None
+
+
 def describe_machine() -> dict[str, Any]:
-    """Everything about the machine that a reader needs to compare two benchmark reports."""
-    load = os.getloadavg() if hasattr(os, "getloadavg") else None
+    """Everything about the machine that a reader needs to compare two benchmark reports;
+    the caller sets "loadavg_end" when its run is over."""
     return {
         "date_utc": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "platform": platform.platform(),
@@ -164,5 +169,5 @@ def describe_machine() -> dict[str, Any]:
         "onnxruntime_providers": ort_providers(),
         "threads": thread_settings(),
         "versions": library_versions(),
-        "loadavg_start": list(load) if load else None,
+        "loadavg_start": load_average(),
     }

@@ -124,6 +124,7 @@ def run_parity_bundle(cfg: ParityConfig, on_progress: Progress | None = None) ->
     extended with "config", "machine", "test_set", "unavailable" and "variants"."""
     on = on_progress or (lambda _: None)
     t0 = time.perf_counter()
+    described = machine.describe_machine()  # the load average before the run
     on(f"loading the test set of {cfg.split}")
     test = load_test_set(cfg.split, cfg.data_root, cfg.max_images)
     if len(test.labels) == 0 or test.labels.min() == test.labels.max():
@@ -161,7 +162,7 @@ def run_parity_bundle(cfg: ParityConfig, on_progress: Progress | None = None) ->
         "kermany": "kermany" in str(test.manifest.get("root", "")).lower(),
         "data_note": test.manifest.get("data_note", ""),
     }
-    result["machine"] = machine.describe_machine()
+    result["machine"] = {**described, "loadavg_end": machine.load_average()}
     result["test_set"] = {
         "n_listed": len(test.manifest["test"]),
         "n_scored": len(test.labels),
