@@ -78,6 +78,7 @@ class BenchConfig:
     parity: dict[str, Any] | None = None
     sections: tuple[str, ...] = SECTIONS
     triton_clients: tuple[int, ...] = (1, 2, 4, 8, 16)
+    triton_instances: tuple[int, ...] = (1, 2)
     triton_requests: int = 256
 
     def to_dict(self) -> dict[str, Any]:
@@ -352,6 +353,7 @@ def _run_bench(cfg: BenchConfig, on: Progress) -> BenchResult:
             cfg.bundle,
             cfg.images,
             clients=cfg.triton_clients,
+            instances=cfg.triton_instances,
             requests=cfg.triton_requests,
             on=on,
         )

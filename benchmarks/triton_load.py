@@ -132,25 +132,66 @@ def _settings(config: Path) -> dict[str, Any]:
     }
 
 
+def _serve(
+    bundle: Path,
+    files: list[str],
+    want: dict[str, Any],
+    instances: int,
+    clients: Sequence[int],
+    protocol: str,
+    on: Callable[[str], None],
+) -> dict[str, Any]:
+    """One server configuration (``instances`` of ``ddad_score``, the rest as ``ddad-edge
+    triton`` writes it): its settings, readiness time and one point per number of clients.
+
+    Raises:
+        ServerError: the server did not start.
+    """
+    from ddad_edge.export.triton_repo import write_repository
+    from ddad_edge.runtime.triton_client import TritonScorer
+    from ddad_edge.runtime.triton_server import start_server
+
+    with tempfile.TemporaryDirectory(prefix="ddad-bench-triton-") as tmp:
+        on(f"triton lane: repository with {instances} ddad_score instance(s), starting the server")
+        repo = write_repository(bundle, Path(tmp) / "repo", instances=instances).root
+        setup = _settings(repo / "ddad_score" / "config.pbtxt")
+        t0 = time.perf_counter()
+        server = start_server(repo, models=["ddad_score"])
+        ready_s = time.perf_counter() - t0
+        try:
+            url = f"grpc://{server.grpc_url}" if protocol == "grpc" else server.http_url
+            points = {}
+            for c in clients:
+                on(f"triton lane: {instances} instance(s), {c} concurrent clients")
+                client = TritonScorer(url, concurrency=c)
+                client.score(files[: 2 * c])  # warm-up: connections, first batches
+                points[str(c)] = _point(client, files, c, want)
+        finally:
+            server.stop()
+    return {"ready_seconds": ready_s, "model": "ddad_score", **setup, "points": points}
+
+
 def measure_triton(
     bundle: Path,
     images: Sequence[Path],
     *,
     clients: Sequence[int] = (1, 2, 4, 8, 16),
+    instances: Sequence[int] = (1, 2),
     requests: int = 256,
     reps: int = 2,
     protocol: str = "grpc",
     on: Callable[[str], None] = lambda _: None,
 ) -> dict[str, Any]:
-    """Throughput and latency through the server vs the in-process Scorer (module docstring).
+    """Throughput and latency through the server vs the in-process Scorer (module docstring),
+    for each number of ``ddad_score`` instances (threads: the cores shared out among them).
 
     Returns {"available": False, "reason"} when the server cannot start here, else
-    {"available": True, "reference": {...}, "points": {clients: {...}}, "ratio_at_8": server
-    throughput at 8 clients / reference throughput, "server": {...}}.
+    {"available": True, "reference": {...}, "servers": [{settings..., "points": {clients:
+    {...}}, "ratio_at_8": server throughput at 8 clients / reference throughput}, ...], and
+    "server", "points", "ratio_at_8" of the first configuration}.
     """
-    from ddad_edge.export.triton_repo import write_repository
     from ddad_edge.runtime.triton_client import TritonClientError, TritonScorer
-    from ddad_edge.runtime.triton_server import ServerError, dist_dir, start_server
+    from ddad_edge.runtime.triton_server import ServerError, dist_dir
 
     try:
         dist_dir()
@@ -162,34 +203,24 @@ def measure_triton(
     on("triton lane: the in-process Scorer at batch 64")
     reference, records = _reference(bundle, files, reps)
     want = {r.source: r for r in records}
-    with tempfile.TemporaryDirectory(prefix="ddad-bench-triton-") as tmp:
-        on("triton lane: writing the model repository and starting tritonserver")
-        repo = write_repository(bundle, Path(tmp) / "repo").root
-        setup = _settings(repo / "ddad_score" / "config.pbtxt")
+    servers = []
+    for n in instances:
         try:
-            t0 = time.perf_counter()
-            server = start_server(repo, models=["ddad_score"])
-            ready_s = time.perf_counter() - t0
+            srv = _serve(bundle, files, want, n, clients, protocol, on)
         except ServerError as e:
             return {"available": False, "reason": str(e).splitlines()[0]}
-        try:
-            url = f"grpc://{server.grpc_url}" if protocol == "grpc" else server.http_url
-            points = {}
-            for c in clients:
-                on(f"triton lane: {c} concurrent clients, {len(files)} requests")
-                client = TritonScorer(url, concurrency=c)
-                client.score(files[: 2 * c])  # warm-up: connections, first batches
-                points[str(c)] = _point(client, files, c, want)
-        finally:
-            server.stop()
-    at8 = points.get("8")
+        at8 = srv["points"].get("8")
+        srv["ratio_at_8"] = None if at8 is None else at8["throughput"] / reference["throughput"]
+        servers.append(srv)
+    first = servers[0]
     return {
         "available": True,
         "protocol": protocol,
-        "server": {"ready_seconds": ready_s, "model": "ddad_score", **setup},
         "reference": reference,
-        "points": points,
-        "ratio_at_8": None if at8 is None else at8["throughput"] / reference["throughput"],
+        "servers": servers,
+        "server": {k: v for k, v in first.items() if k not in ("points", "ratio_at_8")},
+        "points": first["points"],
+        "ratio_at_8": first["ratio_at_8"],
     }
 
 

@@ -202,6 +202,9 @@ def bench(
         str, _opt("Triton lane: numbers of concurrent clients.")
     ] = "1,2,4,8,16",
     triton_requests: Annotated[int, _opt("Triton lane: requests per number of clients.")] = 256,
+    triton_instances: Annotated[
+        str, _opt("Triton lane: numbers of ddad_score instances, one server each.")
+    ] = "1,2",
 ) -> None:
     """Latency, throughput and machine limits of every backend vs the PyTorch eager reference.
 
@@ -234,6 +237,7 @@ def bench(
         torch_threads=torch_threads or None,
         triton_clients=tuple(_ints(triton_clients, "--triton-clients")),
         triton_requests=triton_requests,
+        triton_instances=tuple(_ints(triton_instances, "--triton-instances")),
     )
     result, report = _run_bench(settings, images, output)
     _print_bench(result)

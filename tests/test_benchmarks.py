@@ -396,6 +396,8 @@ def test_bench_cli_smoke(tiny: dict[str, Path]) -> None:
             "1,4",
             "--triton-requests",
             "12",
+            "--triton-instances",
+            "1",
         ],
     )
     assert r.exit_code == 0, r.output

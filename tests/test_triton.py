@@ -325,17 +325,20 @@ def test_server_killed_mid_load_gives_clear_errors_never_a_wrong_score(repo, cas
 
 
 def test_bench_triton_lane_measures_the_server_against_the_scorer(bundle, cases) -> None:
-    """The ``triton`` lane of ``ddad-edge bench``, small: every request answered, none wrong."""
+    """The ``triton`` lane of ``ddad-edge bench``, small, on two ``ddad_score`` instances (the
+    other tests serve one): every request answered, none wrong, the server's stages recorded."""
     from ddad_edge.benchmarks.bench_report import triton_section
     from ddad_edge.benchmarks.triton_load import measure_triton
+    from ddad_edge.runtime.cpu import physical_cores
 
     images = [Path(p) for p in cases[0][: 2 * N_PER_CLASS]]
-    res = measure_triton(bundle, images, clients=(1, 4), requests=12, reps=1)
+    res = measure_triton(bundle, images, clients=(1, 4), instances=(2,), requests=12, reps=1)
     assert res["available"], res.get("reason")
     assert set(res["points"]) == {"1", "4"} and res["reference"]["throughput"] > 0
     for p in res["points"].values():
         assert p["requests"] == 12 and p["wrong"] == 0 and p["lost"] == 0 and p["errors"] == 0
         assert sum(p["batches"].values()) >= 1 and p["p95_ms"] >= p["p50_ms"] > 0
         assert p["server_ms"]["compute_infer"] > 0 and p["server_ms"]["queue"] >= 0
-    assert res["server"]["instances"] >= 1 and res["server"]["threads_per_instance"] >= 1
-    assert "| 4 | 12 |" in triton_section(res)
+    threads = max(1, physical_cores() // 2)
+    assert [(s["instances"], s["threads_per_instance"]) for s in res["servers"]] == [(2, threads)]
+    assert f"| 2×{threads} | 4 | 12 |" in triton_section(res)
