@@ -276,6 +276,37 @@ def _write_score_model(
         shutil.copy2(calibration, version / params["calibration"])
 
 
+def _check_score_model(path: Path, cfg: Any) -> None:
+    """The Python scoring model: model.py, its bundle and calibration files, and tensors exactly
+    those :func:`score_model_config` gives for its parameters and its bundle's scores.
+
+    Raises:
+        ConfigError: naming the file and what differs.
+    """
+    from ddad_edge.export.triton_config import config_tensors
+
+    version = path.parent / "1"
+    params = {k: v.string_value for k, v in cfg.parameters.items()}
+    if not (version / "model.py").is_file():
+        raise ConfigError(f"{path}: Python-backend model without 1/model.py")
+    try:
+        names = ",".join(open_bundle(version / params.get("bundle", "bundle")).score_names)
+    except Exception as e:  # BundleError and OS errors alike: the model could not load
+        raise ConfigError(f"{path}: its bundle cannot be opened: {e}") from e
+    if params.get("score_order") != names:
+        raise ConfigError(f"{path}: score_order {params.get('score_order')!r}; bundle: {names!r}")
+    if params.get("calibration") and not (version / params["calibration"]).is_file():
+        raise ConfigError(f"{path}: calibration file {params['calibration']} is missing")
+    want = score_model_config(cfg.max_batch_size, params, 0, 1)
+    for which in ("input", "output"):
+        have = [(t.name, t.data_type, t.dims) for t in config_tensors(cfg, which)]
+        need = [(t["name"], str(t["data_type"]), tuple(t["dims"])) for t in want[which]]
+        if have != need:
+            raise ConfigError(f"{path}: {which}s {have}; the scoring model needs {need}")
+    if not all(t.allow_ragged_batch for t in cfg.input):
+        raise ConfigError(f"{path}: FILE and NAME need allow_ragged_batch (one file per request)")
+
+
 def validate_repository(root: str | os.PathLike[str]) -> list[RepoModel]:
     """Parse every ``config.pbtxt`` under ``root`` with Triton's schema and check graph models'
     tensors against their graph (ONNX models: ``1/model.onnx``; TensorRT models: the ONNX graph
@@ -293,9 +324,10 @@ def validate_repository(root: str | os.PathLike[str]) -> list[RepoModel]:
         onnx = d / "1" / "model.onnx"
         cfg = validate_config(cfg_path, onnx if onnx.is_file() else None)
         kind = cfg.platform or cfg.backend
-        if kind == "python" and not (d / "1" / "model.py").is_file():
-            raise ConfigError(f"{d}: Python-backend model without 1/model.py")
         what = "schema + graph tensors" if onnx.is_file() else "schema"
+        if kind == "python":
+            _check_score_model(cfg_path, cfg)
+            what = "schema + tensors + bundle"
         found.append(RepoModel(cfg.name, kind, d, onnx if onnx.is_file() else None, what))
     if not found:
         raise ConfigError(f"{root}: no config.pbtxt found; not a model repository")

@@ -127,6 +127,22 @@ def test_validation_catches_a_config_that_differs_from_its_graph(repo: Path, tmp
     cfg.write_text(cfg.read_text().replace("TYPE_FP32", "TYPE_FLOAT32", 1))
     with pytest.raises(ConfigError, match="not a valid Triton model config"):
         validate_repository(bad)
+    # The scoring model: its tensors, its bundle's scores and its calibration file.
+    score = tmp_path / "score_repo"
+    shutil.copytree(repo / "ddad_score", score / "ddad_score")
+    cfg = score / "ddad_score" / "config.pbtxt"
+    text = cfg.read_text()
+    assert {m.note for m in validate_repository(score)} == {"schema + tensors + bundle"}
+    cfg.write_text(text.replace('name: "FLAG"', 'name: "FLAGS"'))
+    with pytest.raises(ConfigError, match="the scoring model needs"):
+        validate_repository(score)
+    cfg.write_text(text.replace("allow_ragged_batch: true", "allow_ragged_batch: false", 1))
+    with pytest.raises(ConfigError, match="allow_ragged_batch"):
+        validate_repository(score)
+    cfg.write_text(text)
+    (score / "ddad_score" / "1" / "calibration.json").unlink()
+    with pytest.raises(ConfigError, match="calibration file calibration.json is missing"):
+        validate_repository(score)
 
 
 def test_engine_becomes_a_tensorrt_plan_model(bundle: Path, tmp_path: Path) -> None:
