@@ -34,6 +34,7 @@ __all__ = [
     "LESION_SUBTYPE",
     "make_phantom_dataset",
     "phantom_image",
+    "phantom_with_lesions",
 ]
 
 LABELS_COLUMNS: tuple[str, ...] = ("path", "label", "cls", "subtype", "split", "patient")
@@ -75,19 +76,19 @@ def _soft_ellipse(
     return _sigmoid((1.0 - d) / edge)
 
 
-def _low_freq_field(
+def _plane_waves(
     rng: np.random.Generator,
     x: np.ndarray,
     y: np.ndarray,
     n_waves: int,
+    min_cycles: float,
     max_cycles: float,
 ) -> np.ndarray:
-    """Smooth random field (sum of random plane cosines), float32, roughly unit amplitude.
-
-    ``max_cycles`` bounds the spatial frequency in cycles across the [-1, 1] image span.
-    """
+    """Random field: a sum of ``n_waves`` plane cosines of random direction and phase, with
+    spatial frequencies uniform in [min_cycles, max_cycles] cycles across the [-1, 1] image span.
+    float32 like ``x``, roughly unit standard deviation."""
     out = np.zeros_like(x)
-    freq = rng.uniform(0.3, max_cycles, size=n_waves) * np.pi  # rad per unit (span is 2 units)
+    freq = rng.uniform(min_cycles, max_cycles, size=n_waves) * np.pi  # rad per unit (span 2)
     ang = rng.uniform(0.0, 2.0 * np.pi, size=n_waves)
     phase = rng.uniform(0.0, 2.0 * np.pi, size=n_waves)
     kx = (freq * np.cos(ang)).astype(np.float32)
@@ -95,6 +96,17 @@ def _low_freq_field(
     for fx, fy, p in zip(kx, ky, phase.astype(np.float32), strict=True):
         out += np.cos(fx * x + fy * y + p)
     return out / np.float32(np.sqrt(n_waves / 2.0))
+
+
+def _low_freq_field(
+    rng: np.random.Generator,
+    x: np.ndarray,
+    y: np.ndarray,
+    n_waves: int,
+    max_cycles: float,
+) -> np.ndarray:
+    """Smooth random field (:func:`_plane_waves` from 0.3 up to ``max_cycles`` cycles)."""
+    return _plane_waves(rng, x, y, n_waves, 0.3, max_cycles)
 
 
 def _lesions(
@@ -121,13 +133,13 @@ def _lesions(
         zy = cy + ay * rng.uniform(0.15, 0.55)  # middle to lower zone
         sx, sy = ax * rng.uniform(0.8, 1.1), ay * rng.uniform(0.35, 0.55)
         patch = _sigmoid((1.0 - np.sqrt(((x - cx) / sx) ** 2 + ((y - zy) / sy) ** 2)) / 0.25)
-        mottle = 0.7 + 0.3 * _low_freq_field(rng, x, y, 6, 7.0)
+        mottle = np.maximum(0.7 + 0.3 * _low_freq_field(rng, x, y, 6, 7.0), 0.0)
         add += np.float32(rng.uniform(0.22, 0.32)) * (patch * mottle).astype(np.float32)
     else:  # bilateral lower-zone haze
         for cx, cy, ax, ay in lungs:
             zy = cy + ay * rng.uniform(0.3, 0.6)
             g = np.exp(-0.5 * (((x - cx) / (ax * 0.9)) ** 2 + ((y - zy) / (ay * 0.45)) ** 2))
-            mottle = 0.6 + 0.4 * _low_freq_field(rng, x, y, 6, 9.0)
+            mottle = np.maximum(0.6 + 0.4 * _low_freq_field(rng, x, y, 6, 9.0), 0.0)
             add += np.float32(rng.uniform(0.16, 0.24)) * (g * mottle).astype(np.float32)
     return add * np.clip(lung_mask * 1.3, 0.0, 1.0)
 
@@ -299,8 +311,14 @@ def _expose(
     return np.clip(np.rint(img * 255.0), 0, 255).astype(np.uint8)
 
 
-def phantom_image(rng: np.random.Generator, size: int = 128, abnormal: bool = False) -> np.ndarray:
-    """One SYNTHETIC 8-bit grey chest-like image (PA view).
+def phantom_with_lesions(
+    rng: np.random.Generator, size: int = 128, abnormal: bool = False
+) -> tuple[np.ndarray, np.ndarray]:
+    """One SYNTHETIC 8-bit grey chest-like image (PA view) and the lesions drawn into it.
+
+    The lesions draw from their own random stream (spawned from ``rng``), so the same ``rng``
+    state gives the same synthetic patient, exposure and noise with or without them: the two
+    images differ only where the lesions are.
 
     Args:
         rng: numpy random generator; the image is a deterministic function of its state.
@@ -308,11 +326,14 @@ def phantom_image(rng: np.random.Generator, size: int = 128, abnormal: bool = Fa
         abnormal: add pneumonia-like lesions (lobar consolidation or lower-zone haze).
 
     Returns:
-        uint8 array, shape [size, size], grey levels 0..255 (brighter = more attenuating, as on a
-        radiograph: lungs dark, bone and mediastinum bright).
+        (image, lesions): image uint8 [size, size], grey levels 0..255 (brighter = more
+        attenuating, as on a radiograph: lungs dark, bone and mediastinum bright); lesions
+        float32 [size, size] >= 0, the attenuation the lesions added before the exposure
+        (all zero when ``abnormal`` is False).
     """
     if size < 16:
         raise ValueError(f"size must be >= 16, got {size}")
+    rng, lesion_rng = rng.spawn(2)
     gx, gy, x, y = _pose(rng, size)
     body, img = _body(rng, x, y)
     lungs, lung_mask, base_cy = _lung_fields(rng, x, y)
@@ -322,9 +343,13 @@ def phantom_image(rng: np.random.Generator, size: int = 128, abnormal: bool = Fa
     img = img + _ribs(rng, x, y, lungs)
     img = img + _clavicles(rng, x, y, body, base_cy)
     img = img + _clutter(rng, x, y) * body
-    if abnormal:
-        img = img + _lesions(rng, x, y, lungs, lung_mask)
-    return _expose(rng, img, gx, gy)
+    lesions = _lesions(lesion_rng, x, y, lungs, lung_mask) if abnormal else np.zeros_like(x)
+    return _expose(rng, img + lesions, gx, gy), lesions
+
+
+def phantom_image(rng: np.random.Generator, size: int = 128, abnormal: bool = False) -> np.ndarray:
+    """The image of :func:`phantom_with_lesions`: uint8 [size, size]."""
+    return phantom_with_lesions(rng, size, abnormal)[0]
 
 
 def make_phantom_dataset(

@@ -9,7 +9,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from ddad_edge.phantom import LABELS_COLUMNS, LESION_SUBTYPE, make_phantom_dataset, phantom_image
+from ddad_edge.phantom import (
+    LABELS_COLUMNS,
+    LESION_SUBTYPE,
+    make_phantom_dataset,
+    phantom_image,
+    phantom_with_lesions,
+)
 
 SMALL = dict(n_train_normal=4, n_train_abnormal=3, n_test_normal=2, n_test_abnormal=2, size=64)
 
@@ -103,3 +109,30 @@ def test_abnormal_images_are_brighter_in_the_lungs() -> None:
     mean_n, _ = lung_stats(False)
     mean_a, _ = lung_stats(True)
     assert mean_a > mean_n + 3.0  # grey levels (0..255)
+
+
+def test_lesions_exactly_in_abnormal_images() -> None:
+    # Same rng state with and without lesions: the same synthetic patient, exposure and noise, so
+    # the two images differ only where the lesions were drawn.
+    for i in range(6):
+        img_n, les_n = phantom_with_lesions(np.random.default_rng([4, i]), 64, abnormal=False)
+        img_a, les_a = phantom_with_lesions(np.random.default_rng([4, i]), 64, abnormal=True)
+        assert les_n.dtype == np.float32 and les_n.shape == (64, 64) and not les_n.any()
+        assert les_a.min() >= 0.0 and les_a.max() > 0.15
+        diff = img_a.astype(np.int16) - img_n.astype(np.int16)
+        # Away from the lesions only rounding may differ (one grey level; 0.001 of attenuation
+        # stays under half a level through contrast and gamma).
+        assert np.abs(diff[les_a < 0.001]).max() <= 1
+        dense = les_a > 0.1
+        assert dense.sum() >= 20 and diff[dense].mean() > 10.0  # the lesions attenuate (brighter)
+        np.testing.assert_array_equal(img_n, phantom_image(np.random.default_rng([4, i]), 64))
+
+
+def test_dataset_images_carry_lesions_exactly_when_labelled_abnormal(tmp_path: Path) -> None:
+    make_phantom_dataset(tmp_path, seed=5, **SMALL)
+    _, rows = _read_labels(tmp_path / "labels.csv")
+    for k, row in enumerate(rows, start=1):  # image k is drawn from default_rng([seed, k])
+        abnormal = row["label"] == "1"
+        img, lesions = phantom_with_lesions(np.random.default_rng([5, k]), 64, abnormal=abnormal)
+        np.testing.assert_array_equal(np.asarray(Image.open(tmp_path / row["path"])), img)
+        assert lesions.any() == abnormal
