@@ -8,7 +8,15 @@ from typing import Annotated
 
 import typer
 
-from ddad_edge.cli_common import TRAIN_EXTRA, command_help, console, fail, require_extra, say
+from ddad_edge.cli_common import (
+    TRAIN_EXTRA,
+    DataRootOpt,
+    command_help,
+    console,
+    fail,
+    require_extra,
+    say,
+)
 
 
 def train_asr(
@@ -22,9 +30,7 @@ def train_asr(
     resume: Annotated[
         bool, typer.Option(help="Continue an interrupted ASR training from its last epoch.")
     ] = False,
-    data_root: Annotated[
-        Path | None, typer.Option(help="Data folder, if it moved since `split`.")
-    ] = None,
+    data_root: DataRootOpt = None,
 ) -> None:
     """Train the ASR refinement network (method.md, DDAD-ASR) of a finished run, on D only.
 
