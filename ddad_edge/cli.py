@@ -450,6 +450,9 @@ def demo(
     ar: Annotated[float, typer.Option()] = 0.5,
     seed: Annotated[int, typer.Option()] = 0,
     threads: Annotated[int, typer.Option(help="torch CPU threads (0: torch's default).")] = 0,
+    test_per_class: Annotated[
+        int, typer.Option(help="Phantom test images per class (normal, abnormal).")
+    ] = 200,
 ) -> None:
     """The whole pipeline in a few minutes on CPU: phantoms -> split -> train -> eval.
 
@@ -467,7 +470,12 @@ def demo(
         if not (data / "labels.csv").exists():
             note("generating SYNTHETIC phantom images (not real patients)")
             make_phantom_dataset(
-                data, n_train_normal=normal_train + unlabeled, n_train_abnormal=unlabeled, seed=seed
+                data,
+                n_train_normal=normal_train + unlabeled,
+                n_train_abnormal=unlabeled,
+                n_test_normal=test_per_class,
+                n_test_abnormal=test_per_class,
+                seed=seed,
             )
         labels = data / "labels.csv"
     try:

@@ -3,13 +3,14 @@
 Nothing here comes from, or resembles any particular, real patient. The images are drawn from a
 hand-written parametric model (lung fields, mediastinum, heart, ribs, clavicles, soft tissue,
 smooth intensity drift and noise) with per-image random anatomy and exposure, so that the normal
-class is varied; every image also carries patient-specific clutter (ECG lead wires, a side marker,
-fine texture) that an autoencoder cannot reconstruct, as real normal variation does. Abnormal
-images add pneumonia-like lesions of a few recurring kinds in recurring places (a lobar
-consolidation of one mid/lower zone, or bilateral lower-zone haze) at a contrast comparable to
-the normal variation, so that, as on real data, the lesions in Du are what module A can learn
-and module B cannot. Any number computed on these images is a smoke-test of the pipeline, never
-a performance claim.
+class is varied. Every image also carries normal, patient-specific detail that an autoencoder
+reconstructs poorly: ECG lead wires, a side marker, fine texture, and uneven soft-tissue density
+(overlapping soft tissue, positioning) whose amount varies tenfold between images, so that the
+reconstruction error of normal images varies as much as a lesion moves it. Abnormal images add
+pneumonia-like lesions of a few recurring kinds in recurring places (a dense lobar consolidation
+of one mid/lower zone, or bilateral lower-zone haze), so that, as on real data, the lesions in Du
+are what module A can learn and module B cannot. Any number computed on these images is a
+smoke-test of the pipeline, never a performance claim.
 
 Only numpy and Pillow are used (no torch); every image is built with whole-array numpy operations
 (no per-pixel Python loops), so ~1,000 images at 128 px take a few seconds including PNG encoding.
@@ -109,6 +110,11 @@ def _low_freq_field(
     return _plane_waves(rng, x, y, n_waves, 0.3, max_cycles)
 
 
+def _log_uniform(rng: np.random.Generator, low: float, high: float) -> np.float32:
+    """One draw, log-uniform in [low, high]: amounts that vary by a factor, not an offset."""
+    return np.float32(np.exp(rng.uniform(np.log(low), np.log(high))))
+
+
 def _lesions(
     rng: np.random.Generator,
     x: np.ndarray,
@@ -121,9 +127,8 @@ def _lesions(
 
     Like the opacities of real pneumonia, they are of a few recurring kinds in recurring places:
     a lobar consolidation (a dense, mottled patch filling the middle or lower zone of one lung)
-    or patchy bilateral haze of the lower zones. Their contrast is moderate (comparable to the
-    normal variation between images), so it is the *kind* of change that a model can learn from
-    Du, not its sheer brightness, that marks them.
+    or patchy bilateral haze of the lower zones. A consolidation fills the aerated lung up to
+    about the density of soft tissue, as real consolidation does.
     """
     add = np.zeros_like(x)
     lobar = rng.random() < 0.6
@@ -134,21 +139,22 @@ def _lesions(
         sx, sy = ax * rng.uniform(0.8, 1.1), ay * rng.uniform(0.35, 0.55)
         patch = _sigmoid((1.0 - np.sqrt(((x - cx) / sx) ** 2 + ((y - zy) / sy) ** 2)) / 0.25)
         mottle = np.maximum(0.7 + 0.3 * _low_freq_field(rng, x, y, 6, 7.0), 0.0)
-        add += np.float32(rng.uniform(0.22, 0.32)) * (patch * mottle).astype(np.float32)
+        add += np.float32(rng.uniform(0.36, 0.50)) * (patch * mottle).astype(np.float32)
     else:  # bilateral lower-zone haze
         for cx, cy, ax, ay in lungs:
             zy = cy + ay * rng.uniform(0.3, 0.6)
             g = np.exp(-0.5 * (((x - cx) / (ax * 0.9)) ** 2 + ((y - zy) / (ay * 0.45)) ** 2))
             mottle = np.maximum(0.6 + 0.4 * _low_freq_field(rng, x, y, 6, 9.0), 0.0)
-            add += np.float32(rng.uniform(0.16, 0.24)) * (g * mottle).astype(np.float32)
+            add += np.float32(rng.uniform(0.26, 0.38)) * (g * mottle).astype(np.float32)
     return add * np.clip(lung_mask * 1.3, 0.0, 1.0)
 
 
 def _clutter(rng: np.random.Generator, x: np.ndarray, y: np.ndarray) -> np.ndarray:
     """Normal, patient-specific detail that no autoencoder of this size reconstructs: ECG lead
-    wires (thin bright curves at random places), a side marker, and fine structured texture.
-    It is in every image, normal or not, so it raises the reconstruction error of all of them
-    alike (as real normal variation does), while both DDAD modules fail on it the same way."""
+    wires (thin bright curves at random places), a side marker, fine structured texture, and
+    uneven soft-tissue density (a mid-frequency random field, amount log-uniform over a tenfold
+    range). It is in every image, normal or not, so it raises the reconstruction error of all of
+    them (as real normal variation does), while both DDAD modules fail on it the same way."""
     out = np.zeros_like(x)
     for _ in range(int(rng.integers(1, 6))):  # wires: random smooth curves across the chest
         a, b, c = rng.uniform(-0.8, 0.8), rng.uniform(-0.6, 0.6), rng.uniform(-0.8, 0.8)
@@ -161,6 +167,7 @@ def _clutter(rng: np.random.Generator, x: np.ndarray, y: np.ndarray) -> np.ndarr
     box = _sigmoid((0.06 - np.abs(x - mx)) / 0.005) * _sigmoid((0.05 - np.abs(y - my)) / 0.005)
     out += np.float32(0.5) * box
     out += np.float32(rng.uniform(0.02, 0.08)) * _low_freq_field(rng, x, y, 24, 24.0)
+    out += _log_uniform(rng, 0.03, 0.15) * _plane_waves(rng, x, y, 12, 1.0, 5.0)
     return out
 
 

@@ -244,7 +244,7 @@ def test_make_split_marks_phantoms_synthetic(tmp_path: Path) -> None:
 def test_demo_runs_end_to_end_on_phantoms(tmp_path: Path) -> None:
     out = tmp_path / "demo"
     args = ["demo", "-o", str(out), "--epochs", "1", "--k", "2", "--normal-train", "64",
-            "--unlabeled", "64", "--threads", "1"]  # fmt: skip
+            "--unlabeled", "64", "--threads", "1", "--test-per-class", "16"]  # fmt: skip
     r = runner.invoke(app, args)
     assert r.exit_code == 0, r.output
     assert "SYNTHETIC" in r.output
