@@ -189,7 +189,6 @@ class TritonPythonModel:
         instances = sum(int(g.get("count", 1)) for g in config.get("instance_group", [])) or 1
         self.scorer = make_scorer(version_dir, params, pb_utils, instances)
         self.flag = any(o["name"] == FLAG_OUTPUT for o in config.get("output", []))
-        self.workdir = Path(tempfile.mkdtemp(prefix="ddad-score-", dir=_shm_dir()))
 
     def _read(self, request: Any) -> Item:
         pb = self.pb
@@ -201,7 +200,11 @@ class TritonPythonModel:
 
     def execute(self, requests: list[Any]) -> list[Any]:
         """Score one dynamic batch: one response per request (see ``triton_protocol``)."""
-        results = score_files(self.scorer, [self._read(r) for r in requests], self.workdir)
+        items = [self._read(r) for r in requests]
+        # A folder per batch, not per instance: a stub killed without finalize() (the server
+        # SIGKILLed) then leaves behind at most the batch in flight, not a folder per start.
+        with tempfile.TemporaryDirectory(prefix="ddad-score-", dir=_shm_dir()) as workdir:
+            results = score_files(self.scorer, items, Path(workdir))
         return [self._response(r) for r in results]
 
     def _response(self, r: ScoreResult) -> Any:
@@ -219,9 +222,8 @@ class TritonPythonModel:
         return pb.InferenceResponse(output_tensors=tensors)
 
     def finalize(self) -> None:
-        """Release the backend and the private folder."""
+        """Release the backend."""
         self.scorer.close()
-        shutil.rmtree(self.workdir, ignore_errors=True)
 
 
 __all__ = ["BlsBackend", "TritonPythonModel", "cpu_threads", "make_scorer", "score_files"]
