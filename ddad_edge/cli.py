@@ -19,6 +19,7 @@ from rich.table import Table
 from ddad_edge.cli_common import (
     TRAIN_EXTRA,
     DataRootOpt,
+    TorchThreadsOpt,
     console,
     fail,
     note,
@@ -176,7 +177,7 @@ def train(
     beta2: Annotated[float, typer.Option(help="Adam beta2.")] = 0.999,
     batch_size: Annotated[int, typer.Option(help="Batch size (last partial batch dropped).")] = 64,
     seed: Annotated[int, typer.Option(help="Seed of initialisation and shuffles.")] = 0,
-    threads: Annotated[int, typer.Option(help="torch CPU threads (0: torch's default).")] = 0,
+    threads: TorchThreadsOpt = 0,
     resume: Annotated[
         bool, typer.Option(help="Continue an interrupted run from its last completed epoch.")
     ] = False,
@@ -449,7 +450,7 @@ def demo(
     unlabeled: Annotated[int, typer.Option()] = 200,
     ar: Annotated[float, typer.Option()] = 0.5,
     seed: Annotated[int, typer.Option()] = 0,
-    threads: Annotated[int, typer.Option(help="torch CPU threads (0: torch's default).")] = 0,
+    threads: TorchThreadsOpt = 0,
     test_per_class: Annotated[
         int, typer.Option(help="Phantom test images per class (normal, abnormal).")
     ] = 200,

@@ -11,6 +11,7 @@ import typer
 from ddad_edge.cli_common import (
     TRAIN_EXTRA,
     DataRootOpt,
+    TorchThreadsOpt,
     command_help,
     console,
     fail,
@@ -26,7 +27,7 @@ def train_asr(
     ],
     epochs: Annotated[int, typer.Option(help="Epochs (fixed; the last is kept).", min=1)] = 15,
     seed: Annotated[int, typer.Option(help="Seed of initialisation, anomalies and order.")] = 0,
-    threads: Annotated[int, typer.Option(help="torch CPU threads (0: torch's default).")] = 0,
+    threads: TorchThreadsOpt = 0,
     resume: Annotated[
         bool, typer.Option(help="Continue an interrupted ASR training from its last epoch.")
     ] = False,

@@ -95,3 +95,4 @@ PublicKeyOpt = Annotated[
     typer.Option(help="PEM public key: refuse a bundle without a valid signature by its key."),
 ]
 DataRootOpt = Annotated[Path | None, typer.Option(help="Data folder, if it moved since `split`.")]
+TorchThreadsOpt = Annotated[int, typer.Option(help="torch CPU threads (0: torch's default).")]
