@@ -79,7 +79,8 @@ class BenchConfig:
     sections: tuple[str, ...] = SECTIONS
     triton_clients: tuple[int, ...] = (1, 2, 4, 8, 16)
     triton_instances: tuple[int, ...] = (1, 2)
-    triton_requests: int = 256
+    triton_files: int = 1024
+    triton_files_per_request: tuple[int, ...] = (1, 8)
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -354,7 +355,8 @@ def _run_bench(cfg: BenchConfig, on: Progress) -> BenchResult:
             cfg.images,
             clients=cfg.triton_clients,
             instances=cfg.triton_instances,
-            requests=cfg.triton_requests,
+            files=cfg.triton_files,
+            files_per_request=cfg.triton_files_per_request,
             on=on,
         )
     result["targets"] = evaluate_targets(result, MAIN_LANE)

@@ -341,6 +341,7 @@ def _triton_rows(srv: dict[str, Any], ref_throughput: float) -> list[list[Any]]:
     return [
         [
             setup,
+            p.get("files_per_request", 1),
             p["clients"],
             p["requests"],
             fmt(p["throughput"], ".1f"),
@@ -361,23 +362,32 @@ def triton_section(tr: dict[str, Any] | None) -> str:
     """Throughput and latency through the Triton server vs the in-process Scorer."""
     if not tr:
         return ""
-    title = "\n## Triton server (`ddad_score`, concurrent clients, one file per request)\n\n"
+    title = "\n## Triton server (`ddad_score`, concurrent clients)\n\n"
     if not tr.get("available"):
         return f"{title}not available: {tr.get('reason')}\n"
     ref = tr["reference"]
     servers = tr.get("servers") or [{**tr["server"], "points": tr["points"]}]
     rows = [row for srv in servers for row in _triton_rows(srv, ref["throughput"])]
-    head = ["instances×threads", "clients", "requests", "files/s", "vs Scorer", "p50 ms"]
-    head += ["p95 ms", "wrong", "lost", "errors", "batches formed (size×count)", STAGES_HEAD]
+    head = ["instances×threads", "files/request", "clients", "requests", "files/s", "vs Scorer"]
+    head += [
+        "p50 ms",
+        "p95 ms",
+        "wrong",
+        "lost",
+        "errors",
+        "batches formed (size×count)",
+        STAGES_HEAD,
+    ]
     first = servers[0]
     at8 = "; ".join(
-        f"{s.get('instances')}×{s.get('threads_per_instance')}: "
+        f"{s.get('instances')}×{s.get('threads_per_instance')}, "
+        f"{s.get('files_per_request', 1)} files/request: "
         f"{fmt(s.get('ratio_at_8', tr.get('ratio_at_8')), '.2f')}×"
         for s in servers
     )
     return (
         f"{title}{tr['protocol']} on loopback; `ddad_score` {first.get('inference')}, "
-        f"preferred batches {first.get('preferred_batch_size', '?')}, queue delay "
+        f"preferred batches {first.get('preferred_batch_size') or 'none'}, queue delay "
         f"{first.get('max_queue_delay_us', '?')} µs; threads per instance: the cores shared "
         f"out among the instances. Reference: the in-process Scorer at batch {ref['batch']} "
         f"({ref.get('threads', '?')} threads) on the same {ref['n']} files (decode to scores): "

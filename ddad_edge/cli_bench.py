@@ -201,7 +201,10 @@ def bench(
     triton_clients: Annotated[
         str, _opt("Triton lane: numbers of concurrent clients.")
     ] = "1,2,4,8,16",
-    triton_requests: Annotated[int, _opt("Triton lane: requests per number of clients.")] = 256,
+    triton_files: Annotated[int, _opt("Triton lane: files sent per point.")] = 1024,
+    triton_files_per_request: Annotated[
+        str, _opt("Triton lane: numbers of files per request (each up to --max-batch 64).")
+    ] = "1,8",
     triton_instances: Annotated[
         str, _opt("Triton lane: numbers of ddad_score instances, one server each.")
     ] = "1,2",
@@ -236,7 +239,10 @@ def bench(
         intra_op_threads=threads or None,
         torch_threads=torch_threads or None,
         triton_clients=tuple(_ints(triton_clients, "--triton-clients")),
-        triton_requests=triton_requests,
+        triton_files=triton_files,
+        triton_files_per_request=tuple(
+            _ints(triton_files_per_request, "--triton-files-per-request")
+        ),
         triton_instances=tuple(_ints(triton_instances, "--triton-instances")),
     )
     result, report = _run_bench(settings, images, output)

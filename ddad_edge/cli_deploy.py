@@ -319,6 +319,9 @@ def score(
     public_key: PublicKeyOpt = None,
     triton: TritonOpt = None,
     concurrency: Annotated[int, typer.Option(help="With --triton: requests in flight.")] = 8,
+    files_per_request: Annotated[
+        int, typer.Option(help="With --triton: the most files one request carries (<= 64).")
+    ] = 8,
     max_pixels: MaxPixelsOpt = DEFAULT_MAX_PIXELS,
 ) -> None:
     """Gate and score images with a bundle: image-level rec, intra and inter scores, and with
@@ -346,7 +349,8 @@ def score(
     if triton is not None:
         if heatmaps is not None or calibration is not None:
             fail("--heatmaps and --calibration need local scoring (the server has its own)")
-        _report(_score_triton(triton, [bundle, *(inputs or [])], concurrency), None, as_json)
+        files = [bundle, *(inputs or [])]
+        _report(_score_triton(triton, files, concurrency, files_per_request), None, as_json)
         return
     if not inputs:
         fail("no images given (usage: ddad-edge score BUNDLE IMAGE...)")
@@ -393,12 +397,12 @@ def _open_scorer(bundle: Path, *, huge_pages: bool, **options: Any) -> Any:
     return scorer
 
 
-def _score_triton(url: str, paths: list[Path], concurrency: int) -> list:
+def _score_triton(url: str, paths: list[Path], concurrency: int, per_request: int) -> list:
     """Score files on a Triton server (``runtime.triton_client``); one record per file."""
     from ddad_edge.runtime.triton_client import TritonClientError, TritonScorer
 
     try:
-        client = TritonScorer(url, concurrency=concurrency)
+        client = TritonScorer(url, concurrency=concurrency, files_per_request=per_request)
     except (TritonClientError, ValueError) as e:
         fail(e)
     if not client.ready():

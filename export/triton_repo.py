@@ -3,7 +3,7 @@
 Layout (model names are fixed so that clients and BLS calls can rely on them)::
 
     model_repository/
-      ddad_score/            Python backend: encoded file bytes -> image scores (+ flag)
+      ddad_score/            Python backend: encoded files (B per request) -> image scores
         config.pbtxt
         1/model.py           imports ddad_edge.runtime.triton_model (the runtime's own
         1/bundle/            decoding, preprocessing and scoring) and the bundle it loads
@@ -51,6 +51,7 @@ from ddad_edge.runtime.triton_protocol import (
     SCORE_MODEL,
     SCORE_ORDER,
     SCORES_OUTPUT,
+    SIZE_INPUT,
 )
 
 ONNX_MODELS = {"fp32": ("ddad_dual_fp32", "KIND_CPU"), "fp16": ("ddad_dual_fp16", "KIND_GPU")}
@@ -109,14 +110,21 @@ def graph_model_config(
 def score_model_config(
     max_batch: int, params: dict[str, str], queue_delay_us: int, instances: int
 ) -> dict[str, Any]:
-    """Config of the Python scoring model.
+    """Config of the Python scoring model: a request carries B files (``max_batch_size`` > 0,
+    so the batch dimension is the file), and dynamic batching merges requests into executions
+    of up to ``max_batch`` files.
 
-    FILE and NAME are UINT8 [-1] (the file's bytes and its UTF-8 name) with ragged batching:
-    this Triton build's Python stub cannot read or write BYTES tensors under numpy 2 (see
-    ``runtime/triton_model.py``). SCORES is FP32 [S] (``score_order``: rec, intra, inter,
-    and asr for a bundle with ASR), ERROR UINT8 [-1]
-    the per-request error text, RECORD UINT8 [-1] the record's JSON, FLAG BOOL [1] only when
-    calibrated (``runtime/triton_protocol.py``).
+    FILE is UINT8 [-1] (each file's bytes, zero-padded), SIZE INT64 [1] (its length) and NAME
+    UINT8 [-1] (its UTF-8 base name): this Triton build's Python stub cannot read or write
+    BYTES tensors under numpy 2 (see ``runtime/triton_model.py``). FILE and NAME allow ragged
+    batches (their widths differ between requests; the Python backend gets each request's own
+    tensors). SCORES is FP32 [S] (``score_order``: rec, intra, inter, and asr for a bundle with
+    ASR), ERROR UINT8 [-1] the file's error text, RECORD UINT8 [-1] its record's JSON, FLAG BOOL
+    [1] only when calibrated (``runtime/triton_protocol.py``). The one preferred batch size is
+    ``max_batch``: with several files per request, a smaller preferred size would dispatch a
+    lone request at once instead of waiting up to ``queue_delay_us`` for others to join it, and
+    with none at all Triton's batcher counts every pending batch as past its largest preferred
+    size and sends each request alone (seen on this server).
     """
     ragged = {"data_type": Sym("TYPE_UINT8"), "dims": [-1], "allow_ragged_batch": True}
     n_scores = len(params.get("score_order", ",".join(SCORE_ORDER)).split(","))
@@ -127,13 +135,21 @@ def score_model_config(
     ]
     if params.get("calibration"):
         outputs.append({"name": FLAG_OUTPUT, "data_type": Sym("TYPE_BOOL"), "dims": [1]})
+    inputs = [
+        {"name": FILE_INPUT, **ragged},
+        {"name": SIZE_INPUT, "data_type": Sym("TYPE_INT64"), "dims": [1]},
+        {"name": NAME_INPUT, **ragged},
+    ]
     return {
         "name": SCORE_MODEL,
         "backend": "python",
         "max_batch_size": max_batch,
-        "input": [{"name": FILE_INPUT, **ragged}, {"name": NAME_INPUT, **ragged}],
+        "input": inputs,
         "output": outputs,
-        "dynamic_batching": dynamic_batching(max_batch, queue_delay_us),
+        "dynamic_batching": {
+            "preferred_batch_size": [max_batch],
+            "max_queue_delay_microseconds": queue_delay_us,
+        },
         "instance_group": [{"kind": Sym("KIND_CPU"), "count": instances}],
         "parameters": parameters(params),
     }
@@ -303,8 +319,14 @@ def _check_score_model(path: Path, cfg: Any) -> None:
         need = [(t["name"], str(t["data_type"]), tuple(t["dims"])) for t in want[which]]
         if have != need:
             raise ConfigError(f"{path}: {which}s {have}; the scoring model needs {need}")
-    if not all(t.allow_ragged_batch for t in cfg.input):
-        raise ConfigError(f"{path}: FILE and NAME need allow_ragged_batch (one file per request)")
+    ragged = {t.name for t in cfg.input if t.allow_ragged_batch}
+    if not {FILE_INPUT, NAME_INPUT} <= ragged:
+        raise ConfigError(
+            f"{path}: {FILE_INPUT} and {NAME_INPUT} need allow_ragged_batch (their widths "
+            "differ between the requests of a batch)"
+        )
+    if cfg.max_batch_size < 1:
+        raise ConfigError(f"{path}: max_batch_size {cfg.max_batch_size}; files need a batch dim")
 
 
 def validate_repository(root: str | os.PathLike[str]) -> list[RepoModel]:

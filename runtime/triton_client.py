@@ -1,19 +1,23 @@
 """Score files through a Triton server's ``ddad_score`` model with tritonclient (HTTP or gRPC):
 the same :class:`~ddad_edge.runtime.ScoreResult` records as local scoring.
 
-``url`` is ``HOST:PORT`` (HTTP), ``http://HOST:PORT`` or ``grpc://HOST:PORT``. Requests go out
-from ``concurrency`` threads, one file per request (each thread has its own client object: the
-tritonclient clients are not shared between threads); Triton's dynamic batcher groups them.
+``url`` is ``HOST:PORT`` (HTTP), ``http://HOST:PORT`` or ``grpc://HOST:PORT``. The files go out
+in requests of up to ``files_per_request`` files (fewer when there are not enough files to keep
+every thread busy), from ``concurrency`` threads (each thread has its own client object: the
+tritonclient clients are not shared between threads); Triton's dynamic batcher merges the
+requests into executions of up to the model's ``max_batch_size`` files.
 
-A file that cannot be read here gets the record local scoring gives it; the server's records are
-taken as they come (``runtime/triton_protocol.py``); a request that fails at the server or in
-transport (server down, timeout, crashed model) gets the error "Triton server URL: <what
-happened>". A record is used only when its scores, error and status agree with the SCORES and
-ERROR tensors, so a failure never turns into a score.
+A file that cannot be read here gets the record local scoring gives it and is not sent; the
+server's records are taken as they come (``runtime/triton_protocol.py``); every file of a
+request that fails at the server or in transport (server down, timeout, crashed model) gets the
+error "Triton server URL: <what happened>". A record is used only when its scores, error and
+status agree with its rows of the SCORES and ERROR tensors, so a failure never turns into a
+score.
 """
 
 from __future__ import annotations
 
+import math
 import os
 import threading
 from collections.abc import Callable, Sequence
@@ -32,10 +36,11 @@ from ddad_edge.runtime.triton_protocol import (
     RECORD_OUTPUT,
     SCORE_MODEL,
     SCORES_OUTPUT,
+    SIZE_INPUT,
     decode_record,
-    decode_text,
-    encode_file,
-    encode_name,
+    decode_texts,
+    encode_files,
+    encode_names,
     scores_tensor,
 )
 
@@ -79,6 +84,8 @@ class TritonScorer:
         url: the server, ``HOST:PORT`` (HTTP) or with an ``http://``/``grpc://`` scheme.
         model: the scoring model's name.
         concurrency: requests in flight at once (threads).
+        files_per_request: the most files one request carries (at most the model's
+            ``max_batch_size``, 64 as ``ddad-edge triton`` writes it by default).
         timeout: seconds one request may take (network and server), then it fails.
     """
 
@@ -88,10 +95,12 @@ class TritonScorer:
         *,
         model: str = SCORE_MODEL,
         concurrency: int = 8,
+        files_per_request: int = 8,
         timeout: float = 60.0,
     ) -> None:
-        if concurrency < 1:
-            raise ValueError("concurrency must be >= 1")
+        if concurrency < 1 or files_per_request < 1:
+            raise ValueError("concurrency and files_per_request must be >= 1")
+        self.files_per_request = files_per_request
         self.protocol, self.address = parse_url(url)
         self.url = url
         self.model = model
@@ -112,10 +121,17 @@ class TritonScorer:
             self._local.client = client
         return client
 
-    def _inputs(self, data: bytes, path: str) -> list[Any]:
+    def _inputs(self, data: list[bytes], paths: list[str]) -> list[Any]:
+        file, size = encode_files(data)
         out = []
-        for name, arr in ((FILE_INPUT, encode_file(data)), (NAME_INPUT, encode_name(path))):
-            t = self._mod.InferInput(name, list(arr.shape), "UINT8")
+        for name, arr in (
+            (FILE_INPUT, file),
+            (SIZE_INPUT, size),
+            (NAME_INPUT, encode_names(paths)),
+        ):
+            t = self._mod.InferInput(
+                name, list(arr.shape), "INT64" if name == SIZE_INPUT else "UINT8"
+            )
             t.set_data_from_numpy(arr)
             out.append(t)
         return out
@@ -129,41 +145,62 @@ class TritonScorer:
             )
         return self._client().infer(self.model, inputs, outputs=outputs)
 
-    def score_one(self, path: str | os.PathLike[str]) -> ScoreResult:
-        """Score one file; never raises for a bad file or a failed request (see ``error``)."""
+    def score_request(self, paths: Sequence[str | os.PathLike[str]]) -> list[ScoreResult]:
+        """Score files in ONE request (at most the model's ``max_batch_size``); one result per
+        path, in order; never raises for a bad file or a failed request (see ``error``)."""
         from tritonclient.utils import InferenceServerException
 
-        source = os.fspath(path)
-        try:
-            with open(source, "rb") as fh:
-                data = fh.read()
-        except OSError as e:
-            return unreadable(source, e)
-        try:
-            response = self._infer(self._inputs(data, source))
-        except InferenceServerException as e:
-            return ScoreResult(source, error=f"Triton server {self.url}: {e.message() or e}")
-        except Exception as e:  # transport errors of gevent / grpc / sockets
-            return ScoreResult(source, error=f"Triton server {self.url}: {type(e).__name__}: {e}")
-        return _result(source, response, self.url)
+        results: list[ScoreResult | None] = [None] * len(paths)
+        sent: list[tuple[int, str, bytes]] = []
+        for i, p in enumerate(paths):
+            source = os.fspath(p)
+            try:
+                with open(source, "rb") as fh:
+                    sent.append((i, source, fh.read()))
+            except OSError as e:
+                results[i] = unreadable(source, e)
+        if sent:
+            sources = [s for _, s, _ in sent]
+            try:
+                response = self._infer(self._inputs([d for *_, d in sent], sources))
+                got = _results(sources, response, self.url)
+            except InferenceServerException as e:
+                got = self._failed(sources, e.message() or str(e))
+            except Exception as e:  # transport errors of gevent / grpc / sockets
+                got = self._failed(sources, f"{type(e).__name__}: {e}")
+            for (i, _, _), r in zip(sent, got, strict=True):
+                results[i] = r
+        return [r for r in results if r is not None]
+
+    def _failed(self, sources: list[str], what: str) -> list[ScoreResult]:
+        return [ScoreResult(s, error=f"Triton server {self.url}: {what}") for s in sources]
+
+    def score_one(self, path: str | os.PathLike[str]) -> ScoreResult:
+        """Score one file in a request of its own (see :meth:`score_request`)."""
+        return self.score_request([path])[0]
 
     def score(
         self,
         paths: Sequence[str | os.PathLike[str]],
         on_item: Callable[[int], None] | None = None,
     ) -> list[ScoreResult]:
-        """Score files, ``concurrency`` requests at a time; one result per path, in order."""
+        """Score files in requests of up to ``files_per_request`` consecutive files,
+        ``concurrency`` requests at a time; one result per path, in order. ``on_item(i)`` is
+        called for each path once its request is answered."""
+        per = max(1, min(self.files_per_request, math.ceil(len(paths) / self.concurrency)))
+        starts = range(0, len(paths), per)
 
-        def one(i: int) -> ScoreResult:
-            r = self.score_one(paths[i])
-            if on_item is not None:
-                on_item(i)
-            return r
+        def one(start: int) -> list[ScoreResult]:
+            out = self.score_request(paths[start : start + per])
+            for i in range(start, start + len(out)):
+                if on_item is not None:
+                    on_item(i)
+            return out
 
-        if self.concurrency == 1 or len(paths) <= 1:
-            return [one(i) for i in range(len(paths))]
-        with ThreadPoolExecutor(min(self.concurrency, len(paths))) as pool:
-            return list(pool.map(one, range(len(paths))))
+        if self.concurrency == 1 or len(starts) <= 1:
+            return [r for s in starts for r in one(s)]
+        with ThreadPoolExecutor(min(self.concurrency, len(starts))) as pool:
+            return [r for part in pool.map(one, starts) for r in part]
 
     def ready(self) -> bool:
         """Whether the server says the scoring model is ready."""
@@ -199,12 +236,34 @@ def unreadable(source: str, exc: OSError) -> ScoreResult:
     return ScoreResult(source, error=reason, notes=notes)
 
 
-def _result(source: str, response: Any, url: str) -> ScoreResult:
-    """The record in a response, checked: its scores must be the SCORES tensor's (NaN when not
-    scored), else the response is reported as malformed, never used."""
+def _results(sources: list[str], response: Any, url: str) -> list[ScoreResult]:
+    """The records of a request's files, each checked against its rows of SCORES and ERROR
+    (:func:`_checked`); a response without a row per file is malformed for every file."""
     try:
-        rec = decode_record(response.as_numpy(RECORD_OUTPUT)[0], source)
         tensor = response.as_numpy(SCORES_OUTPUT)
+        errors = decode_texts(response.as_numpy(ERROR_OUTPUT))
+        records = decode_texts(response.as_numpy(RECORD_OUTPUT))
+        if not (len(tensor) == len(errors) == len(records) == len(sources)):
+            raise ValueError(f"{len(tensor)} rows for {len(sources)} files")
+    except (TypeError, ValueError, AttributeError) as e:
+        return [
+            ScoreResult(s, error=f"Triton server {url}: malformed response ({e})") for s in sources
+        ]
+    return [
+        _checked(s, records[i], tensor[i : i + 1], errors[i], url) for i, s in enumerate(sources)
+    ]
+
+
+def _result(source: str, response: Any, url: str) -> ScoreResult:
+    """The record of a one-file request (see :func:`_results`)."""
+    return _results([source], response, url)[0]
+
+
+def _checked(source: str, record: str, tensor: np.ndarray, error: str, url: str) -> ScoreResult:
+    """One file's record, checked: its scores must be its SCORES row (FP32 [1, S], NaN when not
+    scored) and its error its ERROR text, else it is reported as malformed, never used."""
+    try:
+        rec = decode_record(record, source)
         r = ScoreResult(
             source,
             scores=rec["scores"],
@@ -220,7 +279,7 @@ def _result(source: str, response: Any, url: str) -> ScoreResult:
         want = scores_tensor(s, tuple(s)) if s else np.full((1, tensor.shape[-1]), np.nan)
         if tensor.shape != want.shape or not np.array_equal(tensor, want, equal_nan=True):
             raise ValueError(f"SCORES {tensor.tolist()} disagree with the record's {s}")
-        if decode_text(response.as_numpy(ERROR_OUTPUT)[0]) != (r.error or ""):
+        if error != (r.error or ""):
             raise ValueError("ERROR disagrees with the record's error")
         if rec["status"] != r.status or (r.status == "scored") != bool(r.scores):
             raise ValueError(f"status {rec['status']!r} does not fit the record")

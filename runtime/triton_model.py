@@ -1,10 +1,14 @@
 """The ``ddad_score`` model for Triton's Python backend: encoded files in, image scores out, with
 the runtime's own decoding, preprocessing and scoring (:class:`~ddad_edge.runtime.Scorer`).
 
-Each batch Triton's dynamic batcher hands to :meth:`TritonPythonModel.execute` is scored as one
-``Scorer.score`` call: the files are written to a private folder (on ``/dev/shm`` when present)
-under their own base names, so that decoding sees exactly what local scoring sees, and removed
-afterwards. Wire format: ``runtime/triton_protocol.py``.
+A request carries one or more files; each batch Triton's dynamic batcher hands to
+:meth:`TritonPythonModel.execute` (requests merged up to ``max_batch_size`` files) is scored as
+ONE ``Scorer.score`` call over all its files (:func:`score_requests`): the Scorer decodes them
+with its own threads and runs one inference at the executed batch size (its ``max_batch`` is
+the model's ``max_batch_size``), so the weights are read once per executed batch, not once per
+request. The files are written to a private folder (on ``/dev/shm`` when present) under their
+own base names, so that decoding sees exactly what local scoring sees, and removed afterwards.
+Wire format: ``runtime/triton_protocol.py``.
 
 Inference (model parameter ``inference``):
 
@@ -44,14 +48,18 @@ from ddad_edge.runtime.triton_protocol import (
     NAME_INPUT,
     RECORD_OUTPUT,
     SCORES_OUTPUT,
-    decode_name,
-    encode_record,
-    encode_text,
+    SIZE_INPUT,
+    decode_files,
+    decode_names,
+    pad_texts,
+    record_text,
     scores_tensor,
 )
 
 Item = tuple[str, bytes] | str
 """A request's file as (base name, bytes), or the reason it could not be read."""
+Request = list[Item] | str
+"""A request's files, or the reason the request as a whole is malformed."""
 
 
 class BlsBackend:
@@ -154,7 +162,7 @@ def score_files(scorer: Scorer, items: list[Item], workdir: Path) -> list[ScoreR
                 results[i].error = item
                 continue
             name, data = item
-            path = workdir / str(i) / (name or "file")
+            path = workdir / str(i) / (name if name not in ("", ".", "..") else "file")
             path.parent.mkdir(exist_ok=True)
             path.write_bytes(data)
             paths.append((i, path))
@@ -169,6 +177,17 @@ def score_files(scorer: Scorer, items: list[Item], workdir: Path) -> list[ScoreR
         for i, _ in paths:
             shutil.rmtree(workdir / str(i), ignore_errors=True)
     return results
+
+
+def score_requests(
+    scorer: Scorer, requests: list[Request], workdir: Path
+) -> list[list[ScoreResult] | str]:
+    """Score the files of several requests (one executed batch) in ONE :func:`score_files`
+    call, then split the results back per request, in order; a malformed request (a str) is
+    passed through as its error."""
+    items = [it for r in requests if not isinstance(r, str) for it in r]
+    flat = iter(score_files(scorer, items, workdir))
+    return [r if isinstance(r, str) else [next(flat) for _ in r] for r in requests]
 
 
 def _shm_dir() -> str | None:
@@ -190,34 +209,53 @@ class TritonPythonModel:
         self.scorer = make_scorer(version_dir, params, pb_utils, instances)
         self.flag = any(o["name"] == FLAG_OUTPUT for o in config.get("output", []))
 
-    def _read(self, request: Any) -> Item:
+    def _read(self, request: Any) -> Request:
+        """The files of one request (``triton_protocol``), or why the request is malformed."""
         pb = self.pb
-        data = np.from_dlpack(pb.get_input_tensor_by_name(request, FILE_INPUT))
-        name = np.from_dlpack(pb.get_input_tensor_by_name(request, NAME_INPUT))
-        if data.ndim != 2 or data.shape[0] != 1 or name.shape[0] != 1:
-            return f"send one file per request ({FILE_INPUT} [1, n]); got shape {data.shape}"
-        return decode_name(name[0]), data[0].tobytes()
+        tensors = [pb.get_input_tensor_by_name(request, n) for n in (FILE_INPUT, SIZE_INPUT)]
+        name = pb.get_input_tensor_by_name(request, NAME_INPUT)
+        if any(t is None for t in [*tensors, name]):
+            return f"request needs {FILE_INPUT}, {SIZE_INPUT} and {NAME_INPUT}"
+        file, size = (np.from_dlpack(t) for t in tensors)
+        names = np.from_dlpack(name)
+        rows = {len(file), len(size), len(names)}
+        if file.ndim != 2 or size.shape != (len(file), 1) or names.ndim != 2 or len(rows) != 1:
+            return (
+                f"request tensors disagree: {FILE_INPUT} {file.shape}, {SIZE_INPUT} "
+                f"{size.shape}, {NAME_INPUT} {names.shape} (want [B, n], [B, 1], [B, m])"
+            )
+        data = decode_files(file, size)
+        return [
+            d if isinstance(d, str) else (n, d)
+            for n, d in zip(decode_names(names), data, strict=True)
+        ]
 
     def execute(self, requests: list[Any]) -> list[Any]:
-        """Score one dynamic batch: one response per request (see ``triton_protocol``)."""
-        items = [self._read(r) for r in requests]
+        """Score one dynamic batch: one response per request, a row per file of the request
+        (see ``triton_protocol``); a malformed request gets a Triton error response."""
+        reads = [self._read(r) for r in requests]
         # A folder per batch, not per instance: a stub killed without finalize() (the server
         # SIGKILLed) then leaves behind at most the batch in flight, not a folder per start.
         with tempfile.TemporaryDirectory(prefix="ddad-score-", dir=_shm_dir()) as workdir:
-            results = score_files(self.scorer, items, Path(workdir))
+            results = score_requests(self.scorer, reads, Path(workdir))
         return [self._response(r) for r in results]
 
-    def _response(self, r: ScoreResult) -> Any:
-        """SCORES, ERROR, RECORD (and FLAG) of one input, whatever its status."""
+    def _response(self, results: list[ScoreResult] | str) -> Any:
+        """SCORES, ERROR, RECORD (and FLAG) of one request's files, whatever their status."""
         pb = self.pb
-        scores = scores_tensor(r.scores, self.scorer.score_names)
+        if isinstance(results, str):
+            return pb.InferenceResponse(output_tensors=[], error=pb.TritonError(results))
+        names = self.scorer.score_names
+        scores = np.concatenate([scores_tensor(r.scores, names) for r in results])
         tensors = [
             pb.Tensor.from_dlpack(SCORES_OUTPUT, scores),
-            pb.Tensor.from_dlpack(ERROR_OUTPUT, encode_text(r.error or "")),
-            pb.Tensor.from_dlpack(RECORD_OUTPUT, encode_record(r.to_json(), r.source)),
+            pb.Tensor.from_dlpack(ERROR_OUTPUT, pad_texts([r.error or "" for r in results])),
+            pb.Tensor.from_dlpack(
+                RECORD_OUTPUT, pad_texts([record_text(r.to_json(), r.source) for r in results])
+            ),
         ]
         if self.flag:
-            flag = np.array([[r.flag == "abnormal"]], np.bool_)
+            flag = np.array([[r.flag == "abnormal"] for r in results], np.bool_)
             tensors.append(pb.Tensor.from_dlpack(FLAG_OUTPUT, flag))
         return pb.InferenceResponse(output_tensors=tensors)
 
@@ -226,4 +264,11 @@ class TritonPythonModel:
         self.scorer.close()
 
 
-__all__ = ["BlsBackend", "TritonPythonModel", "cpu_threads", "make_scorer", "score_files"]
+__all__ = [
+    "BlsBackend",
+    "TritonPythonModel",
+    "cpu_threads",
+    "make_scorer",
+    "score_files",
+    "score_requests",
+]

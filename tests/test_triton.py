@@ -84,14 +84,16 @@ def test_every_config_parses_with_tritons_schema_and_matches_its_graph(repo: Pat
     for name in names:
         cfg = text_format.Parse((repo / name / "config.pbtxt").read_text(), mc.ModelConfig())
         assert cfg.name == name and cfg.max_batch_size == 64
-        assert cfg.dynamic_batching.preferred_batch_size == [8, 16, 32, 64]
         if name == "ddad_score":
+            # several files per request: only a full batch is dispatched before the delay
+            assert cfg.dynamic_batching.preferred_batch_size == [64]
             assert cfg.backend == "python" and (repo / name / "1" / "model.py").is_file()
             assert [(t.name, t.data_type, list(t.dims)) for t in cfg.input] == [
                 ("FILE", mc.TYPE_UINT8, [-1]),
+                ("SIZE", mc.TYPE_INT64, [1]),
                 ("NAME", mc.TYPE_UINT8, [-1]),
             ]
-            assert all(t.allow_ragged_batch for t in cfg.input)
+            assert [t.allow_ragged_batch for t in cfg.input] == [True, False, True]
             assert [(t.name, t.data_type, list(t.dims)) for t in cfg.output] == [
                 ("SCORES", mc.TYPE_FP32, [3]),
                 ("ERROR", mc.TYPE_UINT8, [-1]),
@@ -102,6 +104,7 @@ def test_every_config_parses_with_tritons_schema_and_matches_its_graph(repo: Pat
             assert (repo / name / "1" / "calibration.json").is_file()
             assert cfg.instance_group[0].kind == mc.ModelInstanceGroup.KIND_CPU
             continue
+        assert cfg.dynamic_batching.preferred_batch_size == [8, 16, 32, 64]
         assert cfg.platform == "onnxruntime_onnx"
         kind = cfg.instance_group[0].kind
         want_kind = "KIND_GPU" if name.endswith("fp16") else "KIND_CPU"
@@ -184,6 +187,30 @@ def test_instances_share_the_cores_unless_threads_are_given(bundle: Path, tmp_pa
     assert cfg.parameters["intra_op_threads"].string_value == "1"
     with pytest.raises(ValueError, match="threads"):
         write_repository(bundle, tmp_path / "bad", threads=0)
+
+
+def test_an_executed_batch_is_one_scorer_call_and_one_inference(
+    bundle: Path, good_images: list[Path], tmp_path: Path
+) -> None:
+    """The files of all the requests of one executed batch go through ONE inference at the
+    batch's size, and each request gets back exactly its own files' records."""
+    from ddad_edge.runtime.triton_model import score_requests
+
+    with Scorer.from_bundle(bundle, backend="ort-cpu", precision="fp32") as scorer:
+        want = scorer.score(good_images)
+        sizes: list[int] = []
+        infer = scorer.infer
+        scorer.infer = lambda x: (sizes.append(len(x)), infer(x))[1]  # count, then infer
+        items = [(p.name, p.read_bytes()) for p in good_images]
+        requests = [items[:2], "a malformed request", [("bad.png", b"not an image"), items[2]]]
+        got = score_requests(scorer, requests, tmp_path)
+    assert sizes == [3], "one inference for the batch's three decodable files"
+    assert got[1] == "a malformed request"
+    assert [len(r) for r in (got[0], got[2])] == [2, 2]
+    assert got[2][0].error and got[2][0].scores is None
+    for g, w in zip([*got[0], got[2][1]], want, strict=True):
+        assert g.scores == pytest.approx(w.scores, rel=1e-6)
+    assert not any(tmp_path.iterdir()), "the batch's files are removed"
 
 
 # ----------------------------------------------------------------------------------------------
@@ -273,24 +300,69 @@ def cases(real_images, direct, tmp_path_factory) -> tuple[list[str], list[ScoreR
 
 @pytest.mark.parametrize("protocol", ["http", "grpc"])
 def test_server_scores_equal_the_direct_scorer(server, cases, protocol) -> None:
+    """Requests of two files, each a file that is not scored next to one that is: every file
+    gets its own record, the same as local scoring."""
     from ddad_edge.runtime.triton_client import TritonScorer
 
     files, want = cases
+    bad = [i for i, r in enumerate(want) if r.status != "scored"]
+    good = [i for i, r in enumerate(want) if r.status == "scored"]
+    order = [i for pair in zip(bad, good, strict=False) for i in pair]
+    order += [i for i in range(len(files)) if i not in order]
     url = server.http_url if protocol == "http" else f"grpc://{server.grpc_url}"
-    got = TritonScorer(url, concurrency=4).score(files)
-    assert_same_records(got, want)
+    got = TritonScorer(url, concurrency=4, files_per_request=2).score([files[i] for i in order])
+    assert_same_records(got, [want[i] for i in order])
     assert server.ready(), "the server stopped serving after bad inputs"
 
 
+def test_bad_rows_and_malformed_requests(server, cases) -> None:
+    """A row whose SIZE overruns FILE is an error for that file only; a request whose tensors
+    disagree is refused as a whole (a Triton error: Triton checks the batch dimensions itself
+    before the model), and the server keeps serving."""
+    import tritonclient.grpc as grpcclient
+    from tritonclient.utils import InferenceServerException
+
+    from ddad_edge.runtime.triton_client import _results
+    from ddad_edge.runtime.triton_protocol import encode_files, encode_names
+
+    files, want = cases
+    good = next(i for i, r in enumerate(want) if r.status == "scored")
+    data = Path(files[good]).read_bytes()
+    client = grpcclient.InferenceServerClient(server.grpc_url)
+
+    def infer(file: np.ndarray, size: np.ndarray, names: np.ndarray):
+        tensors = []
+        for n, arr, dtype in (
+            ("FILE", file, "UINT8"),
+            ("SIZE", size, "INT64"),
+            ("NAME", names, "UINT8"),
+        ):
+            t = grpcclient.InferInput(n, list(arr.shape), dtype)
+            t.set_data_from_numpy(arr)
+            tensors.append(t)
+        return client.infer("ddad_score", tensors)
+
+    file, size = encode_files([data, data])
+    names = encode_names([files[good], "second.jpeg"])
+    size[1, 0] = file.shape[1] + 5
+    got = _results([files[good], "second.jpeg"], infer(file, size, names), "test")
+    assert_same_records(got[:1], [want[good]])
+    assert got[1].scores is None and "SIZE" in got[1].error
+    with pytest.raises(InferenceServerException, match="batch size does not match"):
+        infer(file, size[:1], names)
+    assert server.ready()
+
+
 def test_dynamic_batching_batches_under_bounded_load(server, cases) -> None:
-    """8 concurrent clients, a fixed number of requests: every answer right, none lost, and
-    Triton's statistics show batches larger than one."""
+    """8 concurrent clients sending two files per request, a fixed number of files: every
+    answer right, none lost, and Triton's statistics show requests merged into batches of more
+    than two files."""
     from ddad_edge.runtime.triton_client import TritonScorer
 
     images = cases[0][: 2 * N_PER_CLASS]
     files = images * 4
     want = {r.source: r for r in cases[1]}
-    client = TritonScorer(f"grpc://{server.grpc_url}", concurrency=8)
+    client = TritonScorer(f"grpc://{server.grpc_url}", concurrency=8, files_per_request=2)
     before = _batch_counts(client.statistics())
     t0 = time.perf_counter()
     got = client.score(files)
@@ -298,8 +370,8 @@ def test_dynamic_batching_batches_under_bounded_load(server, cases) -> None:
     assert len(got) == len(files) and all(r.error is None for r in got)
     assert_same_records(got, [want[f] for f in files])
     after = _batch_counts(client.statistics())
-    batched = {b: n - before.get(b, 0) for b, n in after.items() if b > 1 and n > before.get(b, 0)}
-    assert batched, f"no batch larger than 1 in the server's statistics: {after}"
+    batched = {b: n - before.get(b, 0) for b, n in after.items() if b > 2 and n > before.get(b, 0)}
+    assert batched, f"no batch of merged requests in the server's statistics: {after}"
     print(f"{len(files)} requests, 8 clients: {len(files) / elapsed:.1f} img/s; batches {batched}")
 
 
@@ -348,13 +420,16 @@ def test_bench_triton_lane_measures_the_server_against_the_scorer(bundle, cases)
     from ddad_edge.runtime.cpu import physical_cores
 
     images = [Path(p) for p in cases[0][: 2 * N_PER_CLASS]]
-    res = measure_triton(bundle, images, clients=(1, 4), instances=(2,), requests=12, reps=1)
+    res = measure_triton(
+        bundle, images, clients=(1, 4), instances=(2,), files_per_request=(3,), files=12, reps=1
+    )
     assert res["available"], res.get("reason")
     assert set(res["points"]) == {"1", "4"} and res["reference"]["throughput"] > 0
     for p in res["points"].values():
-        assert p["requests"] == 12 and p["wrong"] == 0 and p["lost"] == 0 and p["errors"] == 0
+        assert p["files"] == 12 and p["requests"] == 4 and p["files_per_request"] == 3
+        assert p["wrong"] == 0 and p["lost"] == 0 and p["errors"] == 0
         assert sum(p["batches"].values()) >= 1 and p["p95_ms"] >= p["p50_ms"] > 0
         assert p["server_ms"]["compute_infer"] > 0 and p["server_ms"]["queue"] >= 0
     threads = max(1, physical_cores() // 2)
     assert [(s["instances"], s["threads_per_instance"]) for s in res["servers"]] == [(2, threads)]
-    assert f"| 2×{threads} | 4 | 12 |" in triton_section(res)
+    assert f"| 2×{threads} | 3 | 4 | 4 |" in triton_section(res)
