@@ -109,46 +109,25 @@ def split(
     Reads DATA (and the CSV); writes the split manifest JSON that `train`, `eval` and `calibrate`
     read.
     """
-    from ddad_edge.data import (
-        SplitError,
-        make_split,
-        read_labels_csv,
-        scan_folder,
-        sweep_path,
-        write_manifest,
-    )
+    from ddad_edge.data import SplitError, read_items, write_splits
 
     if not data.is_dir():
         fail(f"{data}: not a folder")
     try:
-        if labels is not None:
-            csv_path = (
-                labels
-                if labels.is_absolute() or labels.exists() and not (data / labels).exists()
-                else data / labels
-            )
-            items = read_labels_csv(data, csv_path)
-        else:
-            items = scan_folder(data)
-        rates = ar or [0.6]
-        manifests = [
-            make_split(
-                data,
-                items,
-                normal_train=normal_train,
-                unlabeled=unlabeled,
-                ar=a,
-                seed=seed,
-                test_fraction=test_fraction,
-                calibration=calibration,
-            )
-            for a in rates
-        ]  # all drawn before any is written: a sweep that does not fit writes nothing
-        outputs = [sweep_path(output, a) for a in rates] if len(rates) > 1 else [output]
-        digests = [write_manifest(m, o) for m, o in zip(manifests, outputs, strict=True)]
+        written = write_splits(
+            data,
+            read_items(data, labels),
+            ar or [0.6],
+            output,
+            normal_train=normal_train,
+            unlabeled=unlabeled,
+            seed=seed,
+            test_fraction=test_fraction,
+            calibration=calibration,
+        )
     except SplitError as e:
         fail(e)
-    for manifest, out, digest in zip(manifests, outputs, digests, strict=True):
+    for manifest, out, digest in written:
         c = manifest["counts"]
         say(
             f"wrote {out}: D={c['D']} Du={c['Du']} (abnormal {c['Du_abnormal']}, "
@@ -409,9 +388,16 @@ def run_eval(
         title_note=data_note(manifest),
         operating_points=points,
     )
+    _print_eval(metrics, meta, output, bool(points))
+    return metrics
+
+
+def _print_eval(metrics: dict, meta: dict, output: Path, calibrated: bool) -> None:
+    """The AUC/AP table on stdout and, when calibrated, each operating point's test
+    specificity and sensitivity (from the report's metrics.json)."""
     table = Table(
         title=escape(
-            f"{meta['model']} K={meta['k']} on {len(labels)} test images ({data_note(manifest)})"
+            f"{meta['model']} K={meta['k']} on {meta['n_test']} test images ({meta['data_note']})"
         )
     )
     table.add_column("score")
@@ -420,7 +406,7 @@ def run_eval(
     for name, m in metrics.items():
         table.add_row(name, f"{m['auc']:.4f}", f"{m['ap']:.4f}")
     out_console.print(table)
-    if points:
+    if calibrated:
         report = json.loads((output / "metrics.json").read_text())
         for p in report["operating_points"]:
             say(
@@ -429,7 +415,6 @@ def run_eval(
                 f"sensitivity {p['test_sensitivity']:.3f}"
             )
     say(f"report in {output}")
-    return metrics
 
 
 @app.command()

@@ -8,7 +8,6 @@ import json
 from pathlib import Path
 from typing import Annotated, Any
 
-import numpy as np
 import typer
 
 from ddad_edge.cli_common import (
@@ -128,46 +127,29 @@ def calibrate(
     from ddad_edge.runtime.calibration import (
         DEFAULT_SPECIFICITIES,
         CalibrationError,
-        calibration_record,
+        calibrate_scored,
         write_calibration,
-    )
-    from ddad_edge.runtime.calibration import (
-        calibrate as compute,
     )
     from ddad_edge.runtime.scores import score_names
 
     if score not in score_names(True):
         fail(f"--score must be one of {', '.join(score_names(True))}")
     sets = _sets(split_path, normals, abnormals, from_test, seed)
-    specs = tuple(specificity or DEFAULT_SPECIFICITIES)
-    manifest, [(all0, ex0), (all1, ex1), (all2, ex2)] = _score_sets(bundle, sets, score)
-    empty = np.zeros(0)
-    s0, s1, held = (a.get(score, empty) for a in (all0, all1, all2))
+    manifest, scored = _score_sets(bundle, sets, score)
     try:
-        points = compute(
-            s0,
-            s1 if len(s1) else None,
-            specificities=specs,
+        record = calibrate_scored(
+            manifest,
+            *scored,
+            score=score,
+            source=sets["description"],
+            specificities=tuple(specificity or DEFAULT_SPECIFICITIES),
             n_boot=n_boot,
             seed=seed,
-            held_out=held,
-        )
-        record = calibration_record(
-            manifest,
-            points,
-            score=score,
-            normals={"source": sets["description"], "n": len(s0), "excluded": ex0},
-            abnormals={"n": len(s1), "excluded": ex1} if len(s1) else None,
-            bootstrap={"n": n_boot, "level": 0.95, "seed": seed},
             default_specificity=default,
-            normal_scores=all0,
+            split_sha256=sets.get("split_sha256"),
         )
     except CalibrationError as e:
         fail(e)
-    if len(held):
-        record["held_out_normals"] = {"n": len(held), "excluded": ex2}
-    if "split_sha256" in sets:
-        record["split_sha256_used"] = sets["split_sha256"]
     write_calibration(record, output)
     _print_points(record, output)
 

@@ -28,57 +28,67 @@ from ddad_edge.cli_common import (
 )
 from ddad_edge.runtime.loaderrors import DEFAULT_MAX_PIXELS
 
+# export's options that need more than a line.
+CkptOpt = Annotated[
+    Path,
+    typer.Option(
+        "--ckpt", help="Run folder written by `train` (config.json, module_A.pt, module_B.pt)."
+    ),
+]
+ParityImagesOpt = Annotated[
+    list[Path] | None,
+    typer.Option(
+        "--images", help="Parity images (files or folders); default: the run's test data."
+    ),
+]
+ParitySplitOpt = Annotated[
+    Path | None,
+    typer.Option(help="Split manifest of the run: its test part gives the parity images."),
+]
+ModuleGraphsOpt = Annotated[
+    bool, typer.Option(help="Also write module_A_fp32.onnx and module_B_fp32.onnx.")
+]
+Fp16ModuleGraphsOpt = Annotated[
+    bool, typer.Option(help="Also write module_A_fp16.onnx and module_B_fp16.onnx.")
+]
+Int8Opt = Annotated[
+    bool,
+    typer.Option(help="Also write dual_int8.onnx (8-bit bottleneck weights, gated like FP16)."),
+]
+SignKeyOpt = Annotated[
+    Path | None,
+    typer.Option(
+        help="PEM elliptic-curve private key: sign the bundle (bundle.sig; needs the "
+        "signing extra). Keep this key offline, in the release pipeline."
+    ),
+]
+AsrOpt = Annotated[
+    bool,
+    typer.Option(
+        help="Fuse the run's ASR network (RUN/asr.pt, `train-asr`) after the dual graphs "
+        "when it has one: output and score asr."
+    ),
+]
+
 
 def export(
-    ckpt: Annotated[
-        Path,
-        typer.Option(
-            "--ckpt", help="Run folder written by `train` (config.json, module_A.pt, module_B.pt)."
-        ),
-    ],
+    ckpt: CkptOpt,
     output: Annotated[Path, typer.Option("-o", "--output", help="Bundle folder to create.")],
-    images: Annotated[
-        list[Path] | None,
-        typer.Option(
-            "--images", help="Parity images (files or folders); default: the run's test data."
-        ),
-    ] = None,
-    split: Annotated[
-        Path | None,
-        typer.Option(help="Split manifest of the run: its test part gives the parity images."),
-    ] = None,
+    images: ParityImagesOpt = None,
+    split: ParitySplitOpt = None,
     n_parity: Annotated[int, typer.Option(help="Images in the parity gate.")] = 32,
     n_golden: Annotated[int, typer.Option(help="Of those, images stored in golden.npz.")] = 8,
-    module_graphs: Annotated[
-        bool, typer.Option(help="Also write module_A_fp32.onnx and module_B_fp32.onnx.")
-    ] = True,
-    fp16_module_graphs: Annotated[
-        bool, typer.Option(help="Also write module_A_fp16.onnx and module_B_fp16.onnx.")
-    ] = False,
-    int8: Annotated[
-        bool,
-        typer.Option(help="Also write dual_int8.onnx (8-bit bottleneck weights, gated like FP16)."),
-    ] = True,
+    module_graphs: ModuleGraphsOpt = True,
+    fp16_module_graphs: Fp16ModuleGraphsOpt = False,
+    int8: Int8Opt = True,
     force: Annotated[
         bool, typer.Option(help="Replace an existing bundle at OUTPUT (after the gate passed).")
     ] = False,
     allow_incomplete: Annotated[
         bool, typer.Option(help="Export a run that has not finished its epochs.")
     ] = False,
-    sign_key: Annotated[
-        Path | None,
-        typer.Option(
-            help="PEM elliptic-curve private key: sign the bundle (bundle.sig; needs the "
-            "signing extra). Keep this key offline, in the release pipeline."
-        ),
-    ] = None,
-    asr: Annotated[
-        bool,
-        typer.Option(
-            help="Fuse the run's ASR network (RUN/asr.pt, `train-asr`) after the dual graphs "
-            "when it has one: output and score asr."
-        ),
-    ] = True,
+    sign_key: SignKeyOpt = None,
+    asr: AsrOpt = True,
 ) -> None:
     """Export a trained run as a bundle: fused ONNX graphs, golden vectors, manifest.
 
@@ -195,29 +205,35 @@ def verify(
             scorer.close()
         except (BackendUnavailable, BundleError, ValueError) as e:
             fail(e)
-        table = Table(
-            title=f"{report['graph']} on {desc['backend']} ({desc['device']}): "
-            f"{report['n']} golden images"
-        )
-        for col in ("output", "max abs error", "scale", "error / scale", "tolerance", "ok"):
-            table.add_column(col, justify="left" if col == "output" else "right")
-        for name, e in report["errors"].items():
-            ok = e["rel"] <= report["tolerance"]
-            table.add_row(
-                name,
-                f"{e['max_abs']:.3e}",
-                f"{e['scale']:.4g}",
-                f"{e['rel']:.2e}",
-                f"{report['tolerance']:g}",
-                "yes" if ok else "NO",
-            )
-        out_console.print(table)
+        out_console.print(_golden_table(report, desc))
         sc = ", ".join(f"{k} {v:.1e}" for k, v in report["score_errors"].items())
         out_console.print(f"image scores, max relative error: {sc}", highlight=False)
         failed |= not report["passed"]
     if failed:
         fail(f"{bundle}: golden vectors do not match within tolerance")
     out_console.print("verify passed", highlight=False)
+
+
+def _golden_table(report: dict[str, Any], desc: dict[str, Any]) -> Table:
+    """One golden replay (``Scorer.replay_golden``): per output, the max abs error, the
+    output's scale, their ratio against the tolerance."""
+    table = Table(
+        title=f"{report['graph']} on {desc['backend']} ({desc['device']}): "
+        f"{report['n']} golden images"
+    )
+    for col in ("output", "max abs error", "scale", "error / scale", "tolerance", "ok"):
+        table.add_column(col, justify="left" if col == "output" else "right")
+    for name, e in report["errors"].items():
+        ok = e["rel"] <= report["tolerance"]
+        table.add_row(
+            name,
+            f"{e['max_abs']:.3e}",
+            f"{e['scale']:.4g}",
+            f"{e['rel']:.2e}",
+            f"{report['tolerance']:g}",
+            "yes" if ok else "NO",
+        )
+    return table
 
 
 def build(
@@ -340,12 +356,7 @@ def score(
     gates and scores them with this runtime: the records are the same.
     Files that declare more than --max-pixels pixels are refused before decoding.
     """
-    from ddad_edge.runtime.scores import score_names
-
-    if heatmap_map not in score_names(True):
-        fail(f"--heatmap-map must be one of {', '.join(score_names(True))}")
-    if workers < 0:
-        fail(f"--workers must be >= 0 (0: one per physical core), got {workers}")
+    _check_score_options(heatmap_map, workers)
     if triton is not None:
         if heatmaps is not None or calibration is not None:
             fail("--heatmaps and --calibration need local scoring (the server has its own)")
@@ -354,7 +365,10 @@ def score(
         return
     if not inputs:
         fail("no images given (usage: ddad-edge score BUNDLE IMAGE...)")
-    scorer = _open_scorer(
+    results, written = _score_local(
+        inputs,
+        heatmaps,
+        heatmap_map,
         bundle,
         backend=backend,
         precision=precision,
@@ -366,15 +380,33 @@ def score(
         public_key=public_key,
         max_pixels=max_pixels or None,
     )
+    _report(results, written, as_json)
+
+
+def _check_score_options(heatmap_map: str, workers: int) -> None:
+    """One-line errors for score options out of range."""
+    from ddad_edge.runtime.scores import score_names
+
+    if heatmap_map not in score_names(True):
+        fail(f"--heatmap-map must be one of {', '.join(score_names(True))}")
+    if workers < 0:
+        fail(f"--workers must be >= 0 (0: one per physical core), got {workers}")
+
+
+def _score_local(
+    inputs: list[Path], heatmaps: Path | None, heatmap_map: str, bundle: Path, **options: Any
+) -> tuple[list, list[Path | None] | None]:
+    """Score the files with a Scorer on ``bundle`` (``_open_scorer(bundle, **options)``);
+    (results, the overlay written per result when ``heatmaps`` is given, else None)."""
+    scorer = _open_scorer(bundle, **options)
     if heatmaps is not None and heatmap_map not in scorer.score_names:
         scorer.close()
         fail(f"{bundle}: has no {heatmap_map} map (it gives {', '.join(scorer.score_names)})")
     with scorer:
         results = scorer.score([str(p) for p in inputs], maps=heatmaps is not None)
-    written: list[Path | None] = [None] * len(results)
-    if heatmaps is not None:
-        written = _write_heatmaps(scorer, results, heatmaps, heatmap_map)
-    _report(results, written if heatmaps is not None else None, as_json)
+    if heatmaps is None:
+        return results, None
+    return results, _write_heatmaps(scorer, results, heatmaps, heatmap_map)
 
 
 def _open_scorer(bundle: Path, *, huge_pages: bool, **options: Any) -> Any:

@@ -226,6 +226,32 @@ def sweep_path(output: Path, ar: float) -> Path:
     return output.with_name(f"{output.stem}-ar{ar:g}{output.suffix or '.json'}")
 
 
+def read_items(root: Path, labels: Path | None = None) -> list[Item]:
+    """The labelled images of a folder: from the labels CSV when given (a relative CSV path is
+    looked up in ``root`` first, unless it exists only where it was given), else by folder
+    name (:func:`scan_folder`)."""
+    if labels is None:
+        return scan_folder(root)
+    if not labels.is_absolute() and not (labels.exists() and not (root / labels).exists()):
+        labels = root / labels
+    return read_labels_csv(root, labels)
+
+
+def write_splits(
+    root: Path, items: list[Item], ars: list[float], output: Path, **params: Any
+) -> list[tuple[dict[str, Any], Path, str]]:
+    """Draw one split per anomaly rate (:func:`make_split` with ``params``) and write them:
+    ``output`` for one rate, :func:`sweep_path` names for a sweep. All are drawn before any is
+    written, so a sweep that does not fit writes nothing.
+
+    Returns:
+        [(manifest, path written, its sha256)], one per rate.
+    """
+    manifests = [make_split(root, items, ar=a, **params) for a in ars]
+    outputs = [sweep_path(output, a) for a in ars] if len(ars) > 1 else [output]
+    return [(m, o, write_manifest(m, o)) for m, o in zip(manifests, outputs, strict=True)]
+
+
 def manifest_hash(manifest: dict[str, Any]) -> str:
     """sha256 of the manifest's content (canonical JSON, without its own ``sha256`` field and
     without ``root``, so a moved data folder keeps its hash)."""

@@ -359,6 +359,44 @@ def phantom_image(rng: np.random.Generator, size: int = 128, abnormal: bool = Fa
     return phantom_with_lesions(rng, size, abnormal)[0]
 
 
+def _write_images(
+    out_dir: Path, counts: dict[tuple[str, str], int], size: int, seed: int
+) -> list[dict[str, str]]:
+    """Draw and write the PNGs, numbered globally in the order of ``counts`` ({(split, class):
+    n}); image k from ``np.random.default_rng([seed, k])``. Returns one labels.csv row each."""
+    rows: list[dict[str, str]] = []
+    k = 0
+    for (split, cls), n in counts.items():
+        sub = out_dir / split / cls
+        sub.mkdir(parents=True, exist_ok=True)
+        abnormal = cls == "ABNORMAL"
+        for _ in range(int(n)):
+            k += 1
+            img = phantom_image(np.random.default_rng([seed, k]), size=size, abnormal=abnormal)
+            name = f"phantom-{k:05d}.png"
+            Image.fromarray(img).save(sub / name, format="PNG")
+            rows.append(
+                {
+                    "path": f"{split}/{cls}/{name}",
+                    "label": "1" if abnormal else "0",
+                    "cls": cls,
+                    "subtype": LESION_SUBTYPE if abnormal else "",
+                    "split": split,
+                    "patient": f"P{k:05d}",
+                }
+            )
+    return rows
+
+
+def _write_labels(path: Path, rows: list[dict[str, str]]) -> None:
+    """labels.csv (columns ``LABELS_COLUMNS``, LF line ends), written atomically."""
+    buf = io.StringIO(newline="")
+    writer = csv.DictWriter(buf, fieldnames=list(LABELS_COLUMNS), lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    atomic_write_text(path, buf.getvalue())
+
+
 def make_phantom_dataset(
     out_dir: Path,
     *,
@@ -403,34 +441,9 @@ def make_phantom_dataset(
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
 
-    rows: list[dict[str, str]] = []
-    k = 0
-    for (split, cls), n in counts.items():
-        sub = out_dir / split / cls
-        sub.mkdir(parents=True, exist_ok=True)
-        abnormal = cls == "ABNORMAL"
-        for _ in range(int(n)):
-            k += 1
-            img = phantom_image(np.random.default_rng([seed, k]), size=size, abnormal=abnormal)
-            name = f"phantom-{k:05d}.png"
-            Image.fromarray(img).save(sub / name, format="PNG")
-            rows.append(
-                {
-                    "path": f"{split}/{cls}/{name}",
-                    "label": "1" if abnormal else "0",
-                    "cls": cls,
-                    "subtype": LESION_SUBTYPE if abnormal else "",
-                    "split": split,
-                    "patient": f"P{k:05d}",
-                }
-            )
-
+    rows = _write_images(out_dir, counts, size, seed)
     labels = out_dir / "labels.csv"
-    buf = io.StringIO(newline="")
-    writer = csv.DictWriter(buf, fieldnames=list(LABELS_COLUMNS), lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(rows)
-    atomic_write_text(labels, buf.getvalue())
+    _write_labels(labels, rows)
     atomic_write_text(
         out_dir / "README.txt",
         _README.format(

@@ -389,6 +389,42 @@ def _check_written(folder: Path, graphs: list[_Graph], x: np.ndarray) -> None:
             raise ExportError(f"{g.file}: the written graph differs from the gated one")
 
 
+def _write_contents(
+    folder: Path,
+    run: _Run,
+    graphs: list[_Graph],
+    imgs: ParityImages,
+    ref: dict[str, dict[str, np.ndarray]],
+    results: list[ParityResult],
+    n_golden: int,
+    created: str,
+    t_start: float,
+) -> dict[str, Any]:
+    """Write the gated graphs (checked bit for bit once written), golden.npz and, last,
+    manifest.json (which hashes the others) into ``folder``; returns the manifest."""
+    external = _write_graphs(folder, graphs)
+    _check_written(folder, graphs, imgs.x[:n_golden])
+    golden = _golden_arrays(imgs, ref, n_golden, run.kind)
+    with open(folder / GOLDEN, "wb") as f:
+        np.savez(f, **golden)
+    files = {
+        p.name: {"sha256": sha256_file(p), "bytes": p.stat().st_size}
+        for p in sorted(folder.iterdir())
+    }
+    manifest = build_manifest(
+        run=run,
+        created=created,
+        graphs={g.key: graph_entry(g, run.kind, run.k, files, external[g.key]) for g in graphs},
+        golden=golden_section(n_golden, imgs.sources[:n_golden], list(golden)),
+        parity=parity_section(imgs, results),
+        display={"heatmap_vmax": _display_vmax(imgs.x, ref["dual"])},
+        files=files,
+        seconds=time.perf_counter() - t_start,
+    )
+    (folder / MANIFEST).write_text(json.dumps(manifest, indent=1))
+    return manifest
+
+
 def export_bundle(
     run_dir: str | os.PathLike[str],
     out_dir: str | os.PathLike[str],
@@ -453,27 +489,8 @@ def export_bundle(
     tmp = out.with_name(f".{out.name}.tmp-{secrets.token_hex(4)}")
     tmp.mkdir()
     try:
-        external = _write_graphs(tmp, graphs)
         ng = min(n_golden, len(imgs.x))
-        _check_written(tmp, graphs, imgs.x[:ng])
-        golden = _golden_arrays(imgs, ref, ng, run.kind)
-        with open(tmp / GOLDEN, "wb") as f:
-            np.savez(f, **golden)
-        files = {
-            p.name: {"sha256": sha256_file(p), "bytes": p.stat().st_size}
-            for p in sorted(tmp.iterdir())
-        }
-        manifest = build_manifest(
-            run=run,
-            created=created,
-            graphs={g.key: graph_entry(g, run.kind, run.k, files, external[g.key]) for g in graphs},
-            golden=golden_section(ng, imgs.sources[:ng], list(golden)),
-            parity=parity_section(imgs, results),
-            display={"heatmap_vmax": _display_vmax(imgs.x, ref["dual"])},
-            files=files,
-            seconds=time.perf_counter() - t_start,
-        )
-        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1))
+        manifest = _write_contents(tmp, run, graphs, imgs, ref, results, ng, created, t_start)
         if sign_key is not None:
             sign_bundle(tmp, sign_key)
         _write_atomic_dir(tmp, out, overwrite)

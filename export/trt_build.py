@@ -112,6 +112,25 @@ def _network_and_config(
     return builder, network, config
 
 
+def _build_with_cache(
+    builder: Any, network: Any, config: Any, cache_path: Path, onnx_path: Path
+) -> bytes:
+    """The serialized engine, built with the timing cache at ``cache_path`` (read when it
+    exists, written back after the build)."""
+    cache_bytes = cache_path.read_bytes() if cache_path.is_file() else b""
+    cache = config.create_timing_cache(cache_bytes)
+    config.set_timing_cache(cache, ignore_mismatch=True)
+    serialized = builder.build_serialized_network(network, config)
+    if serialized is None:
+        raise BuildError(f"{onnx_path}: TensorRT failed to build an engine (see its log above)")
+    data = bytes(serialized)
+    try:
+        atomic_write_bytes(cache_path, bytes(config.get_timing_cache().serialize()))
+    except AttributeError:  # pragma: no cover - API without timing-cache serialization
+        pass
+    return data
+
+
 def build_engine(
     bundle_dir: str | os.PathLike[str],
     *,
@@ -161,19 +180,8 @@ def build_engine(
     )
     plan.parent.mkdir(parents=True, exist_ok=True)
     cache_path = plan.parent / TIMING_CACHE
-    cache_bytes = cache_path.read_bytes() if cache_path.is_file() else b""
-    cache = config.create_timing_cache(cache_bytes)
-    config.set_timing_cache(cache, ignore_mismatch=True)
-
-    serialized = builder.build_serialized_network(network, config)
-    if serialized is None:
-        raise BuildError(f"{onnx_path}: TensorRT failed to build an engine (see its log above)")
-    data = bytes(serialized)
+    data = _build_with_cache(builder, network, config, cache_path, onnx_path)
     atomic_write_bytes(plan, data)
-    try:
-        atomic_write_bytes(cache_path, bytes(config.get_timing_cache().serialize()))
-    except AttributeError:  # pragma: no cover - API without timing-cache serialization
-        pass
     info = {
         "tensorrt_version": version,
         "gpu_name": gpu["name"],

@@ -235,6 +235,67 @@ def score_for_calibration(
     return {n: np.asarray([row[n] for row in rows], np.float64) for n in names}, excluded
 
 
+Scored = tuple[dict[str, np.ndarray], list[dict[str, str]]]
+"""One image set scored by :func:`score_for_calibration`: (scores per name, excluded inputs)."""
+
+
+def calibrate_scored(
+    manifest: dict[str, Any],
+    normals: Scored,
+    abnormals: Scored,
+    held_out: Scored,
+    *,
+    score: str,
+    source: str,
+    specificities: tuple[float, ...] = DEFAULT_SPECIFICITIES,
+    n_boot: int = 2000,
+    seed: int = 0,
+    default_specificity: float | None = None,
+    split_sha256: str | None = None,
+) -> dict[str, Any]:
+    """The calibration record of a bundle from its scored image sets: operating points on
+    ``score`` (:func:`calibrate`, 95% bootstrap intervals) in :func:`calibration_record`'s
+    format, plus the held-out normals and the split used when there are any.
+
+    Args:
+        manifest: the bundle's manifest (the record is bound to its digest).
+        normals, abnormals, held_out: the three sets as scored (either of the last two may be
+            empty); only ``score`` is used, all of the normals' scores are kept for the drift
+            watch.
+        source: where the normals came from, in words.
+        split_sha256: the split manifest the sets were drawn from, when one was.
+
+    Raises:
+        CalibrationError: too few normals, bad scores, bad specificities or default.
+    """
+    empty = np.zeros(0)
+    (all0, ex0), (all1, ex1), (all2, ex2) = normals, abnormals, held_out
+    s0, s1, held = (a.get(score, empty) for a in (all0, all1, all2))
+    points = calibrate(
+        s0,
+        s1 if len(s1) else None,
+        specificities=specificities,
+        n_boot=n_boot,
+        seed=seed,
+        held_out=held,
+    )
+    record = calibration_record(
+        manifest,
+        points,
+        score=score,
+        normals={"source": source, "n": len(s0), "excluded": ex0},
+        abnormals={"n": len(s1), "excluded": ex1} if len(s1) else None,
+        bootstrap={"n": n_boot, "level": 0.95, "seed": seed},
+        default_specificity=default_specificity,
+        normal_scores=all0,
+    )
+    if len(held):
+        record["held_out_normals"] = {"n": len(held), "excluded": ex2}
+    if split_sha256 is not None:
+        record["split_sha256_used"] = split_sha256
+    return record
+
+
 def _nearest(values: list[float], target: float) -> float:
     return min(values, key=lambda v: abs(v - target))
 

@@ -291,6 +291,14 @@ def _check_counts(max_batch: int, workers: int | None) -> None:
         raise ValueError(f"workers must be >= 1 (or unset: one per physical core), got {workers}")
 
 
+def _score_not_given(path: Any, score: str, given: Sequence[str]) -> CalibrationError:
+    """The error for a calibration on a score the scorer does not give (asr without ASR)."""
+    return CalibrationError(
+        f"{path}: calibrated on the {score} score, which this scorer does not give "
+        f"(it gives {', '.join(given)})"
+    )
+
+
 class Scorer:
     """Score chest X-rays with a bundle (see the module docstring); build with
     :meth:`from_bundle`."""
@@ -382,11 +390,9 @@ class Scorer:
         """
         _check_counts(max_batch, workers)
         bundle = open_bundle(bundle_dir, verify=verify, public_key=public_key)
-        cal = (
-            None
-            if calibration is None
-            else load_calibration(calibration, bundle.manifest, operating_point)
-        )
+        cal = None
+        if calibration is not None:
+            cal = load_calibration(calibration, bundle.manifest, operating_point)
         backends, prec, notes = make_backends(
             bundle,
             backend,
@@ -408,10 +414,7 @@ class Scorer:
         )
         if cal is not None and cal.point.score not in scorer.score_names:
             scorer.close()
-            raise CalibrationError(
-                f"{calibration}: calibrated on the {cal.point.score} score, which this scorer "
-                f"does not give (it gives {', '.join(scorer.score_names)})"
-            )
+            raise _score_not_given(calibration, cal.point.score, scorer.score_names)
         return scorer
 
     # -- description ------------------------------------------------------------------------------
