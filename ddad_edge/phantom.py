@@ -13,7 +13,7 @@ are what module A can learn and module B cannot. Any number computed on these im
 smoke-test of the pipeline, never a performance claim.
 
 Only numpy and Pillow are used (no torch); every image is built with whole-array numpy operations
-(no per-pixel Python loops), so ~1,000 images at 128 px take a few seconds including PNG encoding.
+(no per-pixel Python loops), so that the demo can draw its data set on the fly.
 
 Coordinate convention used below: normalised image coordinates x (left -> right) and y
 (top -> bottom), both in [-1, 1] across the image; "image-left" is the patient's right (PA view).

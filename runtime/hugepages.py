@@ -189,8 +189,9 @@ def advise(
 
 
 class CollapseJob:
-    """:func:`advise` on a background thread (the collapse copies memory: 0.3-0.5 s for
-    ~100-200 MB on the 2-core machine). ``wait()`` returns the result."""
+    """:func:`advise` on a background thread (the collapse copies memory, which takes long
+    enough to delay a first score; benchmarks/README.md, decision log). ``wait()`` returns
+    the result."""
 
     def __init__(self, ranges: list[tuple[int, int]]) -> None:
         self.result: HugePageResult | None = None
