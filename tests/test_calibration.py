@@ -12,6 +12,7 @@ from ddad_edge.runtime.calibration import (
     CalibrationError,
     bundle_digest,
     calibrate,
+    calibrate_scored,
     calibration_record,
     load_calibration,
     threshold_at,
@@ -83,3 +84,27 @@ def test_file_bound_to_bundle(tmp_path: Path) -> None:
     (tmp_path / "bad.json").write_text(json.dumps({"x": 1}))
     with pytest.raises(CalibrationError, match="not a ddad-edge calibration"):
         load_calibration(tmp_path / "bad.json", MANIFEST)
+
+
+def test_calibrate_scored_records_what_was_used() -> None:
+    rng = np.random.default_rng(1)
+    normals = ({"inter": rng.random(40), "rec": rng.random(40)}, [{"path": "a", "status": "error"}])
+    abnormals = ({"inter": 1 + rng.random(10)}, [])
+    held = ({"inter": rng.random(30)}, [{"path": "b", "status": "abstained"}])
+    none: tuple[dict, list] = ({}, [])
+    kw = {"score": "inter", "source": "site", "n_boot": 50, "seed": 3}
+    rec = calibrate_scored(MANIFEST, normals, abnormals, held, split_sha256="f" * 64, **kw)
+    assert rec["normals"] == {"source": "site", "n": 40, "excluded": normals[1]}
+    assert rec["abnormals"] == {"n": 10, "excluded": []}
+    assert rec["held_out_normals"] == {"n": 30, "excluded": held[1]}
+    assert rec["split_sha256_used"] == "f" * 64
+    assert set(rec["normal_scores"]) == {"inter", "rec"}  # all of them: the drift reference
+    assert rec["operating_points"] == calibrate(
+        normals[0]["inter"], abnormals[0]["inter"], n_boot=50, seed=3, held_out=held[0]["inter"]
+    )
+    bare = calibrate_scored(MANIFEST, normals, none, none, **kw)
+    assert bare["abnormals"] is None
+    assert "held_out_normals" not in bare and "split_sha256_used" not in bare
+    assert "sensitivity" not in bare["operating_points"][0]
+    with pytest.raises(CalibrationError, match="at least 20"):
+        calibrate_scored(MANIFEST, ({"inter": rng.random(5)}, []), none, none, **kw)

@@ -11,10 +11,12 @@ from ddad_edge.data import (
     Item,
     SplitError,
     make_split,
+    read_items,
     read_labels_csv,
     read_manifest,
     scan_folder,
     write_manifest,
+    write_splits,
 )
 
 
@@ -139,3 +141,36 @@ def test_anomaly_rate_sweep_shares_d_and_dt(tmp_path: Path) -> None:
     assert all(a <= b for a, b in zip(abn, abn[1:], strict=False))
     with pytest.raises(SplitError, match=r"\|Du\| <= 50"):
         make_split(tmp_path, items, normal_train=50, unlabeled=60, ar=0.0, seed=4)
+
+
+def test_write_splits_names_a_sweep_and_writes_all_or_nothing(tmp_path: Path) -> None:
+    items = _items(100, 80, True)
+    one = write_splits(tmp_path, items, [0.5], tmp_path / "s.json", normal_train=50, unlabeled=40)
+    assert [p.name for _, p, _ in one] == ["s.json"]
+    assert read_manifest(tmp_path / "s.json")["sha256"] == one[0][2]
+    sweep = write_splits(
+        tmp_path, items, [0.0, 0.25], tmp_path / "w.json", normal_train=50, unlabeled=40
+    )
+    assert [p.name for _, p, _ in sweep] == ["w-ar0.json", "w-ar0.25.json"]
+    assert [m["anomaly_rate"] for m, _, _ in sweep] == [0.0, 0.25]
+    with pytest.raises(SplitError):  # AR 0 needs 60 normals for Du after D's 50: none written
+        write_splits(
+            tmp_path, items, [1.0, 0.0], tmp_path / "x.json", normal_train=50, unlabeled=60
+        )
+    assert not list(tmp_path.glob("x*.json"))
+
+
+def test_read_items_looks_up_a_relative_csv_in_the_data_first(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    data = tmp_path / "data"
+    (data / "NORMAL").mkdir(parents=True)
+    (data / "NORMAL" / "x.png").write_bytes(b"")
+    (data / "labels.csv").write_text("path,label\nNORMAL/x.png,1\n")
+    (tmp_path / "mine.csv").write_text("path,label\nNORMAL/x.png,0\n")
+    (tmp_path / "labels.csv").write_text("path,label\nNORMAL/x.png,0\n")
+    monkeypatch.chdir(tmp_path)
+    assert read_items(data, Path("labels.csv"))[0].label == 1  # DATA's, not the working folder's
+    assert read_items(data, Path("mine.csv"))[0].label == 0  # only where it was given
+    assert read_items(data, tmp_path / "labels.csv")[0].label == 0  # absolute: as given
+    assert read_items(data)[0].label == 0  # no CSV: by folder name
