@@ -1,5 +1,5 @@
 """The whole ``ddad-edge bench`` run: machine, limits, lanes (batch sweep, stage split, end to
-end), cold start, training, variants and targets, as one JSON-ready dict.
+end), cold start, training, variants and targets, as one JSON-ready dict (``schema.BenchResult``).
 
 Every lane is measured in the same process and the same run as the PyTorch eager reference
 (``torch``), which every ratio is taken against. Lanes that cannot run here are kept in the
@@ -16,25 +16,16 @@ from pathlib import Path
 from typing import Any
 
 from ddad_edge import __version__
-from ddad_edge.benchmarks import achieved, endtoend, latency, machine, paired
+from ddad_edge.benchmarks import achieved, latency, machine
+from ddad_edge.benchmarks.achieved import MAIN_LANE, evaluate_targets
 from ddad_edge.benchmarks.lanes import LANE_SPECS, REFERENCE_LANE, LaneUnavailable, open_lane
 from ddad_edge.benchmarks.latency import Budget
 from ddad_edge.benchmarks.limits import measure_limits, measure_read_bandwidth
-from ddad_edge.benchmarks.schema import BenchResult, LaneEntry
-from ddad_edge.benchmarks.targets import MAIN_LANE, evaluate_targets
-from ddad_edge.benchmarks.variant_choice import choose_variant
+from ddad_edge.benchmarks.schema import BenchResult, LaneEntry, Paired, PairedSpeedup
+from ddad_edge.benchmarks.variants import choose_variant
 
-SECTIONS: tuple[str, ...] = (
-    "limits",
-    "sweep",
-    "paired",
-    "e2e",
-    "profile",
-    "coldstart",
-    "training",
-    "variants",
-    "triton",
-)
+SECTIONS = ("limits", "sweep", "paired", "e2e", "profile", "coldstart", "training", "variants")
+SECTIONS += ("triton",)
 Progress = Callable[[str], None]
 
 
@@ -58,12 +49,8 @@ class BenchConfig:
     kermany: bool = False
     fullres: Path | None = None
     dicom: Path | None = None
-    latency_budget: Budget = field(
-        default_factory=lambda: Budget(warmup=3, min_reps=20, min_seconds=2.0, max_seconds=10.0)
-    )
-    sweep_budget: Budget = field(
-        default_factory=lambda: Budget(warmup=1, min_reps=3, min_seconds=1.0, max_seconds=8.0)
-    )
+    latency_budget: Budget = field(default_factory=lambda: Budget(3, 20, 2.0, 10.0))
+    sweep_budget: Budget = field(default_factory=lambda: Budget(1, 3, 1.0, 8.0))
     e2e_batch: int = 16
     paired_batches: tuple[int, ...] = (1, 64)
     paired_rounds: int = 10
@@ -88,57 +75,40 @@ class BenchConfig:
         d.pop("parity")
         return {k: (str(v) if isinstance(v, Path) else v) for k, v in d.items()}
 
-
-def _nothing(_: str) -> None:
-    return None
-
-
-def _open_lane(cfg: BenchConfig, name: str, max_batch: int) -> Any:
-    """``open_lane`` with this run's bundle, PyTorch run, scratch folder and thread settings."""
-    return open_lane(
-        name,
-        bundle=cfg.bundle,
-        run_dir=cfg.run_dir,
-        work_dir=cfg.work_dir,
-        max_batch=max_batch,
-        intra_op_threads=cfg.intra_op_threads,
-    )
+    def open(self, name: str, max_batch: int) -> Any:
+        """``open_lane`` with this run's bundle, PyTorch run, scratch folder and threads."""
+        return open_lane(
+            name,
+            bundle=self.bundle,
+            run_dir=self.run_dir,
+            work_dir=self.work_dir,
+            max_batch=max_batch,
+            intra_op_threads=self.intra_op_threads,
+        )
 
 
-def _paired(
-    cfg: BenchConfig, lanes: dict[str, Any], max_batch: int, on: Progress
-) -> dict[str, Any]:
-    """Interleaved speedups (``benchmarks/paired.py``): the main lane over the reference at
-    ``cfg.paired_batches``, and each measured variant lane over the main lane at batch 1.
-
-    Returns {"lane", "reference", "batches": {str(b): paired_speedup}, "variants_vs_main":
-    {variant lane: paired_speedup at batch 1}} or {"skipped": reason}."""
+def _paired(cfg: BenchConfig, lanes: dict[str, LaneEntry], max_batch: int, on: Progress) -> Paired:
+    """Interleaved speedups (``latency.paired_speedup``): the main lane over the reference at
+    ``cfg.paired_batches``, and each measured smaller-weight lane over the main lane at batch 1."""
     missing = [n for n in (REFERENCE_LANE, MAIN_LANE) if not lanes.get(n, {}).get("available")]
     if missing:
         return {"skipped": f"lane(s) {', '.join(missing)} not measured in this run"}
 
-    def opened(name: str) -> Any:
-        return _open_lane(cfg, name, max_batch)
-
-    def speedup(ref: Any, lane: Any, batch: int) -> dict[str, Any]:
+    def speedup(ref: Any, lane: Any, batch: int) -> PairedSpeedup:
         on(f"interleaved {lane.name} vs {ref.name}: batch {batch}")
-        return paired.paired_speedup(
-            ref,
-            lane,
-            cfg.images,
-            batch,
-            rounds=cfg.paired_rounds,
-            turn_seconds=cfg.paired_turn_seconds,
+        rounds, seconds = cfg.paired_rounds, cfg.paired_turn_seconds
+        return latency.paired_speedup(
+            ref, lane, cfg.images, batch, rounds=rounds, turn_seconds=seconds
         )
 
-    out: dict[str, Any] = {"lane": MAIN_LANE, "reference": REFERENCE_LANE, "batches": {}}
+    out: Paired = {"lane": MAIN_LANE, "reference": REFERENCE_LANE, "batches": {}}
     try:
-        main = opened(MAIN_LANE)
+        main = cfg.open(MAIN_LANE, max_batch)
     except LaneUnavailable as e:
         return {"skipped": f"failed: {e}"}
     with closing(main):
         try:
-            with closing(opened(REFERENCE_LANE)) as ref:
+            with closing(cfg.open(REFERENCE_LANE, max_batch)) as ref:
                 for b in cfg.paired_batches:
                     out["batches"][str(b)] = speedup(ref, main, b)
         except (LaneUnavailable, RuntimeError) as e:
@@ -148,40 +118,24 @@ def _paired(
             if not LANE_SPECS[name].smaller_weights or not entry.get("available"):
                 continue
             try:
-                with closing(opened(name)) as variant:
+                with closing(cfg.open(name, max_batch)) as variant:
                     out["variants_vs_main"][name] = speedup(main, variant, 1)
             except (LaneUnavailable, RuntimeError) as e:
                 out["variants_vs_main"][name] = {"error": f"{type(e).__name__}: {e}"}
     return out
 
 
-def run_bench(cfg: BenchConfig, on_progress: Progress = _nothing) -> BenchResult:
-    """Run every requested section (``cfg.sections``) and return the result dict.
-
-    ``cfg.torch_threads`` applies to this call only (the previous setting is restored)."""
-    if not cfg.torch_threads:
-        return _run_bench(cfg, on_progress)
-    import torch
-
-    previous = torch.get_num_threads()
-    torch.set_num_threads(cfg.torch_threads)
-    try:
-        return _run_bench(cfg, on_progress)
-    finally:
-        torch.set_num_threads(previous)
-
-
 def _end_to_end(cfg: BenchConfig, lane: Any, on: Progress) -> dict[str, Any]:
-    """``endtoend.run_folder`` on the full-resolution and DICOM folders (or why skipped)."""
+    """``latency.run_folder`` on the full-resolution and DICOM folders (or why skipped)."""
     out: dict[str, Any] = {}
     for key, folder in (("fullres", cfg.fullres), ("dicom", cfg.dicom)):
         if folder is None or not Path(folder).is_dir():
             out[key] = {"skipped": f"no folder ({folder})"}
             continue
-        files = endtoend.list_files(Path(folder))
-        endtoend.warm_page_cache(files)
+        files = latency.list_files(Path(folder))
+        latency.warm_page_cache(files)
         on(f"lane {lane.name}: end to end on {len(files)} files of {folder}")
-        out[key] = endtoend.run_folder(lane, files, cfg.e2e_batch)
+        out[key] = latency.run_folder(lane, files, cfg.e2e_batch)
     return out
 
 
@@ -201,11 +155,8 @@ def _measure(cfg: BenchConfig, lane: Any, on: Progress) -> LaneEntry:
         if "e2e" in cfg.sections:
             entry["end_to_end"] = _end_to_end(cfg, lane, on)
     except Exception as e:  # noqa: BLE001 - a lane failing mid-run is recorded, not fatal
-        return {
-            "available": False,
-            "reason": f"failed while measuring: {type(e).__name__}: {e}",
-            "partial": dict(entry),
-        }
+        reason = f"failed while measuring: {type(e).__name__}: {e}"
+        return {"available": False, "reason": reason, "partial": dict(entry)}
     finally:
         lane.close()
     return entry
@@ -227,7 +178,7 @@ def _run_lanes(cfg: BenchConfig, bundle: Any, max_batch: int, on: Progress) -> _
         spec = LANE_SPECS[name]
         on(f"opening lane {name}")
         try:
-            lane = _open_lane(cfg, name, max_batch)
+            lane = cfg.open(name, max_batch)
         except LaneUnavailable as e:
             runs.entries[name] = {"available": False, "reason": str(e)}
             continue
@@ -268,14 +219,8 @@ def _profile(cfg: BenchConfig, runs: _LaneRuns, on: Progress) -> dict[str, Any] 
     from ddad_edge.benchmarks.opprofile import profile_by_class
 
     on(f"profiling lane {MAIN_LANE} by op class")
-    return {
-        "lane": MAIN_LANE,
-        "graph": runs.graph_of[MAIN_LANE],
-        "batches": {
-            str(b): profile_by_class(main_graph, b, intra_op_threads=cfg.intra_op_threads)
-            for b in (64,)
-        },
-    }
+    profile = profile_by_class(main_graph, 64, intra_op_threads=cfg.intra_op_threads)
+    return {"lane": MAIN_LANE, "graph": runs.graph_of[MAIN_LANE], "batches": {"64": profile}}
 
 
 def _cold_start(cfg: BenchConfig, on: Progress) -> dict[str, Any]:
@@ -287,7 +232,6 @@ def _cold_start(cfg: BenchConfig, on: Progress) -> dict[str, Any]:
         bundle=cfg.bundle,
         run_dir=cfg.run_dir,
         backend=cfg.coldstart_backend,
-        precision="fp32",
         reps=cfg.coldstart_reps,
     )
 
@@ -296,23 +240,56 @@ def _training(cfg: BenchConfig, kind: str, k: int, on: Progress) -> dict[str, An
     from ddad_edge.benchmarks.training import measure_training
 
     try:
+        batch, steps = cfg.train_batch, cfg.train_steps
         return measure_training(
-            cfg.images,
-            cfg.run_dir,
-            kind=kind,
-            k=k,
-            batch=cfg.train_batch,
-            steps=cfg.train_steps,
-            on=on,
+            cfg.images, cfg.run_dir, kind=kind, k=k, batch=batch, steps=steps, on=on
         )
     except (ValueError, RuntimeError) as e:
         return {"error": f"not measured: {e}"}
 
 
+def _triton(cfg: BenchConfig, on: Progress) -> dict[str, Any]:
+    from ddad_edge.benchmarks.triton_load import measure_triton
+
+    return measure_triton(
+        cfg.bundle,
+        cfg.images,
+        clients=cfg.triton_clients,
+        instances=cfg.triton_instances,
+        files=cfg.triton_files,
+        files_per_request=cfg.triton_files_per_request,
+        on=on,
+    )
+
+
+def _limits_at_weights(limits: dict[str, Any], costs: dict[str, Any], on: Progress) -> None:
+    """Read bandwidth at each graph's weight size (not in quick mode)."""
+    if not limits.get("quick"):
+        on("measuring read bandwidth at each graph's weight size")
+        sizes = sorted({g["weights"]["total"] for g in costs.values() if "weights" in g})
+        limits["bandwidth_at_weights"] = {str(n): measure_read_bandwidth(n) for n in sizes}
+
+
+def run_bench(cfg: BenchConfig, on_progress: Progress = lambda _: None) -> BenchResult:
+    """Run every requested section (``cfg.sections``) and return the result dict.
+
+    ``cfg.torch_threads`` applies to this call only (the previous setting is restored)."""
+    if not cfg.torch_threads:
+        return _run_bench(cfg, on_progress)
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(cfg.torch_threads)
+    try:
+        return _run_bench(cfg, on_progress)
+    finally:
+        torch.set_num_threads(previous)
+
+
 def _run_bench(cfg: BenchConfig, on: Progress) -> BenchResult:
     from ddad_edge.runtime.bundle import open_bundle
 
-    t_start = time.perf_counter()
+    t_start, sections = time.perf_counter(), cfg.sections
     bundle = open_bundle(cfg.bundle, verify=False)
     result: BenchResult = {
         "tool": "ddad-edge bench",
@@ -324,41 +301,29 @@ def _run_bench(cfg: BenchConfig, on: Progress) -> BenchResult:
     on("describing the machine")
     result["machine"] = machine.describe_machine()
     limits = None
-    if "limits" in cfg.sections:
+    if "limits" in sections:
         on("measuring matmul peak and memory bandwidth")
         limits = result["limits"] = measure_limits(quick=cfg.quick_limits)
     max_batch = max([*cfg.batches, cfg.e2e_batch, 1])
     runs = _run_lanes(cfg, bundle, max_batch, on)
     result["lanes"] = runs.entries
-    if "paired" in cfg.sections:
+    if "paired" in sections:
         result["paired"] = _paired(cfg, runs.entries, max_batch, on)
     on("counting FLOPs and weight bytes of the graphs")
     costs = result["graphs"] = achieved.graph_costs(runs.paths, cfg.batches)
-    if limits is not None and not limits.get("quick"):
-        on("measuring read bandwidth at each graph's weight size")
-        sizes = sorted({g["weights"]["total"] for g in costs.values() if "weights" in g})
-        limits["bandwidth_at_weights"] = {str(n): measure_read_bandwidth(n) for n in sizes}
+    if limits is not None:
+        _limits_at_weights(limits, costs, on)
     _compare(runs, costs, limits)
-    if "profile" in cfg.sections and (profile := _profile(cfg, runs, on)) is not None:
+    if "profile" in sections and (profile := _profile(cfg, runs, on)) is not None:
         result["profile"] = profile
-    if "coldstart" in cfg.sections:
+    if "coldstart" in sections:
         result["cold_start"] = _cold_start(cfg, on)
-    if "training" in cfg.sections:
+    if "training" in sections:
         result["training"] = _training(cfg, bundle.kind, bundle.k, on)
-    if "variants" in cfg.sections and any(LANE_SPECS[n].smaller_weights for n in cfg.lanes):
+    if "variants" in sections and any(LANE_SPECS[n].smaller_weights for n in cfg.lanes):
         result["variants"] = choose_variant(result, cfg.parity)
-    if "triton" in cfg.sections:
-        from ddad_edge.benchmarks.triton_load import measure_triton
-
-        result["triton"] = measure_triton(
-            cfg.bundle,
-            cfg.images,
-            clients=cfg.triton_clients,
-            instances=cfg.triton_instances,
-            files=cfg.triton_files,
-            files_per_request=cfg.triton_files_per_request,
-            on=on,
-        )
+    if "triton" in sections:
+        result["triton"] = _triton(cfg, on)
     result["targets"] = evaluate_targets(result, MAIN_LANE)
     result["machine"]["loadavg_end"] = machine.load_average()
     result["seconds"] = time.perf_counter() - t_start

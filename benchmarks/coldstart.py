@@ -1,59 +1,44 @@
-"""Cold start and peak memory: a fresh Python process from spawn to its first image score.
+"""Cold start and peak memory: a fresh Python process, from spawn to its first image score.
 
-The parent notes its wall clock, spawns ``python -m ddad_edge.benchmarks.coldstart_child``
-(the deployed runtime path, or the PyTorch reference path) and reads back when the child had
-finished its imports, had its model ready and had scored one image, all measured from the spawn.
-Peak RSS is the child's VmHWM (/proc/self/status, read by the child after its first score; it
-includes the interpreter itself). The child's ru_maxrss, as ``os.wait4`` reports it to the parent,
-is recorded too but NOT used: on Linux, fork + exec carries the parent's high-water mark into the
-child's ru_maxrss (the kernel folds the pre-exec memory map's peak into it), so a child spawned by
-a large benchmark process reports at least the parent's size. VmHWM belongs to the new process
-image only. Where VmHWM is unavailable (non-Linux), ru_maxrss is used and flagged.
-Repeated ``reps`` times (the OS file cache is warm after the first); the median is reported with
-every run's figures.
+The parent spawns ``python -m ddad_edge.benchmarks.coldstart runtime|torch ...`` (this module's
+``main``), which imports only what its path needs (the runtime path never imports torch), scores
+one image and prints one JSON line: seconds since the parent's ``--t0`` at imports done, model
+ready and first score, its VmHWM and whether torch was imported. Peak RSS is the child's VmHWM;
+its ``ru_maxrss`` is recorded but not used (benchmarks/README.md, "Cold start"). Heavy imports
+stay inside the functions, so the child loads nothing the measurement does not name.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
-import subprocess
+import resource
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 
 def run_child(args: list[str], timeout_s: float = 300.0) -> dict[str, Any]:
-    """Spawn one child with ``args`` (after the module name) and wait for it.
+    """Spawn one child with ``args`` and wait: its JSON plus ``exit_s`` (spawn to exit) and
+    ``maxrss_kib`` (``os.wait4``'s ru_maxrss). RuntimeError when it fails or times out."""
+    import subprocess
+    import tempfile
 
-    Returns the child's JSON (``imports_s``, ``ready_s``, ``first_score_s``, ``self_maxrss_kib``,
-    ``vmhwm_kib``, ``torch_imported``) plus ``exit_s`` (spawn to exit, parent clock) and
-    ``maxrss_kib`` (ru_maxrss from ``os.wait4``; see the module docstring for why it is not
-    used). Raises RuntimeError when the child fails or exceeds ``timeout_s``.
-    """
     with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
         t0 = time.time()
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "ddad_edge.benchmarks.coldstart_child", *args, "--t0", repr(t0)],
-            stdout=out,
-            stderr=err,
-        )
+        cmd = [sys.executable, "-m", "ddad_edge.benchmarks.coldstart", *args, "--t0", repr(t0)]
+        proc = subprocess.Popen(cmd, stdout=out, stderr=err)
         deadline = time.monotonic() + timeout_s
-        while True:
-            pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
-            if pid:
-                break
+        while not (waited := os.wait4(proc.pid, os.WNOHANG))[0]:
             if time.monotonic() > deadline:
                 proc.kill()
                 os.wait4(proc.pid, 0)
                 raise RuntimeError(f"cold-start child timed out after {timeout_s:.0f} s")
             time.sleep(0.005)
         exit_s = time.time() - t0
-        proc.returncode = os.waitstatus_to_exitcode(status)
+        proc.returncode = os.waitstatus_to_exitcode(waited[1])
         out.seek(0)
         err.seek(0)
         stdout, stderr = out.read(), err.read()
@@ -62,13 +47,26 @@ def run_child(args: list[str], timeout_s: float = 300.0) -> dict[str, Any]:
             f"cold-start child failed (exit {proc.returncode}): {stderr.strip()[-800:]}"
         )
     result = json.loads(stdout.strip().splitlines()[-1])
-    result["exit_s"] = exit_s
-    result["maxrss_kib"] = int(usage.ru_maxrss)
-    return result
+    return {**result, "exit_s": exit_s, "maxrss_kib": int(waited[2].ru_maxrss)}
 
 
-def _peak_kib(run: dict[str, Any]) -> int:
-    return int(run.get("vmhwm_kib") or run["maxrss_kib"])
+def _summary(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Medians of the runs' times and peak RSS (VmHWM, else the inflated ru_maxrss)."""
+    import numpy as np
+
+    def median(key: str) -> float:
+        return float(np.median([r[key] for r in runs]))
+
+    peak = [int(r.get("vmhwm_kib") or r["maxrss_kib"]) for r in runs]
+    return {
+        "first_score_s": median("first_score_s"),
+        "ready_s": median("ready_s"),
+        "imports_s": median("imports_s"),
+        "peak_rss_mib": float(np.median(peak)) / 1024.0,
+        "peak_rss_source": "VmHWM" if runs[0].get("vmhwm_kib") else "ru_maxrss (inflated)",
+        "torch_imported": any(r["torch_imported"] for r in runs),
+        "runs": runs,
+    }
 
 
 def measure_cold_start(
@@ -80,27 +78,13 @@ def measure_cold_start(
     precision: str = "fp32",
     reps: int = 3,
 ) -> dict[str, Any]:
-    """Cold start of the runtime (bundle, backend, precision) and of the PyTorch reference (run).
-
-    Returns {"runtime": summary or {"error"}, "torch": summary or {"error"}, "ratio": {...}}
-    where a summary is {"first_score_s", "ready_s", "imports_s", "peak_rss_mib" (medians),
-    "torch_imported", "runs": [...]}, and "ratio" gives torch / runtime for first score and RSS.
-    """
-    paths: dict[str, list[str] | None] = {
-        "runtime": [
-            "runtime",
-            "--bundle",
-            str(bundle),
-            "--image",
-            str(image),
-            "--backend",
-            backend,
-            "--precision",
-            precision,
-        ]
-        if bundle
-        else None,
-        "torch": ["torch", "--run", str(run_dir), "--image", str(image)] if run_dir else None,
+    """Cold start of the runtime (bundle, backend, precision) and of the PyTorch reference (run),
+    median of ``reps`` fresh processes each: {"runtime", "torch": summary or {"error"}, "ratio":
+    torch / runtime for first score and peak RSS}."""
+    rt = ["--bundle", str(bundle), "--backend", backend, "--precision", precision]
+    paths = {
+        "runtime": ["runtime", *rt] if bundle else None,
+        "torch": ["torch", "--run", str(run_dir)] if run_dir else None,
     }
     out: dict[str, Any] = {"reps": reps, "backend": backend, "precision": precision}
     for name, args in paths.items():
@@ -108,19 +92,9 @@ def measure_cold_start(
             out[name] = {"error": "not available: no " + ("bundle" if name == "runtime" else "run")}
             continue
         try:
-            runs = [run_child(args) for _ in range(reps)]
+            out[name] = _summary([run_child([*args, "--image", str(image)]) for _ in range(reps)])
         except RuntimeError as e:
             out[name] = {"error": str(e)}
-            continue
-        out[name] = {
-            "first_score_s": float(np.median([r["first_score_s"] for r in runs])),
-            "ready_s": float(np.median([r["ready_s"] for r in runs])),
-            "imports_s": float(np.median([r["imports_s"] for r in runs])),
-            "peak_rss_mib": float(np.median([_peak_kib(r) for r in runs])) / 1024.0,
-            "peak_rss_source": "VmHWM" if runs[0].get("vmhwm_kib") else "ru_maxrss (inflated)",
-            "torch_imported": any(r["torch_imported"] for r in runs),
-            "runs": runs,
-        }
     if "first_score_s" in out.get("runtime", {}) and "first_score_s" in out.get("torch", {}):
         rt, tr = out["runtime"], out["torch"]
         out["ratio"] = {
@@ -128,3 +102,64 @@ def measure_cold_start(
             "peak_rss_torch_over_runtime": tr["peak_rss_mib"] / rt["peak_rss_mib"],
         }
     return out
+
+
+# --- the child process --------------------------------------------------------------------
+
+
+def _runtime(args: argparse.Namespace) -> dict[str, float]:
+    from ddad_edge.runtime.scorer import Scorer
+
+    t_import = time.time()
+    scorer = Scorer.from_bundle(args.bundle, backend=args.backend, precision=args.precision)
+    t_ready = time.time()
+    scorer.score([args.image])
+    return {"imports": t_import, "ready": t_ready, "first_score": time.time()}
+
+
+def _torch(args: argparse.Namespace) -> dict[str, float]:
+    from ddad_edge.checkpoint import load_module
+    from ddad_edge.reference import dual_stats
+    from ddad_edge.runtime.batch import load_inputs
+    from ddad_edge.runtime.scores import scores_from_stats
+
+    t_import = time.time()
+    model_a, model_b = load_module(args.run, "A"), load_module(args.run, "B")
+    t_ready = time.time()
+    x = load_inputs([args.image]).x
+    scores_from_stats(x, dual_stats(model_a, model_b, x))
+    return {"imports": t_import, "ready": t_ready, "first_score": time.time()}
+
+
+def _vmhwm_kib() -> int | None:
+    """Peak resident set of this process image (VmHWM, Linux), KiB; None elsewhere."""
+    try:
+        with open("/proc/self/status") as f:
+            return next((int(ln.split()[1]) for ln in f if ln.startswith("VmHWM:")), None)
+    except OSError:
+        return None
+
+
+def main(argv: list[str] | None = None) -> int:
+    """The child: score one image by one path and print its JSON line (its protocol)."""
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("path", choices=("runtime", "torch"))
+    p.add_argument("--t0", type=float, required=True)
+    p.add_argument("--image", required=True)
+    p.add_argument("--bundle")
+    p.add_argument("--run")
+    p.add_argument("--backend", default="ort-cpu")
+    p.add_argument("--precision", default="fp32")
+    args = p.parse_args(argv)
+    marks = _runtime(args) if args.path == "runtime" else _torch(args)
+    out: dict[str, Any] = {f"{k}_s": v - args.t0 for k, v in marks.items()}
+    out["self_maxrss_kib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    out["vmhwm_kib"] = _vmhwm_kib()
+    out["torch_imported"] = "torch" in sys.modules
+    sys.stdout.write(json.dumps(out) + "\n")
+    sys.stdout.flush()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

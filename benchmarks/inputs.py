@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ddad_edge.benchmarks.endtoend import list_files
+from ddad_edge.benchmarks.latency import list_files
 
 REPO = Path(__file__).resolve().parents[1]
 

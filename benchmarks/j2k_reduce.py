@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-TOLERANCE = 0.003  # the FP16 gate's |ΔAUC| (benchmarks/parity.py)
+from ddad_edge.benchmarks.lanes import REDUCED_TOLERANCE
 
 
 def _dicom(grey: np.ndarray, uid_seed: str) -> Any:
@@ -133,8 +133,8 @@ def compare(bundle: Path, folder: Path) -> dict[str, Any]:
         "abnormal": int(labels.sum()),
         "reduced_shapes": sorted(shapes)[:5],
         "auc": aucs,
-        "tolerance": TOLERANCE,
-        "passed": all(abs(a["delta"]) <= TOLERANCE for a in aucs.values()),
+        "tolerance": REDUCED_TOLERANCE,
+        "passed": all(abs(a["delta"]) <= REDUCED_TOLERANCE for a in aucs.values()),
         "max_relative_score_change": rel,
         "decode_ms_median": {arm: float(np.median(t)) for arm, t in times.items()},
         "speedup_median": float(np.median(np.array(times["full"]) / np.array(times["reduced"]))),

@@ -61,11 +61,6 @@ class LaneSpec:
     cuda_graphs: bool = False
 
     @property
-    def tolerance_class(self) -> str:
-        """Which parity tolerance applies: "fp32", or "reduced" for fp16 / int8 / fp16w."""
-        return "fp32" if self.precision == "fp32" else "reduced"
-
-    @property
     def smaller_weights(self) -> bool:
         """A CPU lane whose weights are smaller than FP32 (judged by ``variant_choice``)."""
         return self.backend == "ort-cpu" and self.precision in ("int8", "fp16w")
@@ -92,6 +87,11 @@ LANE_SPECS: dict[str, LaneSpec] = {
     )
 }
 REFERENCE_LANE = "torch"
+REDUCED_TOLERANCE = 0.003
+TOLERANCES: dict[str, float] = {"fp32": 0.001} | dict.fromkeys(
+    ("fp16", "int8", "fp16w"), REDUCED_TOLERANCE
+)
+"""Largest |ΔAUC| against the reference that ``parity`` allows a lane, by its precision."""
 CPU_LANES: tuple[str, ...] = ("torch", "ort", "ort-fp16", "ort-int8", "ort-fp16w")
 GPU_LANES: tuple[str, ...] = (
     "torch-cuda",

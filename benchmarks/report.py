@@ -1,8 +1,10 @@
-"""What every report writer shares: strict JSON files, Markdown cells and tables, PNG figures.
+"""What every report writer shares: strict JSON files, Markdown cells, tables and sections, PNG
+figures, and the "Machine" section (:func:`ddad_edge.benchmarks.machine.describe_machine`,
+:func:`ddad_edge.benchmarks.limits.measure_limits`). The reports: :mod:`bench_report` and
+:mod:`parity_report`.
 
 JSON is strict (NaN -> null, inf -> "inf"); figures are matplotlib Agg figures (never pyplot's
-global state); files are written atomically (temp file in the same folder, then rename). The
-reports themselves: :mod:`bench_report`, :mod:`parity_report` and :mod:`machine_report`.
+global state); files are written atomically.
 """
 
 from __future__ import annotations
@@ -34,43 +36,41 @@ def jsonable(obj: Any) -> Any:
         return jsonable(obj.tolist())
     if isinstance(obj, np.generic):
         obj = obj.item()
-    if isinstance(obj, float):
-        if math.isnan(obj):
-            return None
-        if math.isinf(obj):
-            return "inf" if obj > 0 else "-inf"
-    if isinstance(obj, Path):
-        return str(obj)
-    return obj
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None if math.isnan(obj) else ("inf" if obj > 0 else "-inf")
+    return str(obj) if isinstance(obj, Path) else obj
 
 
 def write_json(path: Path, obj: Any) -> None:
     """Strict JSON (see :func:`jsonable`), indented."""
-    text = json.dumps(jsonable(obj), indent=1, allow_nan=False)
-    atomic_write_text(path, text + "\n")
+    atomic_write_text(path, json.dumps(jsonable(obj), indent=1, allow_nan=False) + "\n")
 
 
 def fmt(v: Any, spec: str = ".2f", none: str = "–") -> str:
     """Number -> text ('–' for None/NaN, the string itself for strings such as 'inf')."""
-    if v is None:
+    if v is None or (isinstance(v, float) and math.isnan(v)):
         return none
-    if isinstance(v, str):
-        return v
-    if isinstance(v, float) and math.isnan(v):
-        return none
-    return format(v, spec)
+    return v if isinstance(v, str) else format(v, spec)
 
 
 def table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     """A GitHub Markdown table (``|`` inside cells escaped)."""
 
-    def cell(c: Any) -> str:
-        return str(c).replace("|", "\\|").replace("\n", " ")
+    def line(cells: Sequence[Any]) -> str:
+        return "| " + " | ".join(str(c).replace("|", "\\|").replace("\n", " ") for c in cells)
 
-    lines = ["| " + " | ".join(cell(h) for h in headers) + " |"]
-    lines.append("|" + "|".join("---" for _ in headers) + "|")
-    lines += ["| " + " | ".join(cell(c) for c in r) + " |" for r in rows]
-    return "\n".join(lines) + "\n"
+    body = [line(headers) + " |", "|" + "|".join("---" for _ in headers) + "|"]
+    return "\n".join(body + [line(r) + " |" for r in rows]) + "\n"
+
+
+def section(title: str, *parts: str, level: int = 2) -> str:
+    """A Markdown section: a blank line, the heading, a blank line, then ``parts``."""
+    return f"\n{'#' * level} {title}\n\n" + "".join(parts)
+
+
+def bullets(items: Sequence[str]) -> str:
+    """One Markdown list item per string."""
+    return "".join(f"- {s}\n" for s in items)
 
 
 def figure() -> tuple[Any, Any]:
@@ -87,3 +87,71 @@ def save_png(fig: Any, path: Path) -> Path:
     """Write the figure as PNG (atomically); returns path."""
     atomic_write(path, lambda f: fig.savefig(f, format="png"))
     return path
+
+
+def machine_section(machine: dict[str, Any], limits: dict[str, Any] | None) -> str:
+    """Markdown: the machine and its measured limits."""
+    cpu, gpu, v = machine.get("cpu", {}), machine.get("gpu", {}), machine.get("versions", {})
+    missing = [k for k, val in v.items() if "not installed" in str(val)]
+    rows = [
+        ["date (UTC)", machine.get("date_utc")],
+        [
+            "CPU",
+            f"{cpu.get('model')} ({cpu.get('usable_cores')} usable / "
+            f"{cpu.get('logical_cores')} logical cores; {', '.join(cpu.get('flags', []))})",
+        ],
+        ["memory", f"{machine.get('memory_gib')} GiB"],
+        ["GPU", ", ".join(gpu.get("devices") or []) or "none (CUDA not available)"],
+        [
+            "load average at start / end",
+            f"{machine.get('loadavg_start')} / {machine.get('loadavg_end')}",
+        ],
+        ["threads", ", ".join(f"{k}={val}" for k, val in machine.get("threads", {}).items())],
+        ["onnxruntime providers", ", ".join(machine.get("onnxruntime_providers", []))],
+        ["versions", ", ".join(f"{k} {val}" for k, val in v.items() if k not in missing)],
+    ] + ([["not installed", ", ".join(missing)]] if missing else [])
+    text = "## Machine\n\n" + table(["", ""], rows)
+    return text + (limits_section(limits) if limits else "")
+
+
+def limits_section(limits: dict[str, Any]) -> str:
+    """Markdown: the measured matmul peak, bandwidths and read curve."""
+    mm, bw = limits["matmul"], limits["bandwidth"]
+    rows = [
+        (f"sgemm {mm['n']}x{mm['n']} (GFLOP/s, best)", mm, "best_gflops", mm["peak_gflops"]),
+        (f"read {bw['nbytes'] / 2**20:.0f} MiB (GB/s)", bw, "read_gbps", bw["read_gbps"]),
+        ("copy (GB/s, read+write bytes)", bw, "copy_gbps", bw["copy_gbps"]),
+    ]
+    text = section(
+        "Measured limits",
+        table(
+            ["limit", "numpy", "torch", "used"],
+            [
+                [label, *(fmt(d[lib].get(key), ".1f") for lib in ("numpy", "torch")), fmt(u, ".1f")]
+                for label, d, key, u in rows
+            ],
+        ),
+        level=3,
+    )
+    where = {True: "fits in LLC", False: "exceeds LLC", None: "LLC unknown"}
+    text += bullets(
+        [
+            f"read, buffer of {int(n) / 1e6:.1f} MB read repeatedly ({where[r.get('in_llc')]}): "
+            f"{r['read_gbps']:.1f} GB/s"
+            for n, r in sorted(
+                limits.get("bandwidth_at_weights", {}).items(), key=lambda kv: int(kv[0])
+            )
+        ]
+        + ([f"last-level cache: {bw['llc_bytes'] / 2**20:.0f} MiB"] if bw.get("llc_bytes") else [])
+        + (
+            [
+                "read bandwidth vs buffer size (read repeatedly; GB/s): "
+                + ", ".join(f"{c['mib']} MiB {c['read_gbps']:.1f}" for c in limits["read_curve"])
+            ]
+            if limits.get("read_curve")
+            else []
+        )
+    )
+    if limits.get("quick"):
+        text += "\n**quick mode: small sizes, these limits are NOT meaningful.**\n"
+    return text

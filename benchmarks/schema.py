@@ -47,7 +47,7 @@ class Ratio(TypedDict):
 
 
 class EndToEnd(TypedDict, total=False):
-    """``endtoend.run_folder`` (or {"skipped": reason})."""
+    """``latency.run_folder`` (or {"skipped": reason})."""
 
     n_files: int
     n_ok: int
@@ -93,7 +93,7 @@ class LaneEntry(TypedDict, total=False):
 
 
 class PairedSpeedup(TypedDict, total=False):
-    """``paired.paired_speedup`` (or {"error"} for a variant that failed)."""
+    """``latency.paired_speedup`` (or {"error"} for a variant that failed)."""
 
     batch: int
     rounds: int
@@ -139,7 +139,7 @@ class Variants(TypedDict):
 
 
 class Target(TypedDict):
-    """``targets.evaluate_targets``: met is None when it could not be measured."""
+    """``achieved.evaluate_targets``: met is None when it could not be measured."""
 
     id: str
     target: str

@@ -341,8 +341,8 @@ def parity(
     """
     require_extra("parity", "train", TRAIN_EXTRA)
     from ddad_edge.benchmarks.lanes import LaneUnavailable
+    from ddad_edge.benchmarks.parity import ParityConfig, run_parity_bundle
     from ddad_edge.benchmarks.parity_report import write_parity_report
-    from ddad_edge.benchmarks.parity_run import ParityConfig, run_parity_bundle
     from ddad_edge.data import SplitError
     from ddad_edge.runtime.bundle import BundleError
 

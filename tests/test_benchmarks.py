@@ -15,7 +15,7 @@ import torch
 from onnx import TensorProto, helper, numpy_helper
 from typer.testing import CliRunner
 
-from ddad_edge.benchmarks import bench_report, flops, machine_report, stats
+from ddad_edge.benchmarks import bench_report, flops, report, stats
 from ddad_edge.benchmarks.latency import Budget, repeat_timed, summarize_stages
 from ddad_edge.cli import app
 
@@ -147,7 +147,7 @@ class _ClockLane:
 def test_paired_speedup_cancels_drift(monkeypatch: pytest.MonkeyPatch) -> None:
     import time
 
-    from ddad_edge.benchmarks.paired import paired_speedup
+    from ddad_edge.benchmarks.latency import paired_speedup
 
     machine = {"clock": 0.0, "slowness": 1.0}
     monkeypatch.setattr(time, "perf_counter", lambda: machine["clock"])
@@ -165,7 +165,7 @@ def test_paired_speedup_cancels_drift(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_speedup_targets_prefer_the_interleaved_ratio() -> None:
-    from ddad_edge.benchmarks.targets import evaluate_targets
+    from ddad_edge.benchmarks.achieved import evaluate_targets
 
     def point(ms: float) -> dict[str, Any]:
         return {"scoring_latency": {"p50_ms": ms}, "throughput_ips": 1e3 / ms}
@@ -196,7 +196,7 @@ def test_read_curve_reports_each_size() -> None:
         "bandwidth": {"nbytes": 2**20, "numpy": {}, "torch": {}, "read_gbps": 1, "copy_gbps": 1},
         "read_curve": curve,
     }
-    text = machine_report.machine_section({}, limits)
+    text = report.machine_section({}, limits)
     assert "read bandwidth vs buffer size" in text and "2 MiB" in text
 
 
@@ -554,7 +554,7 @@ def test_profile_by_op_class_accounts_for_the_graph(tiny: dict[str, Path]) -> No
 
 
 def test_variant_kept_only_when_its_interval_is_within_tolerance() -> None:
-    from ddad_edge.benchmarks.variant_choice import choose_variant
+    from ddad_edge.benchmarks.variants import choose_variant
 
     def lane(p50: float) -> dict:
         pt = {"scoring_latency": {"p50_ms": p50}}

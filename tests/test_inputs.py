@@ -292,7 +292,7 @@ def test_missing_pylibjpeg_hint_when_pillow_alone_fails(tmp_path: Path, monkeypa
 
 
 def test_one_image_extension_list() -> None:
-    from ddad_edge.benchmarks import endtoend as bench_e2e
+    from ddad_edge.benchmarks import latency as bench_e2e
     from ddad_edge.data import IMAGE_EXTS as data_exts
     from ddad_edge.export.sources import IMAGE_EXTS as export_exts
     from ddad_edge.runtime.io import IMAGE_EXTS
