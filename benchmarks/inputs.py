@@ -1,10 +1,7 @@
-"""Where the benchmark's input files come from.
-
-- A folder given by the user: its image files, evenly spaced over the sorted list.
-- Otherwise the shared real data beside the repository (``../shared/data/kermany-cxr/test``,
-  224x224 JPEGs; Kermany et al., CC BY 4.0), when present.
-- Otherwise SYNTHETIC phantom images (``ddad_edge.phantom``) written as PNG into a scratch
-  folder, and every report says so.
+"""Where the benchmark's input files come from: a folder given by the user (its image files,
+evenly spaced), else the shared real data beside the repository (``../shared/data/kermany-cxr/
+test``; Kermany et al., CC BY 4.0), else SYNTHETIC phantom PNGs in a scratch folder (the report
+says so).
 """
 
 from __future__ import annotations
@@ -14,33 +11,15 @@ from pathlib import Path
 import numpy as np
 
 from ddad_edge.benchmarks.latency import list_files
+from ddad_edge.export.sources import evenly_spaced
 
 REPO = Path(__file__).resolve().parents[1]
 
 
-def shared_data_dir() -> Path | None:
-    """``<repo>/../shared/data`` when it exists (developer machines and CI), else None."""
-    p = REPO.parent / "shared" / "data"
-    return p if p.is_dir() else None
-
-
 def shared_folder(name: str) -> Path | None:
-    """A folder of the shared data (e.g. "kermany-fullres"), or None when absent."""
-    root = shared_data_dir()
-    return root / name if root is not None and (root / name).is_dir() else None
-
-
-def evenly_spaced(items: list[Path], n: int) -> list[Path]:
-    """n items spread evenly over the list (all of them when it is shorter)."""
-    if len(items) <= n:
-        return list(items)
-    idx = np.unique(np.linspace(0, len(items) - 1, n).round().astype(int))
-    return [items[i] for i in idx]
-
-
-def is_kermany(path: Path) -> bool:
-    """Whether files under ``path`` are the Kermany et al. images (for the attribution)."""
-    return "kermany" in str(Path(path).resolve()).lower()
+    """A folder of the shared data beside the repository (e.g. "kermany-fullres"), or None."""
+    folder = REPO.parent / "shared" / "data" / name
+    return folder if folder.is_dir() else None
 
 
 def write_phantoms(folder: Path, n: int, seed: int = 0) -> list[Path]:
@@ -78,8 +57,6 @@ def image_pool(source: Path | None, n: int, scratch: Path) -> tuple[list[Path], 
     if not files:
         raise ValueError(f"{source}: no image files")
     paths = evenly_spaced(files, n)
-    return (
-        paths,
-        f"{len(paths)} files evenly spaced over {len(files)} in {source}",
-        is_kermany(Path(source)),
-    )
+    note = f"{len(paths)} files evenly spaced over {len(files)} in {source}"
+    # the attribution is due when the files are Kermany et al.'s
+    return paths, note, "kermany" in str(Path(source).resolve()).lower()

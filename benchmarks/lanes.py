@@ -1,25 +1,10 @@
-"""The scorers under test ("lanes"), all with the same three stages:
-
-- ``load(paths) -> LoadedBatch``: decode + preprocess (always the runtime's implementation),
-- ``infer(x) -> stats``: x float32 [N, 1, 64, 64] -> {"mean_a", "std_a", "mean_b", "std_b"
-  [, "var_b"]}, float32 [N, 1, 64, 64] host arrays,
-- ``scores(x, stats) -> {name: float32 [N]}`` and ``maps(x, stats) -> {name: float32 [N,1,64,64]}``
-  (always the runtime's scoring implementation).
-
-Lanes:
-
-- ``torch``: the PyTorch FP32 eager reference on CPU (``ddad_edge.reference.dual_stats`` on the
-  run's two modules). Every other lane is compared with it.
-- ``torch-cuda``, ``torch-cuda-fp16`` (autocast), ``torch-cuda-graphs``,
-  ``torch-cuda-fp16-graphs`` (the same, replayed from a CUDA graph captured per batch size).
-- ``ort``, ``ort-fp16``, ``ort-int8``: the runtime ``Scorer`` on onnxruntime CPU, bundle graphs
-  dual_fp32 / dual_fp16 / dual_int8; ``ort-cuda[-fp16]``, ``ort-trt[-fp16]``, ``trt[-fp16]``: the
-  Scorer's GPU backends.
-- ``ort-fp16w``: the Scorer on a variant bundle whose dual_fp32 graph was rewritten with
-  FP16-stored weights (see :mod:`ddad_edge.benchmarks.variants`).
-
-A lane that cannot run here raises :class:`LaneUnavailable` with the reason, which the reports
-print as "not available: <reason>" (never dropped silently).
+"""The scorers under test ("lanes"), all with the same stages: ``load(paths) -> LoadedBatch``
+(decode + preprocess), ``infer(x) -> stats`` (x float32 [N, 1, 64, 64] -> {"mean_a", "std_a",
+"mean_b", "std_b"[, "var_b"]}, float32 host arrays), ``scores`` / ``maps`` (image scores [N] /
+score maps [N, 1, 64, 64]). Loading and scoring are always the runtime's single implementation;
+only ``infer`` differs. ``torch`` (the PyTorch FP32 eager reference on CPU) is what every other
+lane is compared with; benchmarks/README.md, "Lanes", lists them all. A lane that cannot run here
+raises :class:`LaneUnavailable` with the reason, which the reports print (never dropped).
 """
 
 from __future__ import annotations
@@ -92,23 +77,10 @@ TOLERANCES: dict[str, float] = {"fp32": 0.001} | dict.fromkeys(
     ("fp16", "int8", "fp16w"), REDUCED_TOLERANCE
 )
 """Largest |ΔAUC| against the reference that ``parity`` allows a lane, by its precision."""
-CPU_LANES: tuple[str, ...] = ("torch", "ort", "ort-fp16", "ort-int8", "ort-fp16w")
-GPU_LANES: tuple[str, ...] = (
-    "torch-cuda",
-    "torch-cuda-fp16",
-    "torch-cuda-graphs",
-    "torch-cuda-fp16-graphs",
-    "ort-cuda",
-    "ort-cuda-fp16",
-    "ort-trt",
-    "ort-trt-fp16",
-    "trt",
-    "trt-fp16",
-)
-DEFAULT_LANES: tuple[str, ...] = (*CPU_LANES, *GPU_LANES)
-
-
-LANE_PRECISIONS: tuple[str, ...] = ("fp32", "fp16", "int8", "fp16w")
+CPU_LANES = tuple(n for n, s in LANE_SPECS.items() if s.backend in ("cpu", "ort-cpu"))
+GPU_LANES = tuple(n for n in LANE_SPECS if n not in CPU_LANES)
+DEFAULT_LANES = (*CPU_LANES, *GPU_LANES)
+LANE_PRECISIONS = ("fp32", "fp16", "int8", "fp16w")
 
 
 def parse_lanes(text: str, precision: str = "all") -> list[str]:
@@ -118,33 +90,22 @@ def parse_lanes(text: str, precision: str = "all") -> list[str]:
     Always puts the reference lane first (it is added when missing). ValueError on an unknown
     name or precision, or when the precision leaves no lane but the reference.
     """
-    precs = (
-        set(LANE_PRECISIONS) if precision == "all" else {p.strip() for p in precision.split(",")}
-    )
-    if not precs or precs - set(LANE_PRECISIONS):
+    known = set(LANE_PRECISIONS)
+    precs = known if precision == "all" else {p.strip() for p in precision.split(",")}
+    if not precs or precs - known:
         raise ValueError(
             f"unknown precision in {precision!r}; known: {', '.join(LANE_PRECISIONS)} or all"
         )
-    names = [n for n in _named_lanes(text) if LANE_SPECS[n].precision in precs]
+    groups = {"default": DEFAULT_LANES, "all": DEFAULT_LANES, "cpu": CPU_LANES, "gpu": GPU_LANES}
+    named = [n for t in text.split(",") if t.strip() for n in groups.get(t.strip(), (t.strip(),))]
+    if unknown := [n for n in named if n not in LANE_SPECS]:
+        raise ValueError(f"unknown backend {unknown[0]!r}; known: {', '.join(LANE_SPECS)}")
+    names = [
+        n for n in dict.fromkeys(named) if n != REFERENCE_LANE and LANE_SPECS[n].precision in precs
+    ]
     if not names and precision != "all":
         raise ValueError(f"no lane of precision {precision} among {text!r} but the reference")
     return [REFERENCE_LANE, *names]
-
-
-def _named_lanes(text: str) -> list[str]:
-    """The lanes ``text`` names, groups expanded, in order, without repeats or the reference."""
-    names: list[str] = []
-    for raw in text.split(","):
-        t = raw.strip()
-        if not t:
-            continue
-        group = {"default": DEFAULT_LANES, "all": DEFAULT_LANES, "cpu": CPU_LANES, "gpu": GPU_LANES}
-        for n in group.get(t, (t,)):
-            if n not in LANE_SPECS:
-                raise ValueError(f"unknown backend {n!r}; known: {', '.join(LANE_SPECS)}")
-            if n not in names:
-                names.append(n)
-    return [n for n in names if n != REFERENCE_LANE]
 
 
 class Lane:
@@ -227,15 +188,9 @@ class TorchLane(Lane):
     def info(self) -> dict[str, Any]:
         import torch
 
-        d = super().info()
-        d.update(
-            run=str(self.run_dir),
-            device=str(self.device),
-            cuda_graphs=self.spec.cuda_graphs,
-            autocast_fp16=self.spec.precision == "fp16",
-            torch_threads=torch.get_num_threads(),
-            huge_pages=self.huge_pages,
-        )
+        d = super().info() | {"run": str(self.run_dir), "device": str(self.device)}
+        d |= {"cuda_graphs": self.spec.cuda_graphs, "autocast_fp16": self.spec.precision == "fp16"}
+        d |= {"torch_threads": torch.get_num_threads(), "huge_pages": self.huge_pages}
         if self.device.type == "cuda":
             d["gpu"] = torch.cuda.get_device_name(self.device)
         return d
@@ -357,10 +312,8 @@ class RuntimeLane(Lane):
         )
 
     def info(self) -> dict[str, Any]:
-        d = super().info()
-        d["bundle"] = str(self.bundle)
-        d["scorer"] = {**self.scorer.describe(), "warm_up": self.warm_up}
-        return d
+        scorer = {**self.scorer.describe(), "warm_up": self.warm_up}
+        return super().info() | {"bundle": str(self.bundle), "scorer": scorer}
 
     def load(self, paths: Sequence[str | os.PathLike[str]]) -> LoadedBatch:
         return self.scorer.load(list(paths))
@@ -387,20 +340,9 @@ def open_lane(
     max_batch: int = 256,
     intra_op_threads: int | None = None,
 ) -> Lane:
-    """Open one lane by name.
-
-    Args:
-        name: a key of LANE_SPECS.
-        bundle: the export bundle folder.
-        run_dir: the PyTorch run (needed by the torch lanes).
-        work_dir: where a variant lane's bundle is built (``work_dir/<precision>``, once: a later
-            open reuses it).
-        max_batch: largest batch one Scorer inference call takes.
-        intra_op_threads: onnxruntime CPU threads (None: the runtime's default, physical cores).
-
-    Raises:
-        LaneUnavailable: with the reason this lane cannot run here.
-    """
+    """Open lane ``name`` (a key of LANE_SPECS) of ``bundle`` (the torch lanes: of ``run_dir``);
+    a variant lane's bundle is built once under ``work_dir/<precision>``; ``max_batch``: the
+    largest batch one Scorer call takes. LaneUnavailable with the reason it cannot run here."""
     spec = LANE_SPECS[name]
     if spec.family == "torch":
         if run_dir is None:
