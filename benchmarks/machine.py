@@ -15,16 +15,10 @@ from typing import Any
 from ddad_edge.runtime.backends import ort_providers
 from ddad_edge.runtime.cpu import core_ids, cpuinfo_records, usable_cpus
 
-LIBRARIES: tuple[str, ...] = (
-    "numpy",
-    "onnx",
-    "onnxruntime",
-    "torch",
-    "tensorrt",
-    "PIL",
-    "pydicom",
-    "matplotlib",
-)
+LIBRARIES = ("numpy", "onnx", "onnxruntime", "torch", "tensorrt", "PIL", "pydicom", "matplotlib")
+# the SIMD flags that matter for int8 / fp16 kernels
+SIMD_FLAGS = ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "avx512_fp16", "avx_vnni")
+SIMD_FLAGS += ("amx_tile", "amx_int8", "amx_bf16", "f16c")
 
 
 def _read(path: str) -> str:
@@ -36,31 +30,17 @@ def _read(path: str) -> str:
 
 
 def cpu_info() -> dict[str, Any]:
-    """CPU model, logical/physical/usable cores and the SIMD flags that matter for int8/fp16."""
+    """CPU model, logical/physical/usable cores and its SIMD_FLAGS."""
     records = cpuinfo_records()
     first = records[0] if records else {}
-    model = first.get("model name", "")
-    flags = set(first.get("flags", "").split())
-    interesting = (
-        "avx2",
-        "fma",
-        "avx512f",
-        "avx512_vnni",
-        "avx512_bf16",
-        "avx512_fp16",
-        "avx_vnni",
-        "amx_tile",
-        "amx_int8",
-        "amx_bf16",
-        "f16c",
-    )
+    model, flags = first.get("model name", ""), set(first.get("flags", "").split())
     return {
         "model": model or platform.processor() or platform.machine(),
         "llc_bytes": llc_bytes(),
         "logical_cores": os.cpu_count(),
         "physical_cores": len(core_ids(records)) or None,
         "usable_cores": len(usable_cpus()),
-        "flags": [f for f in interesting if f in flags],
+        "flags": [f for f in SIMD_FLAGS if f in flags],
         "arch": platform.machine(),
     }
 
@@ -139,9 +119,8 @@ def gpu_description() -> dict[str, Any]:
 
 def thread_settings() -> dict[str, Any]:
     """Threading knobs that change the numbers: torch threads and the usual env variables."""
-    out: dict[str, Any] = {
-        k: os.environ.get(k) for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
-    }
+    env = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
+    out: dict[str, Any] = {k: os.environ.get(k) for k in env}
     try:
         import torch
 
