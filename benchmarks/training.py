@@ -19,13 +19,24 @@ import numpy as np
 from ddad_edge.train import TrainConfig, make_optimizer, member_permutation, train_epoch
 
 
-def _timed_steps(
-    model: Any, opt: Any, data: Any, perms: list[np.ndarray], batch: int, steps: int, sync: Any
+def _step_seconds(
+    net: Any, cfg: TrainConfig, data: Any, perms: list[np.ndarray], steps: int, warmup: int
 ) -> float:
+    """Seconds per optimisation step of ``net`` (a fresh optimizer), after ``warmup`` steps."""
+    import torch
+
+    opt = make_optimizer(net, cfg)
+
+    def run(n: int) -> None:
+        train_epoch(net, opt, data, perms, cfg.batch_size, max_steps=n)
+        if data.device.type == "cuda":
+            torch.cuda.synchronize()
+
+    if warmup:
+        run(warmup)
     t0 = time.perf_counter()
-    train_epoch(model, opt, data, perms, batch, max_steps=steps)
-    sync()
-    return time.perf_counter() - t0
+    run(steps)
+    return (time.perf_counter() - t0) / steps
 
 
 def compare_fused_separate(
@@ -40,22 +51,13 @@ def compare_fused_separate(
     device: str = "cpu",
     seed: int = 0,
 ) -> dict[str, Any]:
-    """Per-step and projected epoch times of fused vs separate training.
+    """Per-step and projected epoch times of fused vs separate training (module docstring).
 
-    Args:
-        data: float32 [M, 1, 64, 64] training images, M >= batch_size * steps.
-        kind, k: network kind and members per module.
-        batch_size: images per member per step.
-        steps: timed optimisation steps per side (after ``warmup_steps`` untimed ones).
-        epoch_sizes: images per epoch of each module for the projection, e.g.
-            {"A": |D| + |Du|, "B": |D|} (default {"data": M}).
-        device: torch device ("cpu" or "cuda").
-        seed: seed of initialisation and permutations.
-
-    Returns:
-        {"kind", "k", "batch_size", "steps", "device", "torch_threads", "epoch_sizes",
-         "fused": {"step_s", "epoch_s_per_module"}, "separate": {"step_s" (all K members),
-         "epoch_s_per_module", "member_step_s": [K]}, "speedup": separate / fused}.
+    data: float32 [M, 1, 64, 64], M >= batch_size * steps; epoch_sizes: images per epoch of
+    each module for the projection, e.g. {"A": |D| + |Du|, "B": |D|} (default {"data": M}).
+    Returns {"kind", "k", "batch_size", "steps", "device", "torch_threads", "epoch_sizes",
+    "fused": {"step_s", "epoch_s_per_module"}, "separate": {... "member_step_s": [K]},
+    "speedup": separate / fused}.
     """
     import torch
 
@@ -66,25 +68,15 @@ def compare_fused_separate(
         raise ValueError(f"{m} images are fewer than {steps} steps of {batch_size}")
     dev = torch.device(device)
     x = torch.from_numpy(np.ascontiguousarray(data, np.float32)).to(dev)
-    sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
     cfg = TrainConfig(kind=kind, k=k, batch_size=batch_size, seed=seed)
     perms = [member_permutation(seed, "A", i, 0, m) for i in range(k)]
 
-    fused = FusedEnsemble.seeded(kind, k, seed).to(dev)
-    opt = make_optimizer(fused, cfg)
-    if warmup_steps:
-        _timed_steps(fused, opt, x, perms, batch_size, warmup_steps, sync)
-    fused_s = _timed_steps(fused, opt, x, perms, batch_size, steps, sync) / steps
-    del fused, opt
+    def step_s(members: int, model_seed: int, member_perms: list[np.ndarray]) -> float:
+        net = FusedEnsemble.seeded(kind, members, model_seed).to(dev)
+        return _step_seconds(net, cfg, x, member_perms, steps, warmup_steps)
 
-    member_s = []
-    for i in range(k):
-        net = FusedEnsemble.seeded(kind, 1, seed * 100 + i).to(dev)
-        opt = make_optimizer(net, cfg)
-        if warmup_steps:
-            _timed_steps(net, opt, x, [perms[i]], batch_size, warmup_steps, sync)
-        member_s.append(_timed_steps(net, opt, x, [perms[i]], batch_size, steps, sync) / steps)
-        del net, opt
+    fused_s = step_s(k, seed, perms)
+    member_s = [step_s(1, seed * 100 + i, [perms[i]]) for i in range(k)]
     sizes = dict(epoch_sizes or {"data": m})
     sep_s = float(sum(member_s))
 
