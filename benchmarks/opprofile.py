@@ -1,19 +1,8 @@
-"""Where the time of one onnxruntime CPU inference goes, by kind of operation.
-
-Runs a graph with onnxruntime's profiler on (same session settings as the runtime's CPU backend),
-sums the kernel time of every node per *class* of operation, and sets the FLOPs that the graph
-itself assigns to each class (``flops.count_flops``) against that time:
-
-- ``matmul``: MatMul / Gemm and the fused forms onnxruntime makes of them (FusedGemm,
-  FusedMatMul, MatMulInteger, DynamicQuantizeMatMul ...);
-- ``conv``: Conv (onnxruntime's blocked NCHWc convolutions included, Relu fused in);
-- ``convtranspose``: ConvTranspose;
-- ``data movement``: DepthToSpace, Concat, Split, Transpose, Reshape, Slice, layout reorders,
-  and the decoder's pixel interleave (a MatMul by a permutation matrix, node ``Interleave_*``);
-- ``other``: elementwise ops, reductions, softmax, casts (the member mean / std).
-
-Profiling adds a little overhead per node; the split is for diagnosis, the bench's timings are
-taken without it.
+"""Where the time of one onnxruntime CPU inference goes: the graph run with onnxruntime's
+profiler on (the runtime's CPU session settings), kernel time summed per class of operation
+(:func:`op_class`: matmul, conv, convtranspose, data movement incl. the decoder's pixel
+interleave, other = elementwise and the member mean / std) beside the FLOPs the graph assigns to
+each class. The profiler adds a little overhead per node: the split is for diagnosis only.
 """
 
 from __future__ import annotations
@@ -28,18 +17,8 @@ from typing import Any
 import numpy as np
 
 MATMUL_OPS = ("MatMul", "Gemm", "FusedGemm", "FusedMatMul", "MatMulInteger", "QLinearMatMul")
-MOVEMENT_OPS = (
-    "DepthToSpace",
-    "Concat",
-    "Split",
-    "Transpose",
-    "Reshape",
-    "Slice",
-    "Squeeze",
-    "Unsqueeze",
-    "ReorderInput",
-    "ReorderOutput",
-)
+MOVEMENT_OPS = ("DepthToSpace", "Concat", "Split", "Transpose", "Reshape", "Slice", "Squeeze")
+MOVEMENT_OPS += ("Unsqueeze", "ReorderInput", "ReorderOutput")
 CLASSES = ("matmul", "conv", "convtranspose", "data movement", "other")
 
 
@@ -83,15 +62,41 @@ def profile_by_class(
         so.enable_profiling = True
         so.profile_file_prefix = str(Path(tmp) / "ort")
         sess = ort.InferenceSession(str(onnx_path), so, providers=["CPUExecutionProvider"])
-        name = sess.get_inputs()[0].name
+        feed = {sess.get_inputs()[0].name: x}
         for _ in range(warmup):
-            sess.run(None, {name: x})
+            sess.run(None, feed)
         walls = []
         for _ in range(reps):
             t0 = time.perf_counter()
-            sess.run(None, {name: x})
+            sess.run(None, feed)
             walls.append(time.perf_counter() - t0)
         events = json.loads(Path(sess.end_profiling()).read_text())
+    n_runs, per_class = _kernel_ms(events, reps)
+    fl_class: dict[str, int] = dict.fromkeys(CLASSES, 0)
+    for op, f in count_flops(load_graph(onnx_path), batch)["by_op"].items():
+        fl_class[op_class(op)] += f
+    total = sum(per_class.values())
+    classes = {
+        c: {
+            "ms": ms,
+            "share": ms / total if total else float("nan"),
+            "gflop": fl_class[c] / 1e9,
+            "gflops": fl_class[c] / (ms / 1e3) / 1e9 if ms > 0 and fl_class[c] else None,
+        }
+        for c, ms in per_class.items()
+    }
+    wall_ms = float(np.median(walls) * 1e3)
+    return {
+        "batch": batch,
+        "reps": n_runs,
+        "wall_ms": wall_ms,
+        "kernel_ms": total,
+        "classes": classes,
+    }
+
+
+def _kernel_ms(events: list[dict[str, Any]], reps: int) -> tuple[int, dict[str, float]]:
+    """(runs, {class: kernel ms per run}) over the last ``reps`` runs of an onnxruntime profile."""
     per_class: dict[str, float] = dict.fromkeys(CLASSES, 0.0)
     runs = [e for e in events if e.get("cat") == "Session" and e.get("name") == "model_run"]
     timed = runs[-reps:] if len(runs) >= reps else runs
@@ -99,30 +104,11 @@ def profile_by_class(
         raise RuntimeError("onnxruntime's profile has no model_run events")
     t0, t1 = timed[0]["ts"], timed[-1]["ts"] + timed[-1]["dur"]
     for e in events:
-        if e.get("cat") != "Node" or not e.get("name", "").endswith("_kernel_time"):
-            continue
-        if not t0 <= e["ts"] <= t1:
-            continue
-        cls = op_class(e.get("args", {}).get("op_name", ""), e["name"])
-        per_class[cls] += e["dur"] / 1e3 / len(timed)
-    flops = count_flops(load_graph(onnx_path), batch)["by_op"]
-    fl_class: dict[str, int] = dict.fromkeys(CLASSES, 0)
-    for op, f in flops.items():
-        fl_class[op_class(op)] += f
-    total = sum(per_class.values())
-    classes = {}
-    for c in CLASSES:
-        ms = per_class[c]
-        classes[c] = {
-            "ms": ms,
-            "share": ms / total if total else float("nan"),
-            "gflop": fl_class[c] / 1e9,
-            "gflops": fl_class[c] / (ms / 1e3) / 1e9 if ms > 0 and fl_class[c] else None,
-        }
-    return {
-        "batch": batch,
-        "reps": len(timed),
-        "wall_ms": float(np.median(walls) * 1e3),
-        "kernel_ms": total,
-        "classes": classes,
-    }
+        if (
+            e.get("cat") == "Node"
+            and e.get("name", "").endswith("_kernel_time")
+            and t0 <= e["ts"] <= t1
+        ):
+            cls = op_class(e.get("args", {}).get("op_name", ""), e["name"])
+            per_class[cls] += e["dur"] / 1e3 / len(timed)
+    return len(timed), per_class
