@@ -31,19 +31,8 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, shape_inference
 
-COUNTED_OPS: frozenset[str] = frozenset(
-    {
-        "Conv",
-        "ConvTranspose",
-        "ConvInteger",
-        "QLinearConv",
-        "MatMul",
-        "Gemm",
-        "MatMulInteger",
-        "QLinearMatMul",
-        "FusedMatMul",
-    }
-)
+COUNTED_OPS = frozenset(("Conv", "ConvTranspose", "ConvInteger", "QLinearConv", "MatMul", "Gemm"))
+COUNTED_OPS |= {"MatMulInteger", "QLinearMatMul", "FusedMatMul"}
 UNCOUNTED_COMPUTE_OPS: frozenset[str] = frozenset({"Einsum", "Attention", "LSTM", "GRU", "RNN"})
 _WEIGHT_INPUT = {"Conv": 1, "ConvTranspose": 1, "ConvInteger": 1, "QLinearConv": 3}
 _STRIP_ABOVE = 4096  # initializers with more elements lose their data in the shape-only copy
@@ -263,14 +252,3 @@ def graph_cost(path: str | os.PathLike[str], batches: list[int]) -> dict[str, An
         "weights": weight_bytes(model),
         "flops": {str(b): count_flops(model, b) for b in batches},
     }
-
-
-__all__ = [
-    "COUNTED_OPS",
-    "count_flops",
-    "graph_cost",
-    "is_permutation_matmul",
-    "load_graph",
-    "permutation_initializers",
-    "weight_bytes",
-]

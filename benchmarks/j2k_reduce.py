@@ -1,20 +1,12 @@
-"""AUC parity and speed of reduced-resolution JPEG 2000 decoding (``runtime/dicom.py``).
+"""AUC parity and speed of reduced-resolution JPEG 2000 decoding (``runtime/dicom.py``), run as
+``python -m ddad_edge.benchmarks.j2k_reduce`` (benchmarks/README.md):
 
-Two steps, run as ``python -m ddad_edge.benchmarks.j2k_reduce``:
-
-- ``encode SPLIT.json OUT/ [--upsample F] [--fullres DIR]``: each test image of a split
-  manifest (or, with ``--fullres``, each image of a ``labels.csv`` folder such as
-  ``kermany-fullres``) as a grey 8-bit DX DICOM compressed with pydicom's JPEG 2000 Lossless
-  encoder (pylibjpeg-openjpeg), optionally upsampled F x (bicubic) first so that the reduced
-  level applies to small images; ``OUT/labels.csv`` lists file and label.
-- ``compare BUNDLE OUT/ [-o result.json]``: every file decoded twice, at full resolution
-  (``target_size=None``) and as the scorer decodes it (reduced level), both preprocessed and
-  scored with the bundle (FP32); the AUC of each score from both decodes, |ΔAUC| against the
-  FP16 gate's tolerance (0.003), the largest relative change of an image score, and the decode
-  times (medians, ms).
-
-Lossless compression keeps the pixels exact, so the only difference between the two arms is
-the decoded resolution.
+- ``encode SPLIT.json OUT/ [--upsample F] [--fullres]``: each test image of a split (or of a
+  ``labels.csv`` folder) as a grey 8-bit DX DICOM, JPEG 2000 Lossless (pixels exact: the arms
+  differ only in the decoded resolution), optionally upsampled F x (bicubic) first;
+- ``compare BUNDLE OUT/ [-o result.json]``: every file decoded at full resolution and at the
+  scorer's reduced level, both scored (FP32): each score's AUC from both, |ΔAUC| against the
+  reduced-precision tolerance, the largest relative change of an image score, decode times.
 """
 
 from __future__ import annotations
@@ -83,19 +75,17 @@ def _fullres_items(folder: Path) -> list[tuple[Path, int]]:
         return [(folder / r["path"], int(r["label"])) for r in csv.DictReader(fh)]
 
 
-def _decode_both(path: Path) -> tuple[np.ndarray, np.ndarray, float, float, tuple[int, int]]:
-    """(full input, reduced input, full ms, reduced ms, reduced shape)."""
+def _decoded(path: Path, arm: str) -> tuple[np.ndarray, float, tuple[int, ...]]:
+    """(preprocessed input, decode ms, decoded shape) of ``path``, at full resolution (``arm``
+    "full") or at the reduced level the scorer uses ("reduced")."""
     from ddad_edge.runtime.io import read_image
     from ddad_edge.runtime.preprocess import preprocess
 
+    kw = {"target_size": None} if arm == "full" else {}
     t = time.perf_counter()
-    full = read_image(path, target_size=None).image
-    t_full = time.perf_counter() - t
-    t = time.perf_counter()
-    reduced = read_image(path).image
-    t_red = time.perf_counter() - t
-    shape = (int(reduced.shape[0]), int(reduced.shape[1]))
-    return preprocess(full), preprocess(reduced), t_full * 1e3, t_red * 1e3, shape
+    image = read_image(path, **kw).image
+    ms = (time.perf_counter() - t) * 1e3
+    return preprocess(image), ms, tuple(int(d) for d in image.shape[:2])
 
 
 def compare(bundle: Path, folder: Path) -> dict[str, Any]:
@@ -106,45 +96,34 @@ def compare(bundle: Path, folder: Path) -> dict[str, Any]:
     with open(folder / "labels.csv", newline="") as fh:
         rows = list(csv.DictReader(fh))
     labels = np.array([int(r["label"]) for r in rows])
-    arms: dict[str, list[np.ndarray]] = {"full": [], "reduced": []}
-    times: dict[str, list[float]] = {"full": [], "reduced": []}
-    shapes = set()
-    for r in rows:
-        xf, xr, tf, tr, shape = _decode_both(folder / r["file"])
-        arms["full"].append(xf)
-        arms["reduced"].append(xr)
-        times["full"].append(tf)
-        times["reduced"].append(tr)
-        shapes.add(shape)
+    # each file decoded full then reduced, as before
+    decoded = [[_decoded(folder / r["file"], arm) for arm in ("full", "reduced")] for r in rows]
+    arms = {arm: [d[i] for d in decoded] for i, arm in enumerate(("full", "reduced"))}
+    times = {arm: np.array([t for _, t, _ in ds]) for arm, ds in arms.items()}
     scorer = Scorer.from_bundle(bundle, backend="ort-cpu", max_batch=32)
     scores = {}
-    for arm, xs in arms.items():
-        x = np.stack(xs)
-        scores[arm] = {n: v for n, v in scorer.scores(x, scorer.infer(x)).image.items()}
-    aucs = {n: {arm: roc_auc(labels, scores[arm][n]) for arm in arms} for n in scores["full"]}
+    for arm, ds in arms.items():
+        x = np.stack([x for x, _, _ in ds])
+        scores[arm] = scorer.scores(x, scorer.infer(x)).image
+    full, reduced = scores["full"], scores["reduced"]
+    aucs = {
+        n: {"full": roc_auc(labels, full[n]), "reduced": roc_auc(labels, reduced[n])} for n in full
+    }
     for a in aucs.values():
         a["delta"] = a["reduced"] - a["full"]
-    rel = {
-        n: float(np.max(np.abs(scores["reduced"][n] / scores["full"][n] - 1)))
-        for n in scores["full"]
-    }
     return {
         "files": len(rows),
         "abnormal": int(labels.sum()),
-        "reduced_shapes": sorted(shapes)[:5],
+        "reduced_shapes": sorted({shape for _, _, shape in arms["reduced"]})[:5],
         "auc": aucs,
         "tolerance": REDUCED_TOLERANCE,
         "passed": all(abs(a["delta"]) <= REDUCED_TOLERANCE for a in aucs.values()),
-        "max_relative_score_change": rel,
+        "max_relative_score_change": {
+            n: float(np.max(np.abs(reduced[n] / full[n] - 1))) for n in full
+        },
         "decode_ms_median": {arm: float(np.median(t)) for arm, t in times.items()},
-        "speedup_median": float(np.median(np.array(times["full"]) / np.array(times["reduced"]))),
+        "speedup_median": float(np.median(times["full"] / times["reduced"])),
     }
-
-
-def _current_margin() -> int:
-    from ddad_edge.runtime.dicom import J2K_MARGIN
-
-    return J2K_MARGIN
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -170,7 +149,9 @@ def main(argv: list[str] | None = None) -> None:
 
         dicom.J2K_MARGIN = a.margin
     result = compare(a.bundle, a.folder)
-    result["margin"] = a.margin or _current_margin()
+    from ddad_edge.runtime.dicom import J2K_MARGIN
+
+    result["margin"] = a.margin or J2K_MARGIN
     text = json.dumps(result, indent=2)
     if a.output:
         a.output.write_text(text + "\n")

@@ -1,8 +1,5 @@
-"""Pure-numpy statistics for the benchmarks: timing summaries, rank correlation, paired bootstrap.
-
-Nothing here times, loads or prints anything; every function is a deterministic transformation of
-arrays (the bootstrap takes an explicit seed).
-"""
+"""Pure-numpy statistics: timing summaries, rank correlation, paired bootstrap (deterministic;
+the bootstrap takes an explicit seed)."""
 
 from __future__ import annotations
 
@@ -17,16 +14,8 @@ PERCENTILES: tuple[int, ...] = (50, 95, 99)
 
 
 def summarize_times(samples_s: np.ndarray | list[float]) -> TimeSummary:
-    """Summary of repeated timings.
-
-    Args:
-        samples_s: float [R] durations in seconds, R >= 1 (warm-up already excluded).
-
-    Returns:
-        {"n", "mean_ms", "std_ms", "min_ms", "max_ms", "p50_ms", "p95_ms", "p99_ms"}; times in
-        milliseconds, percentiles by linear interpolation between order statistics (numpy's
-        default), so with few repetitions p99 is close to the maximum.
-    """
+    """Summary (ms) of R >= 1 timed durations ``samples_s`` (float [R], seconds); percentiles
+    interpolate linearly between order statistics, so with few repetitions p99 ~ the maximum."""
     s = np.asarray(samples_s, dtype=np.float64).ravel() * 1e3
     if s.size == 0:
         raise ValueError("no timing samples")
@@ -68,24 +57,12 @@ def paired_bootstrap_delta(
     level: float = 0.95,
     metric: Callable[[np.ndarray, np.ndarray], float] = roc_auc,
 ) -> dict[str, float]:
-    """Paired bootstrap of metric(new) - metric(ref) over images.
-
-    Each resample draws N image indices with replacement and evaluates BOTH score vectors on the
-    same indices, so the interval reflects the difference between the two scorers, not the
-    sampling noise each has on its own. Resamples that contain a single class are redrawn.
-
-    Args:
-        labels: int [N], 0 normal / 1 abnormal.
-        scores_ref, scores_new: float [N] image scores of the reference and the scorer under test.
-        n_boot: number of resamples.
-        seed: seed of the index draws (numpy default_rng).
-        level: two-sided confidence level of the percentile interval.
-        metric: metric(labels, scores) -> float (default: ROC AUC).
-
-    Returns:
-        {"delta": metric(new) - metric(ref) on all images, "lo", "hi": the percentile interval,
-         "n_boot"}.
-    """
+    """Paired bootstrap of metric(labels, new) - metric(labels, ref) over N images (labels int
+    [N], scores float [N]): each of ``n_boot`` resamples draws N image indices with replacement
+    (seeded) and evaluates BOTH score vectors on them, so the interval reflects the difference
+    between the two scorers, not each one's sampling noise; single-class resamples are redrawn.
+    Returns {"delta" (on all images), "lo", "hi" (two-sided ``level`` percentile interval),
+    "n_boot"}."""
     y = np.asarray(labels).astype(np.int64).ravel()
     a = np.asarray(scores_ref, dtype=np.float64).ravel()
     b = np.asarray(scores_new, dtype=np.float64).ravel()

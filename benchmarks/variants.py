@@ -44,24 +44,21 @@ def make_fp16_weights(src: Path, dst: Path, min_elements: int = FP16W_MIN_ELEMEN
     g = model.graph
     kept, casts = [], []
     for t in g.initializer:
-        if t.data_type == TensorProto.FLOAT and int(np.prod(t.dims)) >= min_elements:
-            a = numpy_helper.to_array(t)
-            kept.append(numpy_helper.from_array(a.astype(np.float16), f"{t.name}__fp16"))
-            casts.append(
-                helper.make_node(
-                    "Cast",
-                    [f"{t.name}__fp16"],
-                    [t.name],
-                    name=f"Cast_{t.name}_to_fp32",
-                    to=TensorProto.FLOAT,
-                )
-            )
-        else:
+        if t.data_type != TensorProto.FLOAT or int(np.prod(t.dims)) < min_elements:
             kept.append(t)
-    del g.initializer[:]
-    g.initializer.extend(kept)
+            continue
+        half = numpy_helper.from_array(
+            numpy_helper.to_array(t).astype(np.float16), f"{t.name}__fp16"
+        )
+        kept.append(half)
+        casts.append(
+            helper.make_node(
+                "Cast", [half.name], [t.name], name=f"Cast_{t.name}_to_fp32", to=TensorProto.FLOAT
+            )
+        )
     nodes = list(g.node)
-    del g.node[:]
+    del g.initializer[:], g.node[:]
+    g.initializer.extend(kept)
     g.node.extend(casts + nodes)
     onnx.save(model, str(dst))
     return Path(dst)
@@ -79,12 +76,11 @@ def make_variant_bundle(
     bundle, out_dir = Path(bundle), Path(out_dir)
     manifest = read_manifest(bundle)
     key = graph_key("dual", "fp32")
-    entry = manifest["graphs"].get(key)
-    if entry is None:
+    if (entry := manifest["graphs"].get(key)) is None:
         raise ValueError(
             f"{bundle}: bundle has no {key} graph to derive the {variant} variant from"
         )
-    graph_name = entry["file"]
+    graph_name, path = entry["file"], out_dir / entry["file"]
     out_dir.mkdir(parents=True, exist_ok=True)
     if any(out_dir.iterdir()):
         raise FileExistsError(f"{out_dir}: not empty")
@@ -97,9 +93,8 @@ def make_variant_bundle(
         shutil.copyfile(graph_file, tmp)
     else:
         make_fp16_weights(bundle / graph_name, Path(tmp))
-    os.replace(tmp, out_dir / graph_name)
+    os.replace(tmp, path)
     new = json.loads(json.dumps(manifest))
-    path = out_dir / graph_name
     digest, size = sha256_file(path), path.stat().st_size
     new["files"][graph_name] = {"sha256": digest, "bytes": size}
     new["graphs"][key].update(sha256=digest, bytes=size)
