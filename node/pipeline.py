@@ -11,10 +11,9 @@ Stages (each timed, seconds, in ``Outcome.times``):
    the calibrated operating point gives the flag.
 4. ``build``: a TID 1500 SR for every object (scored: the flag, scores and threshold;
    abstained: "not evaluated" with the reason), encoded as a DICOM file and delivered first.
-   Once the gate accepts an image its SR is drafted in a background thread while the image is
-   decoded and scored (``dicom_results.draft_record``), and the scores and decision are filled
-   in (``fill_sr``) when known, so building the SR (pure Python in highdicom) overlaps the
-   decode and the inference instead of following them;
+   A scored object's SR comes from a template (``runtime.sr_templates``): highdicom builds
+   the SR of the first object of each header shape, later ones fill in their own values, so
+   the decision does not wait for per-object highdicom work;
    for scored objects the heat-map Secondary Capture (``runtime.dicom_results``) follows as a
    :class:`~ddad_edge.node.worker.Later`, built by the worker once the SR is queued, at most
    ``OVERLAY_MAX_SIDE`` pixels on its longer side (a display aid, not the diagnostic image).
@@ -25,10 +24,8 @@ it is abstained with the reason, recorded in the journal and the JSON line.
 
 from __future__ import annotations
 
-import io
 import os
 import time
-from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -46,29 +43,19 @@ class PipelineError(Exception):
     """The pipeline cannot be set up (bundle, calibration or backend)."""
 
 
-def encode(ds: Any) -> bytes:
-    """A pydicom Dataset as DICOM file bytes (preamble + file meta)."""
-    from pydicom import dcmwrite
-
-    buf = io.BytesIO()
-    dcmwrite(buf, ds, enforce_file_format=True)
-    return buf.getvalue()
-
-
 class Pipeline:
     """Callable ``row -> Outcome`` for the worker (thread-safe: the scorer is)."""
 
     def __init__(self, scorer: Any) -> None:
         from ddad_edge.runtime.dicom_results import AlgorithmInfo
+        from ddad_edge.runtime.sr_templates import DecisionSRs
 
         self.scorer = scorer
         self.algorithm = AlgorithmInfo.from_manifest(scorer.bundle.manifest)
+        self.srs = DecisionSRs(self.algorithm)
         # The bundle's fixed colour scale (as `score --heatmaps` uses), so maps compare.
         display = scorer.bundle.manifest.get("display", {}).get("heatmap_vmax", {})
         self.vmax: float | None = display.get(OVERLAY_SCORE)
-        self.score_names: list[str] = []  # set by warm()
-        # SRs are drafted here while the worker decodes and scores (runtime.dicom_results)
-        self._drafts = ThreadPoolExecutor(max_workers=2, thread_name_prefix="ddad-sr-draft")
 
     def warm(self) -> None:
         """Import what the first object would import (highdicom, the heat-map overlay) and run one
@@ -80,17 +67,16 @@ class Pipeline:
 
         overlay_heatmap(np.zeros((8, 8), np.float32), np.zeros((8, 8), np.float32))
         x = np.zeros((1, 1, IMAGE_SIZE, IMAGE_SIZE), np.float32)
-        self.score_names = list(self.scorer.scores(x, self.scorer.infer(x), maps=True).image)
+        self.scorer.scores(x, self.scorer.infer(x), maps=True)
 
     def __call__(self, row: ObjectRow) -> Outcome:
         from ddad_edge.runtime.scorer import ScoreResult
 
         times: dict[str, float] = {}
         record = ScoreResult(row.path)
-        draft: list[Future[Any]] = []
-        image = self._gate_and_score(row.path, record, times, draft)
+        image = self._gate_and_score(row.path, record, times)
         t = time.perf_counter()
-        results, later, note, study = self._build(row.path, record, image, draft)
+        results, later, note, study = self._build(row.path, record, image)
         times["build"] = time.perf_counter() - t  # the SR; the SC is timed by the worker
         state = SCORED if record.status == "scored" else ABSTAINED
         reason = None if state == SCORED else (record.reason or record.error)
@@ -102,12 +88,9 @@ class Pipeline:
             out["notes"] = [*out.get("notes", []), note]
         return Outcome(state, reason, out, results, times, later)
 
-    def _gate_and_score(
-        self, path: str, record: Any, times: dict[str, float], draft: list[Future[Any]]
-    ) -> np.ndarray | None:
+    def _gate_and_score(self, path: str, record: Any, times: dict[str, float]) -> np.ndarray | None:
         """Fill ``record`` (reason / error / scores / maps / flag); returns the decoded image
-        float32 [H, W] in [0, 1] when scored. Once the gate accepts the image, the SR of a
-        scored outcome is drafted in the background (appended to ``draft``)."""
+        float32 [H, W] in [0, 1] when scored."""
         from ddad_edge.runtime.io import ImageLoadError, load_image
         from ddad_edge.runtime.preprocess import PreprocessError, preprocess
 
@@ -122,7 +105,6 @@ class Pipeline:
         record.notes, record.reason = list(gate.notes), gate.reason
         if not gate.accepted:
             return None
-        draft.append(self._drafts.submit(self._draft_sr, path))
         t = time.perf_counter()
         try:
             image = load_image(path)
@@ -143,37 +125,15 @@ class Pipeline:
         times["score"] = time.perf_counter() - t
         return image
 
-    def _draft_sr(self, path: str) -> Any:
-        """The SR of ``path`` for a scored outcome with placeholder scores
-        (``dicom_results.draft_record``), to be filled in once the scores are known."""
-        from ddad_edge.runtime.dicom_results import build_sr, draft_record
-        from ddad_edge.runtime.gate import read_header
-
-        cal = self.scorer.calibration
-        op = cal.to_json() if cal is not None else None
-        return build_sr(read_header(path), draft_record(path, self.score_names, op), self.algorithm)
-
-    def _sr(self, source: Any, record: Any, draft: list[Future[Any]]) -> Any:
-        """The drafted SR filled with the record when it fits, else one built from it."""
-        from ddad_edge.runtime.dicom_results import build_sr, fill_sr
-
-        if draft and record.status == "scored":
-            try:
-                return fill_sr(draft[0].result(), record)
-            except Exception:  # noqa: BLE001 - a draft that does not fit: build it below
-                pass
-        for f in draft:
-            f.cancel()  # abstained after the gate (undecodable): the draft is not needed
-        return build_sr(source, record, self.algorithm)
-
     def _build(
-        self, path: str, record: Any, image: np.ndarray | None, draft: list[Future[Any]]
+        self, path: str, record: Any, image: np.ndarray | None
     ) -> tuple[list[ResultFile], list[Later], str | None, str | None]:
         """The SR as a result file now, the heat-map SC (scored objects) as a :class:`Later`, a
         note when no SR could be made for an abstained object, and the source's Study Instance
         UID (None when unreadable)."""
         from pydicom.uid import generate_uid
 
+        from ddad_edge.runtime.dicom_results import encode
         from ddad_edge.runtime.gate import read_header
 
         try:
@@ -184,7 +144,7 @@ class Pipeline:
         try:
             if source is None:
                 raise ValueError("no readable DICOM header with a Study Instance UID")
-            sr = self._sr(source, record, draft)
+            sr = self.srs.build(source, record)
         except Exception as e:
             if record.status == "scored":
                 raise

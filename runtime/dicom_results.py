@@ -320,67 +320,16 @@ def build_sr(
     return sr
 
 
-def draft_record(source: str, score_names: list[str], operating_point: dict | None) -> Any:
-    """A stand-in :class:`~ddad_edge.runtime.scorer.ScoreResult` for an image that is being
-    scored: the score names and operating point it will have, zero scores, flag "normal" (None
-    without an operating point). :func:`build_sr` of it, then :func:`fill_sr` with the real
-    record, equals :func:`build_sr` of the real record; so the SR can be built while the image
-    is still being decoded and scored."""
-    from ddad_edge.runtime.scorer import ScoreResult
+def encode(ds: Dataset) -> bytes:
+    """A data set as DICOM file bytes (preamble, file meta and the data set in its transfer
+    syntax), as a PACS receives it."""
+    import io
 
-    draft = ScoreResult(source)
-    draft.scores = {n: 0.0 for n in score_names}
-    draft.operating_point = operating_point
-    draft.flag = None if operating_point is None else "normal"
-    return draft
+    from pydicom import dcmwrite
 
-
-def _content_items(ds: Dataset) -> list[Dataset]:
-    """Every content item under ``ds`` (depth first)."""
-    out = []
-    for item in ds.get("ContentSequence", []):
-        out.append(item)
-        out.extend(_content_items(item))
-    return out
-
-
-def _concept(item: Dataset) -> tuple[str, str]:
-    name = item.get("ConceptNameCodeSequence")
-    return (str(name[0].CodingSchemeDesignator), str(name[0].CodeValue)) if name else ("", "")
-
-
-def fill_sr(sr: Dataset, record: ScoreResult) -> Dataset:
-    """Put a scored record's image scores and decision into an SR built from its
-    :func:`draft_record` (in place; returns ``sr``).
-
-    Raises:
-        ValueError: the SR does not hold exactly the record's scores and one assessment (it
-            was drafted for another bundle or operating point): build it again instead.
-    """
-    from pydicom.sr.codedict import codes
-    from pydicom.valuerep import DS
-
-    if record.status != "scored" or record.scores is None:
-        raise ValueError("only a scored record fills a drafted SR")
-    value, _ = _finding(record)
-    if (value == codes.SCT.NotEvaluated) != (record.flag is None):
-        raise ValueError("the drafted SR and the record disagree on the operating point")
-    scores, filled, assessed = dict(record.scores), set(), 0
-    for item in _content_items(sr):
-        scheme, code = _concept(item)
-        if scheme == SCHEME and code in scores and item.get("ValueType") == "NUM":
-            measured = item.MeasuredValueSequence[0]
-            measured.NumericValue = DS(float(scores[code]), auto_format=True)
-            measured.FloatingPointValue = float(scores[code])
-            filled.add(code)
-        elif (scheme, code) == (SCHEME, "assessment"):
-            concept = item.ConceptCodeSequence[0]
-            concept.CodeValue, concept.CodeMeaning = value.value, value.meaning
-            concept.CodingSchemeDesignator = value.scheme_designator
-            assessed += 1
-    if filled != set(scores) or assessed != 1:
-        raise ValueError(f"drafted SR holds scores {sorted(filled)}, record {sorted(scores)}")
-    return sr
+    buf = io.BytesIO()
+    dcmwrite(buf, ds, enforce_file_format=True)
+    return buf.getvalue()
 
 
 def _burn_label(rgb: np.ndarray, lines: list[str]) -> np.ndarray:
@@ -577,8 +526,7 @@ def build_results(
 
 __all__ = [
     "NOT_FOR_DIAGNOSIS",
-    "draft_record",
-    "fill_sr",
+    "encode",
     "heatmap_caption",
     "build_results",
     "AlgorithmInfo",

@@ -16,8 +16,6 @@ from ddad_edge.runtime.dicom_results import (
     AlgorithmInfo,
     build_heatmap_sc,
     build_sr,
-    draft_record,
-    fill_sr,
 )
 from ddad_edge.runtime.scorer import ScoreResult
 
@@ -88,23 +86,6 @@ def _values(ds: pydicom.Dataset) -> list[tuple]:
             value = item.TextValue
         out += [(concept, value), *_values(item)]
     return out
-
-
-@pytest.mark.parametrize("flag", ["abnormal", "normal", None])
-def test_drafted_sr_filled_equals_sr_built_from_the_record(tmp_path: Path, flag) -> None:
-    """The node drafts the SR while the image is scored, then fills in scores and decision:
-    the result says exactly what building it from the final record says, and validates."""
-    src = pydicom.dcmread(source("966_fixed"), force=True)
-    op = OP if flag else None
-    rec = ScoreResult("x.dcm", scores=dict(SCORES), flag=flag, operating_point=op)
-    drafted = build_sr(src, draft_record("x.dcm", list(SCORES), op), INFO)
-    filled = fill_sr(drafted, rec)
-    direct = build_sr(src, rec, INFO)
-    assert _values(filled) == _values(direct) and len(_values(direct)) > 10
-    assert any(v[0] == ("99DDAD", "inter") for v in _values(filled))
-    assert dciodvfy_errors(save(filled, tmp_path / "sr.dcm")) == []
-    with pytest.raises(ValueError):  # other score names: refused, the node builds it again
-        fill_sr(build_sr(src, draft_record("x.dcm", ["rec"], op), INFO), rec)
 
 
 @pytest.mark.parametrize("name", ["CR-MONO1-10-chest", "966_fixed", "nccid"])
