@@ -10,11 +10,13 @@ the node processes every one. Times are wall clock (``time.time``) in both proce
 
 Per object, from the node's journal (``times``) and the two ends:
 
-- receive+persist: C-STORE sent -> object stored, fsynced and journalled (``received_at``);
+- receive+persist: C-STORE sent -> object stored, fsynced and journalled (``received_at``),
+  split into transfer (C-STORE sent -> the whole object arrived at the node's handler) and
+  persist (atomic write, two fsyncs; the journal commit follows ``received_at``);
 - wait: stored -> a worker takes it (queueing; grows with concurrent senders);
 - gate, decode, score: the pipeline's stages (``node.pipeline``);
-- sr: scores ready -> the SR (the decision) received at the destination (SR build, encode,
-  outbox, send);
+- sr: scores ready -> the SR (the decision) received at the destination (SR from its
+  template, encode, outbox, journal, send);
 - build+send: scores ready -> the object's last result (the heat-map SC, built after the SR
   is queued) received at the destination;
 - e2e decision: C-STORE sent -> SR received; e2e: C-STORE sent -> last result received.
@@ -172,6 +174,8 @@ def _breakdown(spool: Path, sends: list[dict[str, Any]]) -> list[dict[str, Any]]
                     "file": s["file"],
                     "status": rec.get("status"),
                     "receive_persist": (row.received_at - s["t0"]) * 1e3,
+                    "transfer": (t.get("arrived_at", row.received_at) - s["t0"]) * 1e3,
+                    "persist": (row.received_at - t.get("arrived_at", row.received_at)) * 1e3,
                     "wait": t.get("wait", 0.0) * 1e3,
                     "gate": t.get("gate", 0.0) * 1e3,
                     "decode": t.get("decode", 0.0) * 1e3,
@@ -222,7 +226,17 @@ def in_process(bundle: Path, files: list[Path], repeats: int) -> dict[str, dict[
 
 
 def _summary(rows: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
-    keys = ("receive_persist", "wait", "gate", "decode", "score", "sr", "build_send")
+    keys = (
+        "receive_persist",
+        "transfer",
+        "persist",
+        "wait",
+        "gate",
+        "decode",
+        "score",
+        "sr",
+        "build_send",
+    )
     keys += ("e2e_decision", "e2e")
     return {
         k: {

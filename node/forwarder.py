@@ -99,6 +99,7 @@ class Forwarder:
         self.calling_ae = calling_ae
         self.policy = policy or RetryPolicy()
         self._wake = threading.Event()
+        self._idle = threading.Event()  # nothing due: every result queued so far was tried
         self._stop = threading.Event()
         self._assoc: Any = None  # only the forwarder thread touches it
         self._classes: frozenset[str] = frozenset()
@@ -110,6 +111,13 @@ class Forwarder:
 
     def wake(self) -> None:
         self._wake.set()
+        self._idle.clear()
+
+    def wait_idle(self, timeout: float) -> bool:
+        """Wait (at most ``timeout`` s) until every result queued before the last :meth:`wake`
+        was tried; True when it was. The worker builds the heat map after this, so that the SR
+        (the decision) is sent without competing with it for the interpreter."""
+        return self._idle.wait(timeout)
 
     def stop(self, timeout: float = 30.0) -> None:
         self._stop.set()
@@ -123,6 +131,10 @@ class Forwarder:
                 if rows:
                     self._send(rows)
                     continue
+                if self._wake.is_set():  # results were queued since: look again
+                    self._wake.clear()
+                    continue
+                self._idle.set()
                 nxt = self.journal.next_due_at()
                 wait = 5.0 if nxt is None else min(5.0, max(0.0, nxt - time.time()))
                 if self._assoc is not None:
@@ -134,6 +146,7 @@ class Forwarder:
                 self._wake.wait(wait)
                 self._wake.clear()
         finally:
+            self._idle.set()
             self._release()
 
     def _release(self) -> None:

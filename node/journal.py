@@ -143,15 +143,24 @@ class Journal:
             self._db.close()
 
     # -- objects ----------------------------------------------------------------------------------
-    def add_received(self, sop_uid: str, sop_class: str, calling_ae: str, path: str) -> bool:
-        """Record a newly stored object. Returns False (and changes nothing) when the SOP
-        Instance UID is already known: a re-sent object."""
+    def add_received(
+        self,
+        sop_uid: str,
+        sop_class: str,
+        calling_ae: str,
+        path: str,
+        arrived_at: float | None = None,
+    ) -> bool:
+        """Record a newly stored object (``arrived_at``: when its C-STORE had arrived, before
+        it was written; kept in its ``times``). Returns False (and changes nothing) when the
+        SOP Instance UID is already known: a re-sent object."""
         now = time.time()
+        times = None if arrived_at is None else json.dumps({"arrived_at": arrived_at})
         with self._tx() as db:
             cur = db.execute(
                 "INSERT OR IGNORE INTO objects (sop_uid, sop_class, calling_ae, path, state,"
-                " received_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                (sop_uid, sop_class, calling_ae, path, RECEIVED, now, now),
+                " received_at, updated_at, times) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (sop_uid, sop_class, calling_ae, path, RECEIVED, now, now, times),
             )
             return cur.rowcount == 1
 
@@ -192,11 +201,16 @@ class Journal:
         results: Sequence[Result] = (),
     ) -> None:
         """Move a received object to scored/abstained/failed and queue its result files, in
-        one transaction."""
+        one transaction (``times`` are added to those it has)."""
         if state not in (SCORED, ABSTAINED, FAILED):
             raise ValueError(f"finish() takes scored, abstained or failed; got {state!r}")
         now = time.time()
         with self._tx() as db:
+            if times is not None:
+                row = db.execute(
+                    "SELECT times FROM objects WHERE sop_uid = ?", (sop_uid,)
+                ).fetchone()
+                times = {**(json.loads(row[0]) if row and row[0] else {}), **times}
             db.execute(
                 "UPDATE objects SET state = ?, reason = ?, record = ?, times = ?, updated_at = ?"
                 " WHERE sop_uid = ? AND state = ?",

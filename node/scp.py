@@ -14,6 +14,7 @@ stored or processed again (the sender re-sent it, e.g. after a lost response).
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -55,6 +56,9 @@ TRANSFER_SYNTAXES = (
 )
 SUCCESS = 0x0000
 OUT_OF_RESOURCES = 0xA700
+MAX_PDU = 1 << 20
+"""Largest PDU we receive (bytes): a full-resolution film arrives in a few PDUs instead of
+hundreds of pynetdicom's default 16 KiB ones (benchmarks/README.md, the node section)."""
 
 
 class StoreHandler:
@@ -74,6 +78,7 @@ class StoreHandler:
         self.on_stored = on_stored
 
     def __call__(self, event: Any) -> int:
+        arrived = time.time()
         req = event.request
         uid = str(req.AffectedSOPInstanceUID or "")
         sop_class = str(req.AffectedSOPClassUID or "")
@@ -88,7 +93,7 @@ class StoreHandler:
                 log.info("duplicate", extra={"sop_uid": uid, "calling_ae": calling})
                 return SUCCESS
             path = self.spool.write_incoming(uid, event.encoded_dataset(include_meta=True))
-            new = self.journal.add_received(uid, sop_class, calling, str(path))
+            new = self.journal.add_received(uid, sop_class, calling, str(path), arrived)
         except Exception as e:  # disk full, permissions, journal errors: never a false Success
             self.metrics.store_failures.inc()
             log.error(
@@ -116,6 +121,7 @@ def make_ae(ae_title: str) -> AE:
     ae.acse_timeout = 30
     ae.dimse_timeout = 60
     ae.maximum_associations = 32
+    ae.maximum_pdu_size = MAX_PDU
     return ae
 
 

@@ -78,10 +78,12 @@ class Node:
             self.forwarder = Forwarder(
                 journal, cfg.destination, self.metrics, calling_ae=cfg.ae_title, policy=cfg.retry
             )
-        wake = self.forwarder.wake if self.forwarder else (lambda: None)
+        fwd = self.forwarder
         self.worker = Worker(
             journal, spool, self.metrics, self.process,
-            on_results=wake, threads=cfg.workers, jsonl=cfg.jsonl,
+            on_results=fwd.wake if fwd else (lambda: None),
+            results_sent=fwd.wait_idle if fwd else (lambda timeout: None),
+            threads=cfg.workers, jsonl=cfg.jsonl,
         )  # fmt: skip
         self.metrics.queue_depth.set_function(self.worker.depth)
         self.metrics.outbox_depth.set_function(lambda: _outbox_depth(journal))

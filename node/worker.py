@@ -74,6 +74,10 @@ class Outcome:
 
 Process = Callable[[ObjectRow], Outcome]
 
+LATER_WAIT_S = 1.0
+"""How long the worker waits for the results queued now to be sent before it builds the later
+ones (a destination that is down does not hold it up longer)."""
+
 
 class Worker:
     """``threads`` background threads running ``process`` on queued objects."""
@@ -86,6 +90,7 @@ class Worker:
         process: Process,
         *,
         on_results: Callable[[], None] = lambda: None,
+        results_sent: Callable[[float], object] = lambda timeout: None,
         threads: int = 1,
         jsonl: bool = False,
     ) -> None:
@@ -94,6 +99,7 @@ class Worker:
         self.metrics = metrics
         self.process = process
         self.on_results = on_results
+        self.results_sent = results_sent
         self.jsonl = jsonl
         self._queue: queue.Queue[str] = queue.Queue()
         self._stop = threading.Event()
@@ -178,6 +184,8 @@ class Worker:
         )
         if queued:
             self.on_results()
+        if out.later:  # the decision leaves first, without the heat map competing with it
+            self.results_sent(LATER_WAIT_S)
         for later in out.later:
             self._build_later(row.sop_uid, later, later.uid)
         return out.state if out.state in (SCORED, ABSTAINED) else FAILED
