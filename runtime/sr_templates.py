@@ -12,8 +12,8 @@ per-image attribute set by :func:`_fill`:
   of the template that the source also has, except those the SR sets itself, ``_OWN``);
 - SOP Instance UID (and the file meta's), Series Instance UID, Instance Creation and Content
   Date and Time;
-- Contributing Equipment Sequence, rebuilt as highdicom builds it (the source's acquisition
-  equipment with its acquisition date-time, then highdicom with the creation time);
+- Contributing Equipment Sequence: the acquisition equipment's Contribution DateTime (the
+  source's acquisition date-time, as highdicom takes it) and highdicom's (the creation time);
 - Current Requested Procedure Evidence Sequence: the source's study, series, SOP class and
   instance;
 - content tree: the source image reference, the Tracking Unique Identifier, the image scores
@@ -22,12 +22,13 @@ per-image attribute set by :func:`_fill`:
 The shape (the cache key) is everything else the SR depends on: the record's score names,
 operating point and whether it has a decision; the source's attributes after
 ``dicom_results._identified`` (each tag, VR and whether it is empty), its SOP Class UID,
-Specific Character Set and Patient's Sex (highdicom checks the latter). A template is only
-kept when building it shows that the copied attributes and the source's UIDs sit exactly where
-:func:`_fill` sets them (:func:`_plan`); otherwise that shape is always built by highdicom.
-``tests/test_sr_templates.py`` checks, over generated sources, scores and decisions, that the
-SR from a template equals the SR highdicom builds, attribute by attribute, except the
-generated UIDs and the creation date and time, and that dciodvfy finds no error in it.
+Specific Character Set, Patient's Sex (highdicom checks it) and equipment (manufacturer, model,
+serial number, software, institution, station: highdicom's Contributing Equipment). A template
+is only kept when building it shows that the copied attributes and the source's UIDs sit
+exactly where :func:`_fill` sets them (:func:`_plan`); otherwise that shape is always built
+by highdicom. ``tests/test_sr_templates.py`` checks, over generated sources, scores and
+decisions, that the SR from a template equals the SR highdicom builds, attribute by attribute,
+except the generated UIDs and the creation date and time, and that dciodvfy finds no error.
 """
 
 from __future__ import annotations
@@ -38,13 +39,12 @@ import json
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from ddad_edge.runtime.dicom_results import (
     SCHEME,
     AlgorithmInfo,
     _finding,
-    _hd,
     _identified,
     build_sr,
     encode,
@@ -74,6 +74,11 @@ _OWN = frozenset(
     }
 )  # fmt: skip
 _TRACKING_UID = ("DCM", "112040")  # Tracking Unique Identifier (TID 4108)
+# What highdicom's ContributingEquipment.for_image_acquisition reads besides the date-time
+_EQUIPMENT = (
+    "Manufacturer", "ManufacturerModelName", "SoftwareVersions", "DeviceSerialNumber",
+    "InstitutionName", "InstitutionalDepartmentName", "InstitutionAddress", "StationName",
+)  # fmt: skip
 
 Path = tuple[int, ...]  # indices through nested Content Sequences
 
@@ -97,7 +102,20 @@ def _shape(source: Dataset, record: ScoreResult) -> tuple:
     charset = source.get("SpecificCharacterSet")
     charset = tuple(charset) if isinstance(charset, list | tuple) else charset
     fixed = (str(source.SOPClassUID), str(charset), str(source.get("PatientSex", "")))
-    return (tuple(record.scores or {}), op, record.flag is None, fixed, header)
+    equipment = tuple(str(source.get(k)) for k in _EQUIPMENT)
+    acquired = _acquisition_datetime(source) is None
+    return (tuple(record.scores or {}), op, record.flag is None, fixed, equipment, acquired, header)
+
+
+def _acquisition_datetime(source: Dataset) -> Any:
+    """The acquisition date-time highdicom gives the source's acquisition equipment (as
+    ``ContributingEquipment.for_image_acquisition`` takes it), or None."""
+    value = source.get("AcquisitionDateTime")
+    if value is None:
+        date, time = source.get("AcquisitionDate"), source.get("AcquisitionTime")
+        if isinstance(date, datetime.date) and isinstance(time, datetime.time):
+            value = datetime.datetime.combine(date, time)
+    return value
 
 
 def _items(ds: Dataset, path: Path = ()) -> list[tuple[Path, Dataset]]:
@@ -145,6 +163,9 @@ def _plan(sr: Dataset, source: Dataset, record: ScoreResult) -> _Template:
     for tag in copied:
         if sr[tag].VR != source[tag].VR or sr[tag].value != source[tag].value:
             raise ValueError(f"{sr[tag].keyword} is not a copy of the source's")
+    *acquisition, software = sr.ContributingEquipmentSequence
+    if software.ManufacturerModelName != "highdicom" or len(acquisition) > 1:
+        raise ValueError("the SR's contributing equipment is not the source's and highdicom's")
     study, series, instance = _evidence_ref(sr)
     items = _items(sr)
     image = _only([p for p, it in items if it.get("ValueType") == "IMAGE"], "image references")
@@ -186,9 +207,8 @@ def _fill(
     per-image attribute set, the rest as highdicom built it for this shape."""
     import pydicom
     from pydicom.uid import generate_uid
-    from pydicom.valuerep import DA, DS, TM
+    from pydicom.valuerep import DA, DS, DT, TM
 
-    hd = _hd()
     sr = pydicom.dcmread(io.BytesIO(template.data))
     for tag in template.copied:
         sr[tag] = source[tag]
@@ -197,13 +217,12 @@ def _fill(
     now = datetime.datetime.now()
     sr.InstanceCreationDate = sr.ContentDate = DA(now.date())
     sr.InstanceCreationTime = sr.ContentTime = TM(now.time())
-    # as highdicom's SOPClass._add_contributing_equipment(None, source)
-    equipment = [hd.ContributingEquipment.for_highdicom()]
-    try:
-        equipment.insert(0, hd.ContributingEquipment.for_image_acquisition(source))
-    except (AttributeError, ValueError):  # no manufacturer: highdicom leaves it out too
-        pass
-    sr.ContributingEquipmentSequence = equipment
+    *acquisition, software = sr.ContributingEquipmentSequence
+    software.ContributionDateTime = DT(now)
+    for item in acquisition:  # the source's equipment (its values are part of the shape)
+        acquired = _acquisition_datetime(source)
+        if acquired is not None:
+            item.ContributionDateTime = DT(acquired)
     study, series, instance = _evidence_ref(sr)
     study.StudyInstanceUID = source.StudyInstanceUID
     series.SeriesInstanceUID = source.SeriesInstanceUID

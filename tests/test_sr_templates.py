@@ -68,6 +68,10 @@ VALUES = {  # keyword -> strategy for a valid value (strings, as a file holds th
     "SeriesNumber": _int, "SeriesDescription": _text, "ImageComments": _text,
     "BodyPartExamined": st.sampled_from(["CHEST", "THORAX"]), "ViewPosition": _code,
 }  # fmt: skip
+EQUIPMENT = {
+    "Manufacturer", "ManufacturerModelName", "SoftwareVersions", "DeviceSerialNumber",
+    "InstitutionName", "InstitutionalDepartmentName", "InstitutionAddress", "StationName",
+}  # fmt: skip
 NEVER_EMPTY = {"AcquisitionDateTime", "InstanceNumber", "SeriesNumber"}
 
 
@@ -93,11 +97,14 @@ def _source(
 
 @st.composite
 def same_shape_sources(draw: st.DrawFn) -> tuple[Dataset, Dataset, Dataset]:
-    """Three sources of one shape: same attributes present and empty, other values."""
+    """Three sources of one shape: same attributes present and empty, same equipment (one
+    scanner), other values."""
     sop = draw(st.sampled_from(sorted(CLASSES)))
     keys = draw(st.sets(st.sampled_from(sorted(VALUES))))
     present = {k: k not in NEVER_EMPTY and draw(st.booleans()) for k in sorted(keys)}
     fixed = {"PatientSex": draw(st.sampled_from(["", "M", "F", "O"]))}
+    for kw in EQUIPMENT & set(present):
+        fixed[kw] = "" if present.pop(kw) else draw(VALUES[kw])
     if draw(st.booleans()):
         fixed["SpecificCharacterSet"] = "ISO_IR 100"
     seq = draw(st.booleans())
