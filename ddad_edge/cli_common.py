@@ -1,7 +1,7 @@
 """What every ``ddad-edge`` command shares: the two consoles, one-line errors and notes (user text
 always escaped, so a path with ``[brackets]`` prints as written), and the check that names the
-extra a command needs. Imports only typer and rich: every command module can import it in a
-runtime-only install.
+extra a command needs. Imports only typer, rich and the runtime's error texts
+(``runtime/loaderrors.py``): every command module can import it in a runtime-only install.
 """
 
 from __future__ import annotations
@@ -13,6 +13,8 @@ from typing import Annotated, NoReturn
 import typer
 from rich.console import Console
 from rich.markup import escape
+
+from ddad_edge.runtime.loaderrors import one_line
 
 console = Console(stderr=True)
 """Errors, warnings, progress: stderr."""
@@ -28,12 +30,6 @@ def command_help(func: object) -> str:
     doc = (getattr(func, "__doc__", None) or "").strip()
     paras = [" ".join(line.strip() for line in p.splitlines()) for p in doc.split("\n\n")]
     return "\n\n".join(paras)
-
-
-def one_line(e: BaseException | str) -> str:
-    """An exception or message as one line (multi-line text joined with ' | ')."""
-    text = " | ".join(line.strip() for line in str(e).splitlines() if line.strip())
-    return text or (type(e).__name__ if isinstance(e, BaseException) else "")
 
 
 def fail(msg: BaseException | str, code: int = 1) -> NoReturn:

@@ -4,7 +4,6 @@ Thin: parse, call the library (``runtime/calibration.py``, ``runtime/dicom_resul
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -16,7 +15,6 @@ from ddad_edge.cli_common import (
     OperatingPointOpt,
     command_help,
     fail,
-    one_line,
     out_console,
     say,
 )
@@ -184,16 +182,6 @@ def _print_points(record: dict[str, Any], output: Path) -> None:
     )
 
 
-def _unique_stem(path: str, used: set[str]) -> str:
-    stem = Path(path).stem or "input"
-    cand, n = stem, 1
-    while cand in used:
-        n += 1
-        cand = f"{stem}-{n}"
-    used.add(cand)
-    return cand
-
-
 def report(
     bundle: BundleArg,
     inputs: Annotated[list[Path], typer.Argument(help="Images: DICOM (and PNG, JPEG, ...).")],
@@ -214,13 +202,8 @@ def report(
     """
     from ddad_edge.runtime.backends import BackendUnavailable
     from ddad_edge.runtime.bundle import BundleError
-    from ddad_edge.runtime.dicom_results import (
-        AlgorithmInfo,
-        ReportUnavailable,
-        build_results,
-    )
-    from ddad_edge.runtime.fileio import atomic_write, atomic_write_text
-    from ddad_edge.runtime.io import ImageLoadError, is_dicom
+    from ddad_edge.runtime.dicom_results import AlgorithmInfo
+    from ddad_edge.runtime.report_folder import write_report_folder
     from ddad_edge.runtime.scorer import Scorer, summarize
 
     try:
@@ -234,28 +217,7 @@ def report(
         manifest = scorer.bundle.manifest
     info = AlgorithmInfo.from_manifest(manifest)
     vmax = manifest.get("display", {}).get("heatmap_vmax", {}).get(heat)
-    output.mkdir(parents=True, exist_ok=True)
-    used: set[str] = set()
-    lines = []
-    for r in results:
-        rec = r.to_json()
-        if not is_dicom(r.source):
-            rec["dicom"] = "not DICOM: JSON record only"
-        else:
-            stem = _unique_stem(r.source, used)
-            try:
-                objs = build_results(r.source, r, info, heat=heat, vmax=vmax)
-            except (ImageLoadError, ReportUnavailable) as e:
-                rec["dicom"] = f"no DICOM result: {one_line(e)}"
-            else:
-                names = [f"{stem}.sr.dcm", f"{stem}.sc.dcm"][: len(objs)]
-                for obj, name in zip(objs, names, strict=True):
-                    atomic_write(
-                        output / name, lambda f, o=obj: o.save_as(f, enforce_file_format=True)
-                    )
-                rec["dicom"] = names
-        lines.append(json.dumps(rec))
-    atomic_write_text(output / "results.jsonl", "\n".join(lines) + "\n")
+    write_report_folder(results, output, info, heat=heat, vmax=vmax)
     counts = summarize(results)
     say(", ".join(f"{v} {k}" for k, v in counts.items()) + f"; results in {output}")
 

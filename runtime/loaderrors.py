@@ -55,6 +55,13 @@ Notes = list[InputWarning]
 """Warnings gathered while decoding one input, in order (one list per call: thread-safe)."""
 
 
+def one_line(e: BaseException | str) -> str:
+    """An exception or message of ours as one line, whole (multi-line text joined with ' | ');
+    for a third-party library's text, :func:`short_reason`."""
+    text = " | ".join(line.strip() for line in str(e).splitlines() if line.strip())
+    return text or (type(e).__name__ if isinstance(e, BaseException) else "")
+
+
 def short_reason(exc: BaseException) -> str:
     """One-line, length-limited text of an exception from a third-party library."""
     text = " ".join(str(exc).split()) or type(exc).__name__

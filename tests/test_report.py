@@ -175,3 +175,11 @@ def test_cli_calibrate_score_report(bundle: Path, tmp_path: Path) -> None:
         assert dciodvfy_errors(out / name) == [], name
     sr = pydicom.dcmread(out / f"{good.stem}.sr.dcm")
     assert sr.StudyInstanceUID == ds.StudyInstanceUID
+
+
+def test_unique_stem_numbers_repeated_names() -> None:
+    from ddad_edge.runtime.report_folder import unique_stem
+
+    used: set[str] = set()
+    names = [unique_stem(p, used) for p in ("a/x.dcm", "b/x.dcm", "x.png", "", "c/x-2.dcm")]
+    assert names == ["x", "x-2", "x-3", "input", "x-2-2"]
