@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import re
+import socket
 import threading
 import time
 from dataclasses import dataclass
@@ -23,7 +24,7 @@ from typing import Any
 
 from pydicom import dcmread
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
-from pynetdicom import AE, _config
+from pynetdicom import AE, _config, evt
 
 from ddad_edge.node.journal import Journal, OutboxRow
 from ddad_edge.node.metrics import NodeMetrics
@@ -76,6 +77,15 @@ class RetryPolicy:
 
 IDLE_RELEASE_S = 2.0
 """An open association with nothing to send is released after this many seconds."""
+
+
+def _no_delay(event: Any) -> None:
+    """Send each PDU at once (TCP_NODELAY). With Nagle's algorithm a C-STORE's data set PDU
+    smaller than a segment waits for the peer to acknowledge the command PDU before it, and
+    peers delay that acknowledgement (40 ms on Linux): an SR then took ~40 ms longer to
+    arrive than to send."""
+    event.assoc.dul.socket.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
 
 _SUCCESS_OR_WARNING = {0x0000, 0x0001, 0x0107, 0x0116, 0xB000, 0xB006, 0xB007}
 
@@ -171,7 +181,9 @@ class Forwarder:
         ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 120
         d = self.destination
         try:
-            assoc = ae.associate(d.host, d.port, ae_title=d.ae_title)
+            assoc = ae.associate(
+                d.host, d.port, ae_title=d.ae_title, evt_handlers=[(evt.EVT_CONN_OPEN, _no_delay)]
+            )
         except Exception as e:  # socket errors surface here on some platforms
             raise ConnectionError(f"association with {d} failed: {e}") from e
         if not assoc.is_established:
