@@ -67,7 +67,8 @@ class BenchConfig:
     triton_clients: tuple[int, ...] = (1, 2, 4, 8, 16)
     triton_instances: tuple[int, ...] = (1, 2)
     triton_files: int = 1024
-    triton_files_per_request: tuple[int, ...] = (1, 8)
+    triton_files_per_request: tuple[int, ...] = (1, 8, 16)
+    triton_queue_delay_us: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -258,6 +259,7 @@ def _triton(cfg: BenchConfig, on: Progress) -> dict[str, Any]:
         instances=cfg.triton_instances,
         files=cfg.triton_files,
         files_per_request=cfg.triton_files_per_request,
+        queue_delay_us=cfg.triton_queue_delay_us,
         on=on,
     )
 

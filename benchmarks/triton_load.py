@@ -148,6 +148,7 @@ def _serve(
     per_request: Sequence[int],
     protocol: str,
     on: Callable[[str], None],
+    queue_delay_us: int | None = None,
 ) -> list[dict[str, Any]]:
     """One server (``instances`` of ``ddad_score``, the rest as ``ddad-edge triton`` writes it):
     for each number of files per request, its settings, the server's readiness time and one
@@ -162,7 +163,8 @@ def _serve(
 
     with tempfile.TemporaryDirectory(prefix="ddad-bench-triton-") as tmp:
         on(f"triton lane: repository with {instances} ddad_score instance(s), starting the server")
-        repo = write_repository(bundle, Path(tmp) / "repo", instances=instances).root
+        delay = {} if queue_delay_us is None else {"queue_delay_us": queue_delay_us}
+        repo = write_repository(bundle, Path(tmp) / "repo", instances=instances, **delay).root
         setup = _settings(repo / "ddad_score" / "config.pbtxt")
         t0 = time.perf_counter()
         server = start_server(repo, models=["ddad_score"])
@@ -189,15 +191,17 @@ def measure_triton(
     *,
     clients: Sequence[int] = (1, 2, 4, 8, 16),
     instances: Sequence[int] = (1, 2),
-    files_per_request: Sequence[int] = (1, 8),
+    files_per_request: Sequence[int] = (1, 8, 16),
     files: int = 1024,
+    queue_delay_us: int | None = None,
     reps: int = 2,
     protocol: str = "grpc",
     on: Callable[[str], None] = lambda _: None,
 ) -> dict[str, Any]:
     """Throughput and latency through the server vs the in-process Scorer (module docstring),
     for each number of ``ddad_score`` instances (threads: the cores shared out among them) and
-    each number of files per request; ``files`` files per point.
+    each number of files per request; ``files`` files per point; ``queue_delay_us``: the
+    dynamic batcher's longest wait (None: what ``ddad-edge triton`` writes by default).
 
     Returns {"available": False, "reason"} when the server cannot start here, else
     {"available": True, "reference": {...}, "servers": [{settings..., "files_per_request",
@@ -221,7 +225,9 @@ def measure_triton(
     servers = []
     for n in instances:
         try:
-            runs = _serve(bundle, paths, want, n, clients, files_per_request, protocol, on)
+            runs = _serve(
+                bundle, paths, want, n, clients, files_per_request, protocol, on, queue_delay_us
+            )
         except ServerError as e:
             return {"available": False, "reason": str(e).splitlines()[0]}
         for srv in runs:

@@ -204,7 +204,10 @@ def bench(
     triton_files: Annotated[int, _opt("Triton lane: files sent per point.")] = 1024,
     triton_files_per_request: Annotated[
         str, _opt("Triton lane: numbers of files per request (each up to --max-batch 64).")
-    ] = "1,8",
+    ] = "1,8,16",
+    triton_queue_delay_us: Annotated[
+        int, _opt("Triton lane: the dynamic batcher's longest wait, µs (0: the default, 2000).")
+    ] = 0,
     triton_instances: Annotated[
         str, _opt("Triton lane: numbers of ddad_score instances, one server each.")
     ] = "1,2",
@@ -244,6 +247,7 @@ def bench(
             _ints(triton_files_per_request, "--triton-files-per-request")
         ),
         triton_instances=tuple(_ints(triton_instances, "--triton-instances")),
+        triton_queue_delay_us=triton_queue_delay_us or None,
     )
     result, report = _run_bench(settings, images, output)
     _print_bench(result)
