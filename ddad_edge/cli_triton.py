@@ -42,7 +42,10 @@ def triton(
     queue_delay_us: Annotated[
         int, typer.Option(help="Dynamic batching: longest wait for a batch to fill, µs.")
     ] = 2000,
-    instances: Annotated[int, typer.Option(help="Instances of the ddad_score model.")] = 1,
+    instances: Annotated[
+        int,
+        typer.Option(help="Instances of the ddad_score model (2: one decodes, one infers)."),
+    ] = 2,
     threads: Annotated[
         int | None,
         typer.Option(

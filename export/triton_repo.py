@@ -179,7 +179,7 @@ def write_repository(
     inference: str = "in-process",
     bls_model: str = ONNX_MODELS["fp32"][0],
     queue_delay_us: int = 2000,
-    instances: int = 1,
+    instances: int = 2,
     threads: int | None = None,
     force: bool = False,
 ) -> RepoResult:
@@ -195,7 +195,9 @@ def write_repository(
         inference: "in-process" (onnxruntime inside the Python model) or "bls".
         bls_model: the graph model BLS calls go to.
         queue_delay_us: dynamic batching's longest wait for a batch to fill.
-        instances: instances of the scoring model (each loads its own onnxruntime session).
+        instances: instances of the scoring model (each loads its own onnxruntime session). Two
+            by default, each with half the cores: while one decodes its batch (a stage that
+            leaves cores idle at its end) the other runs its inference, so the cores stay busy.
         threads: onnxruntime (and decoding) threads per instance; None: the server machine's
             physical cores shared out among the instances, decided when the model loads.
 
