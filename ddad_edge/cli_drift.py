@@ -42,26 +42,11 @@ def drift(
     medians and a verdict: stable, moderate shift, or inputs moved (PSI > 0.25, or PSI > 0.1 with
     KS p < 0.01). Exit code 2 when any score says the inputs moved, 0 otherwise.
     """
-    from ddad_edge.runtime.drift import compare
-    from ddad_edge.runtime.score_records import (
-        ScoreRecordError,
-        read_reference_scores,
-        read_score_records,
-    )
+    from ddad_edge.runtime.drift import compare_files
+    from ddad_edge.runtime.score_records import ScoreRecordError
 
     try:
-        recent = read_score_records(results)
-        reference = read_reference_scores(calibration)
-        names = score or [n for n in reference if n in recent]
-        missing = [n for n in names if n not in recent or n not in reference]
-        if missing or not names:
-            raise ScoreRecordError(
-                f"score(s) {', '.join(missing) or 'in common'} not found in both {results} "
-                f"(has {', '.join(recent)}) and {calibration} (has {', '.join(reference)})"
-            )
-        reports = [
-            compare(reference[n], recent[n][-last:] if last else recent[n], n) for n in names
-        ]
+        reports = compare_files(results, calibration, score, last)
     except (ScoreRecordError, ValueError) as e:
         fail(e)
     for r in reports:

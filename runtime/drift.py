@@ -21,17 +21,25 @@ A shift says the recent inputs do not score like the calibration normals: a new 
 protocol, another population, another decoding path, or simply more abnormal cases. It does not
 say which; the report names the direction (scores higher or lower) and the sizes.
 
+:func:`compare_files` compares the scores of result records with a calibration file's.
 :class:`ScoreWindow` keeps the most recent image scores of a running scorer (bounded memory).
 """
 
 from __future__ import annotations
 
 import math
+import os
 from collections import deque
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 
 import numpy as np
+
+from ddad_edge.runtime.score_records import (
+    ScoreRecordError,
+    read_reference_scores,
+    read_score_records,
+)
 
 PSI_FLOOR = 1e-4
 """Smallest bin share used in the PSI (keeps ln finite when a bin is empty)."""
@@ -186,6 +194,35 @@ def compare(
         direction,
         message,
     )
+
+
+def compare_files(
+    results: str | os.PathLike[str],
+    reference: str | os.PathLike[str],
+    scores: Sequence[str] | None = None,
+    last: int = 0,
+) -> list[DriftReport]:
+    """:func:`compare` per image score, between result records (``score --json`` lines, or a
+    folder of them; ``runtime.score_records``) and a reference file (a calibration file's
+    normal scores, or the normals' own result records).
+
+    Args:
+        scores: the image scores to compare; default every score both files have.
+        last: > 0: only the last ``last`` scored records of ``results``.
+
+    Raises:
+        ScoreRecordError: a file cannot be read, or a score is not in both.
+    """
+    recent = read_score_records(results)
+    ref = read_reference_scores(reference)
+    names = list(scores or [n for n in ref if n in recent])
+    missing = [n for n in names if n not in recent or n not in ref]
+    if missing or not names:
+        raise ScoreRecordError(
+            f"score(s) {', '.join(missing) or 'in common'} not found in both {results} "
+            f"(has {', '.join(recent)}) and {reference} (has {', '.join(ref)})"
+        )
+    return [compare(ref[n], recent[n][-last:] if last else recent[n], n) for n in names]
 
 
 class ScoreWindow:

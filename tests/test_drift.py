@@ -23,6 +23,7 @@ from ddad_edge.runtime.drift import (
     ScoreWindow,
     chi2_sf,
     compare,
+    compare_files,
     ks_2samp,
     psi,
     psi_pvalue,
@@ -157,6 +158,10 @@ def test_drift_command(tmp_path: Path) -> None:
     assert r.exit_code == 0 and "no verdict" in r.output  # 20 recent scores are too few
     r = runner.invoke(app, ["drift", str(same), "--calibration", str(cal), "--score", "rec"])
     assert r.exit_code == 1 and "rec" in r.output and "Traceback" not in r.output
+    reports = compare_files(moved, cal, last=20)  # the library behind the command
+    assert [(r.score, r.n_current, r.n_reference) for r in reports] == [("inter", 20, 400)]
+    with pytest.raises(ScoreRecordError, match="rec"):
+        compare_files(same, cal, ["inter", "rec"])
 
 
 # --------------------------------------------------------------------------------------------
