@@ -37,6 +37,8 @@ from dicomnet import (
 )
 from pydicom.uid import JPEG2000Lossless, generate_uid
 
+pytest.importorskip("pynetdicom", reason="the node extra (pynetdicom) is not installed")
+
 COMPREHENSIVE_3D_SR = "1.2.840.10008.5.1.4.1.1.88.34"
 SECONDARY_CAPTURE = "1.2.840.10008.5.1.4.1.1.7"
 NOT_EVALUATED, ABNORMAL, NORMAL = "373121007", "263654008", "17621005"
