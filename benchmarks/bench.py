@@ -224,44 +224,44 @@ def _profile(cfg: BenchConfig, runs: _LaneRuns, on: Progress) -> dict[str, Any] 
     return {"lane": MAIN_LANE, "graph": runs.graph_of[MAIN_LANE], "batches": {"64": profile}}
 
 
-def _cold_start(cfg: BenchConfig, on: Progress) -> dict[str, Any]:
-    from ddad_edge.benchmarks.coldstart import measure_cold_start
+def _lane_free(cfg: BenchConfig, kind: str, k: int, on: Progress) -> dict[str, Any]:
+    """The requested sections that measure no lane: cold start, training, the Triton server."""
+    out: dict[str, Any] = {}
+    if "coldstart" in cfg.sections:
+        from ddad_edge.benchmarks.coldstart import measure_cold_start
 
-    on("cold start: runtime and torch in fresh processes")
-    return measure_cold_start(
-        image=Path(cfg.images[0]),
-        bundle=cfg.bundle,
-        run_dir=cfg.run_dir,
-        backend=cfg.coldstart_backend,
-        reps=cfg.coldstart_reps,
-    )
-
-
-def _training(cfg: BenchConfig, kind: str, k: int, on: Progress) -> dict[str, Any]:
-    from ddad_edge.benchmarks.training import measure_training
-
-    try:
-        batch, steps = cfg.train_batch, cfg.train_steps
-        return measure_training(
-            cfg.images, cfg.run_dir, kind=kind, k=k, batch=batch, steps=steps, on=on
+        on("cold start: runtime and torch in fresh processes")
+        out["cold_start"] = measure_cold_start(
+            image=Path(cfg.images[0]),
+            bundle=cfg.bundle,
+            run_dir=cfg.run_dir,
+            backend=cfg.coldstart_backend,
+            reps=cfg.coldstart_reps,
         )
-    except (ValueError, RuntimeError) as e:
-        return {"error": f"not measured: {e}"}
+    if "training" in cfg.sections:
+        from ddad_edge.benchmarks.training import measure_training
 
+        batch, steps = cfg.train_batch, cfg.train_steps
+        try:
+            out["training"] = measure_training(
+                cfg.images, cfg.run_dir, kind=kind, k=k, batch=batch, steps=steps, on=on
+            )
+        except (ValueError, RuntimeError) as e:
+            out["training"] = {"error": f"not measured: {e}"}
+    if "triton" in cfg.sections:
+        from ddad_edge.benchmarks.triton_load import measure_triton
 
-def _triton(cfg: BenchConfig, on: Progress) -> dict[str, Any]:
-    from ddad_edge.benchmarks.triton_load import measure_triton
-
-    return measure_triton(
-        cfg.bundle,
-        cfg.images,
-        clients=cfg.triton_clients,
-        instances=cfg.triton_instances,
-        files=cfg.triton_files,
-        files_per_request=cfg.triton_files_per_request,
-        queue_delay_us=cfg.triton_queue_delay_us,
-        on=on,
-    )
+        out["triton"] = measure_triton(
+            cfg.bundle,
+            cfg.images,
+            clients=cfg.triton_clients,
+            instances=cfg.triton_instances,
+            files=cfg.triton_files,
+            files_per_request=cfg.triton_files_per_request,
+            queue_delay_us=cfg.triton_queue_delay_us,
+            on=on,
+        )
+    return out
 
 
 def _limits_at_weights(limits: dict[str, Any], costs: dict[str, Any], on: Progress) -> None:
@@ -318,14 +318,9 @@ def _run_bench(cfg: BenchConfig, on: Progress) -> BenchResult:
     _compare(runs, costs, limits)
     if "profile" in sections and (profile := _profile(cfg, runs, on)) is not None:
         result["profile"] = profile
-    if "coldstart" in sections:
-        result["cold_start"] = _cold_start(cfg, on)
-    if "training" in sections:
-        result["training"] = _training(cfg, bundle.kind, bundle.k, on)
     if "variants" in sections and any(LANE_SPECS[n].smaller_weights for n in cfg.lanes):
         result["variants"] = choose_variant(result, cfg.parity)
-    if "triton" in sections:
-        result["triton"] = _triton(cfg, on)
+    result.update(_lane_free(cfg, bundle.kind, bundle.k, on))  # type: ignore[typeddict-item]
     result["targets"] = evaluate_targets(result, MAIN_LANE)
     result["machine"]["loadavg_end"] = machine.load_average()
     result["seconds"] = time.perf_counter() - t_start

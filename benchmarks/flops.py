@@ -31,6 +31,8 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, shape_inference
 
+from ddad_edge.export.int8 import is_permutation_matmul, permutation_initializers
+
 COUNTED_OPS = frozenset(("Conv", "ConvTranspose", "ConvInteger", "QLinearConv", "MatMul", "Gemm"))
 COUNTED_OPS |= {"MatMulInteger", "QLinearMatMul", "FusedMatMul"}
 UNCOUNTED_COMPUTE_OPS: frozenset[str] = frozenset({"Einsum", "Attention", "LSTM", "GRU", "RNN"})
@@ -182,29 +184,6 @@ def _needed(node: onnx.NodeProto) -> list[str]:
     if op in _WEIGHT_INPUT:
         return [node.input[_WEIGHT_INPUT[op]], node.input[0], node.output[0]]
     return [node.input[0], node.output[0]]
-
-
-def permutation_initializers(model: onnx.ModelProto) -> set[str]:
-    """Names of square 2-D initializers that are permutation matrices (0/1, one 1 per row and
-    column). A MatMul by one only reorders elements (the graph's pixel interleave): it is data
-    movement, not arithmetic, and is not counted."""
-    from onnx import numpy_helper
-
-    out = set()
-    for t in model.graph.initializer:
-        if len(t.dims) != 2 or t.dims[0] != t.dims[1] or t.dims[0] > 4096:
-            continue
-        if t.data_type not in (TensorProto.FLOAT, TensorProto.FLOAT16, TensorProto.DOUBLE):
-            continue
-        a = numpy_helper.to_array(t)
-        if np.isin(a, (0, 1)).all() and (a.sum(axis=0) == 1).all() and (a.sum(axis=1) == 1).all():
-            out.add(t.name)
-    return out
-
-
-def is_permutation_matmul(node: onnx.NodeProto, perms: set[str]) -> bool:
-    """True for a MatMul whose B is one of ``perms`` (from :func:`permutation_initializers`)."""
-    return node.op_type == "MatMul" and len(node.input) > 1 and node.input[1] in perms
 
 
 def count_flops(model: onnx.ModelProto, batch: int) -> dict[str, Any]:

@@ -47,7 +47,7 @@ class LaneSpec:
 
     @property
     def smaller_weights(self) -> bool:
-        """A CPU lane whose weights are smaller than FP32 (judged by ``variant_choice``)."""
+        """A CPU lane whose weights are smaller than FP32 (``variants.choose_variant``)."""
         return self.backend == "ort-cpu" and self.precision in ("int8", "fp16w")
 
 
@@ -55,20 +55,20 @@ LANE_SPECS: dict[str, LaneSpec] = {
     s.name: s
     for s in (
         LaneSpec("torch", "torch", "cpu", "fp32"),
-        LaneSpec("torch-cuda", "torch", "cuda", "fp32"),
-        LaneSpec("torch-cuda-fp16", "torch", "cuda", "fp16"),
-        LaneSpec("torch-cuda-graphs", "torch", "cuda", "fp32", cuda_graphs=True),
-        LaneSpec("torch-cuda-fp16-graphs", "torch", "cuda", "fp16", cuda_graphs=True),
+        *(
+            LaneSpec("torch-cuda" + "-fp16" * (p == "fp16") + "-graphs" * g, "torch", "cuda", p, g)
+            for g in (False, True)
+            for p in ("fp32", "fp16")
+        ),
         LaneSpec("ort", "runtime", "ort-cpu", "fp32"),
         LaneSpec("ort-fp16", "runtime", "ort-cpu", "fp16"),
         LaneSpec("ort-int8", "runtime", "ort-cpu", "int8"),
         LaneSpec("ort-fp16w", "variant", "ort-cpu", "fp16w"),
-        LaneSpec("ort-cuda", "runtime", "ort-cuda", "fp32"),
-        LaneSpec("ort-cuda-fp16", "runtime", "ort-cuda", "fp16"),
-        LaneSpec("ort-trt", "runtime", "ort-trt", "fp32"),
-        LaneSpec("ort-trt-fp16", "runtime", "ort-trt", "fp16"),
-        LaneSpec("trt", "runtime", "trt", "fp32"),
-        LaneSpec("trt-fp16", "runtime", "trt", "fp16"),
+        *(
+            LaneSpec(b + "-fp16" * (p == "fp16"), "runtime", b, p)
+            for b in ("ort-cuda", "ort-trt", "trt")
+            for p in ("fp32", "fp16")
+        ),
     )
 }
 REFERENCE_LANE = "torch"

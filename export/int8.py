@@ -19,11 +19,31 @@ from pathlib import Path
 
 import numpy as np
 import onnx
-
-from ddad_edge.benchmarks.flops import is_permutation_matmul, permutation_initializers
+from onnx import TensorProto, numpy_helper
 
 INT8_MIN_ELEMENTS = 2**18
 """Weights of at least this many elements (1 MiB of FP32) are quantised."""
+
+
+def permutation_initializers(model: onnx.ModelProto) -> set[str]:
+    """Names of square 2-D initializers that are permutation matrices (0/1, one 1 per row and
+    column). A MatMul by one only reorders elements (the graph's pixel interleave): it is data
+    movement, not arithmetic: never quantised, and not counted as FLOPs (benchmarks/flops.py)."""
+    out = set()
+    for t in model.graph.initializer:
+        if len(t.dims) != 2 or t.dims[0] != t.dims[1] or t.dims[0] > 4096:
+            continue
+        if t.data_type not in (TensorProto.FLOAT, TensorProto.FLOAT16, TensorProto.DOUBLE):
+            continue
+        a = numpy_helper.to_array(t)
+        if np.isin(a, (0, 1)).all() and (a.sum(axis=0) == 1).all() and (a.sum(axis=1) == 1).all():
+            out.add(t.name)
+    return out
+
+
+def is_permutation_matmul(node: onnx.NodeProto, perms: set[str]) -> bool:
+    """True for a MatMul whose B is one of ``perms`` (from :func:`permutation_initializers`)."""
+    return node.op_type == "MatMul" and len(node.input) > 1 and node.input[1] in perms
 
 
 def int8_matmuls(model: onnx.ModelProto) -> list[str]:
