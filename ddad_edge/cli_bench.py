@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import tempfile
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -28,6 +29,7 @@ from ddad_edge.cli_common import fail as _fail
 from ddad_edge.cli_common import note as _progress
 
 if TYPE_CHECKING:
+    from ddad_edge.benchmarks.bench import BenchConfig
     from ddad_edge.benchmarks.schema import BenchResult
 
 PARITY_FAILED_EXIT = 3
@@ -219,13 +221,16 @@ def bench(
     """
     require_extra("bench", "train", TRAIN_EXTRA)
     from ddad_edge.benchmarks import inputs
+    from ddad_edge.benchmarks.bench import BenchConfig
     from ddad_edge.benchmarks.latency import Budget
 
-    batch_list = _ints(batches, "--batches")
-    settings = dict(
+    cfg = BenchConfig(
         bundle=bundle,
         lanes=_lanes(backends, precision),
-        batches=batch_list,
+        batches=_ints(batches, "--batches"),
+        images=[],  # drawn into a scratch folder by _run_bench
+        images_note="",
+        work_dir=Path(),
         sections=_sections(skip),
         run_dir=_run_dir(bundle, ckpt),
         parity=json.loads(parity.read_text()) if parity else None,
@@ -249,31 +254,26 @@ def bench(
         triton_instances=tuple(_ints(triton_instances, "--triton-instances")),
         triton_queue_delay_us=triton_queue_delay_us or None,
     )
-    result, report = _run_bench(settings, images, output)
+    result, report = _run_bench(cfg, images, output)
     _print_bench(result)
     say(f"report: {report} (+ bench.json, PNG plots)")
 
 
-def _run_bench(settings: dict, images: Path | None, output: Path) -> tuple[BenchResult, Path]:
-    """Draw the image pool into a scratch folder, run the bench with ``settings`` (the other
-    BenchConfig fields) and write its report into ``output``; (result, bench.md path)."""
+def _run_bench(cfg: BenchConfig, images: Path | None, output: Path) -> tuple[BenchResult, Path]:
+    """Draw the image pool into a scratch folder, run the bench with ``cfg`` and write its
+    report into ``output``; (result, bench.md path)."""
     from ddad_edge.benchmarks import inputs
-    from ddad_edge.benchmarks.bench import BenchConfig, run_bench
+    from ddad_edge.benchmarks.bench import run_bench
     from ddad_edge.benchmarks.bench_report import write_bench_report
     from ddad_edge.runtime.bundle import BundleError
 
     with tempfile.TemporaryDirectory(prefix="ddad-bench-") as scratch:
         try:
-            pool, note, kermany = inputs.image_pool(images, max(settings["batches"]), Path(scratch))
+            pool, note, kermany = inputs.image_pool(images, max(cfg.batches), Path(scratch))
         except ValueError as e:
             _fail(str(e))
-        cfg = BenchConfig(
-            images=pool,
-            images_note=note,
-            kermany=kermany,
-            work_dir=Path(scratch) / "variants",
-            **settings,
-        )
+        work_dir = Path(scratch) / "variants"
+        cfg = replace(cfg, images=pool, images_note=note, kermany=kermany, work_dir=work_dir)
         try:
             result = run_bench(cfg, _progress)
         except (BundleError, FileNotFoundError) as e:
