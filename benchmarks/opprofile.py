@@ -8,6 +8,7 @@ each class. The profiler adds a little overhead per node: the split is for diagn
 from __future__ import annotations
 
 import json
+import math
 import os
 import tempfile
 import time
@@ -15,6 +16,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from ddad_edge.benchmarks.latency import Budget, repeat_timed
 
 MATMUL_OPS = ("MatMul", "Gemm", "FusedGemm", "FusedMatMul", "MatMulInteger", "QLinearMatMul")
 MOVEMENT_OPS = ("DepthToSpace", "Concat", "Split", "Transpose", "Reshape", "Slice", "Squeeze")
@@ -63,13 +66,14 @@ def profile_by_class(
         so.profile_file_prefix = str(Path(tmp) / "ort")
         sess = ort.InferenceSession(str(onnx_path), so, providers=["CPUExecutionProvider"])
         feed = {sess.get_inputs()[0].name: x}
-        for _ in range(warmup):
-            sess.run(None, feed)
-        walls = []
-        for _ in range(reps):
+
+        def run_once() -> dict[str, float]:
             t0 = time.perf_counter()
             sess.run(None, feed)
-            walls.append(time.perf_counter() - t0)
+            return {"run": time.perf_counter() - t0}
+
+        # exactly `reps` timed runs (no minimum time)
+        walls = repeat_timed(run_once, Budget(warmup, reps, 0.0, math.inf))["run"]
         events = json.loads(Path(sess.end_profiling()).read_text())
     n_runs, per_class = _kernel_ms(events, reps)
     fl_class: dict[str, int] = dict.fromkeys(CLASSES, 0)
