@@ -122,36 +122,24 @@ def limits_section(limits: dict[str, Any]) -> str:
         (f"read {bw['nbytes'] / 2**20:.0f} MiB (GB/s)", bw, "read_gbps", bw["read_gbps"]),
         ("copy (GB/s, read+write bytes)", bw, "copy_gbps", bw["copy_gbps"]),
     ]
-    text = section(
-        "Measured limits",
-        table(
-            ["limit", "numpy", "torch", "used"],
-            [
-                [label, *(fmt(d[lib].get(key), ".1f") for lib in ("numpy", "torch")), fmt(u, ".1f")]
-                for label, d, key, u in rows
-            ],
-        ),
-        level=3,
-    )
+    libs = ("numpy", "torch")
+    cells = [
+        [s, *(fmt(d[lib].get(k), ".1f") for lib in libs), fmt(u, ".1f")] for s, d, k, u in rows
+    ]
     where = {True: "fits in LLC", False: "exceeds LLC", None: "LLC unknown"}
-    text += bullets(
-        [
-            f"read, buffer of {int(n) / 1e6:.1f} MB read repeatedly ({where[r.get('in_llc')]}): "
-            f"{r['read_gbps']:.1f} GB/s"
-            for n, r in sorted(
-                limits.get("bandwidth_at_weights", {}).items(), key=lambda kv: int(kv[0])
-            )
-        ]
-        + ([f"last-level cache: {bw['llc_bytes'] / 2**20:.0f} MiB"] if bw.get("llc_bytes") else [])
-        + (
-            [
-                "read bandwidth vs buffer size (read repeatedly; GB/s): "
-                + ", ".join(f"{c['mib']} MiB {c['read_gbps']:.1f}" for c in limits["read_curve"])
-            ]
-            if limits.get("read_curve")
-            else []
-        )
-    )
+    at_weights = sorted(limits.get("bandwidth_at_weights", {}).items(), key=lambda kv: int(kv[0]))
+    notes = [
+        f"read, buffer of {int(n) / 1e6:.1f} MB read repeatedly ({where[r.get('in_llc')]}): "
+        f"{r['read_gbps']:.1f} GB/s"
+        for n, r in at_weights
+    ]
+    if bw.get("llc_bytes"):
+        notes.append(f"last-level cache: {bw['llc_bytes'] / 2**20:.0f} MiB")
+    if curve := limits.get("read_curve"):
+        points = ", ".join(f"{c['mib']} MiB {c['read_gbps']:.1f}" for c in curve)
+        notes.append(f"read bandwidth vs buffer size (read repeatedly; GB/s): {points}")
+    text = section("Measured limits", table(["limit", "numpy", "torch", "used"], cells), level=3)
+    text += bullets(notes)
     if limits.get("quick"):
         text += "\n**quick mode: small sizes, these limits are NOT meaningful.**\n"
     return text
