@@ -275,8 +275,9 @@ def good_images(bundle: Path) -> list[Path]:
     return [Path(p) for p in sources[:3]]
 
 
-HAVE_SIGNING = importlib.util.find_spec("model_signing") is not None
-"""Whether the ``signing`` extra (OpenSSF model-signing) is installed."""
+HAVE_SIGNING = all(importlib.util.find_spec(m) is not None for m in ("model_signing", "OpenSSL"))
+"""Whether the ``signing`` extra is installed: OpenSSF model-signing and pyOpenSSL, which
+model-signing 1.1 imports without declaring it (without it, nothing can be signed or checked)."""
 
 
 @pytest.fixture(scope="session")
@@ -284,7 +285,7 @@ def release_keys(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """Two fresh P-256 key pairs as PEM files: {"private", "public"} (the release key) and
     {"other_public"} (another key's public half). Skips without the signing extra."""
     if not HAVE_SIGNING:
-        pytest.skip("model-signing (the signing extra) is not installed")
+        pytest.skip("the signing extra (model-signing, pyOpenSSL) is not installed")
     from cryptography.hazmat.primitives import serialization
     from cryptography.hazmat.primitives.asymmetric import ec
 
