@@ -166,6 +166,7 @@ class BenchResult(TypedDict, total=False):
     cold_start: dict[str, Any]  # coldstart.measure_cold_start
     training: dict[str, Any]  # training.compare_fused_separate (+ "by_device") or {"error"}
     variants: Variants
+    triton: dict[str, Any]  # triton_load.measure_triton
     targets: list[Target]
     seconds: float
 
