@@ -8,8 +8,9 @@ results in one transaction. An exception from ``process`` marks the object ``fai
 reason; the worker goes on with the next one.
 
 Results the outcome lists as ``later`` (the heat-map Secondary Capture) are queued in that
-transaction as ``building`` under their final UID and built right after it, while the forwarder
-already sends the others (the SR, i.e. the decision): they then become ``pending``. After a
+transaction as ``building`` under their final UID and built once the forwarder has sent the
+others (the SR, i.e. the decision; waiting at most ``LATER_WAIT_S``, so that the two do not
+compete for the interpreter): they then become ``pending``. After a
 crash the first thread builds every ``building`` result again from a new ``process`` of its
 object before taking new work; a result that cannot be built is dead-lettered with the reason.
 """
