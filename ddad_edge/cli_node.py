@@ -46,42 +46,57 @@ def _print_status(spool: Path, as_json: bool) -> None:
         )
 
 
+ServeBundleArg = Annotated[
+    Path | None, typer.Argument(help="Bundle folder written by `export` (not with --status).")
+]
+AeTitleOpt = Annotated[str, typer.Option(help="Our AE title.")]
+HostOpt = Annotated[str, typer.Option(help="Address the SCP listens on.")]
+PortOpt = Annotated[int, typer.Option(help="DICOM port the SCP listens on.")]
+SpoolOpt = Annotated[
+    Path, typer.Option(help="Spool folder: received objects, results, journal (created).")
+]
+ForwardOpt = Annotated[
+    str | None,
+    typer.Option(help="Send results (SR, Secondary Capture) to AE@host:port by C-STORE."),
+]
+MetricsPortOpt = Annotated[
+    int | None, typer.Option(help="Serve Prometheus metrics on 127.0.0.1:PORT/metrics.")
+]
+WorkersOpt = Annotated[int, typer.Option(help="Processing threads.")]
+JsonlOpt = Annotated[
+    bool, typer.Option(help="Also append one JSON line per object to spool/results.jsonl.")
+]
+RetriesOpt = Annotated[
+    int, typer.Option(help="Delivery tries of a result before it is dead-lettered.")
+]
+BackoffOpt = Annotated[
+    float, typer.Option(help="First retry delay in seconds (doubles per try, 60 s at most).")
+]
+BackendOpt = Annotated[str, typer.Option(help="auto, trt, ort-cuda, ort-cpu, ...")]
+StatusOpt = Annotated[
+    Path | None,
+    typer.Option(help="Print the counts per state of this spool and exit (no serving)."),
+]
+StatusJsonOpt = Annotated[bool, typer.Option("--json", help="With --status: print JSON.")]
+
+
 def serve(
-    bundle: Annotated[
-        Path | None, typer.Argument(help="Bundle folder written by `export` (not with --status).")
-    ] = None,
+    bundle: ServeBundleArg = None,
     calibration: CalibrationOpt = None,
     operating_point: OperatingPointOpt = None,
-    ae_title: Annotated[str, typer.Option(help="Our AE title.")] = "DDAD",
-    host: Annotated[str, typer.Option(help="Address the SCP listens on.")] = "0.0.0.0",
-    port: Annotated[int, typer.Option(help="DICOM port the SCP listens on.")] = 11112,
-    spool: Annotated[
-        Path,
-        typer.Option(help="Spool folder: received objects, results, journal (created)."),
-    ] = Path("spool"),
-    forward: Annotated[
-        str | None,
-        typer.Option(help="Send results (SR, Secondary Capture) to AE@host:port by C-STORE."),
-    ] = None,
-    metrics_port: Annotated[
-        int | None, typer.Option(help="Serve Prometheus metrics on 127.0.0.1:PORT/metrics.")
-    ] = None,
-    workers: Annotated[int, typer.Option(help="Processing threads.")] = 1,
-    jsonl: Annotated[
-        bool, typer.Option(help="Also append one JSON line per object to spool/results.jsonl.")
-    ] = False,
-    retries: Annotated[
-        int, typer.Option(help="Delivery tries of a result before it is dead-lettered.")
-    ] = 10,
-    backoff: Annotated[
-        float, typer.Option(help="First retry delay in seconds (doubles per try, 60 s at most).")
-    ] = 1.0,
-    backend: Annotated[str, typer.Option(help="auto, trt, ort-cuda, ort-cpu, ...")] = "auto",
-    status: Annotated[
-        Path | None,
-        typer.Option(help="Print the counts per state of this spool and exit (no serving)."),
-    ] = None,
-    as_json: Annotated[bool, typer.Option("--json", help="With --status: print JSON.")] = False,
+    ae_title: AeTitleOpt = "DDAD",
+    host: HostOpt = "0.0.0.0",
+    port: PortOpt = 11112,
+    spool: SpoolOpt = Path("spool"),
+    forward: ForwardOpt = None,
+    metrics_port: MetricsPortOpt = None,
+    workers: WorkersOpt = 1,
+    jsonl: JsonlOpt = False,
+    retries: RetriesOpt = 10,
+    backoff: BackoffOpt = 1.0,
+    backend: BackendOpt = "auto",
+    status: StatusOpt = None,
+    as_json: StatusJsonOpt = False,
 ) -> None:
     """Run the DICOM node: receive CR/DX images by C-STORE, store them in the spool before
     answering, gate/score/decide each, and send an SR (+ heat-map Secondary Capture) to the
