@@ -19,6 +19,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from ddad_edge.runtime.dicom_results import AlgorithmInfo
+
 REPO = Path(__file__).resolve().parents[1]
 # Subprocesses the tests start import the installed ddad_edge, never the source folder in their
 # working directory (which lacks runtime/ and the others: pyproject maps them into the package).
@@ -83,6 +85,17 @@ def require_dicom_cxr() -> Path:
     if not (DICOM_CXR / "original").is_dir():
         pytest.skip(f"real DICOM files not found at {DICOM_CXR} (../shared/data is absent)")
     return DICOM_CXR
+
+
+# The algorithm and operating point the DICOM-result tests (SR, SC, SR templates) report.
+SR_ALGORITHM = AlgorithmInfo("ddad-edge DDAD AE", "0.1.0", "ab" * 32, "ae")
+SR_OPERATING_POINT = {
+    "specificity": 0.95,
+    "score": "inter",
+    "threshold": 0.0421,
+    "threshold_interval": [0.04, 0.045],
+    "bundle_digest": "ab" * 32,
+}
 
 
 def dciodvfy_errors(path: Path) -> list[str]:

@@ -9,11 +9,10 @@ from pathlib import Path
 import numpy as np
 import pydicom
 import pytest
-from conftest import dciodvfy_errors, require_dicom_cxr
+from conftest import SR_ALGORITHM, SR_OPERATING_POINT, dciodvfy_errors, require_dicom_cxr
 
 from ddad_edge.runtime.dicom_results import (
     NOT_FOR_DIAGNOSIS,
-    AlgorithmInfo,
     build_heatmap_sc,
     build_sr,
 )
@@ -21,14 +20,6 @@ from ddad_edge.runtime.scorer import ScoreResult
 
 hd = pytest.importorskip("highdicom", reason="the report extra (highdicom) is not installed")
 
-INFO = AlgorithmInfo("ddad-edge DDAD AE", "0.1.0", "ab" * 32, "ae")
-OP = {
-    "specificity": 0.95,
-    "score": "inter",
-    "threshold": 0.0421,
-    "threshold_interval": [0.04, 0.045],
-    "bundle_digest": "ab" * 32,
-}
 SCORES = {"rec": 0.101, "intra": 0.0213, "inter": 0.0537}
 
 
@@ -92,8 +83,10 @@ def _values(ds: pydicom.Dataset) -> list[tuple]:
 def test_sr_scored_roundtrip_and_dciodvfy(tmp_path: Path, name: str) -> None:
     src_path = source(name)
     src = pydicom.dcmread(src_path, force=True)
-    rec = ScoreResult(str(src_path), scores=dict(SCORES), flag="abnormal", operating_point=OP)
-    path = save(build_sr(src, rec, INFO), tmp_path / "sr.dcm")
+    rec = ScoreResult(
+        str(src_path), scores=dict(SCORES), flag="abnormal", operating_point=SR_OPERATING_POINT
+    )
+    path = save(build_sr(src, rec, SR_ALGORITHM), tmp_path / "sr.dcm")
     assert dciodvfy_errors(path) == []
     back = pydicom.dcmread(path)
     check_identity(back, src)
@@ -101,7 +94,7 @@ def test_sr_scored_roundtrip_and_dciodvfy(tmp_path: Path, name: str) -> None:
     got = {m.name.value: m.value for m in g.get_measurements()}
     assert got["inter"] == pytest.approx(SCORES["inter"])
     assert got["rec"] == pytest.approx(SCORES["rec"])
-    assert got["122411"] == pytest.approx(OP["threshold"])  # DCM Threshold Value
+    assert got["122411"] == pytest.approx(SR_OPERATING_POINT["threshold"])  # DCM Threshold Value
     (ev,) = g.get_qualitative_evaluations()
     assert ev.value.value == "263654008"  # SCT Abnormal
     ref = g.source_images[0].referenced_sop_instance_uid
@@ -115,14 +108,16 @@ def test_sr_normal_abstained_and_error(tmp_path: Path) -> None:
     src = pydicom.dcmread(src_path, force=True)
     cases = {
         "normal": (
-            ScoreResult("a", scores=dict(SCORES), flag="normal", operating_point=OP),
+            ScoreResult(
+                "a", scores=dict(SCORES), flag="normal", operating_point=SR_OPERATING_POINT
+            ),
             "17621005",
         ),
         "abstained": (ScoreResult("a", reason="view position LL is not PA or AP"), "373121007"),
         "error": (ScoreResult("a", error="pixel data could not be decoded"), "373121007"),
     }
     for case, (rec, code) in cases.items():
-        path = save(build_sr(src, rec, INFO), tmp_path / f"{case}.dcm")
+        path = save(build_sr(src, rec, SR_ALGORITHM), tmp_path / f"{case}.dcm")
         assert dciodvfy_errors(path) == [], case
         _, g = group_of(path)
         (ev,) = g.get_qualitative_evaluations()

@@ -13,26 +13,18 @@ from pathlib import Path
 
 import pydicom
 import pytest
-from conftest import dciodvfy_errors, require_dicom_cxr
+from conftest import SR_ALGORITHM, SR_OPERATING_POINT, dciodvfy_errors, require_dicom_cxr
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 from pydicom.dataset import Dataset
 from pydicom.uid import generate_uid
 
-from ddad_edge.runtime.dicom_results import AlgorithmInfo, build_sr, encode
+from ddad_edge.runtime.dicom_results import build_sr, encode
 from ddad_edge.runtime.scorer import ScoreResult
 from ddad_edge.runtime.sr_templates import DecisionSRs
 
 hd = pytest.importorskip("highdicom", reason="the report extra (highdicom) is not installed")
 
-INFO = AlgorithmInfo("ddad-edge DDAD AE", "0.1.0", "ab" * 32, "ae")
-OP = {
-    "specificity": 0.95,
-    "score": "inter",
-    "threshold": 0.0421,
-    "threshold_interval": [0.04, 0.045],
-    "bundle_digest": "ab" * 32,
-}
 CLASSES = {  # SOP class -> Modality
     "1.2.840.10008.5.1.4.1.1.1": "CR",
     "1.2.840.10008.5.1.4.1.1.1.1": "DX",
@@ -114,7 +106,7 @@ def same_shape_sources(draw: st.DrawFn) -> tuple[Dataset, Dataset, Dataset]:
 def _record(draw: st.DrawFn, flag: str | None, names: list[str]) -> ScoreResult:
     value = st.floats(-1e6, 1e6, allow_nan=False) | st.floats(0, 1e-3)
     scores = {n: draw(value) for n in names}
-    op = OP if flag else None
+    op = SR_OPERATING_POINT if flag else None
     return ScoreResult("x.dcm", scores=scores, flag=flag, operating_point=op)
 
 
@@ -152,7 +144,7 @@ def test_template_sr_equals_highdicom_sr(sources, data, tmp_path_factory) -> Non
     first, second, third = sources
     flag = data.draw(st.sampled_from(["abnormal", "normal", None]))
     names = data.draw(st.sampled_from([["rec", "intra", "inter"], ["inter"], ["asr", "inter"]]))
-    srs = DecisionSRs(INFO)
+    srs = DecisionSRs(SR_ALGORITHM)
     srs.build(first, _record(data.draw, flag, names))  # built by highdicom: the template
     assert srs.templates() == 1
     for source in (second, third):
@@ -160,7 +152,7 @@ def test_template_sr_equals_highdicom_sr(sources, data, tmp_path_factory) -> Non
         series = generate_uid()
         fast = srs.build(source, rec, series_instance_uid=series)
         assert not isinstance(fast, hd.sr.Comprehensive3DSR)  # it did come from the template
-        slow = build_sr(source, rec, INFO, series_instance_uid=series)
+        slow = build_sr(source, rec, SR_ALGORITHM, series_instance_uid=series)
         assert _comparable(fast) == _comparable(slow)
         assert fast.SOPInstanceUID != slow.SOPInstanceUID != source.SOPInstanceUID
     path = tmp_path_factory.mktemp("sr") / "sr.dcm"
@@ -179,18 +171,20 @@ def test_template_sr_equals_highdicom_sr(sources, data, tmp_path_factory) -> Non
 def test_abstained_and_dicom_cxr_sources(tmp_path: Path) -> None:
     """Abstained records are built by highdicom; every real film of dicom-cxr, sent again as
     a new instance, gets the template SR highdicom would build."""
-    srs = DecisionSRs(INFO)
+    srs = DecisionSRs(SR_ALGORITHM)
     for path in sorted((require_dicom_cxr() / "original").glob("*.dcm")):
         src = pydicom.dcmread(path, stop_before_pixels=True, force=True)
         abstained = ScoreResult(str(path), reason="view LATERAL is not PA/AP")
         assert isinstance(srs.build(src, abstained), hd.sr.Comprehensive3DSR)
-        rec = ScoreResult(str(path), scores={"inter": 0.05}, flag="abnormal", operating_point=OP)
+        rec = ScoreResult(
+            str(path), scores={"inter": 0.05}, flag="abnormal", operating_point=SR_OPERATING_POINT
+        )
         srs.build(src, rec)
         again = src.copy()
         again.SOPInstanceUID, again.StudyInstanceUID = generate_uid(), generate_uid()
         series = generate_uid()
         fast = srs.build(again, rec, series_instance_uid=series)
-        slow = build_sr(again, rec, INFO, series_instance_uid=series)
+        slow = build_sr(again, rec, SR_ALGORITHM, series_instance_uid=series)
         assert _comparable(fast) == _comparable(slow), path.name
         out = tmp_path / f"{path.stem}.dcm"
         out.write_bytes(encode(fast))
