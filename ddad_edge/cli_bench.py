@@ -170,49 +170,61 @@ def _sections(skip: str) -> tuple[str, ...]:
     return tuple(s for s in SECTIONS if s not in skipped)
 
 
+BackendsOpt = Annotated[str, _opt(BACKENDS_HELP)]
+BatchesOpt = Annotated[str, _opt("Batch sizes of the sweep.")]
+WarmupOpt = Annotated[int, _opt("Untimed repetitions before each measurement.")]
+MinRepsOpt = Annotated[int, _opt("Sweep: at least this many timed repetitions per batch size...")]
+MinSecondsOpt = Annotated[float, _opt("...and at least this many seconds...")]
+MaxSecondsOpt = Annotated[float, _opt("...but stop after this many seconds.")]
+LatencyRepsOpt = Annotated[int, _opt("Batch 1: at least this many timed repetitions...")]
+LatencySecondsOpt = Annotated[float, _opt("...and at least this many seconds (stop after 5x).")]
+E2eBatchOpt = Annotated[int, _opt("Files per batch in the end-to-end passes.")]
+ColdstartRepsOpt = Annotated[int, _opt("Fresh processes per cold-start measurement.")]
+TrainStepsOpt = Annotated[int, _opt("Timed training steps per side (fused / separate).")]
+TritonClientsOpt = Annotated[str, _opt("Triton lane: numbers of concurrent clients.")]
+TritonFilesOpt = Annotated[int, _opt("Triton lane: files sent per point.")]
+TritonFilesPerRequestOpt = Annotated[
+    str, _opt("Triton lane: numbers of files per request (each up to --max-batch 64).")
+]
+TritonQueueDelayUsOpt = Annotated[
+    int, _opt("Triton lane: the dynamic batcher's longest wait, µs (0: the default, 2000).")
+]
+TritonInstancesOpt = Annotated[
+    str, _opt("Triton lane: numbers of ddad_score instances, one server each.")
+]
+
+
 def bench(
     bundle: BundleArg,
     output: BenchOutput = Path("bench"),
-    backends: Annotated[str, _opt(BACKENDS_HELP)] = "default",
+    backends: BackendsOpt = "default",
     precision: Precision = "all",
-    batches: Annotated[str, _opt("Batch sizes of the sweep.")] = "1,8,64,256",
+    batches: BatchesOpt = "1,8,64,256",
     ckpt: Ckpt = None,
     images: Images = None,
     fullres: Fullres = None,
     dicom: Dicom = None,
-    warmup: Annotated[int, _opt("Untimed repetitions before each measurement.")] = 2,
-    min_reps: Annotated[
-        int, _opt("Sweep: at least this many timed repetitions per batch size...")
-    ] = 3,
-    min_seconds: Annotated[float, _opt("...and at least this many seconds...")] = 1.0,
-    max_seconds: Annotated[float, _opt("...but stop after this many seconds.")] = 8.0,
-    latency_reps: Annotated[int, _opt("Batch 1: at least this many timed repetitions...")] = 20,
-    latency_seconds: Annotated[
-        float, _opt("...and at least this many seconds (stop after 5x).")
-    ] = 2.0,
+    warmup: WarmupOpt = 2,
+    min_reps: MinRepsOpt = 3,
+    min_seconds: MinSecondsOpt = 1.0,
+    max_seconds: MaxSecondsOpt = 8.0,
+    latency_reps: LatencyRepsOpt = 20,
+    latency_seconds: LatencySecondsOpt = 2.0,
     paired_rounds: PairedRounds = 10,
     paired_seconds: PairedSeconds = 0.3,
-    e2e_batch: Annotated[int, _opt("Files per batch in the end-to-end passes.")] = 16,
-    coldstart_reps: Annotated[int, _opt("Fresh processes per cold-start measurement.")] = 3,
-    train_steps: Annotated[int, _opt("Timed training steps per side (fused / separate).")] = 5,
+    e2e_batch: E2eBatchOpt = 16,
+    coldstart_reps: ColdstartRepsOpt = 3,
+    train_steps: TrainStepsOpt = 5,
     threads: Threads = 0,
     torch_threads: TorchThreads = 0,
     skip: Skip = "",
     parity: ParityJson = None,
     quick: Quick = False,
-    triton_clients: Annotated[
-        str, _opt("Triton lane: numbers of concurrent clients.")
-    ] = "1,2,4,8,16",
-    triton_files: Annotated[int, _opt("Triton lane: files sent per point.")] = 1024,
-    triton_files_per_request: Annotated[
-        str, _opt("Triton lane: numbers of files per request (each up to --max-batch 64).")
-    ] = "1,8,16",
-    triton_queue_delay_us: Annotated[
-        int, _opt("Triton lane: the dynamic batcher's longest wait, µs (0: the default, 2000).")
-    ] = 0,
-    triton_instances: Annotated[
-        str, _opt("Triton lane: numbers of ddad_score instances, one server each.")
-    ] = "1,2",
+    triton_clients: TritonClientsOpt = "1,2,4,8,16",
+    triton_files: TritonFilesOpt = 1024,
+    triton_files_per_request: TritonFilesPerRequestOpt = "1,8,16",
+    triton_queue_delay_us: TritonQueueDelayUsOpt = 0,
+    triton_instances: TritonInstancesOpt = "1,2",
 ) -> None:
     """Latency, throughput and machine limits of every backend vs the PyTorch eager reference.
 
