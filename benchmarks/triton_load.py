@@ -48,6 +48,28 @@ def _batches(stats: dict[str, Any]) -> dict[int, int]:
     }
 
 
+def _requests_done(stats: dict[str, Any]) -> int:
+    """Requests the model has answered successfully, per the server's statistics."""
+    success = stats["model_stats"][0].get("inference_stats", {}).get("success", {})
+    return int(success.get("count", 0))  # protobuf's JSON omits zero counts
+
+
+def _statistics_after(
+    client: Any, before: dict[str, Any], requests: int, timeout: float = 10.0
+) -> dict[str, Any]:
+    """The server's statistics once they count ``requests`` more answered requests than
+    ``before``: the backend reports a batch's statistics after its responses have left, so a
+    client that has every answer can still read statistics without the last batches."""
+    deadline = time.monotonic() + timeout
+    while True:
+        stats = client.statistics()
+        if _requests_done(stats) - _requests_done(before) >= requests:
+            return stats
+        if time.monotonic() > deadline:
+            return stats  # reported as read; the point's batch counts then fall short
+        time.sleep(0.05)
+
+
 def _stage_ms(before: dict[str, Any], after: dict[str, Any]) -> dict[str, float]:
     """Mean milliseconds per request in each of :data:`STAGES` between two statistics."""
     a, b = after["model_stats"][0]["inference_stats"], before["model_stats"][0]["inference_stats"]
@@ -99,7 +121,7 @@ def _point(
     with ThreadPoolExecutor(clients) as pool:
         out = list(pool.map(one, range(0, len(files), per)))
     wall = time.perf_counter() - t0
-    stats1 = client.statistics()
+    stats1 = _statistics_after(client, stats0, len(out))
     before, after = _batches(stats0), _batches(stats1)
     lat = np.array([t for t, _ in out]) * 1e3
     records = [r for _, rs in out for r in rs]
