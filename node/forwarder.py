@@ -120,10 +120,8 @@ class Forwarder:
         self._thread.start()
 
     def wake(self) -> None:
-        # Clear idle first: set after the wake, the clear could undo an idle the forwarder had
-        # already reached by sending these very results, and wait_idle would sit out its timeout.
-        self._idle.clear()
         self._wake.set()
+        self._idle.clear()
 
     def wait_idle(self, timeout: float) -> bool:
         """Wait (at most ``timeout`` s) until every result queued before the last :meth:`wake`
