@@ -8,12 +8,19 @@ notes when each result arrives and which source it references). Each send is a c
 under a new SOP Instance UID (the pixel data as stored: compressed files stay compressed), so
 the node processes every one. Times are wall clock (``time.time``) in both processes.
 
+The sender is dcmtk's ``storescu`` by default (each object on its own association, timed from
+the moment it starts sending the C-STORE request, from its log), as a modality's native DICOM
+stack sends; ``--sender pynetdicom`` sends from this process on one association per sender
+(its Python encoding and fragmenting then count as transfer).
+
 Per object, from the node's journal (``times``) and the two ends:
 
 - receive+persist: C-STORE sent -> object stored, fsynced and journalled (``received_at``),
   split into transfer (C-STORE sent -> the whole object arrived at the node's handler) and
   persist (atomic write, two fsyncs; the journal commit follows ``received_at``);
-- wait: stored -> a worker takes it (queueing; grows with concurrent senders);
+- wait: arrived at the node's handler -> a worker takes it (queueing; grows with concurrent
+  senders; the worker starts on an object while it is being persisted, so wait and persist
+  overlap);
 - gate, decode, score: the pipeline's stages (``node.pipeline``);
 - sr: scores ready -> the SR (the decision) received at the destination (SR from its
   template, encode, outbox, journal, send);
@@ -41,6 +48,8 @@ from typing import Annotated, Any
 
 import numpy as np
 import typer
+
+from ddad_edge.benchmarks.storescu import find_dcmtk, timed_send
 
 
 def free_port() -> int:
@@ -135,9 +144,23 @@ def _sender_ae(datasets: list[Any]) -> Any:
 
 
 def _send_and_wait(
-    port: int, dest: Destination, items: list[tuple[str, Any]], out: list[dict[str, Any]]
+    port: int,
+    dest: Destination,
+    items: list[tuple[str, Any]],
+    out: list[dict[str, Any]],
+    storescu: str | None = None,
+    folder: Path | None = None,
 ) -> None:
-    """One sender: for each (name, dataset), C-STORE it and wait for its results."""
+    """One sender: for each (name, dataset), C-STORE it and wait for its results. With
+    ``storescu`` (dcmtk's, the default sender) each data set is written to ``folder`` first and
+    sent on its own association; else pynetdicom sends them all on one association."""
+    if storescu is not None and folder is not None:
+        for name, ds in items:
+            path = folder / f"{ds.SOPInstanceUID}.dcm"
+            ds.save_as(path, enforce_file_format=True)
+            t0 = timed_send(storescu, port, path)
+            _note(dest, name, ds, t0, out)
+        return
     ae = _sender_ae([d for _, d in items])
     assoc = ae.associate("127.0.0.1", port, ae_title="DDAD")
     if not assoc.is_established:
@@ -148,12 +171,18 @@ def _send_and_wait(
             status = assoc.send_c_store(ds)
             if not status or int(status.Status) != 0:
                 raise RuntimeError(f"{name}: C-STORE status {status}")
-            uid = str(ds.SOPInstanceUID)
-            # a scored object gets an SR and a Secondary Capture, both in its study
-            t_sr, t_dest = dest.wait(str(ds.StudyInstanceUID), 2)
-            out.append({"file": name, "uid": uid, "t0": t0, "t_sr": t_sr, "t_dest": t_dest})
+            _note(dest, name, ds, t0, out)
     finally:
         assoc.release()
+
+
+def _note(dest: Destination, name: str, ds: Any, t0: float, out: list[dict[str, Any]]) -> None:
+    """Wait for the results of one send (a scored object gets an SR and a Secondary Capture,
+    both in its study) and note the times."""
+    t_sr, t_dest = dest.wait(str(ds.StudyInstanceUID), 2)
+    out.append(
+        {"file": name, "uid": str(ds.SOPInstanceUID), "t0": t0, "t_sr": t_sr, "t_dest": t_dest}
+    )
 
 
 def _breakdown(spool: Path, sends: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -167,7 +196,7 @@ def _breakdown(spool: Path, sends: list[dict[str, Any]]) -> list[dict[str, Any]]
             row = journal.get(s["uid"])
             rec = journal.record(s["uid"]) or {}
             t = rec.get("times") or {}
-            start = row.received_at + t.get("wait", 0.0)
+            start = t.get("started_at", row.received_at + t.get("wait", 0.0))
             scored_at = start + t.get("gate", 0) + t.get("decode", 0) + t.get("score", 0)
             rows.append(
                 {
@@ -256,9 +285,11 @@ def run(
     concurrency: tuple[int, ...] = (1, 8),
     workers: int = 1,
     workdir: Path,
+    storescu: str | None = None,
 ) -> dict[str, Any]:
     """Start a node, send every file ``rounds`` times at each concurrency, return the per-send
-    rows and their p50/p95 by file group and concurrency."""
+    rows and their p50/p95 by file group and concurrency. ``storescu``: dcmtk's sender to use
+    (None: pynetdicom)."""
     from pydicom import dcmread
 
     datasets = {f.name: dcmread(f) for f in files}
@@ -279,15 +310,18 @@ def run(
     log = open(workdir / "node.log", "wb")  # noqa: SIM115 (closed below)
     node = subprocess.Popen(cmd, stdout=log, stderr=log)
     results: dict[str, Any] = {}
+    folder = workdir / "sent"
+    folder.mkdir(exist_ok=True)
+    send = (storescu, folder)
     try:
         wait_port(port)
         # warm-up: every file once (codecs, first inference)
-        _send_and_wait(port, dest, [(n, _copy(d)) for n, d in datasets.items()], [])
+        _send_and_wait(port, dest, [(n, _copy(d)) for n, d in datasets.items()], [], *send)
         for c in concurrency:
             sends: list[dict[str, Any]] = []  # list.append is atomic: shared by the threads
             jobs = [(n, _copy(d)) for _ in range(rounds) for n, d in datasets.items()]
             threads = [
-                threading.Thread(target=_send_and_wait, args=(port, dest, jobs[i::c], sends))
+                threading.Thread(target=_send_and_wait, args=(port, dest, jobs[i::c], sends, *send))
                 for i in range(min(c, len(jobs)))
             ]
             for t in threads:
@@ -321,17 +355,27 @@ def main(
         "node-bench.json"
     ),
     workdir: Annotated[Path, typer.Option(help="Spool and logs (created).")] = Path("node-bench"),
+    sender: Annotated[
+        str, typer.Option(help="storescu (dcmtk, as a modality sends) or pynetdicom.")
+    ] = "storescu",
 ) -> None:
     """Measure the node's end-to-end latency (see the module docstring) and print a table."""
     workdir.mkdir(parents=True, exist_ok=True)
-    ref = in_process(bundle, files, repeats)
+    storescu = find_dcmtk("storescu") if sender == "storescu" else None
+    if sender == "storescu" and storescu is None:
+        raise typer.BadParameter("dcmtk's storescu is not installed (or use --sender pynetdicom)")
+    before = in_process(bundle, files, repeats)
     conc = tuple(senders or (1, 8))
     rows = run(
         bundle, calibration, files, rounds=rounds, concurrency=conc, workers=workers,
-        workdir=workdir,
+        workdir=workdir, storescu=storescu,
     )  # fmt: skip
+    after = in_process(bundle, files, repeats)
+    # the reference is timed before and after the node runs, on a machine whose speed drifts
+    ref = {f: {k: (v + after[f][k]) / 2 for k, v in r.items()} for f, r in before.items()}
     report: dict[str, Any] = {
-        "in_process_ms": ref, "sends": rows, "summary": {}, "workers": workers,
+        "in_process_ms": ref, "in_process_ms_before": before, "in_process_ms_after": after,
+        "sends": rows, "summary": {}, "workers": workers, "sender": sender,
         "load_average": os.getloadavg(),
     }  # fmt: skip
     for c, rs in rows.items():

@@ -1,9 +1,11 @@
 """The Storage SCP: accept CR, DX and Secondary Capture objects and answer C-ECHO (pynetdicom).
 
 Persist before success: each C-STORE's data set is written as received (preamble, file meta and
-the data set bytes exactly as they came off the wire; ``Event.encoded_dataset``) with an atomic,
-fsynced write, then recorded in the journal, and only then is the response Success (0x0000).
-When either step fails the response is 0xA700 (Refused: Out of Resources, PS3.4 GG.4), never a
+the data set bytes exactly as they came off the wire, written by pynetdicom as they arrive and
+renamed into the spool; ``Event.dataset_path``) and fsynced, then recorded in the journal, and
+only then is the response Success (0x0000). Processing may start while the file is being
+fsynced (``on_staged``); its results are committed only once the object is journalled. When
+either step fails the response is 0xA700 (Refused: Out of Resources, PS3.4 GG.4), never a
 false Success. The data set is not decoded here: a malformed object is stored like any other
 and abstained by the worker with its reason.
 
@@ -14,12 +16,13 @@ stored or processed again (the sender re-sent it, e.g. after a lost response).
 from __future__ import annotations
 
 import logging
+import socket
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 from pydicom import uid
-from pynetdicom import AE, evt
+from pynetdicom import AE, _config, evt, transport
 from pynetdicom.sop_class import (
     ComputedRadiographyImageStorage,
     DigitalXRayImageStorageForPresentation,
@@ -28,7 +31,7 @@ from pynetdicom.sop_class import (
     Verification,
 )
 
-from ddad_edge.node.journal import Journal
+from ddad_edge.node.journal import RECEIVED, Journal, ObjectRow
 from ddad_edge.node.metrics import NodeMetrics
 from ddad_edge.node.spool import Spool
 
@@ -54,6 +57,36 @@ TRANSFER_SYNTAXES = (
     uid.JPEG2000,
     uid.RLELossless,
 )
+# pynetdicom writes each C-STORE's data set to a file as its PDUs arrive (preamble and file meta
+# first): the node moves that file into its spool instead of assembling the object in memory
+# and writing it again. A pynetdicom setting for the whole process: it only changes how an SCP
+# receives (``Event.dataset_path``; ``Event.dataset`` reads the file).
+_config.STORE_RECV_CHUNKED_DATASET = True
+
+
+def _recv(self: transport.AssociationSocket, nr_bytes: int) -> bytearray:
+    """``AssociationSocket.recv`` reading straight into one buffer: the ``nr_bytes`` bytes, fewer
+    when the peer closed the connection first; socket errors propagate. The original reads 4 KiB
+    at a time: a 1 MiB PDU then takes 256 reads, each giving up and taking back the interpreter
+    lock, which made receiving a film cost several times its decode. The buffer grows with what
+    arrives (doubling), so a peer announcing a huge PDU gets no more memory than it sends."""
+    sock = cast(socket.socket, self.socket)
+    buf = bytearray(min(nr_bytes, 1 << 20))
+    got = 0
+    while got < nr_bytes:
+        if got == len(buf):
+            buf.extend(bytes(min(len(buf), nr_bytes - len(buf))))
+        with memoryview(buf) as view:
+            n = sock.recv_into(view[got:])
+        if not n:
+            break
+        got += n
+    del buf[got:]
+    return buf
+
+
+transport.AssociationSocket.recv = _recv  # type: ignore[method-assign]
+
 SUCCESS = 0x0000
 OUT_OF_RESOURCES = 0xA700
 MAX_PDU = 1 << 20
@@ -61,9 +94,19 @@ MAX_PDU = 1 << 20
 hundreds of pynetdicom's default 16 KiB ones (benchmarks/README.md, the node section)."""
 
 
+Settle = Callable[[bool], None]
+"""Called once with True when a staged object is journalled (durable, answered Success), or
+with False when it will not be."""
+
+
 class StoreHandler:
-    """The C-STORE handler: persist, journal, then answer. ``on_stored(uid)`` is called for each
-    newly stored object (the worker's wake-up)."""
+    """The C-STORE handler: persist, journal, then answer.
+
+    ``on_staged(row)``, when given, is called as soon as a new object's bytes are written, before
+    they are fsynced: it starts processing (the worker scores while the disk syncs) and returns
+    the :data:`Settle` to call once the object is journalled or abandoned. Without it (or when it
+    returns None), ``on_stored(uid)`` is called for each object once it is journalled.
+    """
 
     def __init__(
         self,
@@ -71,11 +114,13 @@ class StoreHandler:
         journal: Journal,
         metrics: NodeMetrics,
         on_stored: Callable[[str], None],
+        on_staged: Callable[[ObjectRow], Settle | None] | None = None,
     ) -> None:
         self.spool = spool
         self.journal = journal
         self.metrics = metrics
         self.on_stored = on_stored
+        self.on_staged = on_staged
 
     def __call__(self, event: Any) -> int:
         arrived = time.time()
@@ -87,25 +132,39 @@ class StoreHandler:
             self.metrics.store_failures.inc()
             log.warning("refused", extra={"calling_ae": calling, "reason": "no SOP Instance UID"})
             return OUT_OF_RESOURCES
+        settle: Settle | None = None
         try:
             if self.journal.known(uid):
                 self.metrics.duplicates.inc()
                 log.info("duplicate", extra={"sop_uid": uid, "calling_ae": calling})
                 return SUCCESS
-            path = self.spool.write_incoming(uid, event.encoded_dataset(include_meta=True))
+            path = self.spool.adopt_incoming(uid, event.dataset_path)
+            if self.on_staged is not None:
+                row = ObjectRow(uid, sop_class, calling, str(path), RECEIVED, None, arrived)
+                settle = self.on_staged(row)
+            self.spool.make_durable(path)
             new = self.journal.add_received(uid, sop_class, calling, str(path), arrived)
         except Exception as e:  # disk full, permissions, journal errors: never a false Success
+            if settle is not None:
+                settle(False)
             self.metrics.store_failures.inc()
             log.error(
                 "store failed", extra={"sop_uid": uid, "calling_ae": calling, "reason": str(e)}
             )
             return OUT_OF_RESOURCES
-        if new:
-            self.metrics.received.inc()
-            log.info("received", extra={"sop_uid": uid, "calling_ae": calling})
-            self.on_stored(uid)
-        else:  # two associations sent the same object at once: the first one recorded it
+        return self._stored(uid, calling, new, settle)
+
+    def _stored(self, uid: str, calling: str, new: bool, settle: Settle | None) -> int:
+        """Answer a stored object: a new one is counted and handed on (settled, or submitted)."""
+        if settle is not None:
+            settle(new)
+        if not new:  # two associations sent the same object at once: the first one recorded it
             self.metrics.duplicates.inc()
+            return SUCCESS
+        self.metrics.received.inc()
+        log.info("received", extra={"sop_uid": uid, "calling_ae": calling})
+        if settle is None:
+            self.on_stored(uid)
         return SUCCESS
 
 

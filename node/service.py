@@ -90,7 +90,9 @@ class Node:
         resumed = self.worker.start()
         if self.forwarder is not None:
             self.forwarder.start()
-        handler = StoreHandler(spool, journal, self.metrics, self.worker.submit)
+        handler = StoreHandler(
+            spool, journal, self.metrics, self.worker.submit, on_staged=self.worker.early
+        )
         self._ae, self._server = start_scp(cfg.ae_title, cfg.host, cfg.port, handler)
         self.port = int(self._server.server_address[1])
         if cfg.metrics_port is not None:

@@ -10,11 +10,15 @@ Layout::
 
 Every file is written atomically and fsynced (``runtime.fileio.atomic_write``) and its folder
 is fsynced after the rename, so a file the node has acknowledged survives a crash of the
-process and of the machine.
+process and of the machine. A received object is renamed into place first and fsynced after
+(:meth:`Spool.stage_incoming`, :meth:`Spool.make_durable`), so that scoring can read it while
+it goes to disk; it is acknowledged and journalled only once durable, and a staged file with
+no journal row is never used (the sender, never answered Success, sends it again).
 """
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -70,7 +74,48 @@ class Spool:
         Raises:
             OSError: it could not be stored (disk full, permissions, ...).
         """
-        return self._write(self.incoming / f"{file_stem(uid)}.dcm", data)
+        return self.make_durable(self.stage_incoming(uid, data))
+
+    def stage_incoming(self, uid: str, data: bytes) -> Path:
+        """Write a received object's bytes in one piece (renamed into place, not yet fsynced:
+        readable at once, durable only after :meth:`make_durable`); returns its path.
+
+        Raises:
+            OSError: it could not be written.
+        """
+        return atomic_write_bytes(self.incoming / f"{file_stem(uid)}.dcm", data, sync=False)
+
+    def adopt_incoming(self, uid: str, received: str | os.PathLike[str]) -> Path:
+        """Move a received object's file, written by the network layer as it arrived, into
+        place (renamed, not yet fsynced: as :meth:`stage_incoming`); copied when it lies on
+        another file system. Returns its path.
+
+        Raises:
+            OSError: it could not be moved or written.
+        """
+        target = self.incoming / f"{file_stem(uid)}.dcm"
+        try:
+            os.replace(received, target)
+        except OSError as e:
+            if e.errno != errno.EXDEV:
+                raise
+            return self.stage_incoming(uid, Path(received).read_bytes())
+        return target
+
+    @staticmethod
+    def make_durable(path: Path) -> Path:
+        """fsync a staged file and its folder; returns ``path``.
+
+        Raises:
+            OSError: it could not be synced (the object is then not stored).
+        """
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        fsync_dir(path.parent)
+        return path
 
     def result_path(self, uid: str) -> Path:
         """Where the result file of SOP Instance UID ``uid`` is (or will be) stored."""

@@ -1,7 +1,9 @@
 """Process stored objects: gate, score, decide, build the results, queue them for delivery.
 
 The worker takes SOP Instance UIDs from an in-memory queue that the SCP feeds; at start it
-queues every object the journal still holds as ``received`` (a restart resumes them). Each
+queues every object the journal still holds as ``received`` (a restart resumes them); a new
+object comes from the SCP as soon as its file is written (:meth:`Worker.early`) and is scored
+while the file is fsynced, its outcome committed only once the object is journalled. Each
 object goes through ``process(row) -> Outcome`` (``node.pipeline``), its result files are
 written to the outbox durably, and the journal moves the object to its new state and queues the
 results in one transaction. An exception from ``process`` marks the object ``failed`` with the
@@ -75,6 +77,20 @@ class Outcome:
 
 Process = Callable[[ObjectRow], Outcome]
 
+
+@dataclass
+class _Early:
+    """An object queued while it is being stored (:meth:`Worker.early`)."""
+
+    row: ObjectRow
+    settled: threading.Event = field(default_factory=threading.Event)
+    durable: bool = False
+
+    def settle(self, durable: bool) -> None:
+        self.durable = durable
+        self.settled.set()
+
+
 LATER_WAIT_S = 1.0
 """How long the worker waits for the results queued now to be sent before it builds the later
 ones (a destination that is down does not hold it up longer)."""
@@ -102,7 +118,7 @@ class Worker:
         self.on_results = on_results
         self.results_sent = results_sent
         self.jsonl = jsonl
-        self._queue: queue.Queue[str] = queue.Queue()
+        self._queue: queue.Queue[str | _Early] = queue.Queue()
         self._stop = threading.Event()
         self._threads = [
             threading.Thread(target=self._run, name=f"ddad-worker-{i}", daemon=True)
@@ -122,6 +138,14 @@ class Worker:
     def submit(self, sop_uid: str) -> None:
         self._queue.put(sop_uid)
 
+    def early(self, row: ObjectRow) -> Callable[[bool], None]:
+        """Queue an object whose file is written but not yet journalled: it is processed at once
+        and its outcome committed only once the returned function is called with True (the
+        object is journalled as ``received``); with False it is dropped unrecorded."""
+        job = _Early(row)
+        self._queue.put(job)
+        return job.settle
+
     def depth(self) -> int:
         """Objects queued, not yet taken by a thread."""
         return self._queue.qsize()
@@ -139,10 +163,13 @@ class Worker:
             self._rebuild_unfinished()
         while not self._stop.is_set():
             try:
-                uid = self._queue.get(timeout=0.2)
+                item = self._queue.get(timeout=0.2)
             except queue.Empty:
                 continue
-            row = self.journal.get(uid)
+            if isinstance(item, _Early):
+                self._handle_early(item)
+                continue
+            row = self.journal.get(item)
             if row is None or row.state != RECEIVED:
                 continue
             self.handle(row)
@@ -150,8 +177,40 @@ class Worker:
     def handle(self, row: ObjectRow) -> str:
         """Process one received object to its new state (returned)."""
         t0 = time.time()
+        return self._complete(row, self._attempt(row), t0)
+
+    def _handle_early(self, job: _Early) -> None:
+        """Process a staged object while it is being made durable; commit once it is journalled
+        (a stop before that leaves it ``received`` for the next start)."""
+        t0 = time.time()
+        out = self._attempt(job.row)
+        while not job.settled.wait(0.2):
+            if self._stop.is_set():
+                return
+        row = self.journal.get(job.row.sop_uid) if job.durable else None
+        if row is not None and row.state == RECEIVED:
+            self._complete(row, out, t0, received_at=job.row.received_at)
+
+    def _attempt(self, row: ObjectRow) -> Outcome | Exception:
         try:
-            out = self.process(row)
+            return self.process(row)
+        except Exception as e:  # a bug or an environment failure: recorded by _complete
+            return e
+
+    def _complete(
+        self,
+        row: ObjectRow,
+        out: Outcome | Exception,
+        t0: float,
+        received_at: float | None = None,
+    ) -> str:
+        """Store the results of ``out`` and commit the object's new state (returned);
+        ``received_at``: when the C-STORE arrived, for an object processed while it was being
+        stored (else the journal's time)."""
+        received_at = row.received_at if received_at is None else received_at
+        try:
+            if isinstance(out, Exception):
+                raise out
             queued = [
                 Result(r.uid, r.sop_class, r.kind, str(self.spool.write_result(r.uid, r.data)))
                 for r in out.results
@@ -166,7 +225,7 @@ class Worker:
             self.metrics.failed.inc()
             log.error("failed", extra={"sop_uid": row.sop_uid, "reason": reason})
             return FAILED
-        times = {**out.times, "wait": t0 - row.received_at, "done_at": time.time()}
+        times = {**out.times, "wait": t0 - received_at, "started_at": t0, "done_at": time.time()}
         if self.jsonl:  # before the commit: after a crash the line repeats, the last one counts
             self.spool.append_jsonl({"sop_instance_uid": row.sop_uid, **out.record})
         self.journal.finish(
@@ -177,7 +236,7 @@ class Worker:
             times=times,
             results=queued,
         )
-        self.metrics.processing.observe(time.time() - row.received_at)
+        self.metrics.processing.observe(time.time() - received_at)
         (self.metrics.scored if out.state == SCORED else self.metrics.abstained).inc()
         log.info(
             out.state,

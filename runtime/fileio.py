@@ -28,8 +28,13 @@ def orphan_temps(path: str | os.PathLike) -> list[Path]:
     return sorted(path.parent.glob(f".{glob.escape(path.name)}.*.tmp"))
 
 
-def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], object]) -> Path:
-    """Call ``write(f)`` on a temp file beside ``path``, then rename it onto ``path``."""
+def atomic_write(
+    path: str | os.PathLike, write: Callable[[BinaryIO], object], *, sync: bool = True
+) -> Path:
+    """Call ``write(f)`` on a temp file beside ``path``, then rename it onto ``path``.
+
+    ``sync=False`` renames before the data is on disk: readers see the whole file at once, but
+    it is durable only after the caller fsyncs it (the node's spool does, before it answers)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = _temp_name(path)
@@ -37,7 +42,8 @@ def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], object]) -
         with open(tmp, "xb") as f:
             write(f)
             f.flush()
-            os.fsync(f.fileno())
+            if sync:
+                os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
@@ -45,9 +51,9 @@ def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], object]) -
     return path
 
 
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
-    """Write ``data`` to ``path`` atomically."""
-    return atomic_write(path, lambda f: f.write(data))
+def atomic_write_bytes(path: str | os.PathLike, data: bytes, *, sync: bool = True) -> Path:
+    """Write ``data`` to ``path`` atomically (``sync``: as :func:`atomic_write`)."""
+    return atomic_write(path, lambda f: f.write(data), sync=sync)
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> Path:

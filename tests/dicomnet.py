@@ -32,6 +32,7 @@ from pydicom.uid import (
 )
 
 from ddad_edge.benchmarks.node import free_port, wait_port  # noqa: F401 (used by the tests)
+from ddad_edge.benchmarks.storescu import find_dcmtk, propose_option
 
 CR = "1.2.840.10008.5.1.4.1.1.1"
 DX_PRESENTATION = "1.2.840.10008.5.1.4.1.1.1.1"
@@ -40,19 +41,13 @@ ORTHANC = "/usr/sbin/Orthanc"
 
 @functools.cache
 def dcmtk_tools() -> dict[str, str]:
-    """Paths of dcmtk's storescu, storescp, echoscu, dcmcjpeg (the first of each name on PATH
-    that says it is dcmtk: pynetdicom installs Python apps of the same names)."""
+    """Paths of dcmtk's storescu, storescp, echoscu, dcmcjpeg (skips when one is missing)."""
     out = {}
     for name in ("storescu", "storescp", "echoscu", "dcmcjpeg"):
-        for d in os.environ.get("PATH", "").split(os.pathsep) + ["/usr/bin"]:
-            exe = Path(d) / name
-            if exe.is_file() and os.access(exe, os.X_OK):
-                ver = subprocess.run([str(exe), "--version"], capture_output=True, text=True)
-                if "dcmtk" in (ver.stdout + ver.stderr).lower():
-                    out[name] = str(exe)
-                    break
-        if name not in out:
+        exe = find_dcmtk(name)
+        if exe is None:
             pytest.skip(f"dcmtk's {name} not found (apt-get install dcmtk; scripts/setup.sh does)")
+        out[name] = exe
     return out
 
 
@@ -301,31 +296,6 @@ def write_syntaxes(
             src.unlink()
             paths.append(p)
     return paths
-
-
-# storescu's option that proposes a file's own (compressed) transfer syntax, so that the data
-# arrives as stored instead of being refused or transcoded.
-PROPOSE = {
-    "1.2.840.10008.1.2.4.70": "-xs",
-    "1.2.840.10008.1.2.4.57": "-xs",
-    "1.2.840.10008.1.2.4.50": "-xy",
-    "1.2.840.10008.1.2.4.51": "-xx",
-    "1.2.840.10008.1.2.4.90": "-xv",
-    "1.2.840.10008.1.2.4.91": "-xw",
-    "1.2.840.10008.1.2.4.80": "-xt",
-    "1.2.840.10008.1.2.4.81": "-xu",
-    "1.2.840.10008.1.2.5": "-xr",
-    "1.2.840.10008.1.2.1.99": "-xd",
-}
-
-
-def propose_option(path: Path) -> str | None:
-    """storescu's proposal option for the file's transfer syntax (None: uncompressed)."""
-    from pydicom import dcmread
-
-    meta = dcmread(path, stop_before_pixels=True, force=True).get("file_meta")
-    ts = str(meta.get("TransferSyntaxUID", "")) if meta is not None else ""
-    return PROPOSE.get(ts)
 
 
 def storescu(

@@ -23,12 +23,13 @@ from ddad_edge.node.journal import (
     RESULT_SENT,
     SCORED,
     Journal,
+    ObjectRow,
     Result,
 )
 from ddad_edge.node.metrics import NodeMetrics
 from ddad_edge.node.scp import OUT_OF_RESOURCES, StoreHandler, start_scp
 from ddad_edge.node.spool import Spool, file_stem
-from ddad_edge.node.worker import Later, Outcome, Worker
+from ddad_edge.node.worker import Later, Outcome, ResultFile, Worker
 
 
 @pytest.fixture(scope="module")
@@ -212,6 +213,63 @@ def test_later_result_goes_after_the_sr_and_is_rebuilt_after_a_crash(tmp_path: P
     assert j.mark_sent("1.3.1") is False  # its SC is dead: the object ends dead-lettered
     assert j.get("1.3").state == DEAD_LETTERED and "pixels gone" in j.get("1.3").reason
     j.close()
+
+
+def test_object_scored_while_stored_is_committed_only_once_journalled(tmp_path: Path) -> None:
+    """The SCP hands a staged object to the worker before it is durable: the outcome waits for
+    the journal (nothing is recorded or queued before), is committed once the object is
+    journalled, and is dropped, unrecorded and without result files, when it never is."""
+    spool = Spool(tmp_path / "spool")
+    j = Journal(spool.journal_path)
+    processed = threading.Event()
+
+    def process(row):
+        processed.set()
+        res = ResultFile(f"{row.sop_uid}.1", "sr-class", "sr", b"sr bytes")
+        return Outcome(SCORED, None, {"flag": "normal"}, [res])
+
+    worker = Worker(j, spool, NodeMetrics(), process)
+    worker.start()
+    try:
+        now = time.time()
+        settle = {
+            u: worker.early(ObjectRow(u, "c", "A", "p", RECEIVED, None, now))
+            for u in ("1.2", "1.3")
+        }
+        assert processed.wait(10)
+        time.sleep(0.5)
+        assert j.get("1.2") is None and j.due() == [] and not any(spool.outbox.iterdir())
+        j.add_received("1.2", "c", "A", "p")
+        settle["1.2"](True)
+        settle["1.3"](False)
+        assert wait_for(lambda: j.get("1.2").state == SCORED, 10)
+        time.sleep(0.5)
+    finally:
+        worker.stop()
+    assert [r.result_uid for r in j.due()] == ["1.2.1"]
+    assert spool.result_path("1.2.1").read_bytes() == b"sr bytes"
+    assert j.get("1.3") is None and not spool.result_path("1.3.1").exists()
+    j.close()
+
+
+def test_socket_reads_whole_pdus_and_stops_when_the_peer_closes() -> None:
+    """The node's replacement of pynetdicom's socket read returns exactly the bytes asked for,
+    across many segments, and what arrived when the peer closed early."""
+    import socket
+    import types
+
+    from ddad_edge.node.scp import _recv
+
+    a, b = socket.socketpair()
+    data = bytes(range(256)) * 12_000  # 3 MB: many segments, and more than the first buffer
+    sender = threading.Thread(target=lambda: (b.sendall(data), b.close()))
+    sender.start()
+    holder = types.SimpleNamespace(socket=a)
+    first = _recv(holder, 2_500_000)
+    rest = _recv(holder, 10_000_000)  # announced more than will ever come
+    sender.join()
+    a.close()
+    assert bytes(first) == data[:2_500_000] and bytes(rest) == data[2_500_000:]
 
 
 def test_forwarder_queues_while_destination_down_then_delivers_once(
