@@ -89,6 +89,7 @@ transport.AssociationSocket.recv = _recv  # type: ignore[method-assign]
 
 SUCCESS = 0x0000
 OUT_OF_RESOURCES = 0xA700
+LISTEN_BACKLOG = 64
 MAX_PDU = 1 << 20
 """Largest PDU we receive (bytes): a full-resolution film arrives in a few PDUs instead of
 hundreds of pynetdicom's default 16 KiB ones (benchmarks/README.md, the node section)."""
@@ -193,4 +194,7 @@ def start_scp(ae_title: str, host: str, port: int, handler: StoreHandler) -> tup
         (evt.EVT_C_ECHO, lambda event: SUCCESS),
     ]
     server = ae.start_server((host, port), block=False, evt_handlers=handlers)
+    # socketserver listens with a backlog of 5: a burst of modalities connecting while the node
+    # is busy (e.g. resuming after a restart) would have connections wait for SYN retries
+    server.socket.listen(LISTEN_BACKLOG)
     return ae, server
