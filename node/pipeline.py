@@ -144,13 +144,13 @@ class Pipeline:
         try:
             if source is None:
                 raise ValueError("no readable DICOM header with a Study Instance UID")
-            sr = self.srs.build(source, record)
+            data, uid, sop_class = self.srs.build_encoded(source, record)
         except Exception as e:
             if record.status == "scored":
                 raise
             why = f"no SR: the object's header does not allow one ({type(e).__name__}: {e})"
             return [], [], why, study
-        results = [ResultFile(str(sr.SOPInstanceUID), str(sr.SOPClassUID), "sr", encode(sr))]
+        results = [ResultFile(uid, sop_class, "sr", data)]
         later = []
         if record.status == "scored" and record.maps is not None and image is not None:
 
