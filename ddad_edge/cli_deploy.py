@@ -25,6 +25,7 @@ from ddad_edge.cli_common import (
     out_console,
     require_extra,
     say,
+    warn,
 )
 from ddad_edge.runtime.loaderrors import DEFAULT_MAX_PIXELS
 
@@ -123,6 +124,11 @@ def export(
     except (ExportError, ParityError, BundleError, OSError, ValueError) as e:
         fail(e)
     out_console.print(_parity_table(res.manifest, res.parity))
+    for r in res.omitted:
+        warn(
+            f"{r.graph} left out: it failed its parity gate (worst {r.worst:.2e} > tolerance"
+            f" {r.tolerance:g}); the bundle has the other precisions"
+        )
     signed = ", signed" if sign_key is not None else ""
     say(f"wrote {output} ({len(res.manifest['files'])} files{signed})")
 

@@ -29,7 +29,7 @@ import os
 import secrets
 import shutil
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -84,11 +84,14 @@ class ExportError(RuntimeError):
 
 @dataclass
 class ExportResult:
-    """What was written: the bundle folder, its manifest, and the parity results."""
+    """What was written: the bundle folder, its manifest, and the parity results (of the
+    written graphs; ``omitted``: those of the optional graphs left out)."""
 
     out_dir: Path
     manifest: dict[str, Any]
     parity: list[ParityResult]
+    omitted: list[ParityResult] = field(default_factory=list)
+    """Optional graphs (INT8) not written because they failed their gate."""
 
 
 @dataclass
@@ -399,6 +402,7 @@ def _write_contents(
     n_golden: int,
     created: str,
     t_start: float,
+    omitted: list[ParityResult],
 ) -> dict[str, Any]:
     """Write the gated graphs (checked bit for bit once written), golden.npz and, last,
     manifest.json (which hashes the others) into ``folder``; returns the manifest."""
@@ -416,13 +420,31 @@ def _write_contents(
         created=created,
         graphs={g.key: graph_entry(g, run.kind, run.k, files, external[g.key]) for g in graphs},
         golden=golden_section(n_golden, imgs.sources[:n_golden], list(golden)),
-        parity=parity_section(imgs, results),
+        parity=parity_section(imgs, results, omitted),
         display={"heatmap_vmax": _display_vmax(imgs.x, ref["dual"])},
         files=files,
         seconds=time.perf_counter() - t_start,
     )
     (folder / MANIFEST).write_text(json.dumps(manifest, indent=1))
     return manifest
+
+
+OPTIONAL_PRECISIONS = ("int8",)
+"""Precisions a bundle can do without: a graph of one that fails its gate is left out (and
+named in the manifest's parity section) instead of failing the export."""
+
+
+def _omit_failed_optional(
+    graphs: list[_Graph], results: list[ParityResult]
+) -> tuple[list[_Graph], list[ParityResult], list[ParityResult]]:
+    """Split off the optional graphs that failed the gate: (graphs kept, their results, the
+    failed optional results)."""
+    dropped = {r.graph for r in results if not r.passed and r.precision in OPTIONAL_PRECISIONS}
+    return (
+        [g for g in graphs if g.key not in dropped],
+        [r for r in results if r.graph not in dropped],
+        [r for r in results if r.graph in dropped],
+    )
 
 
 def export_bundle(
@@ -450,7 +472,8 @@ def export_bundle(
         n_parity: images in the parity gate; n_golden: how many of them go into golden.npz.
         module_graphs: also write module_A_fp32.onnx / module_B_fp32.onnx.
         fp16_module_graphs: also write module_A_fp16.onnx / module_B_fp16.onnx.
-        int8: also write dual_int8.onnx (``export.int8``), gated like FP16.
+        int8: also write dual_int8.onnx (``export.int8``), gated like FP16; when it fails
+            the gate it is left out (``ExportResult.omitted``, the manifest's parity section).
         overwrite: replace an existing bundle at out_dir (only after the gate passed).
         allow_incomplete: export a run whose training has not reached its last epoch.
         sign_key: PEM elliptic-curve private key: sign the bundle (``bundle.sig``, OpenSSF
@@ -463,7 +486,7 @@ def export_bundle(
 
     Raises:
         ExportError: unusable run folder or output folder, no parity images.
-        ParityError: a graph failed the gate (nothing is written).
+        ParityError: an FP32 or FP16 graph failed the gate (nothing is written).
     """
     from ddad_edge.export.sources import SourceError
 
@@ -480,6 +503,7 @@ def export_bundle(
     graphs = _build_graphs(run, meta, module_graphs, fp16_module_graphs, int8)
     ref = _reference(run, imgs.x)
     results = _gate(graphs, imgs.x, ref)
+    graphs, results, omitted = _omit_failed_optional(graphs, results)
     if not all(r.passed for r in results):
         raise ParityError(
             f"export of {run_dir} failed the parity gate on {len(imgs.x)} images "
@@ -490,11 +514,13 @@ def export_bundle(
     tmp.mkdir()
     try:
         ng = min(n_golden, len(imgs.x))
-        manifest = _write_contents(tmp, run, graphs, imgs, ref, results, ng, created, t_start)
+        manifest = _write_contents(
+            tmp, run, graphs, imgs, ref, results, ng, created, t_start, omitted
+        )
         if sign_key is not None:
             sign_bundle(tmp, sign_key)
         _write_atomic_dir(tmp, out, overwrite)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    return ExportResult(out, manifest, results)
+    return ExportResult(out, manifest, results, omitted)

@@ -112,8 +112,11 @@ def graph_entry(
     }
 
 
-def parity_section(imgs: ParityImages, results: list[ParityResult]) -> dict[str, Any]:
-    """The parity gate: which images, the tolerances, the backend and every graph's result."""
+def parity_section(
+    imgs: ParityImages, results: list[ParityResult], omitted: list[ParityResult] = ()
+) -> dict[str, Any]:
+    """The parity gate: which images, the tolerances, the backend, every written graph's result
+    and the optional graphs left out because they failed it."""
     import onnxruntime
 
     return {
@@ -130,6 +133,7 @@ def parity_section(imgs: ParityImages, results: list[ParityResult]) -> dict[str,
         },
         "backend": f"onnxruntime {onnxruntime.__version__} CPUExecutionProvider",
         "results": [r.to_json() for r in results],
+        "omitted": [r.to_json() for r in omitted],
     }
 
 

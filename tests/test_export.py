@@ -18,7 +18,9 @@ import onnx
 import pytest
 import torch
 from onnx import TensorProto
+from typer.testing import CliRunner
 
+from ddad_edge.cli import app
 from ddad_edge.export.bundle import ExportError, export_bundle
 from ddad_edge.export.fold import concat_members, fold_ensemble
 from ddad_edge.export.fp16 import emulate_fp16_storage
@@ -193,7 +195,14 @@ def test_export_bundle_with_parity(
     b = open_bundle(out)  # every file matches its hash
     m = b.manifest
     assert b.kind == kind and b.k == K
-    names = {"dual_fp32.onnx", "dual_fp16.onnx", "dual_int8.onnx", "golden.npz"}
+    # INT8 is optional: left out (and named in the manifest) when it misses its tolerance, which
+    # these few-step models can (their member spread, std_b, is tiny next to 8-bit noise)
+    omitted = {r["graph"]: r for r in m["parity"]["omitted"]}
+    assert set(omitted) <= {"dual_int8"} and not any(r["passed"] for r in omitted.values())
+    int8 = not omitted
+    names = {"dual_fp32.onnx", "dual_fp16.onnx", "golden.npz"} | (
+        {"dual_int8.onnx"} if int8 else set()
+    )
     names |= {"weights_fp32.bin", "weights_fp16.bin"}
     if kind == "ae":
         names |= {"module_A_fp32.onnx", "module_B_fp32.onnx"}
@@ -215,9 +224,13 @@ def test_export_bundle_with_parity(
         *fp32,
         "dual_fp16",
         "dual_fp16 (fp16 storage emulation)",
-        "dual_int8",
+        *(["dual_int8"] if int8 else []),
     }
-    assert max(e["rel"] for e in results["dual_int8"]["errors"].values()) <= TOLERANCES["int8"]
+    if int8:
+        int8_errors = results["dual_int8"]["errors"].values()
+        assert max(e["rel"] for e in int8_errors) <= TOLERANCES["int8"]
+    else:
+        assert max(e["rel"] for e in omitted["dual_int8"]["errors"].values()) > TOLERANCES["int8"]
     for key in fp32:
         assert max(e["rel"] for e in results[key]["errors"].values()) <= 1e-5
     assert max(results["dual_fp32"]["score_errors"].values()) <= 1e-6
@@ -272,6 +285,32 @@ def test_export_gate_failure_writes_nothing(
         export_bundle(trained_run, out, n_parity=4, n_golden=2, module_graphs=False)
     assert not out.exists()
     assert list(tmp_path.iterdir()) == []  # no temp folder left behind
+
+
+runner = CliRunner()
+
+
+def test_int8_that_misses_its_gate_is_left_out_and_named(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, trained_run: Path
+) -> None:
+    """An INT8 graph outside its tolerance does not stop the export: the bundle is written
+    without it, the manifest names it with its errors, and `export` warns."""
+    import ddad_edge.export.bundle as eb
+
+    monkeypatch.setattr(eb, "TOLERANCES", {**eb.TOLERANCES, "int8": 1e-12})
+    out = tmp_path / "bundle"
+    r = runner.invoke(
+        app, ["export", "--ckpt", str(trained_run), "-o", str(out), "--n-parity", "4",
+              "--n-golden", "2", "--no-module-graphs"],
+    )  # fmt: skip
+    assert r.exit_code == 0, r.output
+    assert "dual_int8 left out: it failed its parity gate" in r.output
+    m = open_bundle(out).manifest
+    assert "dual_int8" not in m["graphs"] and not (out / "dual_int8.onnx").exists()
+    (omitted,) = m["parity"]["omitted"]
+    assert omitted["graph"] == "dual_int8" and not omitted["passed"]
+    assert all(r["passed"] for r in m["parity"]["results"])
+    assert {"dual_fp32", "dual_fp16"} <= set(m["graphs"])
 
 
 def test_export_refuses_existing_output_and_bad_run(tmp_path: Path, trained_run: Path) -> None:
