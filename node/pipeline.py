@@ -131,13 +131,13 @@ class Pipeline:
         """The SR as a result file now, the heat-map SC (scored objects) as a :class:`Later`, a
         note when no SR could be made for an abstained object, and the source's Study Instance
         UID (None when unreadable)."""
+        import pydicom
         from pydicom.uid import generate_uid
 
         from ddad_edge.runtime.dicom_results import encode
-        from ddad_edge.runtime.gate import read_header
 
-        try:
-            source = read_header(path)
+        try:  # the header as stored, image or not: an object without one still gets its SR
+            source = pydicom.dcmread(path, force=True, stop_before_pixels=True)
             study = str(source.StudyInstanceUID)
         except Exception:  # no readable header or no study: no SR either (below)
             source, study = None, None
