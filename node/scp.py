@@ -105,8 +105,8 @@ class StoreHandler:
 
     ``on_staged(row)``, when given, is called as soon as a new object's bytes are written, before
     they are fsynced: it starts processing (the worker scores while the disk syncs) and returns
-    the :data:`Settle` to call once the object is journalled or abandoned. Without it (or when it
-    returns None), ``on_stored(uid)`` is called for each object once it is journalled.
+    the :data:`Settle` to call once the object is journalled or abandoned. Without it,
+    ``on_stored(uid)`` is called for each object once it is journalled.
     """
 
     def __init__(
@@ -115,7 +115,7 @@ class StoreHandler:
         journal: Journal,
         metrics: NodeMetrics,
         on_stored: Callable[[str], None],
-        on_staged: Callable[[ObjectRow], Settle | None] | None = None,
+        on_staged: Callable[[ObjectRow], Settle] | None = None,
     ) -> None:
         self.spool = spool
         self.journal = journal

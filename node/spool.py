@@ -47,8 +47,8 @@ def file_stem(uid: str) -> str:
     return "x-" + hashlib.sha256(uid.encode("utf-8", "surrogateescape")).hexdigest()
 
 
-def fsync_dir(path: Path) -> None:
-    """fsync a folder so that a rename inside it is durable."""
+def fsync_path(path: Path) -> None:
+    """fsync a file, or a folder so that a rename inside it is durable."""
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
@@ -109,12 +109,8 @@ class Spool:
         Raises:
             OSError: it could not be synced (the object is then not stored).
         """
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        fsync_dir(path.parent)
+        fsync_path(path)
+        fsync_path(path.parent)
         return path
 
     def result_path(self, uid: str) -> Path:
@@ -128,7 +124,7 @@ class Spool:
     @staticmethod
     def _write(path: Path, data: bytes) -> Path:
         atomic_write_bytes(path, data)
-        fsync_dir(path.parent)
+        fsync_path(path.parent)
         return path
 
     def append_jsonl(self, record: dict[str, Any]) -> None:
