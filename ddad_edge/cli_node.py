@@ -62,7 +62,13 @@ ForwardOpt = Annotated[
 MetricsPortOpt = Annotated[
     int | None, typer.Option(help="Serve Prometheus metrics on 127.0.0.1:PORT/metrics.")
 ]
-WorkersOpt = Annotated[int, typer.Option(help="Processing threads.")]
+WorkersOpt = Annotated[
+    int, typer.Option(help="Objects processed at once (each scored in a child process).")
+]
+ObjectTimeoutOpt = Annotated[
+    float,
+    typer.Option(help="Seconds one file may take in its child before the child is killed."),
+]
 JsonlOpt = Annotated[
     bool, typer.Option(help="Also append one JSON line per object to spool/results.jsonl.")
 ]
@@ -91,6 +97,7 @@ def serve(
     forward: ForwardOpt = None,
     metrics_port: MetricsPortOpt = None,
     workers: WorkersOpt = 1,
+    object_timeout: ObjectTimeoutOpt = 120.0,
     jsonl: JsonlOpt = False,
     retries: RetriesOpt = 10,
     backoff: BackoffOpt = 1.0,
@@ -123,9 +130,16 @@ def serve(
         _fail(str(e))
     if retries < 1 or backoff <= 0:
         _fail("--retries must be >= 1 and --backoff > 0")
+    if workers < 1 or object_timeout <= 0:
+        _fail("--workers must be >= 1 and --object-timeout > 0")
     try:
         process = load_pipeline(
-            bundle, calibration, operating_point=operating_point, backend=backend
+            bundle,
+            calibration,
+            operating_point=operating_point,
+            backend=backend,
+            processes=workers,
+            timeout_s=object_timeout,
         )
     except PipelineError as e:
         _fail(str(e))
@@ -145,6 +159,8 @@ def serve(
         run_until_signalled(Node(config, process))
     except OSError as e:  # port in use, spool not writable
         _fail(f"the node could not start: {e}")
+    finally:
+        process.close()
 
 
 def register(app: typer.Typer) -> None:

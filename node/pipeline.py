@@ -1,6 +1,8 @@
 """One stored object -> gate, decode, score, decide, and its DICOM results.
 
-Stages (each timed, seconds, in ``Outcome.times``):
+Stages (each timed, seconds, in ``Outcome.times``); the first three run in a child process
+(``node.scoring``: a file that crashes or hangs a decoder costs that child, not the node, and
+is abstained with the reason):
 
 1. ``gate``: the runtime's input gate on the header (``Scorer.check``): modality, view, body
    part, photometry, size. A rejected object is abstained with the gate's reason.
@@ -26,16 +28,21 @@ from __future__ import annotations
 
 import os
 import time
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from ddad_edge.node.journal import ABSTAINED, SCORED, ObjectRow
+from ddad_edge.node.scoring import (
+    OVERLAY_MAX_SIDE,
+    TIMEOUT_S,
+    ScorerSpec,
+    ScoringError,
+    ScoringProcesses,
+)
 from ddad_edge.node.worker import Later, Outcome, ResultFile
 
 OVERLAY_SCORE = "inter"
-OVERLAY_MAX_SIDE = 512
 SC_CLASS = "1.2.840.10008.5.1.4.1.1.7"  # Secondary Capture Image Storage
 
 
@@ -44,39 +51,38 @@ class PipelineError(Exception):
 
 
 class Pipeline:
-    """Callable ``row -> Outcome`` for the worker (thread-safe: the scorer is)."""
+    """Callable ``row -> Outcome`` for the worker (thread-safe). ``scoring`` gates, decodes and
+    scores files (``node.scoring``: child processes, or :class:`~ddad_edge.node.scoring.InProcess`
+    over a scorer of this process)."""
 
-    def __init__(self, scorer: Any) -> None:
+    def __init__(self, scoring: Any) -> None:
         from ddad_edge.runtime.dicom_results import AlgorithmInfo
         from ddad_edge.runtime.sr_templates import DecisionSRs
 
-        self.scorer = scorer
-        self.algorithm = AlgorithmInfo.from_manifest(scorer.bundle.manifest)
+        self.scoring = scoring
+        self.algorithm = AlgorithmInfo.from_manifest(scoring.manifest)
         self.srs = DecisionSRs(self.algorithm)
         # The bundle's fixed colour scale (as `score --heatmaps` uses), so maps compare.
-        display = scorer.bundle.manifest.get("display", {}).get("heatmap_vmax", {})
+        display = scoring.manifest.get("display", {}).get("heatmap_vmax", {})
         self.vmax: float | None = display.get(OVERLAY_SCORE)
 
     def warm(self) -> None:
-        """Import what the first object would import (highdicom, the heat-map overlay) and run one
-        inference, so that the first image received does not pay for them."""
+        """Import what the first object would import (highdicom, the heat-map overlay), so that
+        the first image received does not pay for them."""
         import highdicom  # noqa: F401
 
         from ddad_edge.runtime.heatmaps import overlay_heatmap
-        from ddad_edge.runtime.preprocess import IMAGE_SIZE
 
         overlay_heatmap(np.zeros((8, 8), np.float32), np.zeros((8, 8), np.float32))
-        x = np.zeros((1, 1, IMAGE_SIZE, IMAGE_SIZE), np.float32)
-        self.scorer.scores(x, self.scorer.infer(x), maps=True)
+
+    def close(self) -> None:
+        self.scoring.close()
 
     def __call__(self, row: ObjectRow) -> Outcome:
-        from ddad_edge.runtime.scorer import ScoreResult
-
-        times: dict[str, float] = {}
-        record = ScoreResult(row.path)
-        image = self._gate_and_score(row.path, record, times)
+        scored = self.scoring.run(row.path)
+        record, times = scored.record, dict(scored.times)
         t = time.perf_counter()
-        results, later, note, study = self._build(row.path, record, image)
+        results, later, note, study = self._build(row.path, record)
         times["build"] = time.perf_counter() - t  # the SR; the SC is timed by the worker
         state = SCORED if record.status == "scored" else ABSTAINED
         reason = None if state == SCORED else (record.reason or record.error)
@@ -88,45 +94,8 @@ class Pipeline:
             out["notes"] = [*out.get("notes", []), note]
         return Outcome(state, reason, out, results, times, later)
 
-    def _gate_and_score(self, path: str, record: Any, times: dict[str, float]) -> np.ndarray | None:
-        """Fill ``record`` (reason / error / scores / maps / flag); returns the decoded image
-        float32 [H, W] in [0, 1] when scored."""
-        from ddad_edge.runtime.io import ImageLoadError, load_image
-        from ddad_edge.runtime.preprocess import PreprocessError, preprocess
-
-        t = time.perf_counter()
-        try:
-            gate = self.scorer.check(path)
-        except ImageLoadError as e:
-            record.error = e.reason
-            return None
-        finally:
-            times["gate"] = time.perf_counter() - t
-        record.notes, record.reason = list(gate.notes), gate.reason
-        if not gate.accepted:
-            return None
-        t = time.perf_counter()
-        try:
-            image = load_image(path)
-            x = preprocess(image)[None]
-        except (ImageLoadError, PreprocessError) as e:
-            record.error = getattr(e, "reason", str(e))
-            return None
-        finally:
-            times["decode"] = time.perf_counter() - t
-        t = time.perf_counter()
-        arr = self.scorer.scores(x, self.scorer.infer(x), maps=True)
-        record.scores = {n: float(v[0]) for n, v in arr.image.items()}
-        record.maps = {n: m[0, 0] for n, m in arr.maps.items()}
-        cal = self.scorer.calibration
-        if cal is not None:
-            record.flag = cal.point.flag(record.scores)
-            record.operating_point = cal.to_json()
-        times["score"] = time.perf_counter() - t
-        return image
-
     def _build(
-        self, path: str, record: Any, image: np.ndarray | None
+        self, path: str, record: Any
     ) -> tuple[list[ResultFile], list[Later], str | None, str | None]:
         """The SR as a result file now, the heat-map SC (scored objects) as a :class:`Later`, a
         note when no SR could be made for an abstained object, and the source's Study Instance
@@ -152,9 +121,10 @@ class Pipeline:
             return [], [], why, study
         results = [ResultFile(uid, sop_class, "sr", data)]
         later = []
-        if record.status == "scored" and record.maps is not None and image is not None:
+        if record.status == "scored" and record.maps is not None:
 
             def build_sc(uid: str) -> bytes:
+                image = self.scoring.overlay(path)  # in the scoring process, after the decision
                 return encode(self._heatmap_sc(source, record, image, uid))
 
             later.append(Later(generate_uid(), SC_CLASS, "sc", build_sc))
@@ -180,27 +150,22 @@ def load_pipeline(
     *,
     operating_point: float | None = None,
     backend: str = "auto",
+    processes: int = 1,
+    timeout_s: float = TIMEOUT_S,
 ) -> Pipeline:
-    """A pipeline over ``bundle`` (hash-verified) with its calibration.
+    """A pipeline over ``bundle`` with its calibration, scoring in ``processes`` child processes
+    (``node.scoring``; each opens and hash-verifies the bundle), each given ``timeout_s``
+    seconds per file. Close it to end the children.
 
     Raises:
         PipelineError: the bundle, the calibration or the backend cannot be used, with the reason.
     """
-    from ddad_edge.runtime.backends import BackendUnavailable
-    from ddad_edge.runtime.bundle import BundleError
-    from ddad_edge.runtime.calibration import CalibrationError
-    from ddad_edge.runtime.scorer import Scorer
-
+    cal = None if calibration is None else os.fspath(calibration)
+    spec = ScorerSpec(os.fspath(bundle), cal, operating_point, backend)
     try:
-        scorer = Scorer.from_bundle(
-            Path(bundle),
-            backend=backend,
-            max_batch=1,
-            calibration=calibration,
-            operating_point=operating_point,
-        )
-    except (BundleError, CalibrationError, BackendUnavailable, OSError, ValueError) as e:
+        scoring = ScoringProcesses(spec, processes, timeout_s)
+    except ScoringError as e:
         raise PipelineError(str(e)) from e
-    pipeline = Pipeline(scorer)
+    pipeline = Pipeline(scoring)
     pipeline.warm()
     return pipeline

@@ -350,7 +350,7 @@ def _burn_label(rgb: np.ndarray, lines: list[str]) -> np.ndarray:
     return np.asarray(img, dtype=np.uint8)
 
 
-def _fit(image: np.ndarray, max_side: int) -> np.ndarray:
+def fit_image(image: np.ndarray, max_side: int) -> np.ndarray:
     """float32 [H, W] reduced (bilinear) so that its longer side is at most max_side."""
     from PIL import Image
 
@@ -415,7 +415,7 @@ def build_heatmap_sc(
 
     from ddad_edge.runtime.heatmaps import overlay_heatmap
 
-    rgb = overlay_heatmap(_fit(image, max_side), np.asarray(heat_map, np.float32), vmax=vmax)
+    rgb = overlay_heatmap(fit_image(image, max_side), np.asarray(heat_map, np.float32), vmax=vmax)
     rgb = _burn_label(rgb, [NOT_FOR_DIAGNOSIS] + ([caption] if caption else []))
     source_ds = _identified(source_ds)
     orientation = source_ds.get("PatientOrientation")

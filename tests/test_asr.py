@@ -171,13 +171,14 @@ def test_node_pipeline_and_triton_records_carry_asr(asr_bundle: Path, tmp_path: 
 
     from ddad_edge.node.journal import ObjectRow
     from ddad_edge.node.pipeline import Pipeline
+    from ddad_edge.node.scoring import InProcess
     from ddad_edge.runtime import Scorer
     from ddad_edge.runtime.triton_protocol import encode_record, scores_tensor
 
     src = sorted((require_dicom_cxr() / "original").glob("*.dcm"))[0]
     with Scorer.from_bundle(asr_bundle, backend="ort-cpu") as scorer:
         row = ObjectRow("1.2.3", "1.2.840.10008.5.1.4.1.1.1", "MOD", str(src), "received", None, 0)
-        out = Pipeline(scorer)(row)
+        out = Pipeline(InProcess(scorer))(row)
         direct = scorer.score(str(src))[0]
     assert out.state == "scored" and set(out.record["scores"]) == {*SCORE_NAMES, ASR_SCORE}
     assert out.record["scores"][ASR_SCORE] == pytest.approx(direct.scores[ASR_SCORE], rel=1e-6)
