@@ -63,7 +63,7 @@ MetricsPortOpt = Annotated[
     int | None, typer.Option(help="Serve Prometheus metrics on 127.0.0.1:PORT/metrics.")
 ]
 WorkersOpt = Annotated[
-    int, typer.Option(help="Objects processed at once (each scored in a child process).")
+    int, typer.Option(help="Objects processed at once, each scored in a child process (cores).")
 ]
 ObjectTimeoutOpt = Annotated[
     float,
