@@ -219,19 +219,29 @@ def _overlay(path: str, image: np.ndarray | None) -> np.ndarray | str:
 class _Child:
     """One child process and the parent's end of its pipe."""
 
-    def __init__(self, spec: ScorerSpec, start_timeout: float) -> None:
+    def __init__(self, spec: ScorerSpec) -> None:
+        """Start the child (it opens the scorer meanwhile: see :meth:`wait_ready`)."""
         ctx = multiprocessing.get_context("spawn")  # never fork a process that has threads
         self.conn, theirs = ctx.Pipe()
         self.proc = ctx.Process(target=_child, args=(theirs, spec), name="ddad-scoring")
         self.proc.daemon = True
         self.proc.start()
         theirs.close()
-        got = self._answer(start_timeout)
+        self.manifest: dict[str, Any] = {}
+
+    def wait_ready(self, timeout: float) -> _Child:
+        """Wait until the child has opened its scorer; returns self.
+
+        Raises:
+            ScoringError: it could not (its reason), died or did not answer within ``timeout``.
+        """
+        got = self._answer(timeout)
         if not (isinstance(got, tuple) and got[0] == "ready"):
             self.kill()
             dead = f"the scoring process ended or hung before it was ready ({self.death()})"
             raise ScoringError(str(got[1]) if isinstance(got, tuple) else dead)
-        self.manifest: dict[str, Any] = got[1]
+        self.manifest = got[1]
+        return self
 
     def _answer(self, timeout: float) -> Any:
         """The child's next message; None when it died first; :data:`_TIMED_OUT`."""
@@ -286,7 +296,7 @@ class ScoringProcesses:
     """``n`` child processes, each scoring one file at a time (one per worker thread).
 
     Raises:
-        ScoringError: the first child cannot open the scorer (the reason).
+        ScoringError: a child cannot open the scorer (the reason); none is left running.
     """
 
     def __init__(
@@ -294,14 +304,18 @@ class ScoringProcesses:
     ) -> None:
         self.spec, self.timeout_s, self.start_timeout = spec, timeout_s, start_timeout
         self._idle: queue.Queue[_Child] = queue.Queue()
-        self._all: list[_Child] = []
         self._lock = threading.Lock()
-        for _ in range(max(1, n)):
-            self._idle.put(self._spawn())
+        self._all: list[_Child] = [_Child(spec) for _ in range(max(1, n))]  # side by side
+        try:
+            for child in self._all:
+                self._idle.put(child.wait_ready(start_timeout))
+        except ScoringError:
+            self.close()
+            raise
         self.manifest = self._all[0].manifest
 
     def _spawn(self) -> _Child:
-        child = _Child(self.spec, self.start_timeout)
+        child = _Child(self.spec).wait_ready(self.start_timeout)
         with self._lock:
             self._all.append(child)
         return child

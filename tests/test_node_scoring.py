@@ -7,6 +7,7 @@ from __future__ import annotations
 import io
 import os
 import signal
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -91,9 +92,23 @@ def test_file_that_kills_every_child_is_abstained_and_the_node_goes_on(bundle: P
         pipeline.close()
 
 
-def test_unusable_bundle_is_named_before_serving(tmp_path: Path) -> None:
+def test_unusable_bundle_is_named_before_serving_and_no_child_is_left(tmp_path: Path) -> None:
+    import multiprocessing
+
     with pytest.raises(PipelineError, match="manifest"):
-        load_pipeline(tmp_path, processes=1)
+        load_pipeline(tmp_path, processes=2)
+    assert multiprocessing.active_children() == []
+
+
+def test_two_children_score_side_by_side(bundle: Path, xray: Path) -> None:
+    procs = ScoringProcesses(ScorerSpec(str(bundle), backend="ort-cpu"), 2)
+    try:
+        assert len(set(procs.pids())) == 2
+        with ThreadPoolExecutor(2) as pool:
+            got = list(pool.map(procs.run, [str(xray)] * 4))
+        assert all(g.record.scores == got[0].record.scores for g in got)
+    finally:
+        procs.close()
 
 
 def test_child_ends_when_its_parent_is_gone(bundle: Path) -> None:
