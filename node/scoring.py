@@ -20,7 +20,6 @@ shape: ``manifest``, ``run(path) -> FileScores``, ``close()``.
 from __future__ import annotations
 
 import multiprocessing
-import queue
 import signal
 import threading
 import time
@@ -228,6 +227,7 @@ class _Child:
         self.proc.start()
         theirs.close()
         self.manifest: dict[str, Any] = {}
+        self.last = ""  # the path scored last: the child keeps its image for the heat map
 
     def wait_ready(self, timeout: float) -> _Child:
         """Wait until the child has opened its scorer; returns self.
@@ -262,6 +262,8 @@ class _Child:
         except OSError:
             got = None
         if got is not None and got is not _TIMED_OUT:
+            if op == "score":
+                self.last = path
             return got
         self.kill()
         return _Failure(self._why(got, timeout))
@@ -303,12 +305,13 @@ class ScoringProcesses:
         self, spec: ScorerSpec, n: int = 1, timeout_s: float = TIMEOUT_S, start_timeout: float = 600
     ) -> None:
         self.spec, self.timeout_s, self.start_timeout = spec, timeout_s, start_timeout
-        self._idle: queue.Queue[_Child] = queue.Queue()
         self._lock = threading.Lock()
+        self._freed = threading.Condition(self._lock)
+        self._idle: list[_Child] = []
         self._all: list[_Child] = [_Child(spec) for _ in range(max(1, n))]  # side by side
         try:
             for child in self._all:
-                self._idle.put(child.wait_ready(start_timeout))
+                self._give(child.wait_ready(start_timeout))
         except ScoringError:
             self.close()
             raise
@@ -351,8 +354,21 @@ class ScoringProcesses:
             return got
         raise ScoringError(got if isinstance(got, str) else getattr(got, "why", got.text))
 
+    def _take(self, path: str) -> _Child:
+        """An idle child, the one that scored ``path`` last if it is idle (it has the image)."""
+        with self._freed:
+            self._freed.wait_for(lambda: self._idle)
+            child = next((c for c in self._idle if c.last == path), self._idle[0])
+            self._idle.remove(child)
+            return child
+
+    def _give(self, child: _Child) -> None:
+        with self._freed:
+            self._idle.append(child)
+            self._freed.notify()
+
     def _ask(self, op: str, path: str) -> Any:
-        child = self._idle.get()
+        child = self._take(path)
         why: list[str] = []
         try:
             for _ in range(2):
@@ -362,12 +378,13 @@ class ScoringProcesses:
                 why.append(got.why)
                 child = self._replace(child)
         finally:
-            self._idle.put(child)
+            self._give(child)
         return _Failure(f"{why[0]}; on a new one, {why[1]}")
 
     def _replace(self, dead: _Child) -> _Child:
         with self._lock:
-            self._all.remove(dead)
+            if dead in self._all:  # a dead child given back after a failed replacement
+                self._all.remove(dead)
         return self._spawn()
 
     def close(self) -> None:

@@ -100,13 +100,20 @@ def test_unusable_bundle_is_named_before_serving_and_no_child_is_left(tmp_path: 
     assert multiprocessing.active_children() == []
 
 
-def test_two_children_score_side_by_side(bundle: Path, xray: Path) -> None:
+def test_two_children_score_side_by_side(bundle: Path, xray: Path, tmp_path: Path) -> None:
     procs = ScoringProcesses(ScorerSpec(str(bundle), backend="ort-cpu"), 2)
     try:
         assert len(set(procs.pids())) == 2
         with ThreadPoolExecutor(2) as pool:
             got = list(pool.map(procs.run, [str(xray)] * 4))
         assert all(g.record.scores == got[0].record.scores for g in got)
+        other = tmp_path / "other.dcm"
+        make_xray(seed=9).save_as(other, enforce_file_format=True)
+        procs.run(str(other)), procs.run(str(xray))  # the idle child first in line: other's
+        child = procs._take(str(xray))  # the heat map goes to the child that holds the image
+        assert child.last == str(xray)
+        procs._give(child)
+        assert np.array_equal(procs.overlay(str(other)), procs.overlay(str(other)))
     finally:
         procs.close()
 
@@ -119,3 +126,25 @@ def test_child_ends_when_its_parent_is_gone(bundle: Path) -> None:
     child.proc.join(30)
     assert child.proc.exitcode == 0
     procs.close()
+
+
+def test_child_that_cannot_be_replaced_is_replaced_later(bundle: Path, xray: Path, tmp_path):
+    """The bundle vanishes while a child dies: the object's worker gets the reason; once the
+    bundle is back the next object gets a new child."""
+    import shutil
+
+    from ddad_edge.node.scoring import ScoringError
+
+    copy = tmp_path / "bundle"
+    shutil.copytree(bundle, copy)
+    procs = ScoringProcesses(ScorerSpec(str(copy), backend="ort-cpu"), 1)
+    try:
+        (pid,) = procs.pids()
+        copy.rename(tmp_path / "away")
+        os.kill(pid, signal.SIGKILL)
+        with pytest.raises(ScoringError, match="not a folder"):
+            procs.run(str(xray))
+        (tmp_path / "away").rename(copy)
+        assert procs.run(str(xray)).record.status == "scored"
+    finally:
+        procs.close()
