@@ -168,12 +168,13 @@ class _Raised:
 
 
 class ScoringError(Exception):
-    """A child could not be started (bundle, calibration or backend): the reason."""
+    """Not the file's fault: a child could not start (bundle, calibration or backend) or its
+    scorer raised; or the heat map's image could not be made. The reason."""
 
 
 def _child(conn: Connection, spec: ScorerSpec) -> None:
     """A child's life: open the scorer, say "ready" (with the verified manifest) or why not,
-    then score each path received until None or the parent is gone."""
+    then serve the parent."""
     # the parent decides when a child ends (a SIGTERM or Ctrl-C to the group is the node's)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -184,6 +185,12 @@ def _child(conn: Connection, spec: ScorerSpec) -> None:
         conn.send(("error", str(e)))
         return
     conn.send(("ready", scorer.bundle.manifest))
+    _serve(conn, scorer)
+
+
+def _serve(conn: Connection, scorer: Any) -> None:
+    """Answer ("score", path) with a FileScores and ("overlay", path) with the heat map's image
+    (or why not), until None or the parent is gone."""
     last: tuple[str, np.ndarray | None] = ("", None)  # the image scored last: the heat map's
     while True:
         try:
@@ -199,8 +206,7 @@ def _child(conn: Connection, spec: ScorerSpec) -> None:
                 last, got.image = (path, got.image), None  # sent on request, after the decision
                 conn.send(got)
             else:
-                image = last[1] if last[0] == path else None
-                conn.send(_overlay(path, image))
+                conn.send(_overlay(path, last[1] if last[0] == path else None))
         except Exception as e:  # a bug or an environment failure, not the file's: say which
             conn.send(_Raised(f"{type(e).__name__}: {e}"))
 
