@@ -15,14 +15,17 @@ stored or processed again (the sender re-sent it, e.g. after a lost response).
 
 from __future__ import annotations
 
+import functools
 import logging
 import socket
+import tempfile
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, cast
 
 from pydicom import uid
-from pynetdicom import AE, _config, evt, transport
+from pynetdicom import AE, _config, dimse_messages, evt, transport
 from pynetdicom.sop_class import (
     ComputedRadiographyImageStorage,
     DigitalXRayImageStorageForPresentation,
@@ -62,6 +65,35 @@ TRANSFER_SYNTAXES = (
 # and writing it again. A pynetdicom setting for the whole process: it only changes how an SCP
 # receives (``Event.dataset_path``; ``Event.dataset`` reads the file).
 _config.STORE_RECV_CHUNKED_DATASET = True
+
+
+def receive_into(folder: Path) -> None:
+    """Have pynetdicom write arriving data sets in ``folder`` (the spool's ``receiving/``), not
+    in the system's temporary folder: the rename into ``incoming/`` then stays on one file
+    system (no second copy where /tmp is a tmpfs), and the file of a transfer that never
+    completed lies where the node removes it (:func:`drop_partial`, and at start-up
+    ``Spool.clear_receiving``). pynetdicom has no setting for this folder; its module's
+    ``NamedTemporaryFile`` is replaced, for the whole process."""
+    dimse_messages.NamedTemporaryFile = functools.partial(  # type: ignore[attr-defined]
+        tempfile.NamedTemporaryFile, dir=folder
+    )
+
+
+def drop_partial(event: Any) -> None:
+    """EVT_CONN_CLOSE handler: remove the file of a C-STORE whose data set was still arriving
+    when the connection ended (the sender aborted or vanished). pynetdicom removes only the
+    files it handed to the C-STORE handler; these it leaves behind, open. Runs on the
+    association's network thread, the one that writes the file, so it cannot race a write."""
+    message = getattr(event.assoc.dimse, "message", None)
+    partial = getattr(message, "_data_set_file", None)
+    if partial is None:
+        return
+    partial.close()
+    Path(partial.name).unlink(missing_ok=True)
+    log.warning(
+        "transfer cut off",
+        extra={"calling_ae": str(event.assoc.requestor.ae_title or "").strip()},
+    )
 
 
 def _recv(self: transport.AssociationSocket, nr_bytes: int) -> bytearray:
@@ -189,9 +221,11 @@ def start_scp(ae_title: str, host: str, port: int, handler: StoreHandler) -> tup
     """Start the SCP in background threads; returns (AE, server). ``server.server_address``
     gives the bound port (useful with port 0)."""
     ae = make_ae(ae_title)
+    receive_into(handler.spool.receiving)
     handlers = [
         (evt.EVT_C_STORE, handler),
         (evt.EVT_C_ECHO, lambda event: SUCCESS),
+        (evt.EVT_CONN_CLOSE, drop_partial),
     ]
     server = ae.start_server((host, port), block=False, evt_handlers=handlers)
     # socketserver listens with a backlog of 5: a burst of modalities connecting while the node

@@ -73,6 +73,7 @@ class Node:
         """Open the spool, resume unfinished work, start listening. Returns self."""
         cfg = self.config
         self.spool = spool = Spool(cfg.spool)
+        cut_off = spool.clear_receiving()  # transfers a stopped node never answered
         self.journal = journal = Journal(spool.journal_path)
         if cfg.destination is not None:
             self.forwarder = Forwarder(
@@ -105,6 +106,7 @@ class Node:
                 "metrics_port": self.metrics_port,
                 "destination": str(cfg.destination) if cfg.destination else None,
                 "resumed": resumed,
+                "cut_off_removed": cut_off,
                 "counts": journal.counts(),
             },
         )

@@ -4,6 +4,7 @@ Layout::
 
     spool/
       journal.sqlite      object states and the outbox (``node.journal``)
+      receiving/*.dcm     objects while their C-STOREs arrive (written by the network layer)
       incoming/<uid>.dcm  each object as received: preamble, file meta and data set bytes
       outbox/<uid>.dcm    each result (SR, Secondary Capture) until and after delivery
       results.jsonl       one JSON record per processed object (when enabled)
@@ -13,7 +14,9 @@ is fsynced after the rename, so a file the node has acknowledged survives a cras
 process and of the machine. A received object is renamed into place first and fsynced after
 (:meth:`Spool.stage_incoming`, :meth:`Spool.make_durable`), so that scoring can read it while
 it goes to disk; it is acknowledged and journalled only once durable, and a staged file with
-no journal row is never used (the sender, never answered Success, sends it again).
+no journal row is never used (the sender, never answered Success, sends it again). A file in
+``receiving/`` was never answered Success either: one left by a stopped node is removed when
+the next one starts (:meth:`Spool.clear_receiving`).
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ from ddad_edge.runtime.fileio import atomic_write_bytes
 
 JOURNAL = "journal.sqlite"
 INCOMING = "incoming"
+RECEIVING = "receiving"
 OUTBOX = "outbox"
 JSONL = "results.jsonl"
 
@@ -62,11 +66,24 @@ class Spool:
     def __init__(self, root: str | os.PathLike[str]) -> None:
         self.root = Path(root)
         self.incoming = self.root / INCOMING
+        self.receiving = self.root / RECEIVING
         self.outbox = self.root / OUTBOX
-        for d in (self.root, self.incoming, self.outbox):
+        for d in (self.root, self.incoming, self.receiving, self.outbox):
             d.mkdir(parents=True, exist_ok=True)
         self.journal_path = self.root / JOURNAL
         self._jsonl_lock = threading.Lock()
+
+    def clear_receiving(self) -> int:
+        """Remove the files of C-STOREs that never completed (a node killed while they arrived);
+        for a node starting on this spool only, never beside a running one. Returns how many.
+
+        Raises:
+            OSError: one could not be removed.
+        """
+        leftovers = [p for p in self.receiving.iterdir() if p.is_file()]
+        for p in leftovers:
+            p.unlink()
+        return len(leftovers)
 
     def write_incoming(self, uid: str, data: bytes) -> Path:
         """Store a received object's bytes durably; returns its path.

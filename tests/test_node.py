@@ -459,7 +459,10 @@ def test_burst_kill9_restart_destination_down_delivers_each_result_once(
             t.join(60)
         acked_before_kill = set(acked)
         assert 60 <= len(acked_before_kill) < len(everything)
+        cut = tmp_path / "spool" / "receiving" / "tmpcut.dcm"  # as a transfer the kill cut off
+        cut.write_bytes(b"\0" * 128 + b"DICM")
         node.start()  # same spool: resumes what was acknowledged
+        assert not any(cut.parent.iterdir())  # never answered: the sender sends it again
         resend(node.port, groups, acked, lock, failed)  # what was not answered Success
         assert acked == set(everything), failed
         time.sleep(1.0)  # the destination is still down: results queue

@@ -4,6 +4,7 @@ the forwarder (retries, backoff, dead letters) with dcmtk's storescp as the dest
 
 from __future__ import annotations
 
+import socket
 import subprocess
 import threading
 import time
@@ -112,6 +113,59 @@ def test_store_failure_answers_out_of_resources_never_success(scp: Scp, tmp_path
     assert status.Status == OUT_OF_RESOURCES
     assert scp.stored == [] and scp.journal.counts()[RECEIVED] == 0
     assert scp.metrics.store_failures._value.get() == 1
+
+
+def test_cut_off_transfer_leaves_no_file_and_the_scp_serves_on(
+    scp: Scp, dcmtk, tmp_path: Path
+) -> None:
+    """A sender that aborts while its data set arrives: the part written (in the spool's
+    receiving/, not the system's temporary folder) is removed, nothing is journalled or
+    answered, and the next object is stored."""
+    from pynetdicom import AE
+    from pynetdicom.sop_class import ComputedRadiographyImageStorage
+
+    big = make_xray(seed=1)
+    big.Rows = big.Columns = 2048
+    big.PixelData = bytes(2048 * 2048 * 2)  # 8 MiB: 8 P-DATA PDUs of the node's 1 MiB
+    ae = AE(ae_title="SENDER")
+    ae.add_requested_context(ComputedRadiographyImageStorage)
+    assoc = ae.associate("127.0.0.1", scp.port, ae_title="DDAD")
+    assert assoc.is_established
+    sock = assoc.dul.socket
+    send = sock.send
+    sent: list[bytes] = []
+    arrived: list[bool] = []
+
+    def cut_off(data: bytes) -> None:  # this sender only: the link dies mid data set
+        if len(sent) < 3:  # the command, then two of the data set's PDUs
+            sent.append(data)
+            send(data)
+        elif not arrived:
+            arrived.append(wait_for(lambda: any(scp.spool.receiving.iterdir()), timeout=10))
+            sock.socket.shutdown(socket.SHUT_RDWR)
+
+    sock.send = cut_off
+    ae.dimse_timeout = 5
+    sender = threading.Thread(target=assoc.send_c_store, args=(big,), daemon=True)
+    sender.start()
+    sender.join(30)
+    assert arrived == [True], "the part that arrived was not written in the spool's receiving/"
+    assert wait_for(lambda: not any(scp.spool.receiving.iterdir()), timeout=10), list(
+        scp.spool.receiving.iterdir()
+    )
+    assert scp.stored == [] and scp.journal.counts()[RECEIVED] == 0
+    assert not any(scp.spool.incoming.iterdir())
+    storescu(dcmtk, scp.port, [write_one(tmp_path / "next.dcm", make_xray(seed=2))])
+    assert len(scp.stored) == 1
+
+
+def test_start_removes_what_a_stopped_node_was_receiving(tmp_path: Path) -> None:
+    spool = Spool(tmp_path / "spool")
+    (spool.receiving / "tmpcut.dcm").write_bytes(b"\0" * 128 + b"DICM")
+    (spool.incoming / "1.2.3.dcm").write_bytes(b"kept")
+    assert Spool(spool.root).clear_receiving() == 1
+    assert not any(spool.receiving.iterdir())
+    assert (spool.incoming / "1.2.3.dcm").read_bytes() == b"kept"
 
 
 def test_echo_answered(scp: Scp, dcmtk) -> None:
