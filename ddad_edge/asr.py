@@ -8,11 +8,14 @@ pixel a probability of being anomalous:
   Conv3x3(2 -> 128) -> ReLU -> Conv3x3(128 -> 128) -> ReLU -> Conv3x3(128 -> 2), padding 1,
   softmax over the 2 classes (normal, anomalous); the anomaly probability is class 1.
 
-It trains on D alone (the split's known normals), with modules A and B frozen: each epoch a
-seeded share of D's images gets a synthetic anomaly (a square patch of another D image blended
-in, :func:`synthesize`), both modules score the corrupted images, and the network learns to
-find the patch in their maps under a focal loss (:func:`focal_loss`). The image score is the
-mean anomaly probability over the pixels (``runtime.scores``). Nothing is selected on the test
+It trains on known normals alone, with modules A and B frozen: D (the modules' own training
+normals, the default) or the split's held-out normals (``split --calibration N``), which
+neither module saw, so that the maps it learns from look like those of a new image rather than
+a training image's. Each epoch a seeded share of those images gets a synthetic anomaly (a
+square patch of another of them blended in, :func:`synthesize`), both modules score the
+corrupted images, and the network learns to find the patch in their maps under a focal loss
+(:func:`focal_loss`). The image score is the mean anomaly probability over the pixels
+(``runtime.scores``). Nothing is selected on the test
 set: the last of a fixed number of epochs is kept.
 
 The network has a receptive field of 7x7 pixels and no normalisation layer, so training on
@@ -45,7 +48,8 @@ ASR_FILE = "asr.pt"
 CHANNELS = 128
 FOCAL_GAMMA = 2.0
 SCALE_PERCENTILE = 99.0
-"""Each input map is divided by this percentile of its pixels over D's uncorrupted images."""
+"""Each input map is divided by this percentile of its pixels over the uncorrupted training
+normals."""
 ASR_KEYS = ("format", "epoch", "epochs", "model", "input_scale", "channels")
 AsrEpochCallback = Callable[[int, int, float, float], None]
 
@@ -109,12 +113,13 @@ def focal_loss(
 def synthesize(
     d: np.ndarray, rng: np.random.Generator, cfg: AsrConfig
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Synthetic anomalies on D's images: a share ``cfg.corrupt_fraction`` of them gets one square
-    patch (side patch_min..patch_max) cut from another image of D at an independent random
-    place and blended in, x' = (1 - a) x + a donor with a ~ U[blend_min, blend_max].
+    """Synthetic anomalies on normal images (D, or held-out normals): a share
+    ``cfg.corrupt_fraction`` of them gets one square patch (side patch_min..patch_max) cut from
+    another of them at an independent random place and blended in, x' = (1 - a) x + a donor
+    with a ~ U[blend_min, blend_max].
 
     Args:
-        d: D's images, float32 [N, 1, H, W] (N >= 2).
+        d: the normal images, float32 [N, 1, H, W] (N >= 2).
 
     Returns:
         (images float32 [N, 1, H, W], mask float32 [N, 1, H, W] (1 on the patch), donor index
@@ -162,14 +167,14 @@ def crop_origins(mask: np.ndarray, crop: int, rng: np.random.Generator) -> np.nd
 
 def input_scale(maps: dict[str, np.ndarray]) -> list[float]:
     """The fixed divisors of the ASR inputs: the SCALE_PERCENTILE-th percentile of each map
-    (ASR_INPUTS order) over the given images' pixels (D, uncorrupted)."""
+    (ASR_INPUTS order) over the given images' pixels (the training normals, uncorrupted)."""
     return [max(float(np.percentile(maps[n], SCALE_PERCENTILE)), 1e-12) for n in ASR_INPUTS]
 
 
 def _epoch_batches(
     models: tuple[Any, Any], d: np.ndarray, scale: list[float], cfg: AsrConfig, epoch: int
 ) -> tuple[np.ndarray, np.ndarray]:
-    """One epoch's training data: scaled [inter, intra] crops float32 [N, 2, c, c] of D's
+    """One epoch's training data: scaled [inter, intra] crops float32 [N, 2, c, c] of the
     synthetically corrupted images and their masks [N, 1, c, c], in the epoch's order."""
     rng = np.random.default_rng([cfg.seed, 7, epoch])
     x, mask, _ = synthesize(d, rng, cfg)
@@ -182,7 +187,9 @@ def _epoch_batches(
     return mc[order], kc[order]
 
 
-def _new_state(cfg: AsrConfig, scale: list[float], n: int, split_sha256: str | None) -> dict:
+def _new_state(
+    cfg: AsrConfig, scale: list[float], n: int, split_sha256: str | None, trained_on: str
+) -> dict:
     torch.manual_seed(cfg.seed)
     net = AsrNet()
     return {
@@ -197,6 +204,7 @@ def _new_state(cfg: AsrConfig, scale: list[float], n: int, split_sha256: str | N
         "history": [],
         "epoch_seconds": [],
         "n_train": n,
+        "trained_on": trained_on,
         "split_sha256": split_sha256,
     }
 
@@ -207,10 +215,13 @@ def train_asr(
     cfg: AsrConfig,
     *,
     split_sha256: str | None = None,
+    trained_on: str = "normal_train",
     resume: bool = False,
     on_epoch: AsrEpochCallback | None = None,
 ) -> dict[str, Any]:
-    """Train (or resume) the ASR network of a finished run on D, x float32 [N, 1, 64, 64].
+    """Train (or resume) the ASR network of a finished run on known normals ``d``, float32
+    [N, 1, 64, 64]: D, or normals neither module saw (``trained_on`` names the split part:
+    "normal_train" or "calibration"; recorded).
 
     Writes run_dir/asr.pt every epoch. Returns the final checkpoint dict (history: mean focal
     loss per epoch). on_epoch(epoch, epochs, loss, seconds) after each epoch.
@@ -227,10 +238,12 @@ def train_asr(
         state = load_asr_checkpoint(run_dir)
         if state.get("config", {}).get("seed") != cfg.seed:
             raise CheckpointError(f"{path}: cannot resume with another seed")
+        if state.get("trained_on", "normal_train") != trained_on:
+            raise CheckpointError(f"{path}: was trained on another part of the split")
         state["epochs"] = cfg.epochs
     else:
         clean = maps_from_stats(d, dual_stats(models[0], models[1], d))
-        state = _new_state(cfg, input_scale(clean), len(d), split_sha256)
+        state = _new_state(cfg, input_scale(clean), len(d), split_sha256, trained_on)
     net = AsrNet(state["channels"])
     net.load_state_dict(state["model"])
     opt = torch.optim.Adam(net.parameters(), lr=cfg.lr)

@@ -1,4 +1,5 @@
-"""The train-asr command: train a finished run's ASR refinement network on the split's D.
+"""The train-asr command: train a finished run's ASR refinement network on the split's known
+normals (D, or the held-out ones).
 Thin: parse, call ``ddad_edge.asr``, print."""
 
 from __future__ import annotations
@@ -28,17 +29,27 @@ def train_asr(
     epochs: Annotated[int, typer.Option(help="Epochs (fixed; the last is kept).", min=1)] = 15,
     seed: Annotated[int, typer.Option(help="Seed of initialisation, anomalies and order.")] = 0,
     threads: TorchThreadsOpt = 0,
+    held_out: Annotated[
+        bool,
+        typer.Option(
+            "--held-out",
+            help="Train on the split's held-out normals (`split --calibration N`), which neither "
+            "module saw, instead of on D.",
+        ),
+    ] = False,
     resume: Annotated[
         bool, typer.Option(help="Continue an interrupted ASR training from its last epoch.")
     ] = False,
     data_root: DataRootOpt = None,
 ) -> None:
-    """Train the ASR refinement network (method.md, DDAD-ASR) of a finished run, on D only.
+    """Train the ASR refinement network (method.md, DDAD-ASR) of a finished run, on known
+    normals only.
 
-    Reads the run's modules A and B (frozen) and the split's known normals D; writes RUN/asr.pt
-    (every epoch). Each epoch, synthetic anomalies (square patches of other D images blended
-    in) are scored by both modules and the network learns to find them in the (inter, intra)
-    maps (focal loss). `eval` and `export` then add the `asr` score.
+    Reads the run's modules A and B (frozen) and the split's known normals D (with --held-out
+    its held-out normals, which neither module was trained on); writes RUN/asr.pt (every
+    epoch). Each epoch, synthetic anomalies (square patches of other such images blended in)
+    are scored by both modules and the network learns to find them in the (inter, intra) maps
+    (focal loss). `eval` and `export` then add the `asr` score.
     """
     require_extra("train-asr", "train", TRAIN_EXTRA)
     import json
@@ -65,7 +76,10 @@ def train_asr(
         fail(f"{run} was trained on another split (another D); pass the run's own split")
     if threads:
         torch.set_num_threads(threads)
-    d = load_part_with_progress(manifest, "normal_train", "D (known normal)")
+    if held_out and not manifest.get("calibration"):
+        fail(f"{split_path}: no held-out normals; make the split with `split --calibration N`")
+    part, label = ("calibration", "held-out normals") if held_out else ("normal_train", "D")
+    d = load_part_with_progress(manifest, part, label)
 
     def on_epoch(epoch: int, total: int, loss: float, seconds: float) -> None:
         console.print(f"ASR epoch {epoch}/{total} focal loss {loss:.5f} ({seconds:.1f} s/epoch)")
@@ -76,13 +90,14 @@ def train_asr(
             d.x,
             AsrConfig(epochs=epochs, seed=seed),
             split_sha256=manifest["sha256"],
+            trained_on=part,
             resume=resume,
             on_epoch=on_epoch,
         )
     except (CheckpointError, FileNotFoundError, RuntimeError, ValueError) as e:
         fail(e)
     say(
-        f"trained ASR for {state['epoch']} epochs on {state['n_train']} images of D into "
+        f"trained ASR for {state['epoch']} epochs on {state['n_train']} images ({label}) into "
         f"{run / 'asr.pt'} (input scales {json.dumps([round(s, 6) for s in state['input_scale']])})"
     )
 

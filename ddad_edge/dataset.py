@@ -8,7 +8,7 @@ from typing import Any
 
 from ddad_edge.runtime.batch import LoadedBatch, load_inputs
 
-PARTS = ("normal_train", "unlabeled", "test")
+PARTS = ("normal_train", "unlabeled", "test", "calibration")
 
 
 def load_part(
@@ -18,13 +18,14 @@ def load_part(
     workers: int | None = None,
     on_item: Callable[[int], None] | None = None,
 ) -> LoadedBatch:
-    """Load one part of the split ("normal_train", "unlabeled" or "test").
+    """Load one part of the split ("normal_train", "unlabeled", "test" or, when the split has
+    one, "calibration").
 
     Returns a LoadedBatch: x float32 [n_ok, 1, 64, 64] in [-1, 1], the indices of the loaded
     items within the part, and (index, path, reason) for files that could not be read.
     """
-    if part not in PARTS:
-        raise ValueError(f"unknown split part {part!r}")
+    if part not in PARTS or part not in manifest:
+        raise ValueError(f"the split has no part {part!r}")
     root = Path(manifest["root"])
     paths = [root / p for p in manifest[part]]
     return load_inputs(paths, workers=workers, on_item=on_item)

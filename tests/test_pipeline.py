@@ -114,30 +114,17 @@ def test_refuses_to_overwrite_or_mismatched_resume(tmp_path: Path) -> None:
     assert (tmp_path / "other" / "precious.txt").read_text() == "user data"
 
 
+def kermany_split(kermany: Path, out: Path, calibration: int) -> None:
+    """A small split of the Kermany set: |D| 128, |Du| 64 at AR 0.5, seed 0."""
+    args = ["split", str(kermany), "--labels", "labels.csv", "--normal-train", "128"]
+    args += ["--unlabeled", "64", "--ar", "0.5", "--seed", "0"]
+    r = runner.invoke(app, [*args, "--calibration", str(calibration), "-o", str(out)])
+    assert r.exit_code == 0, r.output
+
+
 def test_cli_split_train_eval_on_kermany(kermany: Path, tmp_path: Path) -> None:
     split = tmp_path / "split.json"
-    r = runner.invoke(
-        app,
-        [
-            "split",
-            str(kermany),
-            "--labels",
-            "labels.csv",
-            "--normal-train",
-            "128",
-            "--unlabeled",
-            "64",
-            "--ar",
-            "0.5",
-            "--seed",
-            "0",
-            "--calibration",
-            "32",
-            "-o",
-            str(split),
-        ],
-    )
-    assert r.exit_code == 0, r.output
+    kermany_split(kermany, split, calibration=32)
     assert json.loads(split.read_text())["counts"]["calibration"] == 32
     run = tmp_path / "run"
     r = runner.invoke(
@@ -191,6 +178,19 @@ def test_cli_split_train_eval_on_kermany(kermany: Path, tmp_path: Path) -> None:
     assert op["test_specificity"] == k / len(normal_inter)
     assert 0.0 < op["test_sensitivity"] < 1.0
     assert "calibrated inter >" in r.output
+    # ASR on the 32 held-out normals (neither module saw them); a split without any is refused
+    no_held_out = tmp_path / "split0.json"
+    kermany_split(kermany, no_held_out, calibration=0)
+    asr = ["train-asr", str(run), "--held-out", "--epochs", "1", "--split"]
+    r = runner.invoke(app, [*asr, str(no_held_out)])
+    assert r.exit_code == 1 and "no held-out normals" in r.output and "Traceback" not in r.output
+    r = runner.invoke(app, [*asr, str(split)])
+    assert r.exit_code == 0, r.output
+    assert "on 32 images (held-out normals)" in r.output
+    import torch
+
+    ck = torch.load(run / "asr.pt", weights_only=True)
+    assert (ck["trained_on"], ck["n_train"], ck["epoch"]) == ("calibration", 32, 1)
 
 
 def test_cli_errors_are_one_line(tmp_path: Path) -> None:
