@@ -15,17 +15,14 @@ stored or processed again (the sender re-sent it, e.g. after a lost response).
 
 from __future__ import annotations
 
-import functools
 import logging
 import socket
-import tempfile
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any, cast
 
 from pydicom import uid
-from pynetdicom import AE, _config, dimse_messages, evt, transport
+from pynetdicom import AE, _config, evt, transport
 from pynetdicom.sop_class import (
     ComputedRadiographyImageStorage,
     DigitalXRayImageStorageForPresentation,
@@ -36,6 +33,7 @@ from pynetdicom.sop_class import (
 
 from ddad_edge.node.journal import RECEIVED, Journal, ObjectRow
 from ddad_edge.node.metrics import NodeMetrics
+from ddad_edge.node.receiving import drop_partial, receive_into, write_error
 from ddad_edge.node.spool import Spool
 
 log = logging.getLogger("ddad_edge.node.scp")
@@ -63,37 +61,9 @@ TRANSFER_SYNTAXES = (
 # pynetdicom writes each C-STORE's data set to a file as its PDUs arrive (preamble and file meta
 # first): the node moves that file into its spool instead of assembling the object in memory
 # and writing it again. A pynetdicom setting for the whole process: it only changes how an SCP
-# receives (``Event.dataset_path``; ``Event.dataset`` reads the file).
+# receives (``Event.dataset_path``; ``Event.dataset`` reads the file). Where and how that file
+# is written: ``node.receiving``.
 _config.STORE_RECV_CHUNKED_DATASET = True
-
-
-def receive_into(folder: Path) -> None:
-    """Have pynetdicom write arriving data sets in ``folder`` (the spool's ``receiving/``), not
-    in the system's temporary folder: the rename into ``incoming/`` then stays on one file
-    system (no second copy where /tmp is a tmpfs), and the file of a transfer that never
-    completed lies where the node removes it (:func:`drop_partial`, and at start-up
-    ``Spool.clear_receiving``). pynetdicom has no setting for this folder; its module's
-    ``NamedTemporaryFile`` is replaced, for the whole process."""
-    dimse_messages.NamedTemporaryFile = functools.partial(  # type: ignore[attr-defined]
-        tempfile.NamedTemporaryFile, dir=folder
-    )
-
-
-def drop_partial(event: Any) -> None:
-    """EVT_CONN_CLOSE handler: remove the file of a C-STORE whose data set was still arriving
-    when the connection ended (the sender aborted or vanished). pynetdicom removes only the
-    files it handed to the C-STORE handler; these it leaves behind, open. Runs on the
-    association's network thread, the one that writes the file, so it cannot race a write."""
-    message = getattr(event.assoc.dimse, "message", None)
-    partial = getattr(message, "_data_set_file", None)
-    if partial is None:
-        return
-    partial.close()
-    Path(partial.name).unlink(missing_ok=True)
-    log.warning(
-        "transfer cut off",
-        extra={"calling_ae": str(event.assoc.requestor.ae_title or "").strip()},
-    )
 
 
 def _recv(self: transport.AssociationSocket, nr_bytes: int) -> bytearray:
@@ -171,6 +141,8 @@ class StoreHandler:
                 self.metrics.duplicates.inc()
                 log.info("duplicate", extra={"sop_uid": uid, "calling_ae": calling})
                 return SUCCESS
+            if (failed := write_error(req)) is not None:  # e.g. the disk filled as it arrived
+                raise failed
             path = self.spool.adopt_incoming(uid, event.dataset_path)
             if self.on_staged is not None:
                 row = ObjectRow(uid, sop_class, calling, str(path), RECEIVED, None, arrived)

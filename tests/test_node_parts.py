@@ -159,6 +159,41 @@ def test_cut_off_transfer_leaves_no_file_and_the_scp_serves_on(
     assert len(scp.stored) == 1
 
 
+def test_disk_full_while_receiving_answers_out_of_resources_and_frees_it(tmp_path: Path) -> None:
+    """The disk fills while a data set arrives: the sender gets 0xA700 on the same association
+    (not a dropped connection), the part is removed, and the next object fits and is stored."""
+    from pynetdicom import AE
+    from pynetdicom.sop_class import ComputedRadiographyImageStorage
+
+    receiving = Spool(tmp_path / "spool").receiving
+    mount = ["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(receiving)]
+    mounted = subprocess.run(mount, capture_output=True, text=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a 1 MiB tmpfs here (root only): {mounted.stderr.strip()}")
+    try:
+        scp = Scp(tmp_path / "spool")
+        big = make_xray(seed=1)
+        big.Rows = big.Columns = 2048
+        big.PixelData = bytes(2048 * 2048 * 2)  # 8 MiB into the 1 MiB file system
+        ae = AE(ae_title="SENDER")
+        ae.add_requested_context(ComputedRadiographyImageStorage)
+        assoc = ae.associate("127.0.0.1", scp.port, ae_title="DDAD")
+        try:
+            assert assoc.send_c_store(big).Status == OUT_OF_RESOURCES
+            assert assoc.is_established
+            assert not any(receiving.iterdir())
+            small = make_xray(seed=2)  # 115 KB: fits again
+            assert assoc.send_c_store(small).Status == 0
+        finally:
+            assoc.release()
+            scp.close()
+        assert scp.stored == [str(small.SOPInstanceUID)]
+        assert scp.metrics.store_failures._value.get() == 1
+        assert not any(receiving.iterdir())
+    finally:
+        subprocess.run(["umount", "--lazy", str(receiving)], check=True)  # even while busy
+
+
 def test_start_removes_what_a_stopped_node_was_receiving(tmp_path: Path) -> None:
     spool = Spool(tmp_path / "spool")
     (spool.receiving / "tmpcut.dcm").write_bytes(b"\0" * 128 + b"DICM")
