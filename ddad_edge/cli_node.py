@@ -78,6 +78,13 @@ RetriesOpt = Annotated[
 BackoffOpt = Annotated[
     float, typer.Option(help="First retry delay in seconds (doubles per try, 60 s at most).")
 ]
+RetryFailedOpt = Annotated[
+    bool,
+    typer.Option(
+        help="At start, process every failed object again and queue every dead-lettered result "
+        "again (once the cause is fixed: disk space, the destination)."
+    ),
+]
 BackendOpt = Annotated[str, typer.Option(help="auto, trt, ort-cuda, ort-cpu, ...")]
 StatusOpt = Annotated[
     Path | None,
@@ -101,6 +108,7 @@ def serve(
     jsonl: JsonlOpt = False,
     retries: RetriesOpt = 10,
     backoff: BackoffOpt = 1.0,
+    retry_failed: RetryFailedOpt = False,
     backend: BackendOpt = "auto",
     status: StatusOpt = None,
     as_json: StatusJsonOpt = False,
@@ -153,6 +161,7 @@ def serve(
         workers=workers,
         jsonl=jsonl,
         retry=RetryPolicy(max_tries=retries, backoff=backoff),
+        retry_failed=retry_failed,
     )
     logs.configure()
     try:

@@ -363,6 +363,37 @@ class Journal:
         )
         return final
 
+    def retry_failed(self) -> tuple[int, int]:
+        """Give failed work another go, when an operator has fixed the cause (disk space, the
+        destination): every ``failed`` object becomes ``received`` (processed anew; its reason
+        stays until then), and every dead-lettered result is queued again with its tries
+        reset (``pending``, or ``building`` when its file was never written), its object back
+        in the state it was processed to. Returns (objects, results) queued again."""
+        now = time.time()
+        with self._tx() as db:
+            objects = db.execute(
+                "UPDATE objects SET state = ?, updated_at = ? WHERE state = ?",
+                (RECEIVED, now, FAILED),
+            ).rowcount
+            dead = db.execute(
+                "SELECT result_uid, sop_uid, path FROM outbox WHERE state = ?", (DEAD,)
+            ).fetchall()
+            for result_uid, _, path in dead:
+                db.execute(
+                    "UPDATE outbox SET state = ?, attempts = 0, next_at = ? WHERE result_uid = ?",
+                    (PENDING if Path(path).is_file() else BUILDING, now, result_uid),
+                )
+            for sop_uid in {row[1] for row in dead}:
+                (record,) = db.execute(
+                    "SELECT record FROM objects WHERE sop_uid = ?", (sop_uid,)
+                ).fetchone()
+                status = json.loads(record).get("status") if record else None
+                db.execute(
+                    "UPDATE objects SET state = ?, updated_at = ? WHERE sop_uid = ? AND state = ?",
+                    (status if status == ABSTAINED else SCORED, now, sop_uid, DEAD_LETTERED),
+                )
+        return objects, len(dead)
+
     def sent_results(self) -> list[tuple[str, str, str]]:
         """(source SOP Instance UID, result UID, kind) of every delivered result."""
         with self._lock:

@@ -38,7 +38,9 @@ class NodeConfig:
     any free port); destination: where results go (None: they wait in the outbox);
     metrics_port: Prometheus endpoint on 127.0.0.1 (None: off; 0: any free port); workers:
     processing threads; jsonl: also append one JSON line per object to the spool; retry: the
-    delivery retry policy; drain_s: how long a stop waits for associations in progress.
+    delivery retry policy; drain_s: how long a stop waits for associations in progress;
+    retry_failed: at start, queue failed objects and dead-lettered results again
+    (``Journal.retry_failed``).
     """
 
     spool: Path
@@ -51,6 +53,7 @@ class NodeConfig:
     jsonl: bool = False
     retry: RetryPolicy = RetryPolicy()
     drain_s: float = 10.0
+    retry_failed: bool = False
 
 
 class Node:
@@ -75,6 +78,7 @@ class Node:
         self.spool = spool = Spool(cfg.spool)
         cut_off = spool.clear_receiving()  # transfers a stopped node never answered
         self.journal = journal = Journal(spool.journal_path)
+        requeued = journal.retry_failed() if cfg.retry_failed else (0, 0)
         if cfg.destination is not None:
             self.forwarder = Forwarder(
                 journal, cfg.destination, self.metrics, calling_ae=cfg.ae_title, policy=cfg.retry
@@ -107,6 +111,7 @@ class Node:
                 "destination": str(cfg.destination) if cfg.destination else None,
                 "resumed": resumed,
                 "cut_off_removed": cut_off,
+                "retried": {"objects": requeued[0], "results": requeued[1]},
                 "counts": journal.counts(),
             },
         )

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pydicom
 import pytest
-from dicomnet import dcmtk_tools, free_port, interfaces, make_xray, storescp, write_syntaxes
+from dicomnet import CR, dcmtk_tools, free_port, interfaces, make_xray, storescp, write_syntaxes
 from dicomnet import storescu as send
 from pydicom.uid import generate_uid
 
@@ -20,6 +20,7 @@ from ddad_edge.node.forwarder import Destination, Forwarder, RetryPolicy
 from ddad_edge.node.journal import (
     ABSTAINED,
     DEAD_LETTERED,
+    FAILED,
     RECEIVED,
     RESULT_SENT,
     SCORED,
@@ -410,6 +411,67 @@ def test_forwarder_dead_letters_after_n_tries_with_the_reason(tmp_path: Path) ->
     assert metrics.dead_lettered._value.get() == 1
     assert Path(journal._db.execute("SELECT path FROM outbox").fetchone()[0]).is_file()
     journal.close()
+
+
+def test_retry_failed_queues_failed_work_again_and_it_is_delivered(dcmtk, tmp_path: Path) -> None:
+    """`serve --retry-failed`: a failed object is processed anew, a result dead-lettered by the
+    forwarder is delivered once the destination is up, one never built is built again."""
+    spool = Spool(tmp_path / "spool")
+    journal = Journal(spool.journal_path)
+    (sent,) = queue_results(spool, journal, 1)
+    port = free_port()
+    down = Forwarder(
+        journal, Destination("DEST", "127.0.0.1", port), NodeMetrics(),
+        policy=RetryPolicy(max_tries=2, backoff=0.05, max_backoff=0.1),
+    )  # fmt: skip
+    down.start()
+    try:
+        assert wait_for(lambda: journal.get(sent).state == DEAD_LETTERED, 30)
+    finally:
+        down.stop()
+    journal.add_received("1.2.3", CR, "SENDER", "p")
+    journal.finish("1.2.3", FAILED, reason="OSError: [Errno 28] No space left on device")
+    journal.add_received("1.2.4", CR, "SENDER", "p")
+    never_built = Result("1.2.4.1", CR, "sc", str(spool.result_path("1.2.4.1")), ready=False)
+    journal.finish("1.2.4", ABSTAINED, record={"status": ABSTAINED}, results=[never_built])
+    journal.build_failed("1.2.4.1", "sc could not be built: MemoryError")
+    assert journal.counts()[FAILED] == 1 and journal.counts()[DEAD_LETTERED] == 2
+
+    assert journal.retry_failed() == (1, 2)
+    assert journal.get("1.2.3").state == RECEIVED  # the worker takes it at start
+    assert (journal.get(sent).state, journal.get("1.2.4").state) == (SCORED, ABSTAINED)
+    assert [r.result_uid for r in journal.building()] == ["1.2.4.1"]
+    assert journal.retry_failed() == (0, 0)
+    up = Forwarder(journal, Destination("DEST", "127.0.0.1", port), NodeMetrics())
+    with storescp(dcmtk["storescp"], tmp_path / "dest", port):
+        up.start()
+        try:
+            assert wait_for(lambda: journal.get(sent).state == RESULT_SENT, 30)
+        finally:
+            up.stop()
+    assert len(list((tmp_path / "dest").glob("*.dcm"))) == 1
+    journal.close()
+
+
+def test_node_started_with_retry_failed_processes_a_failed_object(tmp_path: Path) -> None:
+    from ddad_edge.node.service import Node, NodeConfig
+
+    spool = Spool(tmp_path / "spool")
+    journal = Journal(spool.journal_path)
+    journal.add_received("1.2.3", CR, "SENDER", "p")
+    journal.finish("1.2.3", FAILED, reason="OSError: [Errno 28] No space left on device")
+    journal.close()
+
+    def process(row: ObjectRow) -> Outcome:
+        return Outcome(ABSTAINED, "processed again", {"status": ABSTAINED}, [])
+
+    for retry_failed, state in ((False, FAILED), (True, ABSTAINED)):
+        config = NodeConfig(spool=spool.root, host="127.0.0.1", port=0, retry_failed=retry_failed)
+        node = Node(config, process).start()
+        try:
+            assert wait_for(lambda: node.journal.get("1.2.3").state == state, 10)  # noqa: B023
+        finally:
+            node.stop()
 
 
 def test_retry_policy_backoff_and_limit() -> None:
