@@ -7,7 +7,9 @@ while the file is fsynced, its outcome committed only once the object is journal
 object goes through ``process(row) -> Outcome`` (``node.pipeline``), its result files are
 written to the outbox durably, and the journal moves the object to its new state and queues the
 results in one transaction. An exception from ``process`` marks the object ``failed`` with the
-reason; the worker goes on with the next one.
+reason; the worker goes on with the next one. When the outcome cannot be stored or recorded (a
+full disk: the result files, the JSON line or the journal), the object stays ``received`` and
+is processed again after ``RETRY_S``.
 
 Results the outcome lists as ``later`` (the heat-map Secondary Capture) are queued in that
 transaction as ``building`` under their final UID and built once the forwarder has sent the
@@ -96,8 +98,17 @@ LATER_WAIT_S = 1.0
 ones (a destination that is down does not hold it up longer)."""
 
 
+RETRY_S = 30.0
+"""Seconds before an object whose outcome could not be recorded is processed again."""
+
+
 class Worker:
-    """``threads`` background threads running ``process`` on queued objects."""
+    """``threads`` background threads running ``process`` on queued objects.
+
+    When an outcome cannot be recorded (the journal or the spool fails: a full disk), the
+    object stays ``received``, the failure is logged and the object is processed again after
+    ``retry_s``; the thread goes on with the next one.
+    """
 
     def __init__(
         self,
@@ -110,6 +121,7 @@ class Worker:
         results_sent: Callable[[float], object] = lambda timeout: None,
         threads: int = 1,
         jsonl: bool = False,
+        retry_s: float = RETRY_S,
     ) -> None:
         self.journal = journal
         self.spool = spool
@@ -118,6 +130,7 @@ class Worker:
         self.on_results = on_results
         self.results_sent = results_sent
         self.jsonl = jsonl
+        self.retry_s = retry_s
         self._queue: queue.Queue[str | _Early] = queue.Queue()
         self._stop = threading.Event()
         self._threads = [
@@ -166,12 +179,22 @@ class Worker:
                 item = self._queue.get(timeout=0.2)
             except queue.Empty:
                 continue
-            if isinstance(item, _Early):
-                self._handle_early(item)
-                continue
-            row = self.journal.get(item)
-            if row is None or row.state != RECEIVED:
-                continue
+            try:
+                self._take(item)
+            except Exception as e:  # the journal or the spool failed: keep serving
+                uid = item.row.sop_uid if isinstance(item, _Early) else item
+                reason = f"{type(e).__name__}: {e}"
+                log.error("not recorded, will retry", extra={"sop_uid": uid, "reason": reason})
+                retry = threading.Timer(self.retry_s, self.submit, (uid,))
+                retry.daemon = True
+                retry.start()
+
+    def _take(self, item: str | _Early) -> None:
+        if isinstance(item, _Early):
+            self._handle_early(item)
+            return
+        row = self.journal.get(item)
+        if row is not None and row.state == RECEIVED:
             self.handle(row)
 
     def handle(self, row: ObjectRow) -> str:
@@ -208,23 +231,21 @@ class Worker:
         ``received_at``: when the C-STORE arrived, for an object processed while it was being
         stored (else the journal's time)."""
         received_at = row.received_at if received_at is None else received_at
-        try:
-            if isinstance(out, Exception):
-                raise out
-            queued = [
-                Result(r.uid, r.sop_class, r.kind, str(self.spool.write_result(r.uid, r.data)))
-                for r in out.results
-            ]
-            queued += [
-                Result(r.uid, r.sop_class, r.kind, str(self.spool.result_path(r.uid)), ready=False)
-                for r in out.later
-            ]
-        except Exception as e:  # a bug or an environment failure: keep the reason, go on
-            reason = f"{type(e).__name__}: {e}"
+        if isinstance(out, Exception):  # a bug, or a failure of the scoring process's
+            reason = f"{type(out).__name__}: {out}"
             self.journal.finish(row.sop_uid, FAILED, reason=reason)
             self.metrics.failed.inc()
             log.error("failed", extra={"sop_uid": row.sop_uid, "reason": reason})
             return FAILED
+        # An OSError here (a full disk) reaches _run, which processes the object again later.
+        queued = [
+            Result(r.uid, r.sop_class, r.kind, str(self.spool.write_result(r.uid, r.data)))
+            for r in out.results
+        ]
+        queued += [
+            Result(r.uid, r.sop_class, r.kind, str(self.spool.result_path(r.uid)), ready=False)
+            for r in out.later
+        ]
         times = {**out.times, "wait": t0 - received_at, "started_at": t0, "done_at": time.time()}
         if self.jsonl:  # before the commit: after a crash the line repeats, the last one counts
             self.spool.append_jsonl({"sop_instance_uid": row.sop_uid, **out.record})

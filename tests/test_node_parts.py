@@ -4,6 +4,7 @@ the forwarder (retries, backoff, dead letters) with dcmtk's storescp as the dest
 
 from __future__ import annotations
 
+import json
 import socket
 import subprocess
 import threading
@@ -302,6 +303,46 @@ def test_later_result_goes_after_the_sr_and_is_rebuilt_after_a_crash(tmp_path: P
     assert j.mark_sent("1.2.2") is True and j.get("1.2").state == RESULT_SENT
     assert j.mark_sent("1.3.1") is False  # its SC is dead: the object ends dead-lettered
     assert j.get("1.3").state == DEAD_LETTERED and "pixels gone" in j.get("1.3").reason
+    j.close()
+
+
+def test_outcome_that_cannot_be_stored_is_processed_again_later(tmp_path: Path) -> None:
+    """The outbox, then the JSON lines file, cannot be written (as on a full disk): the object
+    stays received, the worker goes on with the next ones and, once they can be written
+    again, processes it again and records it once."""
+    spool = Spool(tmp_path / "spool")
+    j = Journal(spool.journal_path)
+    outbox = spool.outbox
+    outbox.rmdir()
+    outbox.write_text("not a folder")  # every result write fails (even for root)
+    (spool.root / "results.jsonl").mkdir()  # and so does appending a line
+
+    def process(row):
+        res = ResultFile(f"{row.sop_uid}.1", "sr-class", "sr", b"sr bytes")
+        return Outcome(SCORED, None, {"flag": "normal"}, [res])
+
+    worker = Worker(j, spool, NodeMetrics(), process, jsonl=True, retry_s=0.3)
+    worker.start()
+    try:
+        for uid in ("1.2", "1.3"):
+            j.add_received(uid, "c", "A", "p")
+            worker.submit(uid)
+        time.sleep(1.0)  # tried several times
+        assert {j.get(u).state for u in ("1.2", "1.3")} == {RECEIVED}
+        outbox.unlink()
+        outbox.mkdir()
+        time.sleep(1.0)
+        assert {j.get(u).state for u in ("1.2", "1.3")} == {RECEIVED}  # the line still fails
+        (spool.root / "results.jsonl").rmdir()
+        assert wait_for(lambda: {j.get(u).state for u in ("1.2", "1.3")} == {SCORED}, 10)
+        j.add_received("1.4", "c", "A", "p")
+        worker.submit("1.4")
+        assert wait_for(lambda: j.get("1.4").state == SCORED, 10)  # the thread lives on
+    finally:
+        worker.stop()
+    lines = (spool.root / "results.jsonl").read_text().splitlines()
+    assert sorted(json.loads(line)["sop_instance_uid"] for line in lines) == ["1.2", "1.3", "1.4"]
+    assert {r.result_uid for r in j.due()} == {"1.2.1", "1.3.1", "1.4.1"}
     j.close()
 
 
