@@ -77,6 +77,9 @@ class RetryPolicy:
 
 IDLE_RELEASE_S = 2.0
 """An open association with nothing to send is released after this many seconds."""
+PAUSE_S = 10.0
+"""Delivery pauses this many seconds when the journal fails (a full disk), then goes on. A
+result sent whose success could not be recorded is sent again under its UID."""
 
 
 def _no_delay(event: Any) -> None:
@@ -102,12 +105,14 @@ class Forwarder:
         *,
         calling_ae: str = "DDAD",
         policy: RetryPolicy | None = None,
+        pause_s: float = PAUSE_S,
     ) -> None:
         self.journal = journal
         self.destination = destination
         self.metrics = metrics
         self.calling_ae = calling_ae
         self.policy = policy or RetryPolicy()
+        self.pause_s = pause_s
         self._wake = threading.Event()
         self._idle = threading.Event()  # nothing due: every result queued so far was tried
         self._stop = threading.Event()
@@ -137,27 +142,37 @@ class Forwarder:
     def _run(self) -> None:
         try:
             while not self._stop.is_set():
-                rows = self.journal.due()
-                if rows:
-                    self._send(rows)
-                    continue
-                if self._wake.is_set():  # results were queued since: look again
-                    self._wake.clear()
-                    continue
-                self._idle.set()
-                nxt = self.journal.next_due_at()
-                wait = 5.0 if nxt is None else min(5.0, max(0.0, nxt - time.time()))
-                if self._assoc is not None:
-                    idle = time.monotonic() - self._last_used
-                    if idle >= IDLE_RELEASE_S:
-                        self._release()
-                    else:
-                        wait = min(wait, IDLE_RELEASE_S - idle)
-                self._wake.wait(wait)
-                self._wake.clear()
+                try:
+                    self._step()
+                except Exception as e:  # the journal failed (a full disk): try again later
+                    reason = f"{type(e).__name__}: {e}"
+                    log.error("delivery paused", extra={"reason": reason, "for_s": self.pause_s})
+                    self._release()
+                    self._stop.wait(self.pause_s)
         finally:
             self._idle.set()
             self._release()
+
+    def _step(self) -> None:
+        """Send what is due, or wait for new results, the next retry or the idle release."""
+        rows = self.journal.due()
+        if rows:
+            self._send(rows)
+            return
+        if self._wake.is_set():  # results were queued since: look again
+            self._wake.clear()
+            return
+        self._idle.set()
+        nxt = self.journal.next_due_at()
+        wait = 5.0 if nxt is None else min(5.0, max(0.0, nxt - time.time()))
+        if self._assoc is not None:
+            idle = time.monotonic() - self._last_used
+            if idle >= IDLE_RELEASE_S:
+                self._release()
+            else:
+                wait = min(wait, IDLE_RELEASE_S - idle)
+        self._wake.wait(wait)
+        self._wake.clear()
 
     def _release(self) -> None:
         assoc, self._assoc = self._assoc, None

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import socket
+import sqlite3
 import subprocess
 import threading
 import time
@@ -431,6 +432,36 @@ def test_forwarder_queues_while_destination_down_then_delivers_once(
 
 def _tried(journal: Journal) -> bool:
     return any(a > 0 for (a,) in journal._db.execute("SELECT attempts FROM outbox"))
+
+
+class FullJournal(Journal):
+    """A journal whose first ``full`` writes of a delivery fail as SQLite fails on a full disk."""
+
+    full = 2
+
+    def mark_sent(self, result_uid: str) -> bool:
+        if self.full > 0:
+            self.full -= 1
+            raise sqlite3.OperationalError("database or disk is full")
+        return super().mark_sent(result_uid)
+
+
+def test_forwarder_pauses_when_the_journal_fails_then_delivers(dcmtk, tmp_path: Path) -> None:
+    spool = Spool(tmp_path / "spool")
+    journal = FullJournal(spool.journal_path)
+    uids = queue_results(spool, journal, 2)
+    port = free_port()
+    fwd = Forwarder(journal, Destination("DEST", "127.0.0.1", port), NodeMetrics(), pause_s=0.2)
+    with storescp(dcmtk["storescp"], tmp_path / "dest", port):
+        fwd.start()
+        try:
+            assert wait_for(lambda: {journal.get(u).state for u in uids} == {RESULT_SENT}, 30)
+        finally:
+            fwd.stop()
+    assert journal.full == 0  # both failures happened, and the thread lived on
+    received = [pydicom.dcmread(p).SOPInstanceUID for p in (tmp_path / "dest").glob("*.dcm")]
+    assert set(received) == {r for (_, r, _) in journal.sent_results()}  # sent again, same UID
+    journal.close()
 
 
 def test_forwarder_dead_letters_after_n_tries_with_the_reason(tmp_path: Path) -> None:
