@@ -117,9 +117,9 @@ def serve(
     answering, gate/score/decide each, and send an SR (+ heat-map Secondary Capture) to the
     --forward destination. Logs are JSON lines on stderr; SIGTERM stops it gracefully.
 
-    Reads BUNDLE and --calibration; writes --spool (spool/incoming, spool/outbox,
-    spool/journal.sqlite, spool/results.jsonl with --jsonl). With --status SPOOL it only reads
-    that spool's journal and prints the counts per state.
+    Reads BUNDLE and --calibration; writes --spool (spool/receiving while objects arrive,
+    spool/incoming, spool/outbox, spool/journal.sqlite, spool/results.jsonl with --jsonl).
+    With --status SPOOL it only reads that spool's journal and prints the counts per state.
     """
     if status is not None:
         _print_status(status, as_json)
