@@ -145,6 +145,7 @@ def calibrate(
             seed=seed,
             default_specificity=default,
             split_sha256=sets.get("split_sha256"),
+            split_part=sets.get("part"),
         )
     except CalibrationError as e:
         fail(e)

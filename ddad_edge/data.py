@@ -315,6 +315,7 @@ def calibration_sets(
             "normals": [str(root / p) for p in manifest["calibration"]],
             "abnormals": abnormals,
             "held_out_normals": [],
+            "part": "calibration",
             "description": f"split calibration part ({len(manifest['calibration'])} normals "
             "held out of D and Du); abnormals: test split",
         }
@@ -325,6 +326,7 @@ def calibration_sets(
         "normals": [str(root / normals[i]) for i in perm[:half]],
         "abnormals": abnormals,
         "held_out_normals": [str(root / normals[i]) for i in perm[half:]],
+        "part": "test",
         "description": f"test split normals, seeded half (seed {seed}: {half} of "
         f"{len(normals)}); the other half is held out for specificity; abnormals: test split",
     }

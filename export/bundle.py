@@ -257,6 +257,8 @@ class _Run:
     asr: tuple[Any, list[float]] | None = None
     """The run's ASR network and input scales (``ddad_edge.asr.load_asr``), when it has one."""
     asr_epochs: int = 0
+    asr_trained_on: dict[str, Any] | None = None
+    """What the ASR network was trained on: {"part": split part, "split_sha256": ...}."""
 
 
 def _check_request(out: Path, overwrite: bool, n_parity: int, n_golden: int, sign_key: Any) -> None:
@@ -287,7 +289,12 @@ def _load_run(run_dir: Path, allow_incomplete: bool, with_asr: bool = True) -> _
     if with_asr and has_asr(run_dir):
         try:
             run.asr = load_asr(run_dir, require_complete=not allow_incomplete)
-            run.asr_epochs = int(load_asr_checkpoint(run_dir)["epoch"])
+            ck = load_asr_checkpoint(run_dir)
+            run.asr_epochs = int(ck["epoch"])
+            run.asr_trained_on = {
+                "part": ck.get("trained_on", "normal_train"),
+                "split_sha256": ck.get("split_sha256"),
+            }
         except (FileNotFoundError, RuntimeError) as e:
             raise ExportError(str(e)) from e
     return run

@@ -87,6 +87,7 @@ def asr_section(run: Any) -> dict[str, Any] | None:
         "input_scale": list(run.asr[1]),
         "channels": int(run.asr[0].conv1.out_channels),
         "epochs_trained": run.asr_epochs,
+        "trained_on": run.asr_trained_on,
         "source": "RUN/asr.pt (ddad-edge train-asr)",
     }
 

@@ -32,6 +32,7 @@ from typing import Any
 import numpy as np
 
 from ddad_edge.runtime.fileio import atomic_write_text
+from ddad_edge.runtime.scores import ASR_SCORE
 
 FORMAT = "ddad-edge-calibration"
 FORMAT_VERSION = 1
@@ -252,6 +253,7 @@ def calibrate_scored(
     seed: int = 0,
     default_specificity: float | None = None,
     split_sha256: str | None = None,
+    split_part: str | None = None,
 ) -> dict[str, Any]:
     """The calibration record of a bundle from its scored image sets: operating points on
     ``score`` (:func:`calibrate`, 95% bootstrap intervals) in :func:`calibration_record`'s
@@ -263,11 +265,24 @@ def calibrate_scored(
             empty); only ``score`` is used, all of the normals' scores are kept for the drift
             watch.
         source: where the normals came from, in words.
-        split_sha256: the split manifest the sets were drawn from, when one was.
+        split_sha256: the split manifest the sets were drawn from, when one was, and
+            split_part the part its normals came from ("calibration" or "test").
 
     Raises:
-        CalibrationError: too few normals, bad scores, bad specificities or default.
+        CalibrationError: too few normals, bad scores, bad specificities or default; or asr
+            calibrated on the normals its network was trained on (its scores there are
+            lower than on new normals: the threshold would be too low).
     """
+    trained_on = (manifest.get("asr") or {}).get("trained_on") or {}
+    if (
+        score == ASR_SCORE
+        and split_sha256 is not None
+        and (split_part, split_sha256) == (trained_on.get("part"), trained_on.get("split_sha256"))
+    ):
+        raise CalibrationError(
+            "the bundle's ASR network was trained on these normals (train-asr --held-out): "
+            "calibrate asr on others (--from-test, or --normals DIR of site normals)"
+        )
     empty = np.zeros(0)
     (all0, ex0), (all1, ex1), (all2, ex2) = normals, abnormals, held_out
     s0, s1, held = (a.get(score, empty) for a in (all0, all1, all2))

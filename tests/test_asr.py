@@ -163,6 +163,27 @@ def test_calibrate_on_asr_and_bundles_without_it(
     assert res.exit_code != 0 and "has no asr score" in res.output
 
 
+def test_asr_is_not_calibrated_on_the_normals_it_was_trained_on(asr_bundle: Path) -> None:
+    """The bundle names what its ASR network was trained on; calibrating asr on that same part
+    of that same split is refused (other scores, parts or splits are not)."""
+    from ddad_edge.runtime.bundle import open_bundle
+    from ddad_edge.runtime.calibration import CalibrationError, calibrate_scored
+
+    manifest = open_bundle(asr_bundle).manifest
+    assert manifest["asr"]["trained_on"] == {"part": "normal_train", "split_sha256": None}
+    manifest = {**manifest, "asr": {**manifest["asr"]}}
+    manifest["asr"]["trained_on"] = {"part": "calibration", "split_sha256": "ab12"}
+    normals = ({ASR_SCORE: np.linspace(0.1, 0.2, 40), "inter": np.linspace(1, 2, 40)}, [])
+    none = ({}, [])
+    kw = {"source": "test", "n_boot": 20, "split_sha256": "ab12"}
+    with pytest.raises(CalibrationError, match="trained on these normals"):
+        calibrate_scored(
+            manifest, normals, none, none, score=ASR_SCORE, split_part="calibration", **kw
+        )
+    for score, part in ((ASR_SCORE, "test"), ("inter", "calibration")):
+        calibrate_scored(manifest, normals, none, none, score=score, split_part=part, **kw)
+
+
 def test_node_pipeline_and_triton_records_carry_asr(asr_bundle: Path, tmp_path: Path) -> None:
     """The node's pipeline and Triton's ddad_score model score with the runtime Scorer: both
     report asr (the SR as a measurement, SCORES as a 4th value that the client checks)."""
