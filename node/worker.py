@@ -231,7 +231,7 @@ class Worker:
         ``received_at``: when the C-STORE arrived, for an object processed while it was being
         stored (else the journal's time)."""
         received_at = row.received_at if received_at is None else received_at
-        if isinstance(out, Exception):  # a bug, or a failure of the scoring process's
+        if isinstance(out, Exception):  # from process: a bug, or the scoring process failed
             reason = f"{type(out).__name__}: {out}"
             self.journal.finish(row.sop_uid, FAILED, reason=reason)
             self.metrics.failed.inc()
