@@ -198,7 +198,12 @@ class Worker:
             self.handle(row)
 
     def handle(self, row: ObjectRow) -> str:
-        """Process one received object to its new state (returned)."""
+        """Process one received object to its new state (returned).
+
+        Raises:
+            OSError, sqlite3.Error: the outcome could not be stored or recorded (it stays
+                ``received``).
+        """
         t0 = time.time()
         return self._complete(row, self._attempt(row), t0)
 
