@@ -147,6 +147,7 @@ class Forwarder:
                 except Exception as e:  # the journal failed (a full disk): try again later
                     reason = f"{type(e).__name__}: {e}"
                     log.error("delivery paused", extra={"reason": reason, "for_s": self.pause_s})
+                    self.metrics.delivery_pauses.inc()
                     self._release()
                     self._stop.wait(self.pause_s)
         finally:

@@ -5,8 +5,13 @@ Each node has its own registry, so several nodes (tests) can live in one process
 - ``ddad_node_received_total``: objects stored and acknowledged (re-sent ones not counted again)
 - ``ddad_node_duplicates_total``: re-sent objects acknowledged without being processed again
 - ``ddad_node_store_failures_total``: C-STORE requests answered with a failure status
+- ``ddad_node_transfers_cut_off_total``: C-STOREs whose data set never completed (the sender
+  aborted or vanished); their parts removed
 - ``ddad_node_scored_total``, ``ddad_node_abstained_total``, ``ddad_node_failed_total``
-- ``ddad_node_sent_total``: result files delivered; ``ddad_node_dead_lettered_total``
+- ``ddad_node_record_retries_total``: outcomes that could not be stored or recorded (a full
+  disk), their objects processed again later
+- ``ddad_node_sent_total``: result files delivered; ``ddad_node_dead_lettered_total``;
+  ``ddad_node_delivery_pauses_total``: delivery paused after a journal failure
 - ``ddad_node_queue_depth``: objects waiting to be processed, ``ddad_node_outbox_depth``:
   result files waiting for delivery
 - ``ddad_node_processing_seconds``: histogram, object stored -> results queued
@@ -34,11 +39,16 @@ class NodeMetrics:
         self.received = counter("received", "Objects stored and acknowledged")
         self.duplicates = counter("duplicates", "Re-sent objects acknowledged, not processed again")
         self.store_failures = counter("store_failures", "C-STORE requests answered with a failure")
+        self.cut_off = counter("transfers_cut_off", "C-STOREs whose data set never completed")
         self.scored = counter("scored", "Objects scored")
         self.abstained = counter("abstained", "Objects abstained (input gate or undecodable)")
         self.failed = counter("failed", "Objects whose processing failed")
+        self.record_retries = counter(
+            "record_retries", "Outcomes not stored or recorded (full disk), processed again later"
+        )
         self.sent = counter("sent", "Result files delivered")
         self.dead_lettered = counter("dead_lettered", "Result files given up after N tries")
+        self.delivery_pauses = counter("delivery_pauses", "Delivery paused: the journal failed")
         self.queue_depth = Gauge(
             "ddad_node_queue_depth", "Objects waiting to be processed", registry=self.registry
         )

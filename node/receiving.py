@@ -94,17 +94,18 @@ def write_error(request: Any) -> OSError | None:
     return received.error if isinstance(received, ReceivingFile) else None
 
 
-def drop_partial(event: Any) -> None:
-    """EVT_CONN_CLOSE handler: remove the file of a C-STORE whose data set was still arriving
-    when the connection ended. Runs on the association's network thread, the one that writes
-    the file, so it cannot race a write."""
+def drop_partial(event: Any) -> bool:
+    """On EVT_CONN_CLOSE: remove the file of a C-STORE whose data set was still arriving when
+    the connection ended; True when there was one. Runs on the association's network thread,
+    the one that writes the file, so it cannot race a write."""
     message = getattr(event.assoc.dimse, "message", None)
     partial = getattr(message, "_data_set_file", None)
     if partial is None:
-        return
+        return False
     partial.close()
     Path(partial.name).unlink(missing_ok=True)
     log.warning(
         "transfer cut off",
         extra={"calling_ae": str(event.assoc.requestor.ae_title or "").strip()},
     )
+    return True

@@ -159,6 +159,11 @@ class StoreHandler:
             return OUT_OF_RESOURCES
         return self._stored(uid, calling, new, settle)
 
+    def connection_closed(self, event: Any) -> None:
+        """EVT_CONN_CLOSE: a transfer cut off leaves no file (``receiving.drop_partial``)."""
+        if drop_partial(event):
+            self.metrics.cut_off.inc()
+
     def _stored(self, uid: str, calling: str, new: bool, settle: Settle | None) -> int:
         """Answer a stored object: a new one is counted and handed on (settled, or submitted)."""
         if settle is not None:
@@ -197,7 +202,7 @@ def start_scp(ae_title: str, host: str, port: int, handler: StoreHandler) -> tup
     handlers = [
         (evt.EVT_C_STORE, handler),
         (evt.EVT_C_ECHO, lambda event: SUCCESS),
-        (evt.EVT_CONN_CLOSE, drop_partial),
+        (evt.EVT_CONN_CLOSE, handler.connection_closed),
     ]
     server = ae.start_server((host, port), block=False, evt_handlers=handlers)
     # socketserver listens with a backlog of 5: a burst of modalities connecting while the node

@@ -185,6 +185,7 @@ class Worker:
                 uid = item.row.sop_uid if isinstance(item, _Early) else item
                 reason = f"{type(e).__name__}: {e}"
                 log.error("not recorded, will retry", extra={"sop_uid": uid, "reason": reason})
+                self.metrics.record_retries.inc()
                 retry = threading.Timer(self.retry_s, self.submit, (uid,))
                 retry.daemon = True
                 retry.start()

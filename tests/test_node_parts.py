@@ -158,6 +158,7 @@ def test_cut_off_transfer_leaves_no_file_and_the_scp_serves_on(
     )
     assert scp.stored == [] and scp.journal.counts()[RECEIVED] == 0
     assert not any(scp.spool.incoming.iterdir())
+    assert scp.metrics.cut_off._value.get() == 1
     storescu(dcmtk, scp.port, [write_one(tmp_path / "next.dcm", make_xray(seed=2))])
     assert len(scp.stored) == 1
 
@@ -322,7 +323,8 @@ def test_outcome_that_cannot_be_stored_is_processed_again_later(tmp_path: Path) 
         res = ResultFile(f"{row.sop_uid}.1", "sr-class", "sr", b"sr bytes")
         return Outcome(SCORED, None, {"flag": "normal"}, [res])
 
-    worker = Worker(j, spool, NodeMetrics(), process, jsonl=True, retry_s=0.3)
+    metrics = NodeMetrics()
+    worker = Worker(j, spool, metrics, process, jsonl=True, retry_s=0.3)
     worker.start()
     try:
         for uid in ("1.2", "1.3"):
@@ -344,6 +346,7 @@ def test_outcome_that_cannot_be_stored_is_processed_again_later(tmp_path: Path) 
     lines = (spool.root / "results.jsonl").read_text().splitlines()
     assert sorted(json.loads(line)["sop_instance_uid"] for line in lines) == ["1.2", "1.3", "1.4"]
     assert {r.result_uid for r in j.due()} == {"1.2.1", "1.3.1", "1.4.1"}
+    assert metrics.record_retries._value.get() >= 4  # two objects, tried at least twice each
     j.close()
 
 
@@ -451,7 +454,8 @@ def test_forwarder_pauses_when_the_journal_fails_then_delivers(dcmtk, tmp_path: 
     journal = FullJournal(spool.journal_path)
     uids = queue_results(spool, journal, 2)
     port = free_port()
-    fwd = Forwarder(journal, Destination("DEST", "127.0.0.1", port), NodeMetrics(), pause_s=0.2)
+    metrics = NodeMetrics()
+    fwd = Forwarder(journal, Destination("DEST", "127.0.0.1", port), metrics, pause_s=0.2)
     with storescp(dcmtk["storescp"], tmp_path / "dest", port):
         fwd.start()
         try:
@@ -459,6 +463,7 @@ def test_forwarder_pauses_when_the_journal_fails_then_delivers(dcmtk, tmp_path: 
         finally:
             fwd.stop()
     assert journal.full == 0  # both failures happened, and the thread lived on
+    assert metrics.delivery_pauses._value.get() == 2
     received = [pydicom.dcmread(p).SOPInstanceUID for p in (tmp_path / "dest").glob("*.dcm")]
     assert set(received) == {r for (_, r, _) in journal.sent_results()}  # sent again, same UID
     journal.close()
