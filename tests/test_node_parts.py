@@ -11,6 +11,7 @@ import subprocess
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import pydicom
 import pytest
@@ -407,6 +408,15 @@ def test_socket_reads_whole_pdus_and_stops_when_the_peer_closes() -> None:
     assert bytes(first) == data[:2_500_000] and bytes(rest) == data[2_500_000:]
 
 
+def forwarder(
+    journal: Journal, port: int, metrics: NodeMetrics | None = None, **kw: Any
+) -> Forwarder:
+    """A started forwarder to DEST@127.0.0.1:port (``kw``: its policy, pause_s)."""
+    fwd = Forwarder(journal, Destination("DEST", "127.0.0.1", port), metrics or NodeMetrics(), **kw)
+    fwd.start()
+    return fwd
+
+
 def test_forwarder_queues_while_destination_down_then_delivers_once(
     dcmtk, tmp_path, loopback_netns
 ) -> None:
@@ -414,11 +424,7 @@ def test_forwarder_queues_while_destination_down_then_delivers_once(
     journal = Journal(spool.journal_path)
     uids = queue_results(spool, journal, 4)
     port = free_port()
-    fwd = Forwarder(
-        journal, Destination("DEST", "127.0.0.1", port), NodeMetrics(),
-        policy=RetryPolicy(max_tries=100, backoff=0.1, max_backoff=0.4),
-    )  # fmt: skip
-    fwd.start()
+    fwd = forwarder(journal, port, policy=RetryPolicy(max_tries=100, backoff=0.1, max_backoff=0.4))
     try:
         assert wait_for(lambda: journal.counts()["outbox-pending"] == 4 and _tried(journal), 10)
         time.sleep(1.0)  # down for a while: several tries fail
@@ -455,9 +461,8 @@ def test_forwarder_pauses_when_the_journal_fails_then_delivers(dcmtk, tmp_path: 
     uids = queue_results(spool, journal, 2)
     port = free_port()
     metrics = NodeMetrics()
-    fwd = Forwarder(journal, Destination("DEST", "127.0.0.1", port), metrics, pause_s=0.2)
     with storescp(dcmtk["storescp"], tmp_path / "dest", port):
-        fwd.start()
+        fwd = forwarder(journal, port, metrics, pause_s=0.2)
         try:
             assert wait_for(lambda: {journal.get(u).state for u in uids} == {RESULT_SENT}, 30)
         finally:
@@ -474,11 +479,8 @@ def test_forwarder_dead_letters_after_n_tries_with_the_reason(tmp_path: Path) ->
     journal = Journal(spool.journal_path)
     (uid,) = queue_results(spool, journal, 1)
     metrics = NodeMetrics()
-    fwd = Forwarder(
-        journal, Destination("DEST", "127.0.0.1", free_port()), metrics,
-        policy=RetryPolicy(max_tries=3, backoff=0.05, max_backoff=0.1),
-    )  # fmt: skip
-    fwd.start()
+    policy = RetryPolicy(max_tries=3, backoff=0.05, max_backoff=0.1)
+    fwd = forwarder(journal, free_port(), metrics, policy=policy)
     try:
         assert wait_for(lambda: journal.get(uid).state == DEAD_LETTERED, 30)
     finally:
@@ -497,11 +499,7 @@ def test_retry_failed_queues_failed_work_again_and_it_is_delivered(dcmtk, tmp_pa
     journal = Journal(spool.journal_path)
     (sent,) = queue_results(spool, journal, 1)
     port = free_port()
-    down = Forwarder(
-        journal, Destination("DEST", "127.0.0.1", port), NodeMetrics(),
-        policy=RetryPolicy(max_tries=2, backoff=0.05, max_backoff=0.1),
-    )  # fmt: skip
-    down.start()
+    down = forwarder(journal, port, policy=RetryPolicy(max_tries=2, backoff=0.05, max_backoff=0.1))
     try:
         assert wait_for(lambda: journal.get(sent).state == DEAD_LETTERED, 30)
     finally:
@@ -519,9 +517,8 @@ def test_retry_failed_queues_failed_work_again_and_it_is_delivered(dcmtk, tmp_pa
     assert (journal.get(sent).state, journal.get("1.2.4").state) == (SCORED, ABSTAINED)
     assert [r.result_uid for r in journal.building()] == ["1.2.4.1"]
     assert journal.retry_failed() == (0, 0)
-    up = Forwarder(journal, Destination("DEST", "127.0.0.1", port), NodeMetrics())
     with storescp(dcmtk["storescp"], tmp_path / "dest", port):
-        up.start()
+        up = forwarder(journal, port)
         try:
             assert wait_for(lambda: journal.get(sent).state == RESULT_SENT, 30)
         finally:
