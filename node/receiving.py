@@ -73,13 +73,17 @@ class ReceivingFile:
         except OSError as e:  # the buffered tail could not be written
             self._fail(e)
 
-    def _fail(self, error: OSError) -> None:
-        self.error = error
+    def discard(self) -> None:
+        """Close and remove the file (what it held is dropped)."""
         try:
             self._file.close()
         except OSError:
             pass  # its buffer is lost with the file
         Path(self.name).unlink(missing_ok=True)
+
+    def _fail(self, error: OSError) -> None:
+        self.error = error
+        self.discard()
 
 
 def receive_into(folder: Path) -> None:
@@ -100,10 +104,9 @@ def drop_partial(event: Any) -> bool:
     the one that writes the file, so it cannot race a write."""
     message = getattr(event.assoc.dimse, "message", None)
     partial = getattr(message, "_data_set_file", None)
-    if partial is None:
+    if not isinstance(partial, ReceivingFile):  # none arriving (or not written by this module)
         return False
-    partial.close()
-    Path(partial.name).unlink(missing_ok=True)
+    partial.discard()
     log.warning(
         "transfer cut off",
         extra={"calling_ae": str(event.assoc.requestor.ae_title or "").strip()},
