@@ -28,15 +28,19 @@ Per object, from the node's journal (``times``) and the two ends:
   is queued) received at the destination;
 - e2e decision: C-STORE sent -> SR received; e2e: C-STORE sent -> last result received.
 
-The in-process reference is ``decode + score`` of the same file in this process
-(``runtime.io.load_image`` + ``preprocess`` + the scorer), median of ``repeats``; the target
-is e2e p50 <= 2 x that. Also timed in process: the full-resolution decode (``target_size=None``)
-against the reduced one the node uses, and the image scores of both (parity).
+The in-process reference is ``decode + score`` of the same file in a process of its own
+(``runtime.io.load_image`` + ``preprocess`` + the scorer), median of ``repeats``, whose heap is
+kept as the node's scoring processes keep theirs (``node.heap``), so that both sides decode
+under the same allocator while this process (senders, destination) stays as it was; the target
+is e2e p50 <= 2 x that. Also timed in process: the full-resolution decode
+(``target_size=None``) against the reduced one the node uses, and the image scores of both
+(parity).
 """
 
 from __future__ import annotations
 
 import json
+import multiprocessing
 import os
 import socket
 import subprocess
@@ -50,6 +54,7 @@ import numpy as np
 import typer
 
 from ddad_edge.benchmarks.storescu import find_dcmtk, timed_send
+from ddad_edge.node.heap import keep_freed_memory
 
 
 def free_port() -> int:
@@ -254,6 +259,17 @@ def in_process(bundle: Path, files: list[Path], repeats: int) -> dict[str, dict[
     return out
 
 
+def _kept(bundle: Path, files: list[Path], repeats: int) -> dict[str, dict[str, float]]:
+    keep_freed_memory()
+    return in_process(bundle, files, repeats)
+
+
+def in_process_kept(bundle: Path, files: list[Path], repeats: int) -> dict[str, dict[str, float]]:
+    """:func:`in_process` in a new process whose heap is kept (``node.heap``)."""
+    with multiprocessing.get_context("spawn").Pool(1) as pool:
+        return pool.apply(_kept, (bundle, files, repeats))
+
+
 def _summary(rows: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
     keys = (
         "receive_persist",
@@ -364,13 +380,13 @@ def main(
     storescu = find_dcmtk("storescu") if sender == "storescu" else None
     if sender == "storescu" and storescu is None:
         raise typer.BadParameter("dcmtk's storescu is not installed (or use --sender pynetdicom)")
-    before = in_process(bundle, files, repeats)
+    before = in_process_kept(bundle, files, repeats)
     conc = tuple(senders or (1, 8))
     rows = run(
         bundle, calibration, files, rounds=rounds, concurrency=conc, workers=workers,
         workdir=workdir, storescu=storescu,
     )  # fmt: skip
-    after = in_process(bundle, files, repeats)
+    after = in_process_kept(bundle, files, repeats)
     # the reference is timed before and after the node runs, on a machine whose speed drifts
     ref = {f: {k: (v + after[f][k]) / 2 for k, v in r.items()} for f, r in before.items()}
     report: dict[str, Any] = {

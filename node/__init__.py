@@ -6,6 +6,7 @@ module:
 - ``scp``: the Storage SCP (C-STORE, C-ECHO); persist before success.
 - ``spool``: the spool folder (received objects, result files, JSON lines), durable writes.
 - ``journal``: the SQLite journal of object states and the outbox.
+- ``heap``: keeps freed memory in the scoring processes (no page faults per film).
 - ``pipeline``: one object -> gate, score, decision, SR + Secondary Capture.
 - ``worker``: runs the pipeline on stored objects and queues their results.
 - ``forwarder``: delivers results by C-STORE SCU with retries, backoff and dead letters.

@@ -29,6 +29,8 @@ from typing import Any
 
 import numpy as np
 
+from ddad_edge.node.heap import keep_freed_memory
+
 OVERLAY_MAX_SIDE = 512
 """Longer side of the heat-map capture (a display aid, not the diagnostic image), pixels."""
 
@@ -178,6 +180,7 @@ def _child(conn: Connection, spec: ScorerSpec) -> None:
     # the parent decides when a child ends (a SIGTERM or Ctrl-C to the group is the node's)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    keep_freed_memory()  # each film's arrays reuse the last one's pages: node/heap.py
     try:
         scorer = spec.open()
         warm(scorer)
