@@ -1,10 +1,10 @@
 """Keep freed memory in a scoring process's heap instead of returning it to the kernel.
 
-Each decode allocates image-sized arrays (a 1024 x 1024 film: several of 2-8 MB) and frees
-them when the object is done. glibc's malloc serves such sizes with fresh ``mmap`` mappings and
+Each decode allocates image-sized arrays (several MB for a 1024 x 1024 film) and frees them
+when the object is done. glibc's malloc serves such sizes with fresh ``mmap`` mappings and
 unmaps them on free, or trims them off the top of the heap; the next object then touches new
-pages, one page fault per 4 KiB (about 2,000 for that film), which on this kind of machine cost
-as much as the decode's own work (benchmarks/README.md, "The DICOM node"). A process that
+pages, one page fault per 4 KiB page, a cost of the same order as the decode itself (measured in
+benchmarks/README.md, "The DICOM node"). A process that
 decodes one film after another gains nothing from giving the memory back, so the scoring
 children ask malloc (``mallopt``, glibc only; elsewhere nothing changes) to serve blocks up to
 ``MMAP_THRESHOLD`` from the heap and to keep up to ``TRIM_THRESHOLD`` of free heap.

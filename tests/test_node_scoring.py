@@ -158,7 +158,7 @@ def _minor_faults(pid: int) -> int:
 @pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs Linux's /proc")
 def test_child_decodes_the_next_film_in_the_pages_of_the_last(bundle: Path, tmp_path: Path):
     """node/heap.py in the child: a 1024 x 1024 film's arrays (several MB) reuse the freed
-    memory of the film before, instead of faulting in new pages (thousands per film)."""
+    memory of the film before, instead of faulting in new pages for each film."""
     ds = make_xray(seed=5)
     arr = np.resize(ds.pixel_array, (1024, 1024)).astype(np.uint16)
     ds.Rows, ds.Columns, ds.PixelData = 1024, 1024, arr.tobytes()
