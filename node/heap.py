@@ -3,17 +3,16 @@
 Each decode allocates image-sized arrays (several MB for a 1024 x 1024 film) and frees them
 when the object is done. glibc's malloc serves such sizes with fresh ``mmap`` mappings and
 unmaps them on free, or trims them off the top of the heap; the next object then touches new
-pages, one page fault per 4 KiB page, a cost of the same order as the decode itself (measured in
-benchmarks/README.md, "The DICOM node"). A process that
-decodes one film after another gains nothing from giving the memory back, so the scoring
-children ask malloc (``mallopt``, glibc only; elsewhere nothing changes) to serve blocks up to
-``MMAP_THRESHOLD`` from the heap and to keep up to ``TRIM_THRESHOLD`` of free heap.
+pages, one page fault per 4 KiB page, a cost of the same order as the decode itself (measured
+in benchmarks/README.md, "The DICOM node"). A process that decodes one film after another gains
+nothing from giving the memory back, so the scoring children ask malloc (``mallopt``, glibc
+only; elsewhere nothing changes) to serve blocks up to ``MMAP_THRESHOLD`` from the heap and to
+keep up to ``TRIM_THRESHOLD`` of free heap.
 """
 
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 
 M_TRIM_THRESHOLD = -1
 M_MMAP_THRESHOLD = -3  # glibc's malloc.h
@@ -28,11 +27,9 @@ def keep_freed_memory(
 ) -> bool:
     """Set malloc's mmap and trim thresholds (bytes) for this process. Returns whether malloc
     accepted both (False where this is not glibc, or it refused a value)."""
-    name = ctypes.util.find_library("c")
-    try:
-        libc = ctypes.CDLL(name)
-        mallopt = libc.mallopt
-    except (OSError, AttributeError, TypeError):
+    try:  # the symbols already loaded into this process, libc's among them (as hugepages.py)
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):
         return False
     mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
     ok_mmap = mallopt(M_MMAP_THRESHOLD, mmap_threshold) == 1
