@@ -4,27 +4,18 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
 from ddad_edge.node.heap import keep_freed_memory
 
-# Page faults of the second 20 MB array after the first was freed, in a fresh interpreter.
-PROBE = """
-import resource, sys
-import numpy as np
-from ddad_edge.node.heap import keep_freed_memory
-ok = keep_freed_memory() if sys.argv[1] == "keep" else True
-a = np.ones(5 * 2**20, np.float32); del a
-f0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-a = np.ones(5 * 2**20, np.float32)
-print(ok, resource.getrusage(resource.RUSAGE_SELF).ru_minflt - f0)
-"""
+PROBE = Path(__file__).with_name("heap_probe.py")
 
 
 def _second_array_faults(mode: str) -> tuple[bool, int]:
     out = subprocess.run(
-        [sys.executable, "-c", PROBE, mode], capture_output=True, text=True, check=True
+        [sys.executable, str(PROBE), mode], capture_output=True, text=True, check=True
     ).stdout.split()
     return out[0] == "True", int(out[1])
 

@@ -150,33 +150,18 @@ def test_child_that_cannot_be_replaced_is_replaced_later(bundle: Path, xray: Pat
         procs.close()
 
 
-def _minor_faults(pid: int) -> int:
-    # /proc/PID/stat: field 10 is minflt; the command name (field 2) may hold spaces
-    return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[7])
+def test_child_keeps_freed_memory(bundle: Path, tmp_path: Path) -> None:
+    """node/heap.py in the child: by the time its scorer opens, a freed 20 MB array's memory
+    serves the next one without new page faults (tests/heap_probe.py; with malloc's defaults,
+    test_node_heap.py shows hundreds)."""
+    from heap_probe import HeapProbeSpec
 
+    from ddad_edge.node.heap import keep_freed_memory
 
-@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs Linux's /proc")
-def test_child_decodes_the_next_film_in_the_pages_of_the_last(bundle: Path, tmp_path: Path):
-    """node/heap.py in the child: a 1024 x 1024 film's arrays (several MB) reuse the freed
-    memory of the film before, instead of faulting in new pages for each film."""
-    ds = make_xray(seed=5)
-    arr = np.resize(ds.pixel_array, (1024, 1024)).astype(np.uint16)
-    ds.Rows, ds.Columns, ds.PixelData = 1024, 1024, arr.tobytes()
-    films = []
-    for i in range(4):
-        ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = f"1.2.3.{i}"
-        films.append(tmp_path / f"{i}.dcm")
-        ds.save_as(films[-1], enforce_file_format=True)
-    procs = ScoringProcesses(ScorerSpec(str(bundle), backend="ort-cpu"), 1, timeout_s=60)
-    try:
-        (pid,) = procs.pids()
-        assert procs.run(str(films[0])).record.status == "scored"  # heap grown to a film's size
-        before = _minor_faults(pid)
-        for f in films[1:]:
-            assert procs.run(str(f)).record.status == "scored"
-        per_film = (_minor_faults(pid) - before) / 3
-    finally:
-        procs.close()
-    # the film's own arrays are several MB; by default they are faulted in anew for each film,
-    # kept they are not (what faults remains is the inference's and the pipe's, a few hundred)
-    assert per_film < 500, f"{per_film:.0f} page faults per film: its arrays were not reused"
+    if not keep_freed_memory():
+        pytest.skip("malloc here is not glibc's (mallopt refused): nothing to keep")
+    report = tmp_path / "faults"
+    procs = ScoringProcesses(HeapProbeSpec(str(bundle), backend="ort-cpu", report=str(report)), 1)
+    procs.close()
+    faults = int(report.read_text())
+    assert faults < 20, f"{faults} page faults in the child for an array the size of one just freed"
