@@ -50,6 +50,11 @@ FOCAL_GAMMA = 2.0
 SCALE_PERCENTILE = 99.0
 """Each input map is divided by this percentile of its pixels over the uncorrupted training
 normals."""
+ANOMALIES = ("patch", "opacity")
+OPACITY_EDGE = 0.15
+"""Width of an opacity's soft edge, in units of its radius."""
+OPACITY_LABEL = 0.3
+"""Pixels whose opacity weight (0..1) reaches this are labelled anomalous."""
 ASR_KEYS = ("format", "epoch", "epochs", "model", "input_scale", "channels")
 AsrEpochCallback = Callable[[int, int, float, float], None]
 
@@ -68,6 +73,9 @@ class AsrConfig:
     blend_min: float = 0.5
     blend_max: float = 1.0
     seed: int = 0
+    anomaly: str = "patch"
+    """"patch" (the journal's: another image's square blended in) or "opacity" (ours: a soft,
+    textured brightening, :func:`opacity`)."""
 
     def check(self, size: int) -> None:
         """ValueError for settings that cannot work on size x size maps."""
@@ -80,6 +88,8 @@ class AsrConfig:
             )
         if not 0 < self.corrupt_fraction <= 1 or not 0 < self.blend_min <= self.blend_max <= 1:
             raise ValueError("corrupt_fraction and blend factors must lie in (0, 1]")
+        if self.anomaly not in ANOMALIES:
+            raise ValueError(f"anomaly must be one of {', '.join(ANOMALIES)}; got {self.anomaly!r}")
 
 
 class AsrNet(nn.Module):
@@ -110,20 +120,42 @@ def focal_loss(
     return (-((1.0 - logp_t.exp()) ** gamma) * logp_t).mean()
 
 
+def opacity(s: int, rng: np.random.Generator) -> np.ndarray:
+    """A soft, textured ellipse in an s x s box: weights float32 [s, s] in [0, 1], as a focal
+    consolidation looks (a local rise in density with blurred borders and uneven filling). Axes
+    s/4..s/2, any rotation; edge a logistic fall-off ``OPACITY_EDGE`` radii wide; texture a
+    4 x 4 grid of U[0, 1] values interpolated bilinearly, scaling the weight by 0.6..1."""
+    ay, ax = rng.uniform(s / 4, s / 2, size=2)
+    theta = rng.uniform(0, np.pi)
+    yy, xx = np.mgrid[0:s, 0:s].astype(np.float64) - (s - 1) / 2
+    u = xx * np.cos(theta) + yy * np.sin(theta)
+    v = -xx * np.sin(theta) + yy * np.cos(theta)
+    r = np.sqrt((u / ax) ** 2 + (v / ay) ** 2)
+    w = 1.0 / (1.0 + np.exp(np.clip((r - 1.0) / OPACITY_EDGE, -50, 50)))
+    grid = torch.from_numpy(rng.uniform(0, 1, (1, 1, 4, 4)).astype(np.float32))
+    tex = F.interpolate(grid, size=(s, s), mode="bilinear", align_corners=True)[0, 0].numpy()
+    return (w * (0.6 + 0.4 * tex)).astype(np.float32)
+
+
 def synthesize(
     d: np.ndarray, rng: np.random.Generator, cfg: AsrConfig
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Synthetic anomalies on normal images (D, or held-out normals): a share
-    ``cfg.corrupt_fraction`` of them gets one square patch (side patch_min..patch_max) cut from
-    another of them at an independent random place and blended in, x' = (1 - a) x + a donor
-    with a ~ U[blend_min, blend_max].
+    ``cfg.corrupt_fraction`` of them gets one, in an s x s box (s = patch_min..patch_max) at a
+    random place, of strength a ~ U[blend_min, blend_max]:
+
+    - "patch" (the journal's): the box cut from another of them at an independent random place
+      and blended in, x' = (1 - a) x + a donor; the whole box is labelled;
+    - "opacity": x' = x + a w (1 - x), brightening towards white (1) by the weights w of
+      :func:`opacity`; pixels with w >= ``OPACITY_LABEL`` are labelled.
 
     Args:
-        d: the normal images, float32 [N, 1, H, W] (N >= 2).
+        d: the normal images, float32 [N, 1, H, W] in [-1, 1] (N >= 2).
 
     Returns:
-        (images float32 [N, 1, H, W], mask float32 [N, 1, H, W] (1 on the patch), donor index
-        int [N], -1 where the image was left as it was).
+        (images float32 [N, 1, H, W], mask float32 [N, 1, H, W] (1 on the anomaly), donor index
+        int [N]: the patch's source image, -1 where the image was left as it was or for an
+        opacity).
     """
     n, _, h, w = d.shape
     if n < 2:
@@ -139,8 +171,13 @@ def synthesize(
         s = int(rng.integers(cfg.patch_min, cfg.patch_max + 1))
         ty, tx, sy, sx = (int(v) for v in rng.integers(0, [h - s + 1, w - s + 1] * 2))
         a = np.float32(rng.uniform(cfg.blend_min, cfg.blend_max))
-        patch = d[j, :, sy : sy + s, sx : sx + s]
-        x[i, :, ty : ty + s, tx : tx + s] = (1 - a) * x[i, :, ty : ty + s, tx : tx + s] + a * patch
+        box = x[i, :, ty : ty + s, tx : tx + s]
+        if cfg.anomaly == "opacity":
+            wgt = opacity(s, rng)
+            box += a * wgt * (1 - box)
+            mask[i, :, ty : ty + s, tx : tx + s] = wgt >= OPACITY_LABEL
+            continue
+        box[...] = (1 - a) * box + a * d[j, :, sy : sy + s, sx : sx + s]
         mask[i, :, ty : ty + s, tx : tx + s] = 1.0
         donors[i] = j
     return x, mask, donors
@@ -240,6 +277,8 @@ def train_asr(
             raise CheckpointError(f"{path}: cannot resume with another seed")
         if state.get("trained_on", "normal_train") != trained_on:
             raise CheckpointError(f"{path}: was trained on another part of the split")
+        if state.get("config", {}).get("anomaly", "patch") != cfg.anomaly:
+            raise CheckpointError(f"{path}: was trained with another kind of synthetic anomaly")
         state["epochs"] = cfg.epochs
     else:
         clean = maps_from_stats(d, dual_stats(models[0], models[1], d))

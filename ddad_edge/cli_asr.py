@@ -37,6 +37,13 @@ def train_asr(
             "module saw, instead of on D.",
         ),
     ] = False,
+    anomaly: Annotated[
+        str,
+        typer.Option(
+            help="Synthetic anomaly: patch (the journal's: another image's square blended in) "
+            "or opacity (ours: a soft, textured brightening).",
+        ),
+    ] = "patch",
     resume: Annotated[
         bool, typer.Option(help="Continue an interrupted ASR training from its last epoch.")
     ] = False,
@@ -47,9 +54,10 @@ def train_asr(
 
     Reads the run's modules A and B (frozen) and the split's known normals D (with --held-out
     its held-out normals, which neither module was trained on); writes RUN/asr.pt (every
-    epoch). Each epoch, synthetic anomalies (square patches of other such images blended in)
-    are scored by both modules and the network learns to find them in the (inter, intra) maps
-    (focal loss). `eval` and `export` then add the `asr` score.
+    epoch). Each epoch, synthetic anomalies (square patches of other such images blended in;
+    with --anomaly opacity, soft textured brightenings) are scored by both modules and the
+    network learns to find them in the (inter, intra) maps (focal loss). `eval` and `export`
+    then add the `asr` score.
     """
     require_extra("train-asr", "train", TRAIN_EXTRA)
     import json
@@ -88,7 +96,7 @@ def train_asr(
         state = train(
             run,
             d.x,
-            AsrConfig(epochs=epochs, seed=seed),
+            AsrConfig(epochs=epochs, seed=seed, anomaly=anomaly),
             split_sha256=manifest["sha256"],
             trained_on=part,
             resume=resume,

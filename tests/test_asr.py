@@ -66,6 +66,30 @@ def test_synthetic_anomaly_is_a_square_of_another_d_image() -> None:
         assert not mask[i].any() and np.array_equal(x[i], d[i])
 
 
+def test_opacity_brightens_a_soft_blob_and_labels_its_core() -> None:
+    """--anomaly opacity: only pixels inside one s x s box change, each towards white (never
+    darker, never past 1); the labelled pixels are the blob's core, inside that box, and they
+    changed most."""
+    rng = np.random.default_rng(7)
+    d = rng.uniform(-1, 0.5, (8, 1, 64, 64)).astype(np.float32)
+    cfg = AsrConfig(corrupt_fraction=1.0, anomaly="opacity")
+    x, mask, donors = synthesize(d, np.random.default_rng(8), cfg)
+    assert (donors == -1).all()
+    for i in range(8):
+        changed = x[i, 0] != d[i, 0]
+        rows, cols = np.flatnonzero(changed.any(1)), np.flatnonzero(changed.any(0))
+        assert rows[-1] - rows[0] < cfg.patch_max and cols[-1] - cols[0] < cfg.patch_max
+        assert (x[i] >= d[i]).all() and (x[i] <= 1).all()
+        core = mask[i, 0] > 0
+        assert core.any() and not (core & ~changed).any()
+        rise = (x[i, 0] - d[i, 0]) / (1 - d[i, 0])  # a * weight
+        assert rise[core].min() >= rise[changed & ~core].max() - 1e-6
+    again, _, _ = synthesize(d, np.random.default_rng(8), cfg)
+    np.testing.assert_array_equal(x, again)  # seeded
+    with pytest.raises(ValueError, match="anomaly"):
+        AsrConfig(anomaly="square").check(64)
+
+
 def test_crops_hold_the_whole_patch() -> None:
     d = np.random.default_rng(4).uniform(-1, 1, (20, 1, 64, 64)).astype(np.float32)
     _, mask, _ = synthesize(d, np.random.default_rng(5), AsrConfig())
@@ -83,6 +107,9 @@ def test_checkpoint_is_plain_data_and_resumes(asr_run: Path, tmp_path: Path) -> 
     assert ck["epoch"] == ck["epochs"] == 1 and len(ck["input_scale"]) == 2
     with pytest.raises(CheckpointError, match="--resume"):
         train_asr(asr_run, np.zeros((2, 1, 64, 64), np.float32), AsrConfig(epochs=1))
+    with pytest.raises(CheckpointError, match="another kind of synthetic anomaly"):
+        d = np.zeros((2, 1, 64, 64), np.float32)
+        train_asr(asr_run, d, AsrConfig(epochs=2, anomaly="opacity"), resume=True)
     bad = tmp_path / "run"
     bad.mkdir()
     (bad / ASR_FILE).write_bytes(b"not a checkpoint")
@@ -222,3 +249,20 @@ def test_node_pipeline_and_triton_records_carry_asr(asr_bundle: Path, tmp_path: 
     got = _result(direct.source, Response(direct), "test")
     assert got.error is None and got.scores == direct.scores
     assert list(got.scores)[-1] == ASR_SCORE
+
+
+def test_trace_measures_how_maps_respond_to_synthetic_anomalies(shared_run, training_images):
+    """benchmarks/asr_trace.py: pixel AUC and inside/outside ratio per map; a brightening the
+    modules never saw stands out in the reconstruction error."""
+    from ddad_edge.benchmarks.asr_trace import MAPS, trace
+    from ddad_edge.checkpoint import load_module
+
+    run = shared_run("aeu")
+    models = (load_module(run, "A"), load_module(run, "B"))
+    d = training_images[0][:16]
+    out = trace(models, d, AsrConfig(anomaly="opacity"))
+    assert set(out) == set(MAPS)
+    for n in MAPS:
+        assert 0 <= out[n]["pixel_auc"] <= 1 and np.isfinite(out[n]["inside_over_outside"])
+    assert out["rec"]["pixel_auc"] > 0.6 and out["rec"]["inside_over_outside"] > 1
+    assert trace(models, d, AsrConfig(anomaly="opacity")) == out  # seeded
