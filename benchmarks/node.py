@@ -2,11 +2,13 @@
 
 ``python -m ddad_edge.benchmarks.node BUNDLE --calibration C FILE... -o out.json``
 
-The node runs as ``ddad-edge serve`` in its own process on loopback; this process is both the
-sending modality (pynetdicom SCU threads) and the destination (a pynetdicom Storage SCP that
-notes when each result arrives and which source it references). Each send is a copy of a file
-under a new SOP Instance UID (the pixel data as stored: compressed files stay compressed), so
-the node processes every one. Times are wall clock (``time.time``) in both processes.
+The node runs as ``ddad-edge serve`` in its own process on loopback, forwarding to a
+destination that notes when each result arrives (``benchmarks.destinations``): a pynetdicom
+Storage SCP in this process by default, or with ``--destination storescp`` dcmtk's
+``storescp``, a native receiver as a PACS runs (in a loopback-only network namespace). Each
+send is a copy of a file under a new SOP Instance UID (the pixel data as stored: compressed
+files stay compressed), so the node processes every one. Times are wall clock (``time.time``)
+in both processes.
 
 The sender is dcmtk's ``storescu`` by default (each object on its own association, timed from
 the moment it starts sending the C-STORE request, from its log), as a modality's native DICOM
@@ -53,6 +55,12 @@ from typing import Annotated, Any
 import numpy as np
 import typer
 
+from ddad_edge.benchmarks.destinations import (
+    Arrivals,
+    PynetdicomDestination,
+    StorescpDestination,
+    loopback_only_here,
+)
 from ddad_edge.benchmarks.storescu import find_dcmtk, timed_send
 from ddad_edge.node.heap import keep_freed_memory
 
@@ -74,47 +82,6 @@ def wait_port(port: int, timeout: float = 600.0) -> None:
         except OSError:
             time.sleep(0.05)
     raise TimeoutError(f"nothing listening on 127.0.0.1:{port}")
-
-
-class Destination:
-    """A Storage SCP noting the arrival times and modalities of results per Study Instance UID
-    (each send is its own study, so the results of one send are those of its study)."""
-
-    def __init__(self) -> None:
-        from pynetdicom import AE, AllStoragePresentationContexts, evt
-
-        self.arrivals: dict[str, list[tuple[float, str]]] = {}
-        self.cond = threading.Condition()
-        self.ae = AE(ae_title="BENCHDEST")
-        self.ae.supported_contexts = AllStoragePresentationContexts
-        self.server = self.ae.start_server(
-            ("127.0.0.1", 0), block=False, evt_handlers=[(evt.EVT_C_STORE, self._on_store)]
-        )
-        self.port = int(self.server.server_address[1])
-
-    def _on_store(self, event: Any) -> int:
-        t = time.time()
-        study = str(event.dataset.get("StudyInstanceUID", ""))
-        modality = str(event.dataset.get("Modality", ""))
-        with self.cond:
-            self.arrivals.setdefault(study, []).append((t, modality))
-            self.cond.notify_all()
-        return 0x0000
-
-    def wait(self, study: str, n_results: int, timeout: float = 600.0) -> tuple[float, float]:
-        """When the SR and when the n-th result in ``study`` arrived."""
-        deadline = time.monotonic() + timeout
-        with self.cond:
-            while len(self.arrivals.get(study, [])) < n_results:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    raise TimeoutError(f"results in study {study} did not arrive in {timeout} s")
-                self.cond.wait(left)
-            got = self.arrivals[study][:n_results]
-            return min(t for t, m in got if m == "SR"), max(t for t, _ in got)
-
-    def close(self) -> None:
-        self.ae.shutdown()
 
 
 _NEW_UIDS = ("SOPInstanceUID", "StudyInstanceUID", "MediaStorageSOPInstanceUID")
@@ -150,7 +117,7 @@ def _sender_ae(datasets: list[Any]) -> Any:
 
 def _send_and_wait(
     port: int,
-    dest: Destination,
+    dest: Arrivals,
     items: list[tuple[str, Any]],
     out: list[dict[str, Any]],
     storescu: str | None = None,
@@ -181,7 +148,7 @@ def _send_and_wait(
         assoc.release()
 
 
-def _note(dest: Destination, name: str, ds: Any, t0: float, out: list[dict[str, Any]]) -> None:
+def _note(dest: Arrivals, name: str, ds: Any, t0: float, out: list[dict[str, Any]]) -> None:
     """Wait for the results of one send (a scored object gets an SR and a Secondary Capture,
     both in its study) and note the times."""
     t_sr, t_dest = dest.wait(str(ds.StudyInstanceUID), 2)
@@ -302,14 +269,20 @@ def run(
     workers: int = 1,
     workdir: Path,
     storescu: str | None = None,
+    storescp: str | None = None,
 ) -> dict[str, Any]:
     """Start a node, send every file ``rounds`` times at each concurrency, return the per-send
     rows and their p50/p95 by file group and concurrency. ``storescu``: dcmtk's sender to use
-    (None: pynetdicom)."""
+    (None: pynetdicom); ``storescp``: dcmtk's receiver for the results (None: pynetdicom)."""
     from pydicom import dcmread
 
     datasets = {f.name: dcmread(f) for f in files}
-    dest = Destination()
+    dest: PynetdicomDestination | StorescpDestination
+    if storescp:
+        dest = StorescpDestination(storescp, free_port(), workdir / "received")
+        wait_port(dest.port, 30)
+    else:
+        dest = PynetdicomDestination()
     port = free_port()
     spool = workdir / "spool"
     cmd = [sys.executable, "-m", "ddad_edge.cli", "serve", str(bundle), "--host", "127.0.0.1"]
@@ -374,17 +347,36 @@ def main(
     sender: Annotated[
         str, typer.Option(help="storescu (dcmtk, as a modality sends) or pynetdicom.")
     ] = "storescu",
+    destination: Annotated[
+        str,
+        typer.Option(
+            help="pynetdicom (a Storage SCP in this process) or storescp (dcmtk, as a PACS "
+            "receives; it listens on every interface, so only in a loopback-only network "
+            "namespace: unshare --net)."
+        ),
+    ] = "pynetdicom",
 ) -> None:
     """Measure the node's end-to-end latency (see the module docstring) and print a table."""
     workdir.mkdir(parents=True, exist_ok=True)
     storescu = find_dcmtk("storescu") if sender == "storescu" else None
     if sender == "storescu" and storescu is None:
         raise typer.BadParameter("dcmtk's storescu is not installed (or use --sender pynetdicom)")
+    storescp = find_dcmtk("storescp") if destination == "storescp" else None
+    if destination == "storescp" and storescp is None:
+        raise typer.BadParameter(
+            "dcmtk's storescp is not installed (or use --destination pynetdicom)"
+        )
+    if destination == "storescp" and not loopback_only_here():
+        raise typer.BadParameter(
+            "storescp listens on every interface (dcmtk 3.6.7 has no bind address): run the "
+            "benchmark in a loopback-only network namespace, unshare --net sh -c 'ip link set "
+            "lo up && python -m ddad_edge.benchmarks.node ...'"
+        )
     before = in_process_kept(bundle, files, repeats)
     conc = tuple(senders or (1, 8))
     rows = run(
         bundle, calibration, files, rounds=rounds, concurrency=conc, workers=workers,
-        workdir=workdir, storescu=storescu,
+        workdir=workdir, storescu=storescu, storescp=storescp,
     )  # fmt: skip
     after = in_process_kept(bundle, files, repeats)
     # the reference is timed before and after the node runs, on a machine whose speed drifts
@@ -392,6 +384,7 @@ def main(
     report: dict[str, Any] = {
         "in_process_ms": ref, "in_process_ms_before": before, "in_process_ms_after": after,
         "sends": rows, "summary": {}, "workers": workers, "sender": sender,
+        "destination": destination,
         "load_average": os.getloadavg(),
     }  # fmt: skip
     for c, rs in rows.items():

@@ -28,12 +28,13 @@ PROPOSE = {
     "1.2.840.10008.1.2.1.99": "-xd",
 }
 
-# log4cplus (dcmtk's logger): every line prefixed with the Unix time in milliseconds
-_LOG_CONFIG = """\
+LOG_PATTERN = "%D{%s.%q} %m%n"
+"""log4cplus (dcmtk's logger) layout: every line prefixed with the Unix time in milliseconds."""
+_LOG_CONFIG = f"""\
 log4cplus.rootLogger = INFO, console
 log4cplus.appender.console = log4cplus::ConsoleAppender
 log4cplus.appender.console.layout = log4cplus::PatternLayout
-log4cplus.appender.console.layout.ConversionPattern = %D{%s.%q} %m%n
+log4cplus.appender.console.layout.ConversionPattern = {LOG_PATTERN}
 """
 
 
