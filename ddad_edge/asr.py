@@ -12,8 +12,9 @@ It trains on known normals alone, with modules A and B frozen: D (the modules' o
 normals, the default) or the split's held-out normals (``split --calibration N``), which
 neither module saw, so that the maps it learns from look like those of a new image rather than
 a training image's. Each epoch a seeded share of those images gets a synthetic anomaly (a
-square patch of another of them blended in, :func:`synthesize`), both modules score the
-corrupted images, and the network learns to find the patch in their maps under a focal loss
+square patch of another of them blended in, the journal's; or, ``anomaly="opacity"``, a soft
+textured brightening: :func:`synthesize`), both modules score the corrupted images, and the
+network learns to find the anomaly in their maps under a focal loss
 (:func:`focal_loss`). The image score is the mean anomaly probability over the pixels
 (``runtime.scores``). Nothing is selected on the test
 set: the last of a fixed number of epochs is kept.
