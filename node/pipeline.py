@@ -15,10 +15,7 @@ is abstained with the reason):
    abstained: "not evaluated" with the reason), encoded as a DICOM file and delivered first.
    A scored object's SR comes from a template (``runtime.sr_templates``): highdicom builds
    the SR of the first object of each header shape, later ones fill in their own values, so
-   the decision does not wait for per-object highdicom work. While the child scores, this
-   process reads the object's header and fills in everything but the record's values
-   (``DecisionSRs.prepare``, for a record shaped as the last scored one), so that only the
-   scores and the decision are written after it;
+   the decision does not wait for per-object highdicom work;
    for scored objects the heat-map Secondary Capture (``runtime.dicom_results``) follows as a
    :class:`~ddad_edge.node.worker.Later`, built by the worker once the SR is queued, at most
    ``OVERLAY_MAX_SIDE`` pixels on its longer side (a display aid, not the diagnostic image).
@@ -31,7 +28,6 @@ from __future__ import annotations
 
 import os
 import time
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
@@ -47,8 +43,6 @@ from ddad_edge.node.scoring import (
 from ddad_edge.node.worker import Later, Outcome, ResultFile
 
 OVERLAY_SCORE = "inter"
-AHEAD_THREADS = 32
-"""Threads preparing SRs while objects are scored (at most one per object in flight)."""
 SC_CLASS = "1.2.840.10008.5.1.4.1.1.7"  # Secondary Capture Image Storage
 
 
@@ -71,8 +65,6 @@ class Pipeline:
         # The bundle's fixed colour scale (as `score --heatmaps` uses), so maps compare.
         display = scoring.manifest.get("display", {}).get("heatmap_vmax", {})
         self.vmax: float | None = display.get(OVERLAY_SCORE)
-        self._like: Any = None  # the last scored record: the shape the next SR is prepared for
-        self._ahead = ThreadPoolExecutor(AHEAD_THREADS, thread_name_prefix="ddad-sr-ahead")
 
     def warm(self) -> None:
         """Import what the first object would import (highdicom, the heat-map overlay), so that
@@ -84,18 +76,14 @@ class Pipeline:
         overlay_heatmap(np.zeros((8, 8), np.float32), np.zeros((8, 8), np.float32))
 
     def close(self) -> None:
-        self._ahead.shutdown(wait=True)
         self.scoring.close()
 
     def __call__(self, row: ObjectRow) -> Outcome:
-        ahead = self._ahead.submit(self._header, row.path, self._like)
         scored = self.scoring.run(row.path)
         record, times = scored.record, dict(scored.times)
         t = time.perf_counter()
-        results, later, note, study = self._build(row.path, record, ahead.result())
+        results, later, note, study = self._build(row.path, record)
         times["build"] = time.perf_counter() - t  # the SR; the SC is timed by the worker
-        if record.status == "scored":
-            self._like = record
         state = SCORED if record.status == "scored" else ABSTAINED
         reason = None if state == SCORED else (record.reason or record.error)
         out = record.to_json()
@@ -106,39 +94,26 @@ class Pipeline:
             out["notes"] = [*out.get("notes", []), note]
         return Outcome(state, reason, out, results, times, later)
 
-    def _header(self, path: str, like: Any) -> tuple[Any, str | None, Any]:
-        """The object's header as stored (image or not: an object without one still gets its
-        SR), its Study Instance UID, and its SR prepared for a record like ``like`` (None: not
-        prepared); (None, None, None) when there is no readable header with a study."""
-        import pydicom
-
-        try:
-            source = pydicom.dcmread(path, force=True, stop_before_pixels=True)
-            study = str(source.StudyInstanceUID)
-        except Exception:  # no readable header or no study: no SR either (_build)
-            return None, None, None
-        try:
-            prepared = None if like is None else self.srs.prepare(source, like)
-        except Exception:  # built after scoring instead, which reports what is wrong
-            prepared = None
-        return source, study, prepared
-
     def _build(
-        self, path: str, record: Any, header: tuple[Any, str | None, Any]
+        self, path: str, record: Any
     ) -> tuple[list[ResultFile], list[Later], str | None, str | None]:
         """The SR as a result file now, the heat-map SC (scored objects) as a :class:`Later`, a
         note when no SR could be made for an abstained object, and the source's Study Instance
-        UID (None when unreadable). ``header``: :meth:`_header`'s."""
+        UID (None when unreadable)."""
+        import pydicom
         from pydicom.uid import generate_uid
 
         from ddad_edge.runtime.dicom_results import encode
 
-        source, study, prepared = header
+        try:  # the header as stored, image or not: an object without one still gets its SR
+            source = pydicom.dcmread(path, force=True, stop_before_pixels=True)
+            study = str(source.StudyInstanceUID)
+        except Exception:  # no readable header or no study: no SR either (below)
+            source, study = None, None
         try:
             if source is None:
                 raise ValueError("no readable DICOM header with a Study Instance UID")
-            made = None if prepared is None else self.srs.finish(prepared, record)
-            data, uid, sop_class = made or self.srs.build_encoded(source, record)
+            data, uid, sop_class = self.srs.build_encoded(source, record)
         except Exception as e:
             if record.status == "scored":
                 raise

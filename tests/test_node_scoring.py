@@ -22,8 +22,6 @@ from ddad_edge.node.scoring import InProcess, ScorerSpec, ScoringProcesses
 
 pytest.importorskip("highdicom")
 
-CR = "1.2.840.10008.5.1.4.1.1.1"
-
 
 @pytest.fixture(scope="module")
 def xray(tmp_path_factory: pytest.TempPathFactory) -> Path:
@@ -92,52 +90,6 @@ def test_file_that_kills_every_child_is_abstained_and_the_node_goes_on(bundle: P
         assert max(sc.Rows, sc.Columns) <= 512 and sc.SamplesPerPixel == 3
     finally:
         pipeline.close()
-
-
-def test_sr_is_prepared_while_the_image_is_scored(bundle: Path, tmp_path: Path) -> None:
-    """From the second object of a header shape on, the SR is made while the image is scored
-    and finished with its record: it references that object and carries its scores."""
-    from unittest import mock
-
-    from ddad_edge.runtime import Scorer
-
-    files = []
-    for i in range(3):
-        files.append(tmp_path / f"{i}.dcm")
-        make_xray(seed=i).save_as(files[-1], enforce_file_format=True)
-    with Scorer.from_bundle(bundle, backend="ort-cpu", max_batch=1) as scorer:
-        pipeline = Pipeline(InProcess(scorer))
-        try:
-            outs = [pipeline(ObjectRow("1.2.3", CR, "MOD", str(files[0]), "received", None, 0))]
-            fail = AssertionError("built after scoring, not prepared")
-            with mock.patch.object(pipeline.srs, "build_encoded", side_effect=fail):
-                for f in files[1:]:
-                    outs.append(
-                        pipeline(ObjectRow("1.2.3", CR, "MOD", str(f), "received", None, 0))
-                    )
-        finally:
-            pipeline.close()
-    for f, out in zip(files, outs, strict=True):
-        assert out.state == "scored"
-        sr = pydicom.dcmread(io.BytesIO(out.results[0].data))
-        source = pydicom.dcmread(f, stop_before_pixels=True)
-        evidence = sr.CurrentRequestedProcedureEvidenceSequence[0]
-        ref = evidence.ReferencedSeriesSequence[0].ReferencedSOPSequence[0]
-        assert ref.ReferencedSOPInstanceUID == source.SOPInstanceUID
-        assert sr.StudyInstanceUID == source.StudyInstanceUID == out.record["study_instance_uid"]
-        values = [
-            float(m.MeasuredValueSequence[0].FloatingPointValue)
-            for m in _content_items(sr)
-            if m.get("ValueType") == "NUM"
-        ]
-        assert sorted(values) == sorted(out.record["scores"].values())  # FD: the exact float
-
-
-def _content_items(ds: pydicom.Dataset) -> list[pydicom.Dataset]:
-    out = []
-    for item in ds.get("ContentSequence", []):
-        out += [item, *_content_items(item)]
-    return out
 
 
 def test_unusable_bundle_is_named_before_serving_and_no_child_is_left(tmp_path: Path) -> None:
