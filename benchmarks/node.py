@@ -357,6 +357,10 @@ def main(
     ] = "pynetdicom",
 ) -> None:
     """Measure the node's end-to-end latency (see the module docstring) and print a table."""
+    if sender not in ("storescu", "pynetdicom"):
+        raise typer.BadParameter(f"--sender {sender}: storescu or pynetdicom")
+    if destination not in ("pynetdicom", "storescp"):
+        raise typer.BadParameter(f"--destination {destination}: pynetdicom or storescp")
     workdir.mkdir(parents=True, exist_ok=True)
     storescu = find_dcmtk("storescu") if sender == "storescu" else None
     if sender == "storescu" and storescu is None:
