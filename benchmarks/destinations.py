@@ -84,7 +84,7 @@ log4cplus.appender.console.layout = log4cplus::PatternLayout
 log4cplus.appender.console.layout.ConversionPattern = {LOG_PATTERN}
 """
 _STORING = " storing DICOM file: "
-_STUDY_PREFIX = "st_"
+_SORT_PREFIX = "st"  # storescp --sort-on-study-uid: a folder st_<study UID> per study
 
 
 def parse_storing(line: str) -> tuple[float, str, str] | None:
@@ -95,7 +95,7 @@ def parse_storing(line: str) -> tuple[float, str, str] | None:
     if not sep:
         return None
     p = Path(path)
-    study = p.parent.name.removeprefix(_STUDY_PREFIX)
+    study = p.parent.name.removeprefix(f"{_SORT_PREFIX}_")
     return float(stamp), study, p.name.split(".", 1)[0][:2]
 
 
@@ -121,7 +121,7 @@ class StorescpDestination(Arrivals):
         self._cfg.write(_STORESCP_LOG)
         self._cfg.flush()
         cmd = [exe, "-lc", self._cfg.name, "-aet", "BENCHDEST", "-od", str(folder)]
-        cmd += ["-su", _STUDY_PREFIX.rstrip("_"), "--max-pdu", str(STORESCP_MAX_PDU), str(port)]
+        cmd += ["-su", _SORT_PREFIX, "--max-pdu", str(STORESCP_MAX_PDU), str(port)]
         # line-buffered output (stdbuf): each line is read when storescp writes it
         self.proc = subprocess.Popen(
             ["stdbuf", "-oL", "-eL", *cmd],

@@ -6,6 +6,7 @@ child and a fresh interpreter can import it by name."""
 from __future__ import annotations
 
 import resource
+import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +28,16 @@ def second_array_faults() -> int:
     faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - f0
     del b
     return faults
+
+
+def probe(mode: str) -> tuple[bool, int]:
+    """Run the probe in a fresh interpreter, with node/heap.py's setting ("keep") or malloc's
+    defaults ("default"): (whether malloc accepted the setting, the second array's faults).
+    Asked in a subprocess so that the test process's own allocator stays as it is."""
+    out = subprocess.run(
+        [sys.executable, __file__, mode], capture_output=True, text=True, check=True
+    ).stdout.split()
+    return out[0] == "True", int(out[1])
 
 
 @dataclass(frozen=True)

@@ -154,11 +154,9 @@ def test_child_keeps_freed_memory(bundle: Path, tmp_path: Path) -> None:
     """node/heap.py in the child: by the time its scorer opens, a freed 20 MB array's memory
     serves the next one without new page faults (tests/heap_probe.py; with malloc's defaults,
     test_node_heap.py shows hundreds)."""
-    from heap_probe import HeapProbeSpec
+    from heap_probe import HeapProbeSpec, probe
 
-    from ddad_edge.node.heap import keep_freed_memory
-
-    if not keep_freed_memory():
+    if not probe("keep")[0]:
         pytest.skip("malloc here is not glibc's (mallopt refused): nothing to keep")
     report = tmp_path / "faults"
     procs = ScoringProcesses(HeapProbeSpec(str(bundle), backend="ort-cpu", report=str(report)), 1)
