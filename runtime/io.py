@@ -197,9 +197,14 @@ def load_image(
     notes: Notes = []
     p = os.fspath(path)
     img = _decode(p, target_size, max_pixels, notes)
-    for n in notes:
-        warnings.warn(type(n)(f"{p}: {n}"), stacklevel=2)
+    warn_notes(p, notes, stacklevel=3)
     return img
+
+
+def warn_notes(p: str, notes: Notes, stacklevel: int = 2) -> None:
+    """Issue a decoder's notes on file ``p`` as warnings (their own InputWarning classes)."""
+    for n in notes:
+        warnings.warn(type(n)(f"{p}: {n}"), stacklevel=stacklevel)
 
 
 def load_input(
