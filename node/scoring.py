@@ -170,19 +170,21 @@ def _finish_early(
     early: RowDecoder | None, path: str, times: dict[str, float]
 ) -> tuple[np.ndarray, np.ndarray] | None:
     """(image, network input) of ``path`` from the rows decoded while it arrived, or None;
-    ``times["decoded_early"]``: the share of its rows decoded before it was asked for (0-1)."""
+    when they are used, ``times["decoded_early"]``: the share of its rows decoded before it was
+    asked for (0-1)."""
     from ddad_edge.runtime.io import is_dicom, warn_notes
 
     if early is None:
         return None
-    times["decoded_early"] = early.rows_done / early.rows if early.rows else 0.0
     if not is_dicom(path):
         early.close()
         return None
+    share = early.rows_done / early.rows if early.rows else 0.0
     notes: list[Any] = []
     got = early.finish(path, notes)
     if got is not None:
         warn_notes(path, notes)
+        times["decoded_early"] = share
     return got
 
 

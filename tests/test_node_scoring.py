@@ -163,3 +163,45 @@ def test_child_keeps_freed_memory(bundle: Path, tmp_path: Path) -> None:
     procs.close()
     faults = int(report.read_text())
     assert faults < 20, f"{faults} page faults in the child for an array the size of one just freed"
+
+
+def test_child_follows_a_file_as_it_arrives(bundle: Path, xray: Path, tmp_path: Path) -> None:
+    """A file followed while it is written (``follow``, as the SCP calls it) is scored from
+    the rows decoded meanwhile, with the same scores and SR content as a file scored whole;
+    a follow that goes nowhere (the file removed: a transfer cut off) costs nothing."""
+    import time
+
+    from ddad_edge.runtime import Scorer
+
+    with Scorer.from_bundle(bundle, backend="ort-cpu", max_batch=1) as scorer:
+        here = InProcess(scorer).run(str(xray))
+    raw = xray.read_bytes()
+    procs = ScoringProcesses(ScorerSpec(str(bundle), backend="ort-cpu"), 1, timeout_s=60)
+    try:
+        gone = tmp_path / "cut.dcm"
+        gone.write_bytes(raw[: len(raw) // 3])
+        procs.follow(str(gone))
+        gone.unlink()
+        part, final = tmp_path / "part.dcm", tmp_path / "final.dcm"
+        with open(part, "wb") as fh:
+            procs.follow(str(part))
+            for at in range(0, len(raw), 20_000):
+                fh.write(raw[at : at + 20_000])
+                fh.flush()
+                time.sleep(0.01)
+        os.rename(part, final)  # as the SCP moves it into the spool
+        got = procs.run(str(final))
+        assert got.times["decoded_early"] > 0.5  # decoded as it arrived, most rows before asked
+        _same(got, here)
+        sr, sr_here = (pydicom.dcmread(io.BytesIO(x.sr.data)) for x in (got, here))
+        assert _content(sr) == _content(sr_here) and len(_content(sr)) > 3
+        unfollowed = procs.run(str(xray))
+        assert "decoded_early" not in unfollowed.times
+        _same(unfollowed, here)
+    finally:
+        procs.close()
+
+
+def _content(sr) -> list[str]:
+    """The SR's coded findings and numbers, as text (UIDs of the SR itself aside)."""
+    return [str(e.value) for e in sr.iterall() if e.keyword in ("NumericValue", "CodeMeaning")]
