@@ -23,9 +23,12 @@ Per object, from the node's journal (``times``) and the two ends:
 - wait: arrived at the node's handler -> a worker takes it (queueing; grows with concurrent
   senders; the worker starts on an object while it is being persisted, so wait and persist
   overlap);
-- gate, decode, score: the pipeline's stages (``node.pipeline``);
+- gate, decode, score: the pipeline's stages (``node.pipeline``); an uncompressed film is
+  decoded row by row while it arrives (``runtime.dicom_rows``), so its decode here is what was
+  left once it was stored; ``streamed``: the share of sends decoded so, and the share of
+  their rows decoded before the worker asked (median);
 - sr: scores ready -> the SR (the decision) received at the destination (SR from its
-  template, encode, outbox, journal, send);
+  template, built in the scoring process; outbox, journal, send);
 - build+send: scores ready -> the object's last result (the heat-map SC, built after the SR
   is queued) received at the destination;
 - e2e decision: C-STORE sent -> SR received; e2e: C-STORE sent -> last result received.
@@ -185,6 +188,7 @@ def _breakdown(spool: Path, sends: list[dict[str, Any]]) -> list[dict[str, Any]]
                     "build_send": (s["t_dest"] - scored_at) * 1e3,
                     "e2e_decision": (s["t_sr"] - s["t0"]) * 1e3,
                     "e2e": (s["t_dest"] - s["t0"]) * 1e3,
+                    "decoded_early": t.get("decoded_early"),  # None: not decoded as it arrived
                 }
             )
     finally:
@@ -395,6 +399,9 @@ def main(
         for name in sorted({r["file"] for r in rs}):
             sub = [r for r in rs if r["file"] == name]
             s = _summary(sub)
+            early = [r["decoded_early"] for r in sub if r.get("decoded_early") is not None]
+            s["streamed"] = len(early) / len(sub)  # share decoded while they arrived
+            s["decoded_early_p50"] = float(np.median(early)) if early else 0.0
             s["in_process_decode_score"] = ref[name]["decode"] + ref[name]["score"]
             s["e2e_p50_over_in_process"] = s["e2e"]["p50"] / s["in_process_decode_score"]
             ref_ms = s["in_process_decode_score"]
@@ -408,6 +415,7 @@ def main(
         )
         typer.echo(
             f"{c} sender(s) {name}: {stages}  in-process {s['in_process_decode_score']:.0f} ms"
+            f"  streamed {s['streamed']:.0%} ({s['decoded_early_p50']:.0%} of rows early)"
             f"  ratio decision {s['e2e_decision_p50_over_in_process']:.2f}"
             f" all {s['e2e_p50_over_in_process']:.2f}"
         )
