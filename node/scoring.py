@@ -51,6 +51,7 @@ class DecisionSR:
     sop_class: str = ""
     note: str | None = None
     study: str | None = None
+    prepared: bool = False  # finished from an SR prepared while the file arrived
 
 
 @dataclass
@@ -69,24 +70,30 @@ class FileScores:
     sr: DecisionSR | None = None
 
 
-def score_file(scorer: Any, srs: Any, path: str, early: RowDecoder | None = None) -> FileScores:
+def score_file(scorer: Any, srs: Any, path: str, early: Followed | None = None) -> FileScores:
     """:func:`gate_and_score` then :func:`decision_sr` (timed as ``build``): what the node
     needs from one file. Built where the file was scored, which has its header at hand and an
-    interpreter of its own.
+    interpreter of its own. ``early``: the file followed while it arrived (its header, the
+    rows decoded, the SR prepared).
 
     Raises:
         Exception: a scored file's SR could not be built (a bug, not the file's fault).
     """
-    out = gate_and_score(scorer, path, early)
+    rows, header, prepared = (early.rows, early.rows.header, early.sr) if early else (None,) * 3
+    out = gate_and_score(scorer, path, rows, header)
     t = time.perf_counter()
-    out.sr = decision_sr(srs, path, out.record)
+    out.sr = decision_sr(srs, path, out.record, header, prepared)
     out.times["build"] = time.perf_counter() - t
     return out
 
 
-def decision_sr(srs: Any, path: str, record: Any) -> DecisionSR:
+def decision_sr(
+    srs: Any, path: str, record: Any, header: Any = None, prepared: Any = None
+) -> DecisionSR:
     """The SR of every file whose header can be read (scored: the flag, scores and threshold;
-    abstained: "not evaluated" with the reason), built by ``srs`` (a ``DecisionSRs``).
+    abstained: "not evaluated" with the reason), built by ``srs`` (a ``DecisionSRs``);
+    ``header``: the file's header already read (None reads it); ``prepared``: its SR prepared
+    before the scores existed (``DecisionSRs.prepare``), finished here when it fits the record.
 
     Raises:
         Exception: a scored file's SR could not be built.
@@ -94,20 +101,21 @@ def decision_sr(srs: Any, path: str, record: Any) -> DecisionSR:
     import pydicom
 
     try:  # the header as stored, image or not: an object without one still gets its SR
-        source = pydicom.dcmread(path, force=True, stop_before_pixels=True)
+        source = header or pydicom.dcmread(path, force=True, stop_before_pixels=True)
         study = str(source.StudyInstanceUID)
     except Exception:  # no readable header or no study: no SR either (below)
         source, study = None, None
     try:
         if source is None:
             raise ValueError("no readable DICOM header with a Study Instance UID")
-        data, uid, sop_class = srs.build_encoded(source, record)
+        done = srs.finish(prepared, record) if prepared is not None else None
+        data, uid, sop_class = done or srs.build_encoded(source, record)
     except Exception as e:
         if record.status == "scored":
             raise
         why = f"no SR: the object's header does not allow one ({type(e).__name__}: {e})"
         return DecisionSR(None, note=why, study=study)
-    return DecisionSR(data, uid, sop_class, study=study)
+    return DecisionSR(data, uid, sop_class, study=study, prepared=done is not None)
 
 
 def overlay_image(image: np.ndarray) -> np.ndarray:
@@ -118,11 +126,14 @@ def overlay_image(image: np.ndarray) -> np.ndarray:
     return fit_image(image, OVERLAY_MAX_SIDE)
 
 
-def gate_and_score(scorer: Any, path: str, early: RowDecoder | None = None) -> FileScores:
+def gate_and_score(
+    scorer: Any, path: str, early: RowDecoder | None = None, header: Any = None
+) -> FileScores:
     """The runtime's input gate, decoder and scorer on one file (``Scorer.check``,
     ``runtime.io.load_image``, ``preprocess``, the backend, ``runtime.scores``); never raises
     for a bad file: its reason goes in the record. ``early``: the file followed while it was
-    written (``runtime.dicom_rows``), whose rows are decoded already where it could be."""
+    written (``runtime.dicom_rows``), whose rows are decoded already where they could be;
+    ``header``: its header, read then."""
     from ddad_edge.runtime.io import ImageLoadError, load_image
     from ddad_edge.runtime.preprocess import PreprocessError, preprocess
     from ddad_edge.runtime.scorer import ScoreResult
@@ -131,7 +142,7 @@ def gate_and_score(scorer: Any, path: str, early: RowDecoder | None = None) -> F
     record, times = out.record, out.times
     t = time.perf_counter()
     try:
-        gate = scorer.check(path)
+        gate = scorer.check(path, header)
     except ImageLoadError as e:
         record.error = e.reason
         return out
@@ -323,16 +334,41 @@ FOLLOW_IDLE_S = 10.0
 """A followed file that has not grown for this long is let go (its sender stalled), seconds."""
 
 
+class Followed:
+    """What a child knows of a file it follows while it arrives: its rows and header
+    (:class:`~ddad_edge.runtime.dicom_rows.RowDecoder`) and, once the header is in, its SR
+    prepared for a record shaped like the last one scored (``DecisionSRs.prepare``)."""
+
+    def __init__(self, path: str) -> None:
+        self.rows = RowDecoder(path)
+        self.sr: Any = None
+        self._prepared = False
+
+    def prepare(self, srs: Any, like: Any) -> None:
+        """Prepare the SR once the header is in (at most once; nothing without ``like``)."""
+        if self._prepared or self.rows.header is None:
+            return
+        self._prepared = True
+        if like is not None:
+            try:
+                self.sr = srs.prepare(self.rows.header, like)
+            except Exception:  # noqa: BLE001 - built after scoring instead, which reports it
+                self.sr = None
+
+    def close(self) -> None:
+        self.rows.close()
+
+
 def _serve(conn: Connection, scorer: Any, srs: Any) -> None:
     """Answer ("score", path) with a FileScores (:func:`score_file`) and ("overlay", path) with
     the heat map's image (or why not), until None or the parent is gone. ("follow", path),
-    unanswered: decode the file's rows while it is written (:func:`_follow`) until the next
-    request comes."""
+    unanswered: read the file while it is written (:func:`_follow`) until the next request."""
     last: tuple[str, np.ndarray | None] = ("", None)  # the image scored last: the heat map's
-    early: RowDecoder | None = None
+    like = None  # the last scored record: the shape the next SR is prepared for
+    early: Followed | None = None
     while True:
         if early is not None:
-            early = _follow(conn, early)
+            early = _follow(conn, early, srs, like)
         try:
             request = conn.recv()
         except (EOFError, OSError):  # the parent died
@@ -343,35 +379,36 @@ def _serve(conn: Connection, scorer: Any, srs: Any) -> None:
         if op == "follow":
             early = _open_follow(early, path)
             continue
-        mine, early = _if_same(early, path), None
         try:
             if op == "score":
+                mine, early = _if_same(early, path), None
                 got = score_file(scorer, srs, path, mine)
                 last, got.image = (path, got.image), None  # sent on request, after the decision
+                like = got.record if got.record.status == "scored" else like
                 conn.send(got)
-            else:
+            else:  # the heat map of the last file: a file being followed goes on arriving
                 conn.send(_overlay(path, last[1] if last[0] == path else None))
         except Exception as e:  # a bug or an environment failure, not the file's: say which
             conn.send(_Raised(f"{type(e).__name__}: {e}"))
 
 
-def _open_follow(old: RowDecoder | None, path: str) -> RowDecoder | None:
+def _open_follow(old: Followed | None, path: str) -> Followed | None:
     """Start following ``path`` (None when it is already gone), letting ``old`` go."""
     if old is not None:
         old.close()
     try:
-        return RowDecoder(path)
+        return Followed(path)
     except OSError:  # stored and renamed before we looked, or cut off: nothing to follow
         return None
 
 
-def _if_same(early: RowDecoder | None, path: str) -> RowDecoder | None:
+def _if_same(early: Followed | None, path: str) -> Followed | None:
     """``early`` when it follows the file now at ``path`` (renamed into the spool), else None
     (and it is let go)."""
     if early is None:
         return None
     try:
-        if os.stat(path).st_ino == early.inode:
+        if os.stat(path).st_ino == early.rows.inode:
             return early
     except OSError:
         pass
@@ -379,17 +416,20 @@ def _if_same(early: RowDecoder | None, path: str) -> RowDecoder | None:
     return None
 
 
-def _follow(conn: Connection, early: RowDecoder) -> RowDecoder | None:
-    """Decode ``early``'s rows as they land until a request waits on ``conn``; returns it, or
-    None when it was let go (the file failed to follow, was removed, or stalled)."""
+def _follow(conn: Connection, early: Followed, srs: Any, like: Any) -> Followed | None:
+    """Read ``early``'s file as it lands (rows decoded, SR prepared once the header is in)
+    until a request waits on ``conn``; returns it, or None when it was let go (the file could
+    not be followed, was removed, or stalled)."""
+    rows = early.rows
     idle_since = time.monotonic()
     while not conn.poll(0):
-        if early.advance():
+        if rows.advance():
+            early.prepare(srs, like)
             idle_since = time.monotonic()
             continue
-        if early.complete:
+        if rows.done:
             return early
-        if early.failed or early.gone() or time.monotonic() - idle_since > FOLLOW_IDLE_S:
+        if rows.failed or rows.gone() or time.monotonic() - idle_since > FOLLOW_IDLE_S:
             early.close()
             return None
         conn.poll(FOLLOW_POLL_S)
@@ -448,7 +488,8 @@ class _Child:
     def ask(self, op: str, path: str, timeout: float) -> Any:
         """The child's answer to ``op`` ("score": a FileScores; "overlay": an image or why
         not) for ``path``; or why there is none, as a :class:`_Failure` (the child is dead)."""
-        self.following = None  # the child uses it for this request or lets it go
+        if op == "score":
+            self.following = None  # the child uses it for this file or lets it go
         try:
             self.conn.send((op, path))
             got = self._answer(timeout)

@@ -61,7 +61,10 @@ class RowDecoder:
     """Follows one file being written (opened by path; the file may be renamed meanwhile).
 
     Call :meth:`advance` while the file grows and :meth:`finish` once it is complete. Neither
-    raises for what the file holds: a file that cannot be followed sets :attr:`failed`.
+    raises for what the file holds: a file that cannot be followed sets :attr:`failed`. Once
+    the header is in, :attr:`header` holds it as ``gate.read_header`` reads it (every file
+    whose header has Rows and Columns, compressed or not; no pixel data), and the rows are
+    decoded where they can be (:attr:`rows_error` says why not).
     """
 
     def __init__(
@@ -71,6 +74,8 @@ class RowDecoder:
         self._fd = os.open(path, os.O_RDONLY)
         self.inode = os.fstat(self._fd).st_ino
         self.failed: str | None = None
+        self.header: Any = None
+        self.rows_error: str | None = None
         self._read = 0  # bytes of the file read so far
         self._head = bytearray()  # the file's bytes until the header is complete
         self._pending = bytearray()  # pixel bytes not yet decoded (a partial band)
@@ -88,6 +93,12 @@ class RowDecoder:
         """Every row decoded."""
         return self.ds is not None and self.rows_done == self.rows
 
+    @property
+    def done(self) -> bool:
+        """Nothing more to do before :meth:`finish`: every row decoded, or the header read and
+        the rows not followed."""
+        return self.complete or (self.header is not None and self.rows_error is not None)
+
     def gone(self) -> bool:
         """The file was removed (a transfer cut off: ``node.receiving.drop_partial``)."""
         return self._fd < 0 or os.fstat(self._fd).st_nlink == 0
@@ -95,7 +106,7 @@ class RowDecoder:
     def advance(self) -> bool:
         """Read what was written since the last call and decode the complete rows; True when
         there was anything new."""
-        if self.failed is not None or self.complete:
+        if self.failed is not None or self.done:
             return False
         try:
             data = os.pread(self._fd, 1 << 24, self._read)
@@ -136,13 +147,14 @@ class RowDecoder:
                 return None
             notes.extend(mine)
             return self._image, normalise(resize_height(self._wide, self.size))
-        except Exception:  # noqa: BLE001 - the usual decode decides (and names the fault)
+        except Exception as e:  # noqa: BLE001 - the usual decode decides (and names the fault)
+            self.failed = f"{type(e).__name__}: {e}"
             return None
         finally:
             self.close()
 
     def _parse_header(self) -> None:
-        """Once the header is in: check it as the decoder does and prepare the bands."""
+        """Once the header is in: keep it, check it as the decoder does, prepare the bands."""
         import pydicom
 
         fp = io.BytesIO(self._head)
@@ -151,10 +163,24 @@ class RowDecoder:
         except Exception:  # noqa: BLE001 - a partial header: wait for more
             ds = None
         at = fp.tell()
-        if ds is None or self._head[at : at + 4] != _PIXEL_TAG:
+        # wait for the Pixel Data element's tag and its whole header (12 bytes explicit VR)
+        if ds is None or self._head[at : at + 4] != _PIXEL_TAG or len(self._head) < at + 12:
             if len(self._head) > HEADER_MAX:
                 raise ValueError("no Pixel Data within the first 4 MiB")
             return
+        if ds.get("Rows") and ds.get("Columns"):  # what gate.read_header accepts
+            self.header = pydicom.dcmread(
+                io.BytesIO(self._head), force=True, stop_before_pixels=True
+            )
+        try:
+            self._start_rows(ds, at)
+        except Exception as e:  # noqa: BLE001 - the header stays of use; the rows are not followed
+            self.rows_error = f"{type(e).__name__}: {e}"
+            self.ds = None
+        self._head = bytearray()
+
+    def _start_rows(self, ds: Any, at: int) -> None:
+        """Check that the rows can be followed and prepare the bands."""
         meta = getattr(ds, "file_meta", None)
         ts = str(meta.get("TransferSyntaxUID", "")) if meta is not None else ""
         if ts not in STREAMED_SYNTAXES:
@@ -162,7 +188,6 @@ class RowDecoder:
         start, length = self._pixel_element(at, explicit=ts.endswith(".1"))
         self._setup(ds, start, length)
         self._pending = self._head[start:]
-        self._head = bytearray()
 
     def _pixel_element(self, at: int, explicit: bool) -> tuple[int, int]:
         """(offset of the first pixel byte, Pixel Data's length) from the element's header."""

@@ -166,11 +166,12 @@ def test_child_keeps_freed_memory(bundle: Path, tmp_path: Path) -> None:
 
 
 def test_child_follows_a_file_as_it_arrives(bundle: Path, xray: Path, tmp_path: Path) -> None:
-    """A file followed while it is written (``follow``, as the SCP calls it) is scored from
-    the rows decoded meanwhile, with the same scores and SR content as a file scored whole;
-    a follow that goes nowhere (the file removed: a transfer cut off) costs nothing."""
-    import time
-
+    """A file followed while it is written (``follow``, as the SCP calls it) is gated from the
+    header read then, scored from the rows decoded meanwhile and reported in an SR prepared
+    meanwhile (from the second scored file on: it needs a record's shape), with the same
+    scores and SR content as a file scored whole; a heat map asked for meanwhile does not stop
+    the follow; a follow that goes nowhere (the file removed: a transfer cut off) costs
+    nothing."""
     from ddad_edge.runtime import Scorer
 
     with Scorer.from_bundle(bundle, backend="ort-cpu", max_batch=1) as scorer:
@@ -182,24 +183,40 @@ def test_child_follows_a_file_as_it_arrives(bundle: Path, xray: Path, tmp_path: 
         gone.write_bytes(raw[: len(raw) // 3])
         procs.follow(str(gone))
         gone.unlink()
-        part, final = tmp_path / "part.dcm", tmp_path / "final.dcm"
-        with open(part, "wb") as fh:
-            procs.follow(str(part))
-            for at in range(0, len(raw), 20_000):
-                fh.write(raw[at : at + 20_000])
-                fh.flush()
-                time.sleep(0.01)
-        os.rename(part, final)  # as the SCP moves it into the spool
-        got = procs.run(str(final))
-        assert got.times["decoded_early"] > 0.5  # decoded as it arrived, most rows before asked
-        _same(got, here)
-        sr, sr_here = (pydicom.dcmread(io.BytesIO(x.sr.data)) for x in (got, here))
-        assert _content(sr) == _content(sr_here) and len(_content(sr)) > 3
+        first = _arrive(procs, raw, tmp_path / "first.dcm")
+        assert first.times["decoded_early"] > 0.5  # decoded as it arrived, most rows before
+        assert not first.sr.prepared  # the child's first scored file: no shape to prepare for
+        second = _arrive(procs, raw, tmp_path / "second.dcm", meanwhile=tmp_path / "first.dcm")
+        assert second.times["decoded_early"] > 0.5 and second.sr.prepared
+        for got in (first, second):
+            _same(got, here)
+            sr, sr_here = (pydicom.dcmread(io.BytesIO(x.sr.data)) for x in (got, here))
+            assert _content(sr) == _content(sr_here) and len(_content(sr)) > 3
+            assert sr.StudyInstanceUID == sr_here.StudyInstanceUID
         unfollowed = procs.run(str(xray))
         assert "decoded_early" not in unfollowed.times
         _same(unfollowed, here)
     finally:
         procs.close()
+
+
+def _arrive(procs: ScoringProcesses, raw: bytes, final: Path, meanwhile: Path | None = None):
+    """Write ``raw`` in pieces to a file the children follow, as the SCP receives it, move it
+    to ``final`` and score it; ``meanwhile``: a file whose heat map is asked for halfway."""
+    import time
+
+    part = final.with_suffix(".part.dcm")
+    with open(part, "wb") as fh:
+        procs.follow(str(part))
+        for at in range(0, len(raw), 20_000):
+            fh.write(raw[at : at + 20_000])
+            fh.flush()
+            time.sleep(0.01)
+            if meanwhile is not None and at >= len(raw) // 2:
+                assert procs.overlay(str(meanwhile)).ndim == 2
+                meanwhile = None
+    os.rename(part, final)  # as the SCP moves it into the spool
+    return procs.run(str(final))
 
 
 def _content(sr) -> list[str]:
