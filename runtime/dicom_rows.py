@@ -163,8 +163,8 @@ class RowDecoder:
         except Exception:  # noqa: BLE001 - a partial header: wait for more
             ds = None
         at = fp.tell()
-        # wait for the Pixel Data element's tag and its whole header (12 bytes explicit VR)
-        if ds is None or self._head[at : at + 4] != _PIXEL_TAG or len(self._head) < at + 12:
+        # wait for the Pixel Data element's header (12 bytes explicit VR) and a first value byte
+        if ds is None or self._head[at : at + 4] != _PIXEL_TAG or len(self._head) <= at + 12:
             if len(self._head) > HEADER_MAX:
                 raise ValueError("no Pixel Data within the first 4 MiB")
             return
