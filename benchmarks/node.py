@@ -28,7 +28,10 @@ Per object, from the node's journal (``times``) and the two ends:
   left once it was stored; ``streamed``: the share of sends decoded so, and the share of
   their rows decoded before the worker asked (median);
 - sr: scores ready -> the SR (the decision) received at the destination (SR from its
-  template, built in the scoring process; outbox, journal, send);
+  template, built in the scoring process; outbox, journal, send); within it, **lag**: the
+  node asked the scoring process -> it answered, less the stages it timed (the child still
+  decoding the film's last rows when asked, and the pipe), and **deliver**: it answered -> SR
+  received (the SR stored in the outbox, journalled, sent);
 - build+send: scores ready -> the object's last result (the heat-map SC, built after the SR
   is queued) received at the destination;
 - e2e decision: C-STORE sent -> SR received; e2e: C-STORE sent -> last result received.
@@ -185,6 +188,13 @@ def _breakdown(spool: Path, sends: list[dict[str, Any]]) -> list[dict[str, Any]]
                     "decode": t.get("decode", 0.0) * 1e3,
                     "score": t.get("score", 0.0) * 1e3,
                     "sr": (s["t_sr"] - scored_at) * 1e3,
+                    # the scoring child busy with the film's last rows (or IPC) before it took
+                    # the request; then the node's part: store, journal, send, received
+                    "lag": (t["scoring"] - _child_stages(t)) * 1e3 if "scoring" in t else 0.0,
+                    "deliver": (s["t_sr"] - start - t["scoring"]) * 1e3 if "scoring" in t else 0.0,
+                    # of the lag: asked -> the child took the request; answered -> the node had it
+                    "to_child": (t.get("taken_at", start) - start) * 1e3,
+                    "from_child": (start + t.get("scoring", 0) - t.get("answered_at", start)) * 1e3,
                     "build_send": (s["t_dest"] - scored_at) * 1e3,
                     "e2e_decision": (s["t_sr"] - s["t0"]) * 1e3,
                     "e2e": (s["t_dest"] - s["t0"]) * 1e3,
@@ -194,6 +204,11 @@ def _breakdown(spool: Path, sends: list[dict[str, Any]]) -> list[dict[str, Any]]
     finally:
         journal.close()
     return rows
+
+
+def _child_stages(t: dict[str, float]) -> float:
+    """Seconds the scoring child spent on the object's stages (gate, decode, score, SR build)."""
+    return sum(t.get(k, 0.0) for k in ("gate", "decode", "score", "build"))
 
 
 def in_process(bundle: Path, files: list[Path], repeats: int) -> dict[str, dict[str, float]]:
@@ -251,6 +266,10 @@ def _summary(rows: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
         "decode",
         "score",
         "sr",
+        "lag",
+        "to_child",
+        "from_child",
+        "deliver",
         "build_send",
     )
     keys += ("e2e_decision", "e2e")

@@ -29,6 +29,7 @@ it is abstained with the reason, recorded in the journal and the JSON line.
 from __future__ import annotations
 
 import os
+import time
 from typing import Any
 
 import numpy as np
@@ -83,8 +84,10 @@ class Pipeline:
             follow(path)
 
     def __call__(self, row: ObjectRow) -> Outcome:
+        t = time.perf_counter()
         scored = self.scoring.run(row.path)  # the SR too, where the file was scored
         record, times, sr = scored.record, dict(scored.times), scored.sr
+        times["scoring"] = time.perf_counter() - t  # asked -> answered, the stages above within
         results, later = self._results(row.path, record, sr)
         state = SCORED if record.status == "scored" else ABSTAINED
         reason = None if state == SCORED else (record.reason or record.error)

@@ -381,10 +381,12 @@ def _serve(conn: Connection, scorer: Any, srs: Any) -> None:
             continue
         try:
             if op == "score":
+                taken = time.time()
                 mine, early = _if_same(early, path), None
                 got = score_file(scorer, srs, path, mine)
                 last, got.image = (path, got.image), None  # sent on request, after the decision
                 like = got.record if got.record.status == "scored" else like
+                got.times.update(taken_at=taken, answered_at=time.time())  # wall clock
                 conn.send(got)
             else:  # the heat map of the last file: a file being followed goes on arriving
                 conn.send(_overlay(path, last[1] if last[0] == path else None))
@@ -424,9 +426,9 @@ def _follow(conn: Connection, early: Followed, srs: Any, like: Any) -> Followed 
     idle_since = time.monotonic()
     while not conn.poll(0):
         if rows.advance():
-            early.prepare(srs, like)
             idle_since = time.monotonic()
             continue
+        early.prepare(srs, like)  # between pieces (or once they are all in): rows come first
         if rows.done:
             return early
         if rows.failed or rows.gone() or time.monotonic() - idle_since > FOLLOW_IDLE_S:

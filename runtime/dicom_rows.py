@@ -57,6 +57,20 @@ _PIXEL_ELEMENTS = (
 )
 
 
+def _copy_header(ds: Any) -> Any:
+    """A copy of a header data set (and its file meta) whose elements can be set without
+    changing ``ds``: each element is copied (a raw, still undecoded one is immutable)."""
+    import copy
+
+    from pydicom.dataset import Dataset, FileMetaDataset
+
+    out = Dataset({tag: copy.copy(elem) for tag, elem in ds._dict.items()})
+    meta = getattr(ds, "file_meta", None)
+    if meta is not None:
+        out.file_meta = FileMetaDataset({tag: copy.copy(e) for tag, e in meta._dict.items()})
+    return out
+
+
 class RowDecoder:
     """Follows one file being written (opened by path; the file may be renamed meanwhile).
 
@@ -169,11 +183,9 @@ class RowDecoder:
                 raise ValueError("no Pixel Data within the first 4 MiB")
             return
         if ds.get("Rows") and ds.get("Columns"):  # what gate.read_header accepts
-            self.header = pydicom.dcmread(
-                io.BytesIO(self._head), force=True, stop_before_pixels=True
-            )
+            self.header = ds
         try:
-            self._start_rows(ds, at)
+            self._start_rows(_copy_header(ds), at)  # the checks below may set elements
         except Exception as e:  # noqa: BLE001 - the header stays of use; the rows are not followed
             self.rows_error = f"{type(e).__name__}: {e}"
             self.ds = None
