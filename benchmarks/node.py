@@ -23,15 +23,9 @@ Per object, from the node's journal (``times``) and the two ends:
 - wait: arrived at the node's handler -> a worker takes it (queueing; grows with concurrent
   senders; the worker starts on an object while it is being persisted, so wait and persist
   overlap);
-- gate, decode, score: the pipeline's stages (``node.pipeline``); an uncompressed film is
-  decoded row by row while it arrives (``runtime.dicom_rows``), so its decode here is what was
-  left once it was stored; ``streamed``: the share of sends decoded so, and the share of
-  their rows decoded before the worker asked (median);
+- gate, decode, score: the pipeline's stages (``node.pipeline``);
 - sr: scores ready -> the SR (the decision) received at the destination (SR from its
-  template, built in the scoring process; outbox, journal, send); within it, **lag**: the
-  node asked the scoring process -> it answered, less the stages it timed (the child still
-  decoding the film's last rows when asked, and the pipe), and **deliver**: it answered -> SR
-  received (the SR stored in the outbox, journalled, sent);
+  template, encode, outbox, journal, send);
 - build+send: scores ready -> the object's last result (the heat-map SC, built after the SR
   is queued) received at the destination;
 - e2e decision: C-STORE sent -> SR received; e2e: C-STORE sent -> last result received.
@@ -188,27 +182,14 @@ def _breakdown(spool: Path, sends: list[dict[str, Any]]) -> list[dict[str, Any]]
                     "decode": t.get("decode", 0.0) * 1e3,
                     "score": t.get("score", 0.0) * 1e3,
                     "sr": (s["t_sr"] - scored_at) * 1e3,
-                    # the scoring child busy with the film's last rows (or IPC) before it took
-                    # the request; then the node's part: store, journal, send, received
-                    "lag": (t["scoring"] - _child_stages(t)) * 1e3 if "scoring" in t else 0.0,
-                    "deliver": (s["t_sr"] - start - t["scoring"]) * 1e3 if "scoring" in t else 0.0,
-                    # of the lag: asked -> the child took the request; answered -> the node had it
-                    "to_child": (t.get("taken_at", start) - start) * 1e3,
-                    "from_child": (start + t.get("scoring", 0) - t.get("answered_at", start)) * 1e3,
                     "build_send": (s["t_dest"] - scored_at) * 1e3,
                     "e2e_decision": (s["t_sr"] - s["t0"]) * 1e3,
                     "e2e": (s["t_dest"] - s["t0"]) * 1e3,
-                    "decoded_early": t.get("decoded_early"),  # None: not decoded as it arrived
                 }
             )
     finally:
         journal.close()
     return rows
-
-
-def _child_stages(t: dict[str, float]) -> float:
-    """Seconds the scoring child spent on the object's stages (gate, decode, score, SR build)."""
-    return sum(t.get(k, 0.0) for k in ("gate", "decode", "score", "build"))
 
 
 def in_process(bundle: Path, files: list[Path], repeats: int) -> dict[str, dict[str, float]]:
@@ -266,10 +247,6 @@ def _summary(rows: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
         "decode",
         "score",
         "sr",
-        "lag",
-        "to_child",
-        "from_child",
-        "deliver",
         "build_send",
     )
     keys += ("e2e_decision", "e2e")
@@ -418,9 +395,6 @@ def main(
         for name in sorted({r["file"] for r in rs}):
             sub = [r for r in rs if r["file"] == name]
             s = _summary(sub)
-            early = [r["decoded_early"] for r in sub if r.get("decoded_early") is not None]
-            s["streamed"] = len(early) / len(sub)  # share decoded while they arrived
-            s["decoded_early_p50"] = float(np.median(early)) if early else 0.0
             s["in_process_decode_score"] = ref[name]["decode"] + ref[name]["score"]
             s["e2e_p50_over_in_process"] = s["e2e"]["p50"] / s["in_process_decode_score"]
             ref_ms = s["in_process_decode_score"]
@@ -434,7 +408,6 @@ def main(
         )
         typer.echo(
             f"{c} sender(s) {name}: {stages}  in-process {s['in_process_decode_score']:.0f} ms"
-            f"  streamed {s['streamed']:.0%} ({s['decoded_early_p50']:.0%} of rows early)"
             f"  ratio decision {s['e2e_decision_p50_over_in_process']:.2f}"
             f" all {s['e2e_p50_over_in_process']:.2f}"
         )

@@ -1,16 +1,14 @@
 """One stored object -> gate, decode, score, decide, and its DICOM results.
 
-Stages (each timed, seconds, in ``Outcome.times``); the first four run in a child process
+Stages (each timed, seconds, in ``Outcome.times``); the first three run in a child process
 (``node.scoring``: a file that crashes or hangs a decoder costs that child, not the node, and
-is abstained with the reason; the child has the header at hand and an interpreter of its own):
+is abstained with the reason):
 
 1. ``gate``: the runtime's input gate on the header (``Scorer.check``): modality, view, body
    part, photometry, size. A rejected object is abstained with the gate's reason.
 2. ``decode``: ``runtime.io.load_image`` (the one decoder; reduced-resolution where the codec
-   allows it) then ``runtime.preprocess.preprocess``; an uncompressed film is decoded row by
-   row while it arrives (``runtime.dicom_rows``: the same image, bit for bit), so little of
-   its decode is left when it is stored. An object that cannot be decoded is abstained with
-   the decoder's reason.
+   allows it) then ``runtime.preprocess.preprocess``. An object that cannot be decoded is
+   abstained with the decoder's reason.
 3. ``score``: the scorer's backend and ``runtime.scores`` (the one scoring implementation);
    the calibrated operating point gives the flag.
 4. ``build``: a TID 1500 SR for every object (scored: the flag, scores and threshold;
@@ -38,7 +36,6 @@ from ddad_edge.node.journal import ABSTAINED, SCORED, ObjectRow
 from ddad_edge.node.scoring import (
     OVERLAY_MAX_SIDE,
     TIMEOUT_S,
-    DecisionSR,
     ScorerSpec,
     ScoringError,
     ScoringProcesses,
@@ -59,7 +56,12 @@ class Pipeline:
     over a scorer of this process)."""
 
     def __init__(self, scoring: Any) -> None:
+        from ddad_edge.runtime.dicom_results import AlgorithmInfo
+        from ddad_edge.runtime.sr_templates import DecisionSRs
+
         self.scoring = scoring
+        self.algorithm = AlgorithmInfo.from_manifest(scoring.manifest)
+        self.srs = DecisionSRs(self.algorithm)
         # The bundle's fixed colour scale (as `score --heatmaps` uses), so maps compare.
         display = scoring.manifest.get("display", {}).get("heatmap_vmax", {})
         self.vmax: float | None = display.get(OVERLAY_SCORE)
@@ -76,53 +78,57 @@ class Pipeline:
     def close(self) -> None:
         self.scoring.close()
 
-    def follow(self, path: str) -> None:
-        """A C-STORE's data set starts to arrive in ``path``: let a scoring child decode its rows
-        as they land (``ScoringProcesses.follow``; nothing for an in-process scorer)."""
-        follow = getattr(self.scoring, "follow", None)
-        if follow is not None:
-            follow(path)
-
     def __call__(self, row: ObjectRow) -> Outcome:
+        scored = self.scoring.run(row.path)
+        record, times = scored.record, dict(scored.times)
         t = time.perf_counter()
-        scored = self.scoring.run(row.path)  # the SR too, where the file was scored
-        record, times, sr = scored.record, dict(scored.times), scored.sr
-        times["scoring"] = time.perf_counter() - t  # asked -> answered, the stages above within
-        results, later = self._results(row.path, record, sr)
+        results, later, note, study = self._build(row.path, record)
+        times["build"] = time.perf_counter() - t  # the SR; the SC is timed by the worker
         state = SCORED if record.status == "scored" else ABSTAINED
         reason = None if state == SCORED else (record.reason or record.error)
         out = record.to_json()
         out["status"] = state  # the node's word: an undecodable object is abstained too
-        out["study_instance_uid"] = sr.study if sr is not None else None
+        out["study_instance_uid"] = study
         out["results"] = [{"kind": r.kind, "sop_instance_uid": r.uid} for r in [*results, *later]]
-        if sr is not None and sr.note:
-            out["notes"] = [*out.get("notes", []), sr.note]
+        if note:
+            out["notes"] = [*out.get("notes", []), note]
         return Outcome(state, reason, out, results, times, later)
 
-    def _results(
-        self, path: str, record: Any, sr: DecisionSR | None
-    ) -> tuple[list[ResultFile], list[Later]]:
-        """The SR as a result file now, and the heat-map SC (scored objects) as a
-        :class:`Later` built once the SR is sent."""
+    def _build(
+        self, path: str, record: Any
+    ) -> tuple[list[ResultFile], list[Later], str | None, str | None]:
+        """The SR as a result file now, the heat-map SC (scored objects) as a :class:`Later`, a
+        note when no SR could be made for an abstained object, and the source's Study Instance
+        UID (None when unreadable)."""
+        import pydicom
         from pydicom.uid import generate_uid
 
-        if sr is None or sr.data is None:
-            return [], []
-        results = [ResultFile(sr.uid, sr.sop_class, "sr", sr.data)]
+        from ddad_edge.runtime.dicom_results import encode
+
+        try:  # the header as stored, image or not: an object without one still gets its SR
+            source = pydicom.dcmread(path, force=True, stop_before_pixels=True)
+            study = str(source.StudyInstanceUID)
+        except Exception:  # no readable header or no study: no SR either (below)
+            source, study = None, None
+        try:
+            if source is None:
+                raise ValueError("no readable DICOM header with a Study Instance UID")
+            data, uid, sop_class = self.srs.build_encoded(source, record)
+        except Exception as e:
+            if record.status == "scored":
+                raise
+            why = f"no SR: the object's header does not allow one ({type(e).__name__}: {e})"
+            return [], [], why, study
+        results = [ResultFile(uid, sop_class, "sr", data)]
         later = []
         if record.status == "scored" and record.maps is not None:
 
             def build_sc(uid: str) -> bytes:
-                import pydicom
-
-                from ddad_edge.runtime.dicom_results import encode
-
-                source = pydicom.dcmread(path, force=True, stop_before_pixels=True)
                 image = self.scoring.overlay(path)  # in the scoring process, after the decision
                 return encode(self._heatmap_sc(source, record, image, uid))
 
             later.append(Later(generate_uid(), SC_CLASS, "sc", build_sc))
-        return results, later
+        return results, later, None, study
 
     def _heatmap_sc(self, source: Any, record: Any, image: np.ndarray, uid: str) -> Any:
         from ddad_edge.runtime.dicom_results import build_heatmap_sc, heatmap_caption

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import logging
 import tempfile
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -42,17 +41,12 @@ class ReceivingFile:
     (reported as written, so that pynetdicom completes the message).
     """
 
-    def __init__(self, folder: Path, on_open: Callable[[str], None] | None = None) -> None:
+    def __init__(self, folder: Path) -> None:
         self._file = tempfile.NamedTemporaryFile(  # noqa: SIM115 (pynetdicom closes it)
             mode="wb", suffix=".dcm", dir=folder, delete=False
         )
         self.name: str = self._file.name
         self.error: OSError | None = None
-        if on_open is not None:
-            try:
-                on_open(self.name)
-            except Exception as e:  # noqa: BLE001 - only a speed-up: receiving goes on
-                log.warning("could not follow a file as it arrives", extra={"reason": str(e)})
 
     @property
     def file(self) -> ReceivingFile:
@@ -92,15 +86,9 @@ class ReceivingFile:
         self.discard()
 
 
-def receive_into(folder: Path, on_open: Callable[[str], None] | None = None) -> None:
-    """Have pynetdicom write arriving data sets as :class:`ReceivingFile` in ``folder``;
-    ``on_open(path)`` is called as each file is created, before its data set arrives (the node
-    has a scoring child follow it: ``runtime.dicom_rows``)."""
-
-    def factory(**_: Any) -> ReceivingFile:
-        return ReceivingFile(folder, on_open)
-
-    dimse_messages.NamedTemporaryFile = factory  # type: ignore[attr-defined]
+def receive_into(folder: Path) -> None:
+    """Have pynetdicom write arriving data sets as :class:`ReceivingFile` in ``folder``."""
+    dimse_messages.NamedTemporaryFile = lambda **_: ReceivingFile(folder)  # type: ignore[attr-defined]
 
 
 def write_error(request: Any) -> OSError | None:

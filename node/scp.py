@@ -194,18 +194,11 @@ def make_ae(ae_title: str) -> AE:
     return ae
 
 
-def start_scp(
-    ae_title: str,
-    host: str,
-    port: int,
-    handler: StoreHandler,
-    on_receiving: Callable[[str], None] | None = None,
-) -> tuple[AE, Any]:
+def start_scp(ae_title: str, host: str, port: int, handler: StoreHandler) -> tuple[AE, Any]:
     """Start the SCP in background threads; returns (AE, server). ``server.server_address``
-    gives the bound port (useful with port 0). ``on_receiving(path)``: called as each C-STORE's
-    data set starts to arrive in ``path`` (``receiving.receive_into``)."""
+    gives the bound port (useful with port 0)."""
     ae = make_ae(ae_title)
-    receive_into(handler.spool.receiving, on_receiving)
+    receive_into(handler.spool.receiving)
     handlers = [
         (evt.EVT_C_STORE, handler),
         (evt.EVT_C_ECHO, lambda event: SUCCESS),

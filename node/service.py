@@ -98,8 +98,7 @@ class Node:
         handler = StoreHandler(
             spool, journal, self.metrics, self.worker.submit, on_staged=self.worker.early
         )
-        follow = getattr(self.process, "follow", None)  # the pipeline's children decode early
-        self._ae, self._server = start_scp(cfg.ae_title, cfg.host, cfg.port, handler, follow)
+        self._ae, self._server = start_scp(cfg.ae_title, cfg.host, cfg.port, handler)
         self.port = int(self._server.server_address[1])
         if cfg.metrics_port is not None:
             self.metrics_port = self.metrics.serve(cfg.metrics_port)

@@ -98,9 +98,7 @@ __all__ = [
     "dicom_info",
     "j2k_reduce_level",
     "load_dicom",
-    "voi_mapping",
     "modality_lut",
-    "image_header",
     "read_dicom",
     "to_display_polarity",
     "voi_to_unit",
@@ -300,14 +298,11 @@ def _modality_extent(p: str, stored: np.ndarray, ds: Any) -> tuple[float, float]
     return lo, hi
 
 
-def voi_mapping(
+def _voi_mapping(
     p: str, ds: Any, x_min: float, x_max: float, notes: Notes
-) -> tuple[str, Callable[[np.ndarray], np.ndarray]]:
-    """The VOI step chosen for an image whose modality values span [x_min, x_max] (module
-    docstring, step 3): which one ("lut", "window" or "range") and a function from modality
-    values (any block of rows: it is elementwise) to float32 in [0, 1]. Only the choice of a
-    window depends on the span (a window outside it is ignored); the notes say what was
-    ignored or clipped."""
+) -> Callable[[np.ndarray], np.ndarray]:
+    """The VOI step chosen for this image (module docstring, step 3): a function from modality
+    values (any block) to float32 in [0, 1]."""
     from pydicom.pixels import apply_voi
 
     lut_bits = _voi_lut_bits(ds)
@@ -323,7 +318,7 @@ def voi_mapping(
                 ) from e
             return _to_unit(y, 0.0, 2.0**lut_bits - 1)
 
-        return "lut", voi_lut
+        return voi_lut
     window = _window(ds, notes)
     if window is not None and window[2] != "SIGMOID":
         c, w, func = window
@@ -337,7 +332,7 @@ def voi_mapping(
             )
             window = None
     if window is not None:
-        return "window", lambda x: _apply_window(x, *window)
+        return lambda x: _apply_window(x, *window)
     lo, hi = _modality_range(ds)
     if not hi > lo:
         raise ImageLoadError(
@@ -349,7 +344,7 @@ def voi_mapping(
             f"pixel values [{x_min:g}, {x_max:g}] exceed the declared range "
             f"[{lo:g}, {hi:g}] (Bits Stored {ds.get('BitsStored')}); clipped",
         )
-    return "range", lambda x: _to_unit(x, lo, hi)
+    return lambda x: _to_unit(x, lo, hi)
 
 
 def voi_to_unit(p: str, stored: np.ndarray, ds: Any, notes: Notes) -> np.ndarray:
@@ -360,7 +355,7 @@ def voi_to_unit(p: str, stored: np.ndarray, ds: Any, notes: Notes) -> np.ndarray
     320 MB); every step is elementwise, so the result does not depend on the blocking.
     """
     x_min, x_max = _modality_extent(p, stored, ds)
-    _, voi = voi_mapping(p, ds, x_min, x_max, notes)
+    voi = _voi_mapping(p, ds, x_min, x_max, notes)
     out = np.empty(stored.shape, np.float32)
     for rows in _blocks(stored.shape):
         out[rows] = voi(modality_lut(stored[rows], ds))
@@ -634,14 +629,26 @@ def _check_header(p: str, ds: Any) -> None:
                 )
 
 
-def image_header(p: str, ds: Any, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> tuple[str, Any]:
-    """Step 0 (module docstring): the header checks before any pixel is decoded; returns the
-    Photometric Interpretation (MONOCHROME2 set where an ACR-NEMA header omits it) and the
-    Transfer Syntax UID (detected and set where the file meta has none).
+def load_dicom(
+    p: str,
+    notes: Notes,
+    max_pixels: int | None = DEFAULT_MAX_PIXELS,
+    target_size: int | None = None,
+) -> np.ndarray:
+    """DICOM file -> float32 HxW in [0, 1] (pipeline in the module docstring).
+
+    Args:
+        p: the file.
+        notes: warnings are appended here (window ignored, values clipped, several frames).
+        max_pixels: pixel budget, checked from the header before decoding (None: no limit).
+        target_size: network input side the image is meant for: a JPEG 2000 image is then
+            decoded at a reduced resolution level (:func:`j2k_reduce_level`) when one applies.
+            None: full resolution.
 
     Raises:
-        ImageLoadError: naming the file and the element or limit at fault.
+        ImageLoadError: naming the file and the reason.
     """
+    ds = read_dicom(p)
     _check_header(p, ds)
     if not any(k in ds for k in ("PixelData", "FloatPixelData", "DoubleFloatPixelData")):
         raise ImageLoadError(p, "DICOM data set has no Pixel Data (not an image, or not DICOM)")
@@ -665,30 +672,6 @@ def image_header(p: str, ds: Any, max_pixels: int | None = DEFAULT_MAX_PIXELS) -
     if "PixelData" in ds:
         _check_budget(p, ds, max_pixels)
         _check_stream(p, ds, ts, max_pixels)
-    return photometric, ts
-
-
-def load_dicom(
-    p: str,
-    notes: Notes,
-    max_pixels: int | None = DEFAULT_MAX_PIXELS,
-    target_size: int | None = None,
-) -> np.ndarray:
-    """DICOM file -> float32 HxW in [0, 1] (pipeline in the module docstring).
-
-    Args:
-        p: the file.
-        notes: warnings are appended here (window ignored, values clipped, several frames).
-        max_pixels: pixel budget, checked from the header before decoding (None: no limit).
-        target_size: network input side the image is meant for: a JPEG 2000 image is then
-            decoded at a reduced resolution level (:func:`j2k_reduce_level`) when one applies.
-            None: full resolution.
-
-    Raises:
-        ImageLoadError: naming the file and the reason.
-    """
-    ds = read_dicom(p)
-    photometric, ts = image_header(p, ds, max_pixels)
     arr = _decode_j2k_reduced(ds, ts, target_size) if target_size is not None else None
     if arr is None:
         arr = _decode_pixels(p, ds, ts, notes)

@@ -155,22 +155,6 @@ def check_file(
         ImageLoadError: a file that is missing, empty or unreadable, or a DICOM file whose header
             cannot be read (an error, not an abstention).
     """
-    return check_file_header(path, None, age_years=age_years, limits=limits)
-
-
-def check_file_header(
-    path: str | os.PathLike[str],
-    header: Any,
-    *,
-    age_years: tuple[float, float] | None = None,
-    limits: GateLimits = GateLimits(),
-) -> GateResult:
-    """:func:`check_file` with the file's header already read (:func:`read_header`'s data set,
-    e.g. parsed while the file arrived); None reads it.
-
-    Raises:
-        ImageLoadError: as :func:`check_file`.
-    """
     from ddad_edge.runtime.io import is_dicom
     from ddad_edge.runtime.loaderrors import check_file as check_readable
 
@@ -178,8 +162,7 @@ def check_file_header(
     check_readable(os.fspath(path))
     if not is_dicom(path):
         return GateResult(True, None, [NOT_DICOM_NOTE])
-    ds = read_header(path) if header is None else header
-    return check_dataset(ds, age_years=age_years, limits=limits)
+    return check_dataset(read_header(path), age_years=age_years, limits=limits)
 
 
 def read_header(path: str | os.PathLike[str]) -> Any:

@@ -197,14 +197,9 @@ def load_image(
     notes: Notes = []
     p = os.fspath(path)
     img = _decode(p, target_size, max_pixels, notes)
-    warn_notes(p, notes, stacklevel=3)
-    return img
-
-
-def warn_notes(p: str, notes: Notes, stacklevel: int = 2) -> None:
-    """Issue a decoder's notes on file ``p`` as warnings (their own InputWarning classes)."""
     for n in notes:
-        warnings.warn(type(n)(f"{p}: {n}"), stacklevel=stacklevel)
+        warnings.warn(type(n)(f"{p}: {n}"), stacklevel=2)
+    return img
 
 
 def load_input(

@@ -88,36 +88,8 @@ def check_input(x: np.ndarray) -> None:
         )
 
 
-def resize_width(img01: np.ndarray, size: int = IMAGE_SIZE) -> np.ndarray:
-    """The horizontal pass of :func:`resize`: every row resampled to ``size`` columns.
-
-    Each output row depends on its input row only, so a block of rows gives the rows of the
-    whole image's pass (the node resamples a film's rows while they arrive: ``dicom_rows``).
-
-    Args:
-        img01: float32 HxW in [0, 1].
-
-    Returns:
-        float32 array, shape (H, size).
-    """
-    im = Image.fromarray(np.ascontiguousarray(img01, dtype=np.float32), mode="F")
-    return np.asarray(im.resize((size, img01.shape[0]), Image.BILINEAR), dtype=np.float32)
-
-
-def resize_height(rows: np.ndarray, size: int = IMAGE_SIZE) -> np.ndarray:
-    """The vertical pass of :func:`resize`: float32 (H, size) -> (size, size), clipped to [0, 1]."""
-    im = Image.fromarray(np.ascontiguousarray(rows, dtype=np.float32), mode="F")
-    out = np.asarray(im.resize((size, size), Image.BILINEAR), dtype=np.float32)
-    return np.clip(out, 0.0, 1.0)
-
-
 def resize(img01: np.ndarray, size: int = IMAGE_SIZE) -> np.ndarray:
     """Bilinear resize (Pillow's antialiased BILINEAR on a float image), aspect ratio not kept.
-
-    Computed as two passes, :func:`resize_width` (rows) then :func:`resize_height` (columns),
-    so that the rows of a film can be resampled while the rest still arrives. (Pillow's one-call
-    resize takes the columns first for some shapes; its values then differ by at most one
-    float32 rounding step: tested.)
 
     Args:
         img01: float32 HxW in [0, 1].
@@ -128,12 +100,9 @@ def resize(img01: np.ndarray, size: int = IMAGE_SIZE) -> np.ndarray:
     """
     if img01.shape == (size, size):
         return img01.astype(np.float32, copy=False)
-    return resize_height(resize_width(img01, size), size)
-
-
-def normalise(g: np.ndarray) -> np.ndarray:
-    """float32 (size, size) in [0, 1] -> the network input, float32 (1, size, size) in [-1, 1]."""
-    return ((g - np.float32(0.5)) / np.float32(0.5))[None, :, :]
+    im = Image.fromarray(np.ascontiguousarray(img01, dtype=np.float32), mode="F")
+    out = np.asarray(im.resize((size, size), Image.BILINEAR), dtype=np.float32)
+    return np.clip(out, 0.0, 1.0)
 
 
 def preprocess(img: np.ndarray, size: int = IMAGE_SIZE) -> np.ndarray:
@@ -145,7 +114,8 @@ def preprocess(img: np.ndarray, size: int = IMAGE_SIZE) -> np.ndarray:
     Returns:
         float32 array, shape (1, size, size), values in [-1, 1].
     """
-    return normalise(resize(to_unit_grey(img), size))
+    g = resize(to_unit_grey(img), size)
+    return ((g - np.float32(0.5)) / np.float32(0.5))[None, :, :]
 
 
 def preprocess_batch(images: Sequence[np.ndarray], size: int = IMAGE_SIZE) -> np.ndarray:

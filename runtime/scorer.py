@@ -63,7 +63,7 @@ from ddad_edge.runtime.gate import (
     ARRAY_NOTE,
     GateResult,
     check_dataset,
-    check_file_header,
+    check_file,
     population_age,
 )
 from ddad_edge.runtime.io import DEFAULT_MAX_PIXELS, ImageLoadError
@@ -545,10 +545,8 @@ class Scorer:
         m = maps_from_stats(x, stats)
         return ScoreArrays(image_scores(m), m if maps else None)
 
-    def check(self, item: Input, header: Any = None) -> GateResult:
+    def check(self, item: Input) -> GateResult:
         """The input gate for one input (``runtime/gate.py``); arrays pass with a note.
-        ``header``: a file's header already read (``gate.read_header``'s data set); None reads
-        it.
 
         Raises:
             ImageLoadError: a DICOM header that cannot be read.
@@ -557,7 +555,7 @@ class Scorer:
             return GateResult(True, None, [ARRAY_NOTE])
         if not _is_path(item):
             return GateResult(True)  # not an image at all: loading reports the error
-        return check_file_header(item, header, age_years=self.age_years)
+        return check_file(item, age_years=self.age_years)
 
     def score(self, inputs: Sequence[Input] | Input, maps: bool = False) -> list[ScoreResult]:
         """Gate, load, infer and score inputs in chunks of ``max_batch``; one result per input,

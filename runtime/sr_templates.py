@@ -193,22 +193,16 @@ def _stamp(series_instance_uid: str) -> _Stamp:
     return _Stamp(generate_uid(), series_instance_uid, generate_uid(), datetime.datetime.now())
 
 
-def _record_shape(record: ScoreResult) -> tuple:
-    """The record's part of the cache key: its score names, operating point and whether it has
-    a decision."""
-    op = json.dumps(record.operating_point, sort_keys=True)
-    return (tuple(record.scores or {}), op, record.flag is None)
-
-
 def _shape(source: Dataset, record: ScoreResult) -> tuple:
     """The cache key: what the SR depends on besides the values :func:`_values` gives."""
+    op = json.dumps(record.operating_point, sort_keys=True)
     header = tuple((int(e.tag), e.VR, e.is_empty) for e in source)
     charset = source.get("SpecificCharacterSet")
     charset = tuple(charset) if isinstance(charset, list | tuple) else charset
     fixed = (str(source.SOPClassUID), str(charset), str(source.get("PatientSex", "")))
     equipment = tuple(str(source.get(k)) for k in _EQUIPMENT)
     acquired = _acquisition_datetime(source) is None
-    return (*_record_shape(record), fixed, equipment, acquired, header)
+    return (tuple(record.scores or {}), op, record.flag is None, fixed, equipment, acquired, header)
 
 
 def _acquisition_datetime(source: Dataset) -> Any:
@@ -316,12 +310,6 @@ def _values(
     """Every per-image element of the SR of ``source`` and ``record`` (the module docstring's
     list) by path, its value as :func:`_encode_slot` takes it: the source's data element for a
     copied attribute, the text of a text VR (as pydicom writes it), the float of an FD."""
-    return {**_source_values(where, source, stamp), **_results(where, record)}
-
-
-def _source_values(where: _Where, source: Dataset, stamp: _Stamp) -> dict[ElementPath, Any]:
-    """The per-image elements that do not depend on the record (:func:`_values`' others: those
-    of :func:`_results`)."""
     from pydicom.filewriter import _format_DA, _format_DT, _format_TM  # as dcmwrite writes them
     from pydicom.valuerep import DA, DT, TM
 
@@ -340,6 +328,7 @@ def _source_values(where: _Where, source: Dataset, stamp: _Stamp) -> dict[Elemen
         values[(equipment, i, when)] = _format_DT(DT(acquired))
     values.update(_references(where, source))
     values[(*_content(where.tracking), _TAG["UID"])] = stamp.tracking_uid
+    values.update(_results(where, record))
     return values
 
 
@@ -524,34 +513,12 @@ def _splice(template: _Template, source: Dataset, record: ScoreResult, stamp: _S
     Raises:
         ValueError: a value does not fit its slot.
     """
-    return _finish(
-        template, _encoded_values(template, _source_values(template.where, source, stamp)), record
-    )
-
-
-def _encoded_values(
-    template: _Template, values: dict[ElementPath, Any]
-) -> dict[ElementPath, bytes]:
-    """Each of ``values`` (by element path, as :func:`_values` gives them) encoded for its slot.
-
-    Raises:
-        ValueError: a value does not fit its slot, or is not one of the template's.
-    """
-    if not values.keys() <= template.slots.keys():
+    values = _values(template.where, source, record, stamp)
+    if values.keys() != template.slots.keys():
         raise ValueError("the per-image values are not the template's slots")
-    return {p: _encode_slot(template.slots[p], v, template.charset) for p, v in values.items()}
-
-
-def _finish(template: _Template, encoded: dict[ElementPath, bytes], record: ScoreResult) -> bytes:
-    """The encoded SR: ``template`` with the source's values already ``encoded``
-    (:func:`_source_values`) and the record's (:func:`_results`) written in their slots.
-
-    Raises:
-        ValueError: a value does not fit its slot, or a slot has no value.
-    """
-    encoded = {**encoded, **_encoded_values(template, _results(template.where, record))}
-    if encoded.keys() != template.slots.keys():
-        raise ValueError("the per-image values are not the template's slots")
+    encoded = {
+        path: _encode_slot(s, values[path], template.charset) for path, s in template.slots.items()
+    }
     return _render(template.parts, encoded)
 
 
@@ -577,16 +544,6 @@ def _plan(sr: Dataset, data: bytes, source: Dataset, record: ScoreResult) -> _Te
 def _encoded(sr: Dataset) -> tuple[bytes, str, str]:
     """``sr`` as file bytes, with its SOP Instance UID and SOP Class UID."""
     return encode(sr), str(sr.SOPInstanceUID), str(sr.SOPClassUID)
-
-
-@dataclass(frozen=True)
-class PreparedSR:
-    """An SR made but for the record's values (:meth:`DecisionSRs.prepare`)."""
-
-    key: tuple  # the shape it was made for
-    template: _Template
-    stamp: _Stamp
-    encoded: dict[ElementPath, bytes]  # the source's and the moment's values, encoded
 
 
 class DecisionSRs:
@@ -618,58 +575,22 @@ class DecisionSRs:
         series = series_instance_uid or generate_uid()
         if record.status != "scored" or not record.scores:
             return _encoded(build_sr(source_ds, record, self.algorithm, series_instance_uid=series))
-        prepared, key, seen = self._prepare(source_ds, record, series)
-        if prepared is not None:
-            return self._finish(prepared, record)
+        source = _identified(source_ds)
+        key = _shape(source, record)
+        template, seen = self._lookup(key)
+        if template is not None:
+            stamp = _stamp(series)
+            data = _splice(template, source, record, stamp)
+            return data, stamp.sop_instance_uid, template.sop_class_uid
         sr = build_sr(source_ds, record, self.algorithm, series_instance_uid=series)
         data, uid, sop_class = _encoded(sr)
         if not seen:
             try:
-                template = _plan(sr, data, _identified(source_ds), record)
+                template = _plan(sr, data, source, record)
             except (ValueError, AttributeError, KeyError, struct.error):
                 template = None  # not templatable: this shape is always built by highdicom
             self._keep(key, template)
         return data, uid, sop_class
-
-    def prepare(
-        self, source_ds: Dataset, like: ScoreResult, *, series_instance_uid: str | None = None
-    ) -> PreparedSR | None:
-        """What of the SR of ``source_ds`` does not depend on the record's values, made ahead
-        of them (while the image is scored) for a record shaped like ``like`` (its score names,
-        operating point and whether it has a decision): None when that shape has no template.
-        :meth:`finish` completes it."""
-        from pydicom.uid import generate_uid
-
-        series = series_instance_uid or generate_uid()
-        return self._prepare(source_ds, like, series)[0]
-
-    def finish(self, prepared: PreparedSR, record: ScoreResult) -> tuple[bytes, str, str] | None:
-        """:meth:`build_encoded` of the prepared source and ``record``; None when the record is
-        not scored or not shaped as the one it was prepared for (build it then)."""
-        if record.status != "scored" or not record.scores:
-            return None
-        shape = _record_shape(record)
-        if shape != prepared.key[: len(shape)]:
-            return None
-        return self._finish(prepared, record)
-
-    def _prepare(
-        self, source_ds: Dataset, like: ScoreResult, series: str
-    ) -> tuple[PreparedSR | None, tuple, bool]:
-        """(the prepared SR or None, the shape, whether the shape was seen before)."""
-        source = _identified(source_ds)
-        key = _shape(source, like)
-        template, seen = self._lookup(key)
-        if template is None:
-            return None, key, seen
-        stamp = _stamp(series)
-        encoded = _encoded_values(template, _source_values(template.where, source, stamp))
-        return PreparedSR(key, template, stamp, encoded), key, seen
-
-    @staticmethod
-    def _finish(prepared: PreparedSR, record: ScoreResult) -> tuple[bytes, str, str]:
-        data = _finish(prepared.template, prepared.encoded, record)
-        return data, prepared.stamp.sop_instance_uid, prepared.template.sop_class_uid
 
     def _lookup(self, key: tuple) -> tuple[_Template | None, bool]:
         """(the template of shape ``key`` or None, whether the shape was seen before)."""
@@ -693,4 +614,4 @@ class DecisionSRs:
             return sum(t is not None for t in self._templates.values())
 
 
-__all__ = ["MAX_TEMPLATES", "DecisionSRs", "PreparedSR"]
+__all__ = ["MAX_TEMPLATES", "DecisionSRs"]

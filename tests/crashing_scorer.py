@@ -16,10 +16,10 @@ class _Crashing:
     def __init__(self, scorer: Any) -> None:
         self._scorer = scorer
 
-    def check(self, path: str, header: Any = None) -> Any:
+    def check(self, path: str) -> Any:
         if Path(path).name.startswith("poison"):
             os.abort()
-        return self._scorer.check(path, header)
+        return self._scorer.check(path)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._scorer, name)

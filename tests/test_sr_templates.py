@@ -272,43 +272,6 @@ def test_spliced_bytes_equal_pydicom_encoding(sources, data, now) -> None:
         _assert_splice_is_pydicoms(srs, template, source, _record(data.draw, flag, names), now)
 
 
-@settings(
-    max_examples=25,
-    phases=[Phase.explicit, Phase.reuse, Phase.generate],
-    deadline=None,
-    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
-)
-@given(sources=same_shape_sources(), data=st.data())
-def test_prepared_sr_finished_with_the_record_is_the_sr(sources, data) -> None:
-    """prepare() before the scores exist (shaped like an earlier record), finish() with them:
-    the SR highdicom builds for that source and record; None where it cannot be used."""
-    first, second, third = sources
-    flag = data.draw(st.sampled_from(["abnormal", "normal", None]))
-    names = data.draw(st.sampled_from([["rec", "intra", "inter"], ["inter"], ["asr", "inter"]]))
-    srs = DecisionSRs(SR_ALGORITHM)
-    like = _record(data.draw, flag, names)
-    assert srs.prepare(first, like) is None  # no template of this shape yet
-    srs.build_encoded(first, like)
-    series = generate_uid()
-    prepared = srs.prepare(second, like, series_instance_uid=series)
-    assert prepared is not None
-    rec = _record(data.draw, flag, names)
-    with _no_highdicom():
-        fast, uid, sop_class = srs.finish(prepared, rec)
-    slow = build_sr(second, rec, SR_ALGORITHM, series_instance_uid=series)
-    assert _comparable(fast) == _comparable(encode(slow))
-    assert uid == pydicom.dcmread(io.BytesIO(fast)).SOPInstanceUID != second.SOPInstanceUID
-    # another shape of record, or no scores: not from this preparation
-    other = _record(data.draw, None if flag else "normal", names)
-    assert srs.finish(srs.prepare(third, like), other) is None
-    fewer = ScoreResult(
-        "x.dcm", scores={"other": 1.0}, flag=flag, operating_point=like.operating_point
-    )
-    assert srs.finish(srs.prepare(third, like), fewer) is None
-    abstained = ScoreResult("x.dcm", reason="lateral view")
-    assert srs.finish(srs.prepare(third, like), abstained) is None
-
-
 def test_tags_are_pydicoms() -> None:
     from pydicom.datadict import tag_for_keyword
 
