@@ -28,7 +28,10 @@ Per object, from the node's journal (``times``) and the two ends:
   template, encode, outbox, journal, send);
 - build+send: scores ready -> the object's last result (the heat-map SC, built after the SR
   is queued) received at the destination;
-- e2e decision: C-STORE sent -> SR received; e2e: C-STORE sent -> last result received.
+- e2e decision: C-STORE sent -> SR received; e2e: C-STORE sent -> last result received;
+- association (``storescu`` only, outside the e2e times): storescu asked for the association
+  -> it began sending the C-STORE request (the node's negotiation of the contexts storescu
+  proposes: by default every storage SOP class in three transfer syntaxes).
 
 The in-process reference is ``decode + score`` of the same file in a process of its own
 (``runtime.io.load_image`` + ``preprocess`` + the scorer), median of ``repeats``, whose heap is
@@ -61,7 +64,7 @@ from ddad_edge.benchmarks.destinations import (
     StorescpDestination,
     loopback_only_here,
 )
-from ddad_edge.benchmarks.storescu import find_dcmtk, timed_send
+from ddad_edge.benchmarks.storescu import SEND_PDU_RANGE, find_dcmtk, timed_send
 from ddad_edge.node.heap import keep_freed_memory
 
 
@@ -122,6 +125,7 @@ def _send_and_wait(
     out: list[dict[str, Any]],
     storescu: str | None = None,
     folder: Path | None = None,
+    send_pdu: int | None = None,
 ) -> None:
     """One sender: for each (name, dataset), C-STORE it and wait for its results. With
     ``storescu`` (dcmtk's, the default sender) each data set is written to ``folder`` first and
@@ -130,8 +134,8 @@ def _send_and_wait(
         for name, ds in items:
             path = folder / f"{ds.SOPInstanceUID}.dcm"
             ds.save_as(path, enforce_file_format=True)
-            t0 = timed_send(storescu, port, path)
-            _note(dest, name, ds, t0, out)
+            sent = timed_send(storescu, port, path, send_pdu=send_pdu)
+            _note(dest, name, ds, sent.store, out, sent.associate)
         return
     ae = _sender_ae([d for _, d in items])
     assoc = ae.associate("127.0.0.1", port, ae_title="DDAD")
@@ -148,12 +152,21 @@ def _send_and_wait(
         assoc.release()
 
 
-def _note(dest: Arrivals, name: str, ds: Any, t0: float, out: list[dict[str, Any]]) -> None:
+def _note(
+    dest: Arrivals,
+    name: str,
+    ds: Any,
+    t0: float,
+    out: list[dict[str, Any]],
+    t_assoc: float | None = None,
+) -> None:
     """Wait for the results of one send (a scored object gets an SR and a Secondary Capture,
-    both in its study) and note the times."""
+    both in its study) and note the times (``t_assoc``: when its association was asked for,
+    where the sender says)."""
     t_sr, t_dest = dest.wait(str(ds.StudyInstanceUID), 2)
     out.append(
         {"file": name, "uid": str(ds.SOPInstanceUID), "t0": t0, "t_sr": t_sr, "t_dest": t_dest}
+        | ({"t_assoc": t_assoc} if t_assoc is not None else {})
     )
 
 
@@ -186,6 +199,7 @@ def _breakdown(spool: Path, sends: list[dict[str, Any]]) -> list[dict[str, Any]]
                     "e2e_decision": (s["t_sr"] - s["t0"]) * 1e3,
                     "e2e": (s["t_dest"] - s["t0"]) * 1e3,
                 }
+                | ({"association": (s["t0"] - s["t_assoc"]) * 1e3} if "t_assoc" in s else {})
             )
     finally:
         journal.close()
@@ -250,6 +264,7 @@ def _summary(rows: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
         "build_send",
     )
     keys += ("e2e_decision", "e2e")
+    keys += ("association",) if all("association" in r for r in rows) else ()
     return {
         k: {
             "p50": float(np.percentile([r[k] for r in rows], 50)),
@@ -270,10 +285,12 @@ def run(
     workdir: Path,
     storescu: str | None = None,
     storescp: str | None = None,
+    send_pdu: int | None = None,
 ) -> dict[str, Any]:
     """Start a node, send every file ``rounds`` times at each concurrency, return the per-send
     rows and their p50/p95 by file group and concurrency. ``storescu``: dcmtk's sender to use
-    (None: pynetdicom); ``storescp``: dcmtk's receiver for the results (None: pynetdicom)."""
+    (None: pynetdicom); ``storescp``: dcmtk's receiver for the results (None: pynetdicom);
+    ``send_pdu``: the largest PDU ``storescu`` sends (None: as large as the node takes)."""
     from pydicom import dcmread
 
     datasets = {f.name: dcmread(f) for f in files}
@@ -301,7 +318,7 @@ def run(
     results: dict[str, Any] = {}
     folder = workdir / "sent"
     folder.mkdir(exist_ok=True)
-    send = (storescu, folder)
+    send = (storescu, folder, send_pdu)
     try:
         wait_port(port)
         # warm-up: every file once (codecs, first inference)
@@ -355,6 +372,13 @@ def main(
             "namespace: unshare --net)."
         ),
     ] = "pynetdicom",
+    send_pdu: Annotated[
+        int | None,
+        typer.Option(
+            help="Largest PDU storescu sends, bytes (4096-131072; default: as large as the node "
+            "takes, which storescu caps at 131072). A modality's own setting, often 16384."
+        ),
+    ] = None,
 ) -> None:
     """Measure the node's end-to-end latency (see the module docstring) and print a table."""
     if sender not in ("storescu", "pynetdicom"):
@@ -362,6 +386,10 @@ def main(
     if destination not in ("pynetdicom", "storescp"):
         raise typer.BadParameter(f"--destination {destination}: pynetdicom or storescp")
     workdir.mkdir(parents=True, exist_ok=True)
+    if send_pdu is not None and not SEND_PDU_RANGE[0] <= send_pdu <= SEND_PDU_RANGE[1]:
+        raise typer.BadParameter(f"--send-pdu {send_pdu}: not within {SEND_PDU_RANGE}")
+    if send_pdu is not None and sender != "storescu":
+        raise typer.BadParameter("--send-pdu sets storescu's PDU size: only with --sender storescu")
     storescu = find_dcmtk("storescu") if sender == "storescu" else None
     if sender == "storescu" and storescu is None:
         raise typer.BadParameter("dcmtk's storescu is not installed (or use --sender pynetdicom)")
@@ -380,7 +408,7 @@ def main(
     conc = tuple(senders or (1, 8))
     rows = run(
         bundle, calibration, files, rounds=rounds, concurrency=conc, workers=workers,
-        workdir=workdir, storescu=storescu, storescp=storescp,
+        workdir=workdir, storescu=storescu, storescp=storescp, send_pdu=send_pdu,
     )  # fmt: skip
     after = in_process_kept(bundle, files, repeats)
     # the reference is timed before and after the node runs, on a machine whose speed drifts
@@ -388,7 +416,7 @@ def main(
     report: dict[str, Any] = {
         "in_process_ms": ref, "in_process_ms_before": before, "in_process_ms_after": after,
         "sends": rows, "summary": {}, "workers": workers, "sender": sender,
-        "destination": destination,
+        "destination": destination, "send_pdu": send_pdu,
         "load_average": os.getloadavg(),
     }  # fmt: skip
     for c, rs in rows.items():

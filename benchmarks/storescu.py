@@ -12,6 +12,7 @@ import os
 import subprocess
 import tempfile
 from pathlib import Path
+from typing import NamedTuple
 
 # storescu's option that proposes a file's own (compressed) transfer syntax, so that the data
 # arrives as stored instead of being refused or transcoded.
@@ -60,12 +61,32 @@ def propose_option(path: Path) -> str | None:
     return PROPOSE.get(ts)
 
 
+SEND_PDU_RANGE = (4096, 131072)
+"""What storescu's ``--max-send-pdu`` accepts (bytes); without it storescu sends PDUs as large
+as the receiver takes, up to the upper bound."""
+
+
+class Send(NamedTuple):
+    """When one ``storescu`` send began (Unix seconds, millisecond resolution, from its log)."""
+
+    associate: float
+    """storescu asked for the association."""
+    store: float
+    """storescu began sending the C-STORE request (the association was accepted before)."""
+
+
 def timed_send(
-    exe: str, port: int, path: Path, called: str = "DDAD", calling: str = "BENCHSCU"
-) -> float:
-    """Send one file to 127.0.0.1:``port`` on its own association; returns when storescu began
-    sending the C-STORE request (Unix seconds, millisecond resolution; the association was
-    negotiated before).
+    exe: str,
+    port: int,
+    path: Path,
+    called: str = "DDAD",
+    calling: str = "BENCHSCU",
+    send_pdu: int | None = None,
+) -> Send:
+    """Send one file to 127.0.0.1:``port`` on its own association; returns when storescu asked
+    for the association and when it began sending the C-STORE request. ``send_pdu``: the
+    largest PDU storescu sends (bytes, within SEND_PDU_RANGE; None: as large as the receiver
+    takes), as a modality's own setting would.
 
     Raises:
         RuntimeError: the store failed (storescu's exit status and last lines).
@@ -75,11 +96,13 @@ def timed_send(
         cfg.flush()
         opt = propose_option(path)
         cmd = [exe, "-lc", cfg.name, "-aec", called, "-aet", calling, *([opt] if opt else [])]
+        cmd += ["--max-send-pdu", str(send_pdu)] if send_pdu else []
         res = subprocess.run(
             [*cmd, "127.0.0.1", str(port), str(path)], capture_output=True, text=True, timeout=300
         )
     lines = (res.stdout + res.stderr).splitlines()
+    asked = [line for line in lines if "Requesting Association" in line]
     started = [line for line in lines if "Sending Store Request" in line]
-    if res.returncode != 0 or not started:
+    if res.returncode != 0 or not asked or not started:
         raise RuntimeError(f"storescu {path.name}: exit {res.returncode}: {lines[-3:]}")
-    return float(started[0].split()[0])
+    return Send(float(asked[0].split()[0]), float(started[0].split()[0]))

@@ -18,10 +18,11 @@ from __future__ import annotations
 import logging
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any, cast
 
-from pydicom import uid
+from pydicom import config, uid
 from pynetdicom import AE, _config, evt, transport
 from pynetdicom.sop_class import (
     ComputedRadiographyImageStorage,
@@ -192,6 +193,27 @@ def make_ae(ae_title: str) -> AE:
     ae.maximum_associations = 32
     ae.maximum_pdu_size = MAX_PDU
     return ae
+
+
+@contextmanager
+def uid_checks_once() -> Iterator[None]:
+    """Within: pydicom does not check the UIDs it makes against its rules for the UI value
+    representation (its reading validation set to IGNORE, for the whole process).
+
+    pynetdicom makes a pydicom UID of every UID of an association request, twice each, and
+    checks each itself (its length, and its conformance, which it logs). ``storescu`` proposes
+    every storage SOP class in three transfer syntaxes, so pydicom's own check, a regular
+    expression per UID that only ever warns, was a large part of the node's time to accept an
+    association (``benchmarks/README.md``, the node section). Nothing refused before is
+    accepted now. The scoring children are spawned and keep pydicom's default, so the decoder
+    and the gate see what they always saw.
+    """
+    previous = config.settings.reading_validation_mode
+    config.settings.reading_validation_mode = config.IGNORE
+    try:
+        yield
+    finally:
+        config.settings.reading_validation_mode = previous
 
 
 def start_scp(ae_title: str, host: str, port: int, handler: StoreHandler) -> tuple[AE, Any]:

@@ -23,7 +23,7 @@ from typing import Any
 from ddad_edge.node.forwarder import Destination, Forwarder, RetryPolicy
 from ddad_edge.node.journal import Journal
 from ddad_edge.node.metrics import NodeMetrics
-from ddad_edge.node.scp import StoreHandler, start_scp
+from ddad_edge.node.scp import StoreHandler, start_scp, uid_checks_once
 from ddad_edge.node.spool import JOURNAL, Spool
 from ddad_edge.node.worker import Process, Worker
 
@@ -152,18 +152,20 @@ def _outbox_depth(journal: Journal) -> int:
 
 def run_until_signalled(node: Node) -> None:
     """Start ``node``, serve until SIGTERM or SIGINT, then stop it gracefully. Call from the
-    main thread (Python delivers signals there)."""
+    main thread (Python delivers signals there). pydicom's own UID checks are off meanwhile
+    (``scp.uid_checks_once``)."""
     stop = threading.Event()
     previous = {s: signal.signal(s, lambda *_: stop.set()) for s in (signal.SIGTERM, signal.SIGINT)}
-    try:
-        node.start()
-        while not stop.wait(1.0):
-            pass
-        log.info("signal received: stopping")
-    finally:
-        node.stop()
-        for s, h in previous.items():
-            signal.signal(s, h)
+    with uid_checks_once():
+        try:
+            node.start()
+            while not stop.wait(1.0):
+                pass
+            log.info("signal received: stopping")
+        finally:
+            node.stop()
+            for s, h in previous.items():
+                signal.signal(s, h)
 
 
 def spool_status(spool: str | os.PathLike[str]) -> dict[str, Any]:

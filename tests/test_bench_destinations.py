@@ -7,12 +7,14 @@ from pathlib import Path
 
 from dicomnet import dcmtk_tools, free_port, make_xray, storescu, wait_port
 from pydicom.uid import BasicTextSRStorage, generate_uid
+from pynetdicom.sop_class import ComputedRadiographyImageStorage as CR
 
 from ddad_edge.benchmarks.destinations import (
     StorescpDestination,
     loopback_only_here,
     parse_storing,
 )
+from ddad_edge.benchmarks.storescu import Send, timed_send
 
 
 def test_storing_line_gives_time_study_and_kind() -> None:
@@ -52,3 +54,47 @@ def test_storescp_notes_each_result_of_a_study(loopback_netns: Path, tmp_path: P
     # log stamps are whole milliseconds
     assert t0 - 0.001 <= t_sr <= t_last <= t1 + 0.001
     assert sorted(k for _, k in dest.arrivals[study]) == ["CR", "SR"]
+
+
+def _pdu_sizes(send_pdu: int | None, path: Path) -> tuple[Send, list[int]]:
+    """Send ``path`` with ``timed_send`` to a pynetdicom SCP that takes 1 MiB PDUs; returns its
+    times and the length of every P-DATA-TF PDU the SCP received."""
+    from pynetdicom import AE, evt
+    from pynetdicom.pdu import P_DATA_TF
+
+    from ddad_edge.node.receiving import receive_into
+
+    # where this process's SCPs write what arrives (the node's tests point it at their spools)
+    receive_into(path.parent)
+    sizes: list[int] = []
+
+    def on_pdu(event: evt.Event) -> None:
+        if isinstance(event.pdu, P_DATA_TF):
+            sizes.append(len(event.pdu))
+
+    ae = AE("DDAD")
+    ae.maximum_pdu_size = 1 << 20
+    ae.add_supported_context(CR)
+    handlers = [(evt.EVT_C_STORE, lambda _: 0x0000), (evt.EVT_PDU_RECV, on_pdu)]
+    port = free_port()
+    server = ae.start_server(("127.0.0.1", port), block=False, evt_handlers=handlers)
+    try:
+        sent = timed_send(dcmtk_tools()["storescu"], port, path, send_pdu=send_pdu)
+    finally:
+        server.shutdown()
+    return sent, sizes
+
+
+def test_timed_send_sends_pdus_of_the_size_asked(tmp_path: Path) -> None:
+    """``--send-pdu``: storescu sends no PDU larger than asked; without it, larger ones. The
+    association is asked for before the C-STORE, both within the call."""
+    ds = make_xray()
+    path = tmp_path / "cr.dcm"
+    ds.save_as(path, enforce_file_format=True)
+    assert len(ds.PixelData) > 4 * 16384
+    t = time.time()
+    sent, small = _pdu_sizes(16384, path)
+    assert t - 0.001 <= sent.associate <= sent.store <= time.time() + 0.001
+    _, large = _pdu_sizes(None, path)
+    assert max(small) <= 16384 < max(large)
+    assert sum(small) > len(ds.PixelData)

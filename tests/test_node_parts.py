@@ -408,6 +408,41 @@ def test_socket_reads_whole_pdus_and_stops_when_the_peer_closes() -> None:
     assert bytes(first) == data[:2_500_000] and bytes(rest) == data[2_500_000:]
 
 
+def test_node_process_skips_pydicom_uid_checks_while_serving() -> None:
+    """``run_until_signalled`` serves with pydicom's UID checks off (``uid_checks_once``: a
+    non-conformant UID makes no pydicom warning) and puts the setting back when it stops."""
+    import os
+    import signal
+    import warnings
+
+    from pydicom import config
+    from pydicom.uid import UID
+
+    from ddad_edge.node.service import run_until_signalled
+
+    def warned() -> bool:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            UID("1.2.abc")
+        return any("Invalid value for VR UI" in str(w.message) for w in caught)
+
+    seen: dict[str, Any] = {}
+
+    class Stand:  # the node's start/stop, recording what serving saw
+        def start(self) -> None:
+            seen["mode"], seen["warned"] = config.settings.reading_validation_mode, warned()
+            os.kill(os.getpid(), signal.SIGTERM)
+
+        def stop(self) -> None:
+            seen["stopped"] = True
+
+    before = config.settings.reading_validation_mode
+    assert warned()
+    run_until_signalled(Stand())  # type: ignore[arg-type]
+    assert seen == {"mode": config.IGNORE, "warned": False, "stopped": True}
+    assert config.settings.reading_validation_mode == before and warned()
+
+
 def forwarder(
     journal: Journal, port: int, metrics: NodeMetrics | None = None, **kw: Any
 ) -> Forwarder:
