@@ -385,11 +385,11 @@ def main(
         raise typer.BadParameter(f"--sender {sender}: storescu or pynetdicom")
     if destination not in ("pynetdicom", "storescp"):
         raise typer.BadParameter(f"--destination {destination}: pynetdicom or storescp")
-    workdir.mkdir(parents=True, exist_ok=True)
     if send_pdu is not None and not SEND_PDU_RANGE[0] <= send_pdu <= SEND_PDU_RANGE[1]:
         raise typer.BadParameter(f"--send-pdu {send_pdu}: not within {SEND_PDU_RANGE}")
     if send_pdu is not None and sender != "storescu":
         raise typer.BadParameter("--send-pdu sets storescu's PDU size: only with --sender storescu")
+    workdir.mkdir(parents=True, exist_ok=True)
     storescu = find_dcmtk("storescu") if sender == "storescu" else None
     if sender == "storescu" and storescu is None:
         raise typer.BadParameter("dcmtk's storescu is not installed (or use --sender pynetdicom)")
