@@ -9,6 +9,7 @@ module:
 - ``heap``: keeps freed memory in the scoring processes (no page faults per film).
 - ``pipeline``: one object -> gate, score, decision, SR + Secondary Capture.
 - ``worker``: runs the pipeline on stored objects and queues their results.
+- ``sockets``: how both read and write their TCP sockets (one-buffer reads, quick ACKs).
 - ``forwarder``: delivers results by C-STORE SCU with retries, backoff and dead letters.
 - ``metrics``: Prometheus metrics on loopback.
 - ``logs``: structured (JSON line) logs.

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import logging
 import re
-import socket
 import threading
 import time
 from dataclasses import dataclass
@@ -28,6 +27,7 @@ from pynetdicom import AE, _config, evt
 
 from ddad_edge.node.journal import Journal, OutboxRow
 from ddad_edge.node.metrics import NodeMetrics
+from ddad_edge.node.sockets import no_delay
 
 log = logging.getLogger("ddad_edge.node.forwarder")
 
@@ -80,14 +80,6 @@ IDLE_RELEASE_S = 2.0
 PAUSE_S = 10.0
 """Delivery pauses this many seconds when the journal fails (a full disk), then goes on. A
 result sent whose success could not be recorded is sent again under its UID."""
-
-
-def _no_delay(event: Any) -> None:
-    """Send each PDU at once (TCP_NODELAY). With Nagle's algorithm a C-STORE's data set PDU
-    smaller than a segment waits for the peer to acknowledge the command PDU before it, and
-    peers delay that acknowledgement (40 ms on Linux): an SR then took ~40 ms longer to
-    arrive than to send."""
-    event.assoc.dul.socket.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
 
 _SUCCESS_OR_WARNING = {0x0000, 0x0001, 0x0107, 0x0116, 0xB000, 0xB006, 0xB007}
@@ -198,7 +190,7 @@ class Forwarder:
         d = self.destination
         try:
             assoc = ae.associate(
-                d.host, d.port, ae_title=d.ae_title, evt_handlers=[(evt.EVT_CONN_OPEN, _no_delay)]
+                d.host, d.port, ae_title=d.ae_title, evt_handlers=[(evt.EVT_CONN_OPEN, no_delay)]
             )
         except Exception as e:  # socket errors surface here on some platforms
             raise ConnectionError(f"association with {d} failed: {e}") from e

@@ -16,14 +16,13 @@ stored or processed again (the sender re-sent it, e.g. after a lost response).
 from __future__ import annotations
 
 import logging
-import socket
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any, cast
+from typing import Any
 
 from pydicom import config, uid
-from pynetdicom import AE, _config, evt, transport
+from pynetdicom import AE, _config, evt
 from pynetdicom.sop_class import (
     ComputedRadiographyImageStorage,
     DigitalXRayImageStorageForPresentation,
@@ -32,6 +31,7 @@ from pynetdicom.sop_class import (
     Verification,
 )
 
+from ddad_edge.node import sockets  # noqa: F401 (the node's socket reads: node.sockets)
 from ddad_edge.node.journal import RECEIVED, Journal, ObjectRow
 from ddad_edge.node.metrics import NodeMetrics
 from ddad_edge.node.receiving import drop_partial, receive_into, write_error
@@ -66,29 +66,6 @@ TRANSFER_SYNTAXES = (
 # is written: ``node.receiving``.
 _config.STORE_RECV_CHUNKED_DATASET = True
 
-
-def _recv(self: transport.AssociationSocket, nr_bytes: int) -> bytearray:
-    """``AssociationSocket.recv`` reading straight into one buffer: the ``nr_bytes`` bytes, fewer
-    when the peer closed the connection first; socket errors propagate. The original reads 4 KiB
-    at a time: a 1 MiB PDU then takes 256 reads, each giving up and taking back the interpreter
-    lock, which made receiving a film cost several times its decode. The buffer grows with what
-    arrives (doubling), so a peer announcing a huge PDU gets no more memory than it sends."""
-    sock = cast(socket.socket, self.socket)
-    buf = bytearray(min(nr_bytes, 1 << 20))
-    got = 0
-    while got < nr_bytes:
-        if got == len(buf):
-            buf.extend(bytes(min(len(buf), nr_bytes - len(buf))))
-        with memoryview(buf) as view:
-            n = sock.recv_into(view[got:])
-        if not n:
-            break
-        got += n
-    del buf[got:]
-    return buf
-
-
-transport.AssociationSocket.recv = _recv  # type: ignore[method-assign]
 
 SUCCESS = 0x0000
 OUT_OF_RESOURCES = 0xA700

@@ -394,7 +394,7 @@ def test_socket_reads_whole_pdus_and_stops_when_the_peer_closes() -> None:
     import socket
     import types
 
-    from ddad_edge.node.scp import _recv
+    from ddad_edge.node.sockets import recv as _recv
 
     a, b = socket.socketpair()
     data = bytes(range(256)) * 12_000  # 3 MB: many segments, and more than the first buffer
@@ -406,6 +406,53 @@ def test_socket_reads_whole_pdus_and_stops_when_the_peer_closes() -> None:
     sender.join()
     a.close()
     assert bytes(first) == data[:2_500_000] and bytes(rest) == data[2_500_000:]
+
+
+def test_socket_reads_ask_for_quick_acks_before_every_read() -> None:
+    """Each read of the node's socket read is preceded by TCP_QUICKACK (Linux clears it by
+    itself): a peer with Nagle's algorithm on (dcmtk, Orthanc) otherwise waits up to 40 ms for
+    our delayed acknowledgement before sending the rest of a PDU (node.sockets)."""
+    import socket
+
+    if not hasattr(socket, "TCP_QUICKACK"):
+        pytest.skip("TCP_QUICKACK is Linux only")
+    import types
+
+    from ddad_edge.node.sockets import recv
+
+    calls: list[tuple] = []
+
+    class Recording(socket.socket):
+        def setsockopt(self, *args: object) -> None:
+            calls.append(("setsockopt", *args))
+            super().setsockopt(*args)
+
+        def recv_into(self, *args: object, **kwargs: object) -> int:
+            calls.append(("recv_into",))
+            return super().recv_into(*args, **kwargs)
+
+    chunks = [b"\x04\x00\x00\x00\x00\xa8", bytes(100), bytes(68)]  # a PDU in three writes
+    with socket.create_server(("127.0.0.1", 0)) as server:
+        client = Recording(socket.AF_INET, socket.SOCK_STREAM)
+        client.connect(server.getsockname())
+        peer, _ = server.accept()
+
+        def send() -> None:
+            for c in chunks:
+                peer.sendall(c)
+                time.sleep(0.05)  # separate segments: separate reads
+
+        sender = threading.Thread(target=send)
+        sender.start()
+        got = recv(types.SimpleNamespace(socket=client), sum(map(len, chunks)))
+        sender.join()
+        peer.close()
+        client.close()
+    assert bytes(got) == b"".join(chunks)
+    reads = [i for i, c in enumerate(calls) if c[0] == "recv_into"]
+    assert len(reads) >= 2
+    quick = ("setsockopt", socket.IPPROTO_TCP, socket.TCP_QUICKACK, 1)
+    assert all(i > 0 and calls[i - 1] == quick for i in reads), calls
 
 
 def test_node_process_skips_pydicom_uid_checks_while_serving() -> None:
