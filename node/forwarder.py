@@ -27,9 +27,10 @@ from pynetdicom import AE, _config, evt
 
 from ddad_edge.node.journal import Journal, OutboxRow
 from ddad_edge.node.metrics import NodeMetrics
-from ddad_edge.node.sockets import no_delay
+from ddad_edge.node.sockets import install, no_delay
 
 log = logging.getLogger("ddad_edge.node.forwarder")
+install()  # quick ACKs: a peer with Nagle's algorithm on answers at once (node.sockets)
 
 # Send result files as stored, straight from disk (no decode and re-encode per try). A
 # pynetdicom setting for the whole process: it only changes C-STOREs given a file path.

@@ -31,7 +31,7 @@ from pynetdicom.sop_class import (
     Verification,
 )
 
-from ddad_edge.node import sockets  # noqa: F401 (the node's socket reads: node.sockets)
+from ddad_edge.node import sockets
 from ddad_edge.node.journal import RECEIVED, Journal, ObjectRow
 from ddad_edge.node.metrics import NodeMetrics
 from ddad_edge.node.receiving import drop_partial, receive_into, write_error
@@ -65,6 +65,7 @@ TRANSFER_SYNTAXES = (
 # receives (``Event.dataset_path``; ``Event.dataset`` reads the file). Where and how that file
 # is written: ``node.receiving``.
 _config.STORE_RECV_CHUNKED_DATASET = True
+sockets.install()  # one-buffer reads with quick ACKs (node.sockets)
 
 
 SUCCESS = 0x0000

@@ -1,9 +1,9 @@
 """How the node's DICOM associations use their TCP sockets (both the SCP's and the forwarder's).
 
-pynetdicom reads a PDU with ``AssociationSocket.recv``; importing this module replaces that
-method, for the whole process, with :func:`recv`, which reads into one buffer and asks for
-quick acknowledgements before every read. The forwarder also turns Nagle's algorithm off on
-its own connections (:func:`no_delay`).
+pynetdicom reads a PDU with ``AssociationSocket.recv``; :func:`install` replaces that method,
+for the whole process, with :func:`recv`, which reads into one buffer and asks for quick
+acknowledgements before every read (the SCP and the forwarder install it when imported). The
+forwarder also turns Nagle's algorithm off on its own connections (:func:`no_delay`).
 
 Why both: a peer that keeps Nagle's algorithm on (dcmtk 3.6.7 does unless its environment sets
 ``TCP_NODELAY=1``, and so Orthanc 1.10 built on it) writes a PDU's header and its body in two
@@ -63,4 +63,6 @@ def no_delay(event: Any) -> None:
     event.assoc.dul.socket.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
 
-transport.AssociationSocket.recv = recv  # type: ignore[method-assign]
+def install() -> None:
+    """Make :func:`recv` pynetdicom's socket read in this process (idempotent)."""
+    transport.AssociationSocket.recv = recv  # type: ignore[method-assign]

@@ -98,3 +98,22 @@ def test_timed_send_sends_pdus_of_the_size_asked(tmp_path: Path) -> None:
     _, large = _pdu_sizes(None, path)
     assert max(small) <= 16384 < max(large)
     assert sum(small) > len(ds.PixelData)
+
+
+def test_cstore_round_trips_reach_a_real_receiver(loopback_netns: Path, tmp_path: Path) -> None:
+    """benchmarks/cstore_rtt.py times each C-STORE it makes to dcmtk's storescp, which stores
+    every one (one file per C-STORE: +uf names them by SOP Instance UID, so count the log)."""
+    from ddad_edge.benchmarks.cstore_rtt import round_trips
+
+    tools = dcmtk_tools()
+    ds = _sr(generate_uid())
+    ds.save_as(tmp_path / "sr.dcm", enforce_file_format=True)
+    dest = StorescpDestination(tools["storescp"], free_port(), tmp_path / "received")
+    try:
+        wait_port(dest.port, 30)
+        ms = round_trips("127.0.0.1", dest.port, tmp_path / "sr.dcm", 3, "BENCHDEST")
+        dest.wait(str(ds.StudyInstanceUID), 4, timeout=30)
+    finally:
+        dest.close()
+    assert len(ms) == 3 and all(0 < m < 60_000 for m in ms)
+    assert [k for _, k in dest.arrivals[str(ds.StudyInstanceUID)]] == ["SR"] * 4
