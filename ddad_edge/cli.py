@@ -543,6 +543,9 @@ cli_node.register(app)
 from ddad_edge import cli_asr  # noqa: E402
 
 cli_asr.register(app)
+from ddad_edge import cli_ar  # noqa: E402
+
+cli_ar.register(app)
 
 
 def main() -> None:  # pragma: no cover

@@ -26,6 +26,7 @@ if TYPE_CHECKING:  # pragma: no cover - typing only
 
 __all__ = [
     "IMAGE_KEYS",
+    "plot_ar_curve",
     "plot_heatmap_grid",
     "plot_roc_curves",
     "plot_score_histograms",
@@ -99,6 +100,46 @@ def plot_training_curves(
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.legend(fontsize="small", ncol=2 if len(history) > 6 else 1)
     ax.set_title(_title("Training loss", title_note))
+    return _save_atomic(fig, out_png)
+
+
+def plot_ar_curve(
+    points: Sequence[tuple[float, int, float]],
+    out_png: Path,
+    score: str = "inter",
+    title_note: str = "",
+) -> Path:
+    """An image score's test AUC against the anomaly rate of Du (the paper's Fig. 4).
+
+    Args:
+        points: one ``(anomaly rate in [0, 1], seed, AUC)`` per run; each run is drawn as a dot,
+            the mean over the runs at each rate as a line, with +-1 sample sd where there are
+            two runs or more.
+        out_png: destination PNG path.
+        score: the score's name, for the axis label.
+        title_note: appended to the title.
+
+    Returns:
+        ``out_png``.
+    """
+    if not points:
+        raise ValueError("points is empty")
+    by_ar: dict[float, list[float]] = {}
+    for ar, _, auc in points:
+        by_ar.setdefault(round(float(ar), 3), []).append(float(auc))
+    ars = np.array(sorted(by_ar))
+    means = np.array([np.mean(by_ar[a]) for a in ars])
+    sds = np.array([np.std(by_ar[a], ddof=1) if len(by_ar[a]) > 1 else 0.0 for a in ars])
+    fig = _new_figure(6.0, 4.2)
+    ax = fig.add_subplot()
+    ax.plot([p[0] for p in points], [p[2] for p in points], "o", color="0.55", ms=4, label="run")
+    ax.errorbar(ars, means, yerr=sds, marker="s", ms=6, lw=2, capsize=4, label="mean +- sd")
+    ax.set_xlabel("anomaly rate of Du (abnormal share)")
+    ax.set_ylabel(f"{score} AUC (test)")
+    ax.set_xlim(-0.05, 1.05)
+    ax.grid(True, alpha=0.3)
+    ax.legend(loc="lower right")
+    ax.set_title(_title(f"{score} AUC vs anomaly rate", title_note))
     return _save_atomic(fig, out_png)
 
 

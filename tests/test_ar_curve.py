@@ -1,0 +1,68 @@
+"""`ddad-edge ar-curve`: test AUC against the anomaly rate of Du, from evaluated runs made as the
+README's sweep makes them (split --ar, train --reuse-b, eval), on SYNTHETIC phantoms."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from ddad_edge.cli import app
+from ddad_edge.phantom import make_phantom_dataset
+
+runner = CliRunner()
+
+
+def _ok(args: list[str]) -> str:
+    res = runner.invoke(app, args)
+    assert res.exit_code == 0, res.output
+    return res.output
+
+
+@pytest.fixture(scope="module")
+def sweep(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Three runs: AR 0 (seed 0, trains B), AR 1 seeds 0 and 1 (module B reused), evaluated."""
+    root = tmp_path_factory.mktemp("ar")
+    data = root / "phantoms"
+    make_phantom_dataset(
+        data, n_train_normal=96, n_train_abnormal=32, n_test_normal=16, n_test_abnormal=16, size=64
+    )
+    split = ["split", str(data), "--labels", "labels.csv", "--normal-train", "64"]
+    _ok([*split, "--unlabeled", "32", "--ar", "0", "--ar", "1", "-o", str(root / "split.json")])
+    train = ["train", "--model", "ae", "--k", "2", "--epochs", "1", "--threads", "1"]
+    runs = [("0", 0, None), ("1", 0, "run-ar0-s0"), ("1", 1, "run-ar0-s0")]
+    for ar, seed, reuse in runs:
+        out = root / f"run-ar{ar}-s{seed}"
+        args = [*train, "--split", str(root / f"split-ar{ar}.json"), "--seed", str(seed)]
+        _ok([*args, "-o", str(out), *(["--reuse-b", str(root / reuse)] if reuse else [])])
+        _ok(["eval", str(out), "--split", str(root / f"split-ar{ar}.json")])
+    return root
+
+
+def test_ar_curve_tabulates_and_plots_the_evaluated_runs(sweep: Path) -> None:
+    runs = sorted(sweep.glob("run-ar*-s*"))
+    out = _ok(["ar-curve", *map(str, runs), "-o", str(sweep / "ar.png"), "--score", "inter"])
+    auc = {
+        r.name: json.loads((r / "eval" / "metrics.json").read_text())["metrics"]["inter"]["auc"]
+        for r in runs
+    }
+    lines = [line for line in out.splitlines() if line.startswith("AR ")]
+    assert lines[0] == f"AR 0.00: inter AUC {auc['run-ar0-s0']:.3f} (n 1: {auc['run-ar0-s0']:.3f})"
+    a, b = auc["run-ar1-s0"], auc["run-ar1-s1"]
+    mean, sd = (a + b) / 2, abs(a - b) / 2**0.5
+    assert lines[1] == f"AR 1.00: inter AUC {mean:.3f} +- {sd:.3f} (n 2: {a:.3f}, {b:.3f})"
+    assert (sweep / "ar.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_ar_curve_names_a_run_that_was_not_evaluated(sweep: Path, tmp_path: Path) -> None:
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    (bare / "config.json").write_text((sweep / "run-ar1-s0" / "config.json").read_text())
+    res = runner.invoke(app, ["ar-curve", str(bare), "-o", str(tmp_path / "x.png")])
+    assert res.exit_code == 1
+    text = " ".join(res.output.split())
+    assert re.search(r"bare: no eval/metrics\.json \(run `ddad-edge eval` on it first\)", text)
+    assert not (tmp_path / "x.png").exists()
