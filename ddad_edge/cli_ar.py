@@ -35,11 +35,13 @@ def ar_curve(
         points = [read_point(r, score) for r in runs]
     except ArCurveError as e:
         fail(e)
-    for s in summarize(points):
+    summary = summarize(points)
+    for s in summary:
         sd = "" if math.isnan(s.sd) else f" +- {s.sd:.3f}"
         aucs = ", ".join(f"{a:.3f}" for a in s.aucs)
         out_console.print(f"AR {s.ar:.2f}: {score} AUC {s.mean:.3f}{sd} (n {len(s.aucs)}: {aucs})")
-    plot_ar_curve([(p.ar, p.seed, p.auc) for p in points], output, score, note)
+    means = [(s.ar, s.mean, s.sd) for s in summary]
+    plot_ar_curve([(p.ar, p.auc) for p in points], means, output, score, note)
     out_console.print(f"wrote {output}", highlight=False)
 
 

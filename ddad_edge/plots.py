@@ -104,7 +104,8 @@ def plot_training_curves(
 
 
 def plot_ar_curve(
-    points: Sequence[tuple[float, int, float]],
+    points: Sequence[tuple[float, float]],
+    means: Sequence[tuple[float, float, float]],
     out_png: Path,
     score: str = "inter",
     title_note: str = "",
@@ -112,9 +113,9 @@ def plot_ar_curve(
     """An image score's test AUC against the anomaly rate of Du (the paper's Fig. 4).
 
     Args:
-        points: one ``(anomaly rate in [0, 1], seed, AUC)`` per run; each run is drawn as a dot,
-            the mean over the runs at each rate as a line, with +-1 sample sd where there are
-            two runs or more.
+        points: one ``(anomaly rate in [0, 1], AUC)`` per run, drawn as dots.
+        means: ``(anomaly rate, mean AUC, sample sd)`` per rate (``ddad_edge.ar_curve``), drawn
+            as a line with +-1 sd bars (none where the sd is NaN: a single run).
         out_png: destination PNG path.
         score: the score's name, for the axis label.
         title_note: appended to the title.
@@ -122,18 +123,14 @@ def plot_ar_curve(
     Returns:
         ``out_png``.
     """
-    if not points:
-        raise ValueError("points is empty")
-    by_ar: dict[float, list[float]] = {}
-    for ar, _, auc in points:
-        by_ar.setdefault(round(float(ar), 3), []).append(float(auc))
-    ars = np.array(sorted(by_ar))
-    means = np.array([np.mean(by_ar[a]) for a in ars])
-    sds = np.array([np.std(by_ar[a], ddof=1) if len(by_ar[a]) > 1 else 0.0 for a in ars])
+    if not points or not means:
+        raise ValueError("nothing to plot")
+    ars, mean, sd = (np.asarray(c, dtype=np.float64) for c in zip(*means, strict=True))
     fig = _new_figure(6.0, 4.2)
     ax = fig.add_subplot()
-    ax.plot([p[0] for p in points], [p[2] for p in points], "o", color="0.55", ms=4, label="run")
-    ax.errorbar(ars, means, yerr=sds, marker="s", ms=6, lw=2, capsize=4, label="mean +- sd")
+    ax.plot([p[0] for p in points], [p[1] for p in points], "o", color="0.55", ms=4, label="run")
+    yerr = np.where(np.isfinite(sd), sd, 0.0)
+    ax.errorbar(ars, mean, yerr=yerr, marker="s", ms=6, lw=2, capsize=4, label="mean +- sd")
     ax.set_xlabel("anomaly rate of Du (abnormal share)")
     ax.set_ylabel(f"{score} AUC (test)")
     ax.set_xlim(-0.05, 1.05)
