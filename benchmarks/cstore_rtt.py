@@ -23,7 +23,7 @@ import typer
 from pydicom import dcmread
 from pynetdicom import AE, evt
 
-from ddad_edge.node.sockets import no_delay
+from ddad_edge.node.sockets import install, no_delay
 
 
 def round_trips(host: str, port: int, path: Path, count: int, ae_title: str) -> list[float]:
@@ -57,9 +57,8 @@ def main(
     ae_title: Annotated[str, typer.Option(help="Called AE title.")] = "ANY",
     node_sockets: Annotated[bool, typer.Option(help="Read as node.sockets does.")] = False,
 ) -> None:
+    """Time C-STOREs of PATH to HOST:PORT with pynetdicom's socket reads or the node's."""
     if node_sockets:
-        from ddad_edge.node.sockets import install
-
         install()
     ms = round_trips(host, port, path, count, ae_title)
     reads = "node.sockets" if node_sockets else "pynetdicom"
