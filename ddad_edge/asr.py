@@ -67,6 +67,10 @@ class AsrConfig:
     epochs: int = 15
     lr: float = 1e-3
     batch_size: int = 32
+    weight_decay: float = 0.0
+    """Adam's L2 penalty (torch's coupled ``weight_decay``; the journal's code uses 1e-4)."""
+    beta1: float = 0.9
+    """Adam's beta1 (beta2 is 0.999; the journal's code uses 0.5)."""
     crop: int = 32
     patch_min: int = 6
     patch_max: int = 24
@@ -82,13 +86,17 @@ class AsrConfig:
         """ValueError for settings that cannot work on size x size maps."""
         if self.epochs < 1 or self.batch_size < 1 or self.lr <= 0:
             raise ValueError("epochs and batch size must be >= 1 and lr > 0")
+        if self.weight_decay < 0 or not 0 <= self.beta1 < 1:
+            raise ValueError("weight decay must be >= 0 and beta1 in [0, 1)")
         if not 1 <= self.patch_min <= self.patch_max <= self.crop <= size:
             raise ValueError(
                 f"need 1 <= patch_min <= patch_max <= crop <= {size}; got {self.patch_min}, "
                 f"{self.patch_max}, {self.crop}"
             )
-        if not 0 < self.corrupt_fraction <= 1 or not 0 < self.blend_min <= self.blend_max <= 1:
-            raise ValueError("corrupt_fraction and blend factors must lie in (0, 1]")
+        if not 0 < self.corrupt_fraction <= 1 or not 0 <= self.blend_min <= self.blend_max <= 1:
+            raise ValueError(
+                "corrupt_fraction must lie in (0, 1] and 0 <= blend_min <= blend_max <= 1"
+            )
         if self.anomaly not in ANOMALIES:
             raise ValueError(f"anomaly must be one of {', '.join(ANOMALIES)}; got {self.anomaly!r}")
 
@@ -225,6 +233,13 @@ def _epoch_batches(
     return mc[order], kc[order]
 
 
+def _changed_settings(saved: dict[str, Any], cfg: AsrConfig) -> list[str]:
+    """Names of the settings (all but epochs) in which cfg differs from a checkpoint's saved
+    config; a setting the checkpoint predates counts as its default."""
+    default = asdict(AsrConfig())
+    return [k for k, v in asdict(cfg).items() if k != "epochs" and saved.get(k, default[k]) != v]
+
+
 def _new_state(
     cfg: AsrConfig, scale: list[float], n: int, split_sha256: str | None, trained_on: str
 ) -> dict:
@@ -274,19 +289,20 @@ def train_asr(
         raise CheckpointError(f"{path}: exists; pass --resume to continue it, or remove it")
     if path.is_file():
         state = load_asr_checkpoint(run_dir)
-        if state.get("config", {}).get("seed") != cfg.seed:
-            raise CheckpointError(f"{path}: cannot resume with another seed")
+        changed = _changed_settings(state.get("config", {}), cfg)
+        if changed:
+            raise CheckpointError(f"{path}: cannot resume with other {', '.join(changed)}")
         if state.get("trained_on", "normal_train") != trained_on:
             raise CheckpointError(f"{path}: was trained on another part of the split")
-        if state.get("config", {}).get("anomaly", "patch") != cfg.anomaly:
-            raise CheckpointError(f"{path}: was trained with another kind of synthetic anomaly")
         state["epochs"] = cfg.epochs
     else:
         clean = maps_from_stats(d, dual_stats(models[0], models[1], d))
         state = _new_state(cfg, input_scale(clean), len(d), split_sha256, trained_on)
     net = AsrNet(state["channels"])
     net.load_state_dict(state["model"])
-    opt = torch.optim.Adam(net.parameters(), lr=cfg.lr)
+    opt = torch.optim.Adam(
+        net.parameters(), lr=cfg.lr, betas=(cfg.beta1, 0.999), weight_decay=cfg.weight_decay
+    )
     if "optimizer" in state:
         opt.load_state_dict(state["optimizer"])
     for epoch in range(state["epoch"], cfg.epochs):

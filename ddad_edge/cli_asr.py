@@ -44,6 +44,16 @@ def train_asr(
             "or opacity (ours: a soft, textured brightening).",
         ),
     ] = "patch",
+    batch_size: Annotated[int, typer.Option(help="Crops per Adam step.", min=1)] = 32,
+    lr: Annotated[float, typer.Option(help="Adam learning rate.")] = 1e-3,
+    weight_decay: Annotated[
+        float, typer.Option(help="Adam's L2 weight decay (the journal's code: 1e-4).")
+    ] = 0.0,
+    beta1: Annotated[float, typer.Option(help="Adam beta1 (the journal's code: 0.5).")] = 0.9,
+    blend_min: Annotated[
+        float, typer.Option(help="Least patch blend factor (the journal's code: 0).")
+    ] = 0.5,
+    blend_max: Annotated[float, typer.Option(help="Largest patch blend factor.")] = 1.0,
     resume: Annotated[
         bool, typer.Option(help="Continue an interrupted ASR training from its last epoch.")
     ] = False,
@@ -96,7 +106,17 @@ def train_asr(
         state = train(
             run,
             d.x,
-            AsrConfig(epochs=epochs, seed=seed, anomaly=anomaly),
+            AsrConfig(
+                epochs=epochs,
+                seed=seed,
+                anomaly=anomaly,
+                batch_size=batch_size,
+                lr=lr,
+                weight_decay=weight_decay,
+                beta1=beta1,
+                blend_min=blend_min,
+                blend_max=blend_max,
+            ),
             split_sha256=manifest["sha256"],
             trained_on=part,
             resume=resume,

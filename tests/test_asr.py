@@ -90,6 +90,28 @@ def test_opacity_brightens_a_soft_blob_and_labels_its_core() -> None:
         AsrConfig(anomaly="square").check(64)
 
 
+def test_solver_settings_reach_adam_and_are_checked(tmp_path: Path, shared_run) -> None:
+    """The journal's solver (--batch-size 8 --lr 1e-4 --weight-decay 1e-4 --beta1 0.5, blend
+    factors from 0): Adam runs with exactly those settings and the checkpoint records them."""
+    import shutil
+
+    from ddad_edge.asr import train_asr
+
+    run = tmp_path / "run"
+    shutil.copytree(shared_run("aeu"), run)
+    d = np.random.default_rng(9).uniform(-1, 1, (16, 1, 64, 64)).astype(np.float32)
+    cfg = AsrConfig(epochs=1, batch_size=8, lr=1e-4, weight_decay=1e-4, beta1=0.5, blend_min=0.0)
+    state = train_asr(run, d, cfg)
+    group = state["optimizer"]["param_groups"][0]
+    assert (group["lr"], group["weight_decay"], group["betas"]) == (1e-4, 1e-4, (0.5, 0.999))
+    assert state["optimizer"]["state"][0]["step"] == 2  # 16 images, 8 per step
+    assert state["config"]["blend_min"] == 0.0 and state["config"]["beta1"] == 0.5
+    with pytest.raises(ValueError, match="beta1"):
+        AsrConfig(beta1=1.0).check(64)
+    with pytest.raises(ValueError, match="blend_min"):
+        AsrConfig(blend_min=-0.1).check(64)
+
+
 def test_crops_hold_the_whole_patch() -> None:
     d = np.random.default_rng(4).uniform(-1, 1, (20, 1, 64, 64)).astype(np.float32)
     _, mask, _ = synthesize(d, np.random.default_rng(5), AsrConfig())
@@ -107,9 +129,12 @@ def test_checkpoint_is_plain_data_and_resumes(asr_run: Path, tmp_path: Path) -> 
     assert ck["epoch"] == ck["epochs"] == 1 and len(ck["input_scale"]) == 2
     with pytest.raises(CheckpointError, match="--resume"):
         train_asr(asr_run, np.zeros((2, 1, 64, 64), np.float32), AsrConfig(epochs=1))
-    with pytest.raises(CheckpointError, match="another kind of synthetic anomaly"):
-        d = np.zeros((2, 1, 64, 64), np.float32)
-        train_asr(asr_run, d, AsrConfig(epochs=2, anomaly="opacity"), resume=True)
+    d = np.zeros((2, 1, 64, 64), np.float32)
+    with pytest.raises(CheckpointError, match="other anomaly"):
+        train_asr(asr_run, d, AsrConfig(epochs=2, batch_size=16, anomaly="opacity"), resume=True)
+    with pytest.raises(CheckpointError, match="other lr, weight_decay"):
+        journal = AsrConfig(epochs=2, batch_size=16, lr=1e-4, weight_decay=1e-4)
+        train_asr(asr_run, d, journal, resume=True)
     bad = tmp_path / "run"
     bad.mkdir()
     (bad / ASR_FILE).write_bytes(b"not a checkpoint")
