@@ -66,3 +66,34 @@ def test_ar_curve_names_a_run_that_was_not_evaluated(sweep: Path, tmp_path: Path
     text = " ".join(res.output.split())
     assert re.search(r"bare: no eval/metrics\.json \(run `ddad-edge eval` on it first\)", text)
     assert not (tmp_path / "x.png").exists()
+
+
+def test_asr_gain_table_and_figure_from_evaluated_asr_runs(sweep: Path, tmp_path: Path) -> None:
+    """train-asr with the journal's solver flags, eval, then `benchmarks.asr_gain add` takes each
+    run's seed and inter/asr AUCs from its files, and `plot` draws the table."""
+    import shutil
+
+    from ddad_edge.benchmarks import asr_gain
+
+    runs = []
+    for seed in (0, 1):
+        run = tmp_path / f"run-s{seed}"
+        shutil.copytree(sweep / f"run-ar1-s{seed}", run)
+        split = str(sweep / "split-ar1.json")
+        solver = ["--batch-size", "8", "--lr", "1e-4", "--weight-decay", "1e-4", "--beta1", "0.5"]
+        _ok(["train-asr", str(run), "--split", split, "--epochs", "1", "--seed", str(seed),
+             *solver, "--blend-min", "0", "--threads", "1"])  # fmt: skip
+        _ok(["eval", str(run), "--split", split])
+        runs.append(run)
+    table = tmp_path / "gain.csv"
+    assert asr_gain.main(["add", str(table), "--recipe", "journal solver", *map(str, runs)]) == 0
+    gains = asr_gain.read_table(table)["journal solver"]
+    for (seed, gain), run in zip(gains, runs, strict=True):
+        m = json.loads((run / "eval" / "metrics.json").read_text())["metrics"]
+        assert seed == int(run.name[-1])
+        assert gain == pytest.approx(m["asr"]["auc"] - m["inter"]["auc"], abs=1e-6)
+    assert asr_gain.main(["plot", str(table), "-o", str(tmp_path / "g.png")]) == 0
+    assert (tmp_path / "g.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # a run without an ASR score is named, and nothing is appended
+    assert asr_gain.main(["add", str(table), "--recipe", "x", str(sweep / "run-ar0-s0")]) == 1
+    assert len(table.read_text().splitlines()) == 3
