@@ -33,7 +33,7 @@ def run_row(run: Path, recipe: str) -> dict[str, str]:
         "inter_auc": f"{inter.auc:.6f}",
         "asr_auc": f"{asr.auc:.6f}",
         "gain": f"{asr.auc - inter.auc:+.6f}",
-        "source": f"{run}/eval/metrics.json",
+        "source": f"{Path(run).resolve()}/eval/metrics.json",
     }
 
 

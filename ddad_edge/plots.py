@@ -161,7 +161,7 @@ def plot_asr_gain(
     """
     if not gains or not any(gains.values()):
         raise ValueError("nothing to plot")
-    fig = _new_figure(7.0, 4.6)
+    fig = _new_figure(7.0, 4.2 + 0.25 * len(gains))
     ax = fig.add_subplot()
     markers = "os^Dvp*hX"
     n = len(gains)
@@ -181,7 +181,8 @@ def plot_asr_gain(
 
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.grid(True, alpha=0.3)
-    ax.legend(fontsize="small", loc="best")
+    # below the axes: the recipes' points may lie anywhere inside them
+    ax.legend(fontsize="small", loc="upper center", bbox_to_anchor=(0.5, -0.16))
     note = f"\n{title_note}" if title_note else ""
     ax.set_title(f"ASR refinement gain over inter; dotted: mean over seeds{note}")
     return _save_atomic(fig, out_png)
