@@ -430,15 +430,22 @@ def demo(
     labels: Annotated[Path | None, typer.Option(help="Labels CSV for --data.")] = None,
     model: Annotated[str, typer.Option(help="ae, memae or aeu.")] = "ae",
     k: Annotated[int, typer.Option("--k")] = 3,
-    epochs: Annotated[int, typer.Option()] = 30,
+    epochs: Annotated[int, typer.Option()] = 100,
     normal_train: Annotated[int, typer.Option()] = 300,
-    unlabeled: Annotated[int, typer.Option()] = 200,
-    ar: Annotated[float, typer.Option()] = 0.5,
+    unlabeled: Annotated[int, typer.Option()] = 400,
+    ar: Annotated[float, typer.Option()] = 0.6,
     seed: Annotated[int, typer.Option()] = 0,
     threads: TorchThreadsOpt = 0,
     test_per_class: Annotated[
         int, typer.Option(help="Phantom test images per class (normal, abnormal).")
     ] = 200,
+    lesions: Annotated[
+        str,
+        typer.Option(
+            help="Phantom lesion kind: lucent (darker, air-like) or opaque (brighter, "
+            "pneumonia-like)."
+        ),
+    ] = "lucent",
 ) -> None:
     """The whole pipeline in a few minutes on CPU: phantoms -> split -> train -> eval.
 
@@ -455,14 +462,18 @@ def demo(
         data = output / "phantoms"
         if not (data / "labels.csv").exists():
             note("generating SYNTHETIC phantom images (not real patients)")
-            make_phantom_dataset(
-                data,
-                n_train_normal=normal_train + unlabeled,
-                n_train_abnormal=unlabeled,
-                n_test_normal=test_per_class,
-                n_test_abnormal=test_per_class,
-                seed=seed,
-            )
+            try:
+                make_phantom_dataset(
+                    data,
+                    n_train_normal=normal_train + unlabeled,
+                    n_train_abnormal=unlabeled,
+                    n_test_normal=test_per_class,
+                    n_test_abnormal=test_per_class,
+                    seed=seed,
+                    kind=lesions,
+                )
+            except ValueError as e:
+                fail(e)
         labels = data / "labels.csv"
     try:
         items = read_labels_csv(data, labels) if labels else scan_folder(data)

@@ -6,10 +6,15 @@ smooth intensity drift and noise) with per-image random anatomy and exposure, so
 class is varied. Every image also carries normal, patient-specific detail that an autoencoder
 reconstructs poorly: ECG lead wires, a side marker, fine texture, and uneven soft-tissue density
 (overlapping soft tissue, positioning) whose amount varies tenfold between images, so that the
-reconstruction error of normal images varies as much as a lesion moves it. Abnormal images add
-pneumonia-like lesions of a few recurring kinds in recurring places (a dense lobar consolidation
-of one mid/lower zone, or bilateral lower-zone haze), so that, as on real data, the lesions in Du
-are what module A can learn and module B cannot. Any number computed on these images is a
+reconstruction error of normal images varies as much as a lesion moves it. Abnormal images carry
+lesions of a few recurring kinds in recurring places (one lung's mid/lower zone, or both lower
+zones), so that, as on real data, the lesions in Du are what module A can learn and module B
+cannot. By default they are hyperlucent (``LUCENT``: lung tissue giving way to air, as in air
+trapping or bullae, so the zone darkens); ``OPAQUE`` draws the same shapes as pneumonia-like
+opacities (a dense lobar consolidation or patchy haze, so the zone brightens). The default is
+lucent because at the demo's budget module B's members disagree most over the darkest grey
+levels: an opacity there lowers their disagreement (A_intra) as much as its novelty raises it,
+a lucency raises both (README, "Demo"). Any number computed on these images is a
 smoke-test of the pipeline, never a performance claim.
 
 Only numpy and Pillow are used (no torch); every image is built with whole-array numpy operations
@@ -42,6 +47,11 @@ LABELS_COLUMNS: tuple[str, ...] = ("path", "label", "cls", "subtype", "split", "
 """Columns of the labels.csv written by :func:`make_phantom_dataset`, in order."""
 
 LESION_SUBTYPE = "synthetic-lesion"
+LUCENT, OPAQUE = "lucent", "opaque"
+LESION_KINDS = (LUCENT, OPAQUE)
+"""Lesion kinds: ``lucent`` (attenuation removed; the default) or ``opaque`` (added)."""
+LUCENT_SCALE = 0.8
+"""A lucent lesion removes this share of the attenuation its opaque twin would add."""
 """The ``subtype`` written for every abnormal phantom image (normals get an empty subtype)."""
 
 _README = (
@@ -49,8 +59,8 @@ _README = (
     "clinical or performance claim.\n"
     "\n"
     "Procedural chest-like images ({size}x{size} px, 8-bit grey PNG) from ddad_edge.phantom.\n"
-    "Abnormal images carry synthetic pneumonia-like lesions (a lobar consolidation or bilateral "
-    "lower-zone haze inside the lung fields).\n"
+    "Abnormal images carry synthetic {kind} lesions inside the lung fields (one lung's mid/lower "
+    "zone or both lower zones; lucent: darker, air-like; opaque: brighter, pneumonia-like).\n"
     "Counts: train normal {n_tr_n}, train abnormal {n_tr_a}, test normal {n_te_n}, "
     "test abnormal {n_te_a}.\n"
     "Labels: labels.csv (columns: {columns}).\n"
@@ -121,9 +131,10 @@ def _lesions(
     y: np.ndarray,
     lungs: list[tuple[float, float, float, float]],
     lung_mask: np.ndarray,
+    kind: str = LUCENT,
 ) -> np.ndarray:
-    """Additive attenuation of synthetic pneumonia-like lesions, float32 [H, W], >= 0, confined to
-    the lungs.
+    """Additive attenuation of synthetic lesions, float32 [H, W], confined to the lungs: >= 0 for
+    ``OPAQUE``, <= 0 for ``LUCENT`` (the same shapes, ``LUCENT_SCALE`` of the amounts removed).
 
     Like the opacities of real pneumonia, they are of a few recurring kinds in recurring places:
     a lobar consolidation (a dense, mottled patch filling the middle or lower zone of one lung)
@@ -146,7 +157,8 @@ def _lesions(
             g = np.exp(-0.5 * (((x - cx) / (ax * 0.9)) ** 2 + ((y - zy) / (ay * 0.45)) ** 2))
             mottle = np.maximum(0.6 + 0.4 * _low_freq_field(rng, x, y, 6, 9.0), 0.0)
             add += np.float32(rng.uniform(0.26, 0.38)) * (g * mottle).astype(np.float32)
-    return add * np.clip(lung_mask * 1.3, 0.0, 1.0)
+    add = add * np.clip(lung_mask * 1.3, 0.0, 1.0)
+    return add if kind == OPAQUE else np.float32(-LUCENT_SCALE) * add
 
 
 def _clutter(rng: np.random.Generator, x: np.ndarray, y: np.ndarray) -> np.ndarray:
@@ -319,7 +331,7 @@ def _expose(
 
 
 def phantom_with_lesions(
-    rng: np.random.Generator, size: int = 128, abnormal: bool = False
+    rng: np.random.Generator, size: int = 128, abnormal: bool = False, kind: str = LUCENT
 ) -> tuple[np.ndarray, np.ndarray]:
     """One SYNTHETIC 8-bit grey chest-like image (PA view) and the lesions drawn into it.
 
@@ -330,7 +342,8 @@ def phantom_with_lesions(
     Args:
         rng: numpy random generator; the image is a deterministic function of its state.
         size: image side, pixels (>= 16).
-        abnormal: add pneumonia-like lesions (lobar consolidation or lower-zone haze).
+        abnormal: add lesions (one lung's mid/lower zone, or both lower zones).
+        kind: ``LUCENT`` (darker: attenuation removed) or ``OPAQUE`` (brighter: added).
 
     Returns:
         (image, lesions): image uint8 [size, size], grey levels 0..255 (brighter = more
@@ -340,6 +353,8 @@ def phantom_with_lesions(
     """
     if size < 16:
         raise ValueError(f"size must be >= 16, got {size}")
+    if kind not in LESION_KINDS:
+        raise ValueError(f"lesion kind must be one of {', '.join(LESION_KINDS)}; got {kind!r}")
     rng, lesion_rng = rng.spawn(2)
     gx, gy, x, y = _pose(rng, size)
     body, img = _body(rng, x, y)
@@ -350,17 +365,19 @@ def phantom_with_lesions(
     img = img + _ribs(rng, x, y, lungs)
     img = img + _clavicles(rng, x, y, body, base_cy)
     img = img + _clutter(rng, x, y) * body
-    lesions = _lesions(lesion_rng, x, y, lungs, lung_mask) if abnormal else np.zeros_like(x)
+    lesions = _lesions(lesion_rng, x, y, lungs, lung_mask, kind) if abnormal else np.zeros_like(x)
     return _expose(rng, img + lesions, gx, gy), lesions
 
 
-def phantom_image(rng: np.random.Generator, size: int = 128, abnormal: bool = False) -> np.ndarray:
+def phantom_image(
+    rng: np.random.Generator, size: int = 128, abnormal: bool = False, kind: str = LUCENT
+) -> np.ndarray:
     """The image of :func:`phantom_with_lesions`: uint8 [size, size]."""
-    return phantom_with_lesions(rng, size, abnormal)[0]
+    return phantom_with_lesions(rng, size, abnormal, kind)[0]
 
 
 def _write_images(
-    out_dir: Path, counts: dict[tuple[str, str], int], size: int, seed: int
+    out_dir: Path, counts: dict[tuple[str, str], int], size: int, seed: int, kind: str
 ) -> list[dict[str, str]]:
     """Draw and write the PNGs, numbered globally in the order of ``counts`` ({(split, class):
     n}); image k from ``np.random.default_rng([seed, k])``. Returns one labels.csv row each."""
@@ -372,7 +389,7 @@ def _write_images(
         abnormal = cls == "ABNORMAL"
         for _ in range(int(n)):
             k += 1
-            img = phantom_image(np.random.default_rng([seed, k]), size=size, abnormal=abnormal)
+            img = phantom_image(np.random.default_rng([seed, k]), size, abnormal, kind)
             name = f"phantom-{k:05d}.png"
             Image.fromarray(img).save(sub / name, format="PNG")
             rows.append(
@@ -406,6 +423,7 @@ def make_phantom_dataset(
     n_test_abnormal: int = 100,
     size: int = 128,
     seed: int = 0,
+    kind: str = LUCENT,
 ) -> Path:
     """Write a SYNTHETIC phantom data set (PNGs, labels.csv, README.txt) into ``out_dir``.
 
@@ -423,6 +441,7 @@ def make_phantom_dataset(
         n_train_normal, n_train_abnormal, n_test_normal, n_test_abnormal: image counts (>= 0).
         size: image side, pixels.
         seed: random seed.
+        kind: the lesions' kind, ``LUCENT`` or ``OPAQUE`` (:func:`phantom_with_lesions`).
 
     Returns:
         Path of the labels.csv written.
@@ -438,16 +457,19 @@ def make_phantom_dataset(
             raise ValueError(f"count for {split}/{cls} must be a non-negative integer, got {n}")
     if size < 16:
         raise ValueError(f"size must be >= 16, got {size}")
+    if kind not in LESION_KINDS:
+        raise ValueError(f"lesion kind must be one of {', '.join(LESION_KINDS)}; got {kind!r}")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
 
-    rows = _write_images(out_dir, counts, size, seed)
+    rows = _write_images(out_dir, counts, size, seed, kind)
     labels = out_dir / "labels.csv"
     _write_labels(labels, rows)
     atomic_write_text(
         out_dir / "README.txt",
         _README.format(
             seed=seed,
+            kind=kind,
             size=size,
             n_tr_n=n_train_normal,
             n_tr_a=n_train_abnormal,

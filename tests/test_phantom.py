@@ -91,41 +91,44 @@ def test_phantom_image_rejects_tiny_size() -> None:
         make_phantom_dataset(Path("unused"), n_train_normal=-1)
 
 
-def test_abnormal_images_are_brighter_in_the_lungs() -> None:
+@pytest.mark.parametrize(("kind", "sign"), [("lucent", -1.0), ("opaque", 1.0)])
+def test_lesions_darken_or_brighten_the_lungs(kind: str, sign: float) -> None:
     # Lung fields sit in two fixed-ish boxes (image-left and image-right of the spine, mid-height).
     size = 64
     rows = slice(int(0.30 * size), int(0.70 * size))
     lung_cols = np.r_[int(0.15 * size) : int(0.38 * size), int(0.62 * size) : int(0.85 * size)]
 
-    def lung_stats(abnormal: bool) -> tuple[float, float]:
-        means, stds = [], []
+    def lung_mean(abnormal: bool) -> float:
+        means = []
         for i in range(50):
-            img = phantom_image(np.random.default_rng([99, i]), size=size, abnormal=abnormal)
-            region = img[rows][:, lung_cols].astype(np.float64)
-            means.append(region.mean())
-            stds.append(region.std())
-        return float(np.mean(means)), float(np.mean(stds))
+            rng = np.random.default_rng([99, i])
+            img = phantom_image(rng, size=size, abnormal=abnormal, kind=kind)
+            means.append(img[rows][:, lung_cols].astype(np.float64).mean())
+        return float(np.mean(means))
 
-    mean_n, _ = lung_stats(False)
-    mean_a, _ = lung_stats(True)
-    assert mean_a > mean_n + 3.0  # grey levels (0..255)
+    assert sign * (lung_mean(True) - lung_mean(False)) > 3.0  # grey levels (0..255)
 
 
-def test_lesions_exactly_in_abnormal_images() -> None:
+@pytest.mark.parametrize("kind", ["lucent", "opaque"])
+def test_lesions_exactly_in_abnormal_images(kind: str) -> None:
     # Same rng state with and without lesions: the same synthetic patient, exposure and noise, so
     # the two images differ only where the lesions were drawn.
+    sign = 1.0 if kind == "opaque" else -1.0
     for i in range(6):
-        img_n, les_n = phantom_with_lesions(np.random.default_rng([4, i]), 64, abnormal=False)
-        img_a, les_a = phantom_with_lesions(np.random.default_rng([4, i]), 64, abnormal=True)
+        img_n, les_n = phantom_with_lesions(np.random.default_rng([4, i]), 64, False, kind)
+        img_a, les_a = phantom_with_lesions(np.random.default_rng([4, i]), 64, True, kind)
         assert les_n.dtype == np.float32 and les_n.shape == (64, 64) and not les_n.any()
-        assert les_a.min() >= 0.0 and les_a.max() > 0.15
-        diff = img_a.astype(np.int16) - img_n.astype(np.int16)
+        signed = sign * les_a  # the attenuation added (opaque) or removed (lucent), >= 0
+        assert signed.min() >= 0.0 and signed.max() > 0.1
+        diff = sign * (img_a.astype(np.int16) - img_n.astype(np.int16))
         # Away from the lesions only rounding may differ (one grey level; 0.001 of attenuation
         # stays under half a level through contrast and gamma).
-        assert np.abs(diff[les_a < 0.001]).max() <= 1
-        dense = les_a > 0.1
-        assert dense.sum() >= 20 and diff[dense].mean() > 10.0  # the lesions attenuate (brighter)
+        assert np.abs(diff[signed < 0.001]).max() <= 1
+        dense = signed > 0.1
+        assert dense.sum() >= 20 and diff[dense].mean() > 8.0  # brighter, or darker
         np.testing.assert_array_equal(img_n, phantom_image(np.random.default_rng([4, i]), 64))
+    with pytest.raises(ValueError, match="lesion kind"):
+        phantom_with_lesions(np.random.default_rng(0), 64, True, "cavitary")
 
 
 def test_dataset_images_carry_lesions_exactly_when_labelled_abnormal(tmp_path: Path) -> None:

@@ -260,3 +260,9 @@ def test_demo_runs_end_to_end_on_phantoms(tmp_path: Path) -> None:
     # a second call resumes the finished run instead of refusing or retraining
     r = runner.invoke(app, args)
     assert r.exit_code == 0, r.output
+
+
+def test_demo_refuses_an_unknown_lesion_kind(tmp_path: Path) -> None:
+    r = runner.invoke(app, ["demo", "-o", str(tmp_path / "d"), "--lesions", "cavitary"])
+    assert r.exit_code == 1 and "lesion kind must be one of lucent, opaque" in r.output
+    assert "Traceback" not in r.output
