@@ -437,18 +437,19 @@ def test_bench_cli_smoke(tiny: dict[str, Path]) -> None:
 
 
 def _tampered_graph(bundle: Path, out: Path) -> Path:
-    """The bundle's dual FP32 graph with module A's last linear layers replaced by noise."""
+    """The bundle's dual FP32 graph with module B's last linear layers replaced by noise (B sets
+    every score, so the tampering shows in each, whatever the test images)."""
     m = onnx.load(str(bundle / "dual_fp32.onnx"))
     k = int({p.key: p.value for p in m.metadata_props}["ddad.k"])  # members per module
-    module_a = {f"fc4.weight.member{i}" for i in range(k)}
+    module_b = {f"fc4.weight.member{i}" for i in range(k, 2 * k)}  # A's members come first
     hit = 0
     for i, t in enumerate(m.graph.initializer):
-        if t.name in module_a:
+        if t.name in module_b:
             w = numpy_helper.to_array(t)
             noise = np.random.default_rng(i).normal(0, 3 * w.std(), w.shape).astype(w.dtype)
             m.graph.initializer[i].CopyFrom(numpy_helper.from_array(noise, t.name))
             hit += 1
-    assert hit == k, f"expected {k} fc4 weights of module A, found {hit}"
+    assert hit == k, f"expected {k} fc4 weights of module B, found {hit}"
     onnx.save(m, str(out))
     return out
 
