@@ -20,6 +20,16 @@ from ddad_edge.cli_common import (
     say,
 )
 
+# The solver's options (defaults in the signature; the journal's values in the help).
+BatchSizeOpt = Annotated[int, typer.Option(help="Crops per Adam step.", min=1)]
+LrOpt = Annotated[float, typer.Option(help="Adam learning rate.")]
+WeightDecayOpt = Annotated[
+    float, typer.Option(help="Adam's L2 weight decay (the journal's code: 1e-4).")
+]
+Beta1Opt = Annotated[float, typer.Option(help="Adam beta1 (the journal's code: 0.5).")]
+BlendMinOpt = Annotated[float, typer.Option(help="Least patch blend factor (the journal's: 0).")]
+BlendMaxOpt = Annotated[float, typer.Option(help="Largest patch blend factor.")]
+
 
 def train_asr(
     run: Annotated[Path, typer.Argument(help="Finished run folder written by `train`.")],
@@ -44,16 +54,12 @@ def train_asr(
             "or opacity (ours: a soft, textured brightening).",
         ),
     ] = "patch",
-    batch_size: Annotated[int, typer.Option(help="Crops per Adam step.", min=1)] = 32,
-    lr: Annotated[float, typer.Option(help="Adam learning rate.")] = 1e-3,
-    weight_decay: Annotated[
-        float, typer.Option(help="Adam's L2 weight decay (the journal's code: 1e-4).")
-    ] = 0.0,
-    beta1: Annotated[float, typer.Option(help="Adam beta1 (the journal's code: 0.5).")] = 0.9,
-    blend_min: Annotated[
-        float, typer.Option(help="Least patch blend factor (the journal's code: 0).")
-    ] = 0.5,
-    blend_max: Annotated[float, typer.Option(help="Largest patch blend factor.")] = 1.0,
+    batch_size: BatchSizeOpt = 32,
+    lr: LrOpt = 1e-3,
+    weight_decay: WeightDecayOpt = 0.0,
+    beta1: Beta1Opt = 0.9,
+    blend_min: BlendMinOpt = 0.5,
+    blend_max: BlendMaxOpt = 1.0,
     resume: Annotated[
         bool, typer.Option(help="Continue an interrupted ASR training from its last epoch.")
     ] = False,
@@ -76,22 +82,10 @@ def train_asr(
 
     from ddad_edge.asr import AsrConfig
     from ddad_edge.asr import train_asr as train
-    from ddad_edge.checkpoint import CheckpointError, read_config
+    from ddad_edge.checkpoint import CheckpointError
     from ddad_edge.cli import load_part_with_progress
-    from ddad_edge.data import SplitError, read_manifest
-    from ddad_edge.train import normal_train_digest
 
-    try:
-        manifest = read_manifest(split_path, data_root)
-        config = read_config(run)
-    except (SplitError, FileNotFoundError, CheckpointError) as e:
-        fail(e)
-    same_d = config.get("split_sha256") == manifest["sha256"] or (
-        config.get("normal_train_sha256") is not None
-        and config.get("normal_train_sha256") == normal_train_digest(manifest)
-    )
-    if not same_d:
-        fail(f"{run} was trained on another split (another D); pass the run's own split")
+    manifest = _run_split(run, split_path, data_root)
     if threads:
         torch.set_num_threads(threads)
     if held_out and not manifest.get("calibration"):
@@ -128,6 +122,27 @@ def train_asr(
         f"trained ASR for {state['epoch']} epochs on {state['n_train']} images ({label}) into "
         f"{run / 'asr.pt'} (input scales {json.dumps([round(s, 6) for s in state['input_scale']])})"
     )
+
+
+def _run_split(run: Path, split_path: Path, data_root: Path | None) -> dict:
+    """The split manifest, checked to be the one the run was trained on (the same D); a
+    one-line failure otherwise."""
+    from ddad_edge.checkpoint import CheckpointError, read_config
+    from ddad_edge.data import SplitError, read_manifest
+    from ddad_edge.train import normal_train_digest
+
+    try:
+        manifest = read_manifest(split_path, data_root)
+        config = read_config(run)
+    except (SplitError, FileNotFoundError, CheckpointError) as e:
+        fail(e)
+    same_d = config.get("split_sha256") == manifest["sha256"] or (
+        config.get("normal_train_sha256") is not None
+        and config.get("normal_train_sha256") == normal_train_digest(manifest)
+    )
+    if not same_d:
+        fail(f"{run} was trained on another split (another D); pass the run's own split")
+    return manifest
 
 
 def register(app: typer.Typer) -> None:
