@@ -19,9 +19,11 @@ network learns to find the anomaly in their maps under a focal loss
 (``runtime.scores``). Nothing is selected on the test
 set: the last of a fixed number of epochs is kept.
 
-The network has a receptive field of 7x7 pixels and no normalisation layer, so training on
-32x32 crops of the 64x64 maps (each crop holding the whole patch) is the same computation as on
-whole maps away from the crop border, at a quarter of the cost.
+The network has a receptive field of 7x7 pixels, so without normalisation layers training on
+32x32 crops of the 64x64 maps (each crop holding the whole patch; the default) is the same
+computation as on whole maps away from the crop border, at a quarter of the cost. With
+``batch_norm`` (the authors' network) the batch statistics depend on what the crops hold: the
+authors train on whole maps (``crop=64``).
 
 The checkpoint is ``RUN/asr.pt``, plain data (read with ``torch.load(weights_only=True)``),
 written every epoch; ``resume`` continues from the last completed epoch with the same images,
@@ -51,7 +53,10 @@ FOCAL_GAMMA = 2.0
 SCALE_PERCENTILE = 99.0
 """Each input map is divided by this percentile of its pixels over the uncorrupted training
 normals."""
-ANOMALIES = ("patch", "opacity")
+ANOMALIES = ("patch", "journal", "opacity")
+JOURNAL_CORE = 0.8
+"""``anomaly="journal"``: patch centres lie in the middle 80% of each axis, as the authors'
+code places them."""
 OPACITY_EDGE = 0.15
 """Width of an opacity's soft edge, in units of its radius."""
 OPACITY_LABEL = 0.3
@@ -79,8 +84,11 @@ class AsrConfig:
     blend_max: float = 1.0
     seed: int = 0
     anomaly: str = "patch"
-    """"patch" (the journal's: another image's square blended in) or "opacity" (ours: a soft,
-    textured brightening, :func:`opacity`)."""
+    """"patch" (another image's square blended in, cut at an independent place), "journal"
+    (the authors' code: cut from the same place of the other image, centred in the middle 80%)
+    or "opacity" (ours: a soft, textured brightening, :func:`opacity`)."""
+    batch_norm: bool = False
+    """Batch normalisation after the first two convolutions, as the authors' network has."""
 
     def check(self, size: int) -> None:
         """ValueError for settings that cannot work on size x size maps."""
@@ -103,16 +111,22 @@ class AsrConfig:
 
 class AsrNet(nn.Module):
     """The refinement network. forward: maps float32 [N, 2, H, W] ([inter, intra], scaled) ->
-    logits [N, 2, H, W] (class 0 normal, class 1 anomalous)."""
+    logits [N, 2, H, W] (class 0 normal, class 1 anomalous). With ``batch_norm`` a
+    BatchNorm2d follows each of the first two convolutions (the authors' network); in eval mode
+    it is an affine map, which the export folds into the convolution before it."""
 
-    def __init__(self, channels: int = CHANNELS) -> None:
+    def __init__(self, channels: int = CHANNELS, batch_norm: bool = False) -> None:
         super().__init__()
+        self.batch_norm = batch_norm
         self.conv1 = nn.Conv2d(len(ASR_INPUTS), channels, 3, padding=1)
         self.conv2 = nn.Conv2d(channels, channels, 3, padding=1)
         self.conv3 = nn.Conv2d(channels, 2, 3, padding=1)
+        self.norm1: nn.Module = nn.BatchNorm2d(channels) if batch_norm else nn.Identity()
+        self.norm2: nn.Module = nn.BatchNorm2d(channels) if batch_norm else nn.Identity()
 
     def forward(self, m: torch.Tensor) -> torch.Tensor:
-        return self.conv3(F.relu(self.conv2(F.relu(self.conv1(m)))))
+        h = F.relu(self.norm1(self.conv1(m)))
+        return self.conv3(F.relu(self.norm2(self.conv2(h))))
 
 
 def focal_loss(
@@ -153,8 +167,11 @@ def synthesize(
     ``cfg.corrupt_fraction`` of them gets one, in an s x s box (s = patch_min..patch_max) at a
     random place, of strength a ~ U[blend_min, blend_max]:
 
-    - "patch" (the journal's): the box cut from another of them at an independent random place
-      and blended in, x' = (1 - a) x + a donor; the whole box is labelled;
+    - "patch": the box cut from another of them at an independent random place and blended
+      in, x' = (1 - a) x + a donor; the whole box is labelled;
+    - "journal" (the authors' code): the same blend, but the box is cut from the same place of
+      the other image, and is centred in the middle ``JOURNAL_CORE`` of each axis with a
+      half-width of patch_min // 2 .. patch_max // 2, clipped at the border (:func:`journal_box`);
     - "opacity": x' = x + a w (1 - x), brightening towards white (1) by the weights w of
       :func:`opacity`; pixels with w >= ``OPACITY_LABEL`` are labelled.
 
@@ -177,6 +194,13 @@ def synthesize(
             continue
         j = int(rng.integers(n - 1))
         j += j >= i  # any image but i
+        if cfg.anomaly == "journal":
+            ys, xs = journal_box(h, w, cfg, rng)
+            a = np.float32(rng.uniform(cfg.blend_min, cfg.blend_max))
+            x[i, :, ys, xs] = (1 - a) * x[i, :, ys, xs] + a * d[j, :, ys, xs]
+            mask[i, :, ys, xs] = 1.0
+            donors[i] = j
+            continue
         s = int(rng.integers(cfg.patch_min, cfg.patch_max + 1))
         ty, tx, sy, sx = (int(v) for v in rng.integers(0, [h - s + 1, w - s + 1] * 2))
         a = np.float32(rng.uniform(cfg.blend_min, cfg.blend_max))
@@ -190,6 +214,23 @@ def synthesize(
         mask[i, :, ty : ty + s, tx : tx + s] = 1.0
         donors[i] = j
     return x, mask, donors
+
+
+def _centre_range(n: int) -> tuple[int, int]:
+    """[low, high) of the journal patches' centres on an axis of n pixels: the middle
+    ``JOURNAL_CORE``, its float bounds truncated as the authors' code does (6..56 of 64)."""
+    off = (1 - JOURNAL_CORE) / 2 * n
+    return int(off), max(int(off + JOURNAL_CORE * n), int(off) + 1)
+
+
+def journal_box(h: int, w: int, cfg: AsrConfig, rng: np.random.Generator) -> tuple[slice, slice]:
+    """The authors' patch box on an h x w image: centre (cy, cx) uniform over the middle
+    ``JOURNAL_CORE`` of each axis, half-width r uniform in patch_min // 2 .. patch_max // 2,
+    rows cy - r .. cy + r - 1 and the same for columns, clipped to the image. Returns the
+    (rows, columns) slices."""
+    cy, cx = (int(rng.integers(*_centre_range(n))) for n in (h, w))
+    r = int(rng.integers(cfg.patch_min // 2, cfg.patch_max // 2 + 1))
+    return slice(max(cy - r, 0), min(cy + r, h)), slice(max(cx - r, 0), min(cx + r, w))
 
 
 def crop_origins(mask: np.ndarray, crop: int, rng: np.random.Generator) -> np.ndarray:
@@ -244,7 +285,7 @@ def _new_state(
     cfg: AsrConfig, scale: list[float], n: int, split_sha256: str | None, trained_on: str
 ) -> dict:
     torch.manual_seed(cfg.seed)
-    net = AsrNet()
+    net = AsrNet(batch_norm=cfg.batch_norm)
     return {
         "format": "ddad-asr",
         "epoch": 0,
@@ -298,7 +339,7 @@ def train_asr(
     else:
         clean = maps_from_stats(d, dual_stats(models[0], models[1], d))
         state = _new_state(cfg, input_scale(clean), len(d), split_sha256, trained_on)
-    net = AsrNet(state["channels"])
+    net = AsrNet(state["channels"], batch_norm=cfg.batch_norm)
     net.load_state_dict(state["model"])
     opt = torch.optim.Adam(
         net.parameters(), lr=cfg.lr, betas=(cfg.beta1, 0.999), weight_decay=cfg.weight_decay
@@ -358,7 +399,7 @@ def load_asr(run_dir: Path, *, require_complete: bool = True) -> tuple[AsrNet, l
             f"{Path(run_dir) / ASR_FILE}: ASR training stopped at epoch {ck['epoch']} of "
             f"{ck['epochs']}; finish it with `ddad-edge train-asr ... --resume`"
         )
-    net = AsrNet(int(ck["channels"]))
+    net = AsrNet(int(ck["channels"]), batch_norm=bool(ck.get("config", {}).get("batch_norm")))
     try:
         net.load_state_dict(ck["model"])
     except (RuntimeError, KeyError) as e:

@@ -29,6 +29,19 @@ WeightDecayOpt = Annotated[
 Beta1Opt = Annotated[float, typer.Option(help="Adam beta1 (the journal's code: 0.5).")]
 BlendMinOpt = Annotated[float, typer.Option(help="Least patch blend factor (the journal's: 0).")]
 BlendMaxOpt = Annotated[float, typer.Option(help="Largest patch blend factor.")]
+CropOpt = Annotated[
+    int,
+    typer.Option(
+        help="Side of the map crops it trains on (64: whole maps, as the authors).", min=1
+    ),
+]
+BatchNormOpt = Annotated[
+    bool,
+    typer.Option(
+        "--batch-norm/--no-batch-norm",
+        help="Batch normalisation after the first two convolutions (the authors' network).",
+    ),
+]
 
 
 def train_asr(
@@ -50,7 +63,8 @@ def train_asr(
     anomaly: Annotated[
         str,
         typer.Option(
-            help="Synthetic anomaly: patch (the journal's: another image's square blended in) "
+            help="Synthetic anomaly: patch (another image's square blended in, cut anywhere), "
+            "journal (as the authors' code: cut from the same place, centred in the middle 80%) "
             "or opacity (ours: a soft, textured brightening).",
         ),
     ] = "patch",
@@ -60,6 +74,8 @@ def train_asr(
     beta1: Beta1Opt = 0.9,
     blend_min: BlendMinOpt = 0.5,
     blend_max: BlendMaxOpt = 1.0,
+    crop: CropOpt = 32,
+    batch_norm: BatchNormOpt = False,
     resume: Annotated[
         bool, typer.Option(help="Continue an interrupted ASR training from its last epoch.")
     ] = False,
@@ -110,6 +126,8 @@ def train_asr(
                 beta1=beta1,
                 blend_min=blend_min,
                 blend_max=blend_max,
+                crop=crop,
+                batch_norm=batch_norm,
             ),
             split_sha256=manifest["sha256"],
             trained_on=part,

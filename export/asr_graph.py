@@ -36,15 +36,20 @@ class AsrWeights:
 
 
 def asr_weights(net: Any, scale: list[float]) -> AsrWeights:
-    """AsrWeights of a trained ``ddad_edge.asr.AsrNet``."""
-    convs = tuple(
-        (
-            c.weight.detach().cpu().numpy().astype(np.float32),
-            c.bias.detach().cpu().numpy().astype(np.float32),
-        )
-        for c in (net.conv1, net.conv2, net.conv3)
-    )
-    return AsrWeights(convs, tuple(float(s) for s in scale))
+    """AsrWeights of a trained ``ddad_edge.asr.AsrNet``, each batch normalisation (eval mode:
+    y = gamma (x - mean) / sqrt(var + eps) + beta) folded into the convolution before it."""
+    convs = []
+    for conv, norm in ((net.conv1, net.norm1), (net.conv2, net.norm2), (net.conv3, None)):
+        w = conv.weight.detach().cpu().double().numpy()
+        b = conv.bias.detach().cpu().double().numpy()
+        if hasattr(norm, "running_var"):  # a BatchNorm2d, not an Identity
+            g = norm.weight.detach().double().numpy() / np.sqrt(
+                norm.running_var.double().numpy() + norm.eps
+            )
+            w = w * g[:, None, None, None]
+            b = (b - norm.running_mean.double().numpy()) * g + norm.bias.detach().double().numpy()
+        convs.append((w.astype(np.float32), b.astype(np.float32)))
+    return AsrWeights(tuple(convs), tuple(float(s) for s in scale))
 
 
 def add_asr(b: _Builder, asr: AsrWeights, kind: str, fp16: bool) -> str:

@@ -86,6 +86,7 @@ def asr_section(run: Any) -> dict[str, Any] | None:
         "inputs": list(ASR_INPUTS),
         "input_scale": list(run.asr[1]),
         "channels": int(run.asr[0].conv1.out_channels),
+        "batch_norm": bool(run.asr[0].batch_norm),  # folded into the convolutions
         "epochs_trained": run.asr_epochs,
         "trained_on": run.asr_trained_on,
         "source": "RUN/asr.pt (ddad-edge train-asr)",

@@ -235,8 +235,9 @@ def shared_bundle(assets: Path, shared_run: Callable[[str], Path]) -> Callable[[
 
 @pytest.fixture(scope="session")
 def asr_run(assets: Path, shared_run: Callable[[str], Path], training_images) -> Path:
-    """A copy of the shared AE-U run with an ASR network trained for one epoch (32 crops) on
-    its training images (made once, kept in ``assets``). Read-only."""
+    """A copy of the shared AE-U run with an ASR network with batch normalisation (the
+    authors' network, so that export folds it) trained for one epoch (32 crops) on its
+    training images (made once, kept in ``assets``). Read-only."""
     out = assets / "run-aeu-asr"
     if not (out / "asr.pt").is_file():
         require_train_extra()
@@ -245,7 +246,7 @@ def asr_run(assets: Path, shared_run: Callable[[str], Path], training_images) ->
         src = shared_run("aeu")
         tmp = assets / f"run-aeu-asr.tmp{os.getpid()}"
         shutil.copytree(src, tmp)
-        train_asr(tmp, training_images[0][:32], AsrConfig(epochs=1, batch_size=16))
+        train_asr(tmp, training_images[0][:32], AsrConfig(epochs=1, batch_size=16, batch_norm=True))
         shutil.rmtree(out, ignore_errors=True)
         tmp.rename(out)
     return out

@@ -69,9 +69,12 @@ def test_ar_curve_names_a_run_that_was_not_evaluated(sweep: Path, tmp_path: Path
 
 
 def test_asr_gain_table_and_figure_from_evaluated_asr_runs(sweep: Path, tmp_path: Path) -> None:
-    """train-asr with the journal's solver flags, eval, then `benchmarks.asr_gain add` takes each
-    run's seed and inter/asr AUCs from its files, and `plot` draws the table."""
+    """train-asr with the journal's solver flags (and, for seed 1, the authors' network and
+    patches: --anomaly journal --crop 64 --batch-norm), eval, then `benchmarks.asr_gain add`
+    takes each run's seed and inter/asr AUCs from its files, and `plot` draws the table."""
     import shutil
+
+    import torch
 
     from ddad_edge.benchmarks import asr_gain
 
@@ -81,8 +84,13 @@ def test_asr_gain_table_and_figure_from_evaluated_asr_runs(sweep: Path, tmp_path
         shutil.copytree(sweep / f"run-ar1-s{seed}", run)
         split = str(sweep / "split-ar1.json")
         solver = ["--batch-size", "8", "--lr", "1e-4", "--weight-decay", "1e-4", "--beta1", "0.5"]
+        authors = ["--anomaly", "journal", "--crop", "64", "--batch-norm"] if seed else []
         _ok(["train-asr", str(run), "--split", split, "--epochs", "1", "--seed", str(seed),
-             *solver, "--blend-min", "0", "--threads", "1"])  # fmt: skip
+             *solver, *authors, "--blend-min", "0", "--threads", "1"])  # fmt: skip
+        config = torch.load(run / "asr.pt", weights_only=True)["config"]
+        assert (config["anomaly"], config["crop"], config["batch_norm"]) == (
+            ("journal", 64, True) if seed else ("patch", 32, False)
+        )
         _ok(["eval", str(run), "--split", split])
         runs.append(run)
     table = tmp_path / "gain.csv"

@@ -14,6 +14,7 @@ torch = pytest.importorskip("torch")
 
 from ddad_edge.asr import (  # noqa: E402
     AsrConfig,
+    AsrNet,
     asr_probability,
     crop_origins,
     focal_loss,
@@ -64,6 +65,54 @@ def test_synthetic_anomaly_is_a_square_of_another_d_image() -> None:
     x, mask, donors = synthesize(d, np.random.default_rng(3), half)
     for i in np.flatnonzero(donors < 0):  # untouched images: no mask, no change
         assert not mask[i].any() and np.array_equal(x[i], d[i])
+
+
+def test_journal_patch_comes_from_the_same_place_of_another_image() -> None:
+    """--anomaly journal (the authors' code): the labelled box is the donor's box at the same
+    place, centred in the middle 80% (rows and columns 6..56 of 64), half-width 3..12
+    clipped at the border; nothing else changes."""
+    rng = np.random.default_rng(11)
+    d = rng.uniform(-1, 1, (40, 1, 64, 64)).astype(np.float32)
+    cfg = AsrConfig(corrupt_fraction=1.0, blend_min=1.0, blend_max=1.0, anomaly="journal")
+    x, mask, donors = synthesize(d, np.random.default_rng(12), cfg)
+    sides = set()
+    for i in range(40):
+        box = mask[i, 0] > 0
+        rows, cols = np.flatnonzero(box.any(1)), np.flatnonzero(box.any(0))
+        assert box.sum() == len(rows) * len(cols)  # one rectangle
+        for lo, hi in ((rows[0], rows[-1] + 1), (cols[0], cols[-1] + 1)):
+            if 0 < lo and hi < 64:  # not clipped: an even side 2r, centre lo + r
+                assert (hi - lo) % 2 == 0 and 6 <= hi - lo <= 24 and 6 <= (lo + hi) // 2 <= 56
+            sides.add(hi - lo)
+        j = donors[i]
+        assert j != i and j >= 0
+        np.testing.assert_array_equal(x[i, 0][box], d[j, 0][box])  # the same place of j
+        np.testing.assert_array_equal(x[i, 0][~box], d[i, 0][~box])
+    assert min(sides) >= 6 and max(sides) <= 24 and len(sides) > 3
+
+
+def test_batch_norm_is_folded_into_the_exported_convolutions() -> None:
+    """The authors' network (--batch-norm): the export's folded convolutions give the eval-mode
+    network's logits (ReLU after the first two)."""
+    from export.asr_graph import asr_weights
+
+    torch.manual_seed(0)
+    net = AsrNet(channels=8, batch_norm=True)
+    for bn in (net.norm1, net.norm2):  # statistics and affine far from the identity
+        bn.running_mean.uniform_(-1, 1)
+        bn.running_var.uniform_(0.2, 3)
+        bn.weight.data.uniform_(0.5, 2)
+        bn.bias.data.uniform_(-1, 1)
+    net.eval()
+    m = torch.randn(2, 2, 16, 16)
+    h = m
+    for i, (w, b) in enumerate(asr_weights(net, [1.0, 1.0]).convs):
+        h = torch.nn.functional.conv2d(h, torch.from_numpy(w), torch.from_numpy(b), padding=1)
+        h = torch.relu(h) if i < 2 else h
+    with torch.no_grad():
+        np.testing.assert_allclose(h.numpy(), net(m).numpy(), rtol=1e-4, atol=1e-5)
+    plain = AsrNet(channels=8)
+    assert all(not list(n.parameters()) for n in (plain.norm1, plain.norm2))
 
 
 def test_opacity_brightens_a_soft_blob_and_labels_its_core() -> None:
@@ -158,6 +207,7 @@ def test_export_fuses_asr_and_gates_it(asr_bundle: Path) -> None:
         assert ASR_SCORE in m["graphs"][key]["outputs"], key
     assert m["scores"]["names"] == [*SCORE_NAMES, ASR_SCORE]
     assert m["asr"]["inputs"] == ["inter", "intra"] and m["asr"]["channels"] == 128
+    assert m["asr"]["batch_norm"]  # the fixture's network has it; folded, and gated below
     res = {r["graph"]: r for r in m["parity"]["results"]}
     fp32 = res["dual_fp32"]
     assert fp32["passed"] and fp32["errors"][ASR_SCORE]["rel"] <= 1e-5
