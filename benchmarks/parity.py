@@ -32,9 +32,9 @@ from ddad_edge.benchmarks.lanes import (
     RuntimeLane,
     open_lane,
 )
-from ddad_edge.benchmarks.stats import paired_bootstrap_delta, spearman
+from ddad_edge.benchmarks.stats import paired_bootstrap_delta
 from ddad_edge.benchmarks.variants import make_variant_bundle
-from ddad_edge.runtime.metrics import average_precision, roc_auc
+from ddad_edge.runtime.metrics import average_precision, roc_auc, spearman
 
 Outputs = tuple[dict[str, np.ndarray], dict[str, np.ndarray]]  # (score maps, image scores)
 Progress = Callable[[str], None]

@@ -8,7 +8,7 @@ from collections.abc import Callable
 import numpy as np
 
 from ddad_edge.benchmarks.schema import TimeSummary
-from ddad_edge.runtime.metrics import average_ranks, roc_auc
+from ddad_edge.runtime.metrics import roc_auc
 
 PERCENTILES: tuple[int, ...] = (50, 95, 99)
 
@@ -31,20 +31,6 @@ def summarize_times(samples_s: np.ndarray | list[float]) -> TimeSummary:
     for p in PERCENTILES:
         out[f"p{p}_ms"] = float(np.percentile(s, p))
     return out
-
-
-def spearman(a: np.ndarray, b: np.ndarray) -> float:
-    """Spearman rank correlation of two score vectors [N] (Pearson correlation of average ranks).
-
-    Returns NaN when either vector is constant (the correlation is undefined).
-    """
-    ra, rb = average_ranks(a), average_ranks(b)
-    if ra.shape != rb.shape:
-        raise ValueError(f"score vectors differ in length: {ra.shape} vs {rb.shape}")
-    ra -= ra.mean()
-    rb -= rb.mean()
-    denom = np.sqrt((ra**2).sum() * (rb**2).sum())
-    return float((ra * rb).sum() / denom) if denom > 0 else float("nan")
 
 
 def paired_bootstrap_delta(

@@ -45,6 +45,7 @@ from torch import nn
 
 from ddad_edge.checkpoint import CheckpointError, atomic_torch_save, load_module, read_plain
 from ddad_edge.reference import dual_stats
+from ddad_edge.runtime.metrics import spearman
 from ddad_edge.runtime.scores import ASR_INPUTS, asr_input, maps_from_stats
 
 ASR_FILE = "asr.pt"
@@ -61,6 +62,10 @@ OPACITY_EDGE = 0.15
 """Width of an opacity's soft edge, in units of its radius."""
 OPACITY_LABEL = 0.3
 """Pixels whose opacity weight (0..1) reaches this are labelled anomalous."""
+AGREEMENT_MIN = 0.5
+"""``train-asr`` warns when the asr image score follows inter's ranking of the training normals
+less than this (Spearman, :func:`inter_agreement`): a refinement that ranks normals against or
+apart from DDAD's own evidence has learned something else (README, fifth ASR attempt)."""
 ASR_KEYS = ("format", "epoch", "epochs", "model", "input_scale", "channels")
 AsrEpochCallback = Callable[[int, int, float, float], None]
 
@@ -318,7 +323,8 @@ def train_asr(
     "normal_train" or "calibration"; recorded).
 
     Writes run_dir/asr.pt every epoch. Returns the final checkpoint dict (history: mean focal
-    loss per epoch). on_epoch(epoch, epochs, loss, seconds) after each epoch.
+    loss per epoch; inter_agreement: :func:`inter_agreement` over ``d``, computed at the end).
+    on_epoch(epoch, epochs, loss, seconds) after each epoch.
 
     Raises:
         CheckpointError: asr.pt exists without ``resume``, or cannot be resumed.
@@ -370,7 +376,19 @@ def train_asr(
         atomic_torch_save(state, path)
         if on_epoch is not None:
             on_epoch(epoch + 1, cfg.epochs, mean, seconds)
+    clean = maps_from_stats(d, dual_stats(models[0], models[1], d))
+    state["inter_agreement"] = inter_agreement(net.eval(), state["input_scale"], clean)
+    atomic_torch_save(state, path)
     return state
+
+
+def inter_agreement(net: AsrNet, scale: list[float], maps: dict[str, np.ndarray]) -> float:
+    """Spearman rank correlation, over N images, between the asr image score (the mean anomaly
+    probability) and the inter image score (the mean of the inter map), from the images' DDAD
+    maps ({inter, intra, ...} float32 [N, 1, H, W]). A label-free check that the refinement
+    still follows the evidence it refines; NaN when either score is constant."""
+    p = asr_probability(net, scale, maps)
+    return spearman(p.mean(axis=(1, 2, 3)), maps["inter"].mean(axis=(1, 2, 3)))
 
 
 def has_asr(run_dir: Path) -> bool:

@@ -18,6 +18,7 @@ from ddad_edge.cli_common import (
     fail,
     require_extra,
     say,
+    warn,
 )
 
 # The solver's options (defaults in the signature; the journal's values in the help).
@@ -140,6 +141,21 @@ def train_asr(
         f"trained ASR for {state['epoch']} epochs on {state['n_train']} images ({label}) into "
         f"{run / 'asr.pt'} (input scales {json.dumps([round(s, 6) for s in state['input_scale']])})"
     )
+    _report_agreement(state["inter_agreement"], label)
+
+
+def _report_agreement(rho: float, label: str) -> None:
+    """Print how closely the asr score follows inter over the training normals; warn when it
+    does not (``asr.AGREEMENT_MIN``)."""
+    from ddad_edge.asr import AGREEMENT_MIN
+
+    say(f"asr vs inter over the {label}: Spearman {rho:.3f}")
+    if not rho >= AGREEMENT_MIN:  # NaN too
+        warn(
+            f"the asr score does not follow inter's ranking of the {label} (Spearman {rho:.3f} < "
+            f"{AGREEMENT_MIN}): the network learned something other than DDAD's evidence. Check "
+            "it on labelled images before deploying it, or export with --no-asr."
+        )
 
 
 def _run_split(run: Path, split_path: Path, data_root: Path | None) -> dict:

@@ -89,6 +89,7 @@ def asr_section(run: Any) -> dict[str, Any] | None:
         "batch_norm": bool(run.asr[0].batch_norm),  # folded into the convolutions
         "epochs_trained": run.asr_epochs,
         "trained_on": run.asr_trained_on,
+        "inter_agreement": run.asr_agreement,  # train-asr's check (ddad_edge.asr)
         "source": "RUN/asr.pt (ddad-edge train-asr)",
     }
 

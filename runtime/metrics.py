@@ -29,6 +29,20 @@ def average_ranks(values: np.ndarray) -> np.ndarray:
     return ranks
 
 
+def spearman(a: np.ndarray, b: np.ndarray) -> float:
+    """Spearman rank correlation of two score vectors [N] (Pearson correlation of average ranks).
+
+    Returns NaN when either vector is constant (the correlation is undefined).
+    """
+    ra, rb = average_ranks(a), average_ranks(b)
+    if ra.shape != rb.shape:
+        raise ValueError(f"score vectors differ in length: {ra.shape} vs {rb.shape}")
+    ra -= ra.mean()
+    rb -= rb.mean()
+    denom = np.sqrt((ra**2).sum() * (rb**2).sum())
+    return float((ra * rb).sum() / denom) if denom > 0 else float("nan")
+
+
 def roc_auc(labels: np.ndarray, scores: np.ndarray) -> float:
     """Area under the ROC curve (ties count one half), via the Mann-Whitney U statistic."""
     y, s = _check(labels, scores)

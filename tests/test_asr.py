@@ -191,6 +191,40 @@ def test_checkpoint_is_plain_data_and_resumes(asr_run: Path, tmp_path: Path) -> 
         load_asr_checkpoint(bad)
 
 
+def test_train_asr_records_how_closely_asr_follows_inter(
+    asr_run: Path, asr_bundle: Path, training_images
+) -> None:
+    """The checkpoint's inter_agreement is the Spearman correlation, over the normals it was
+    trained on, of the mean asr probability with the mean inter map, recomputed here from the
+    frozen modules and the network; the bundle's manifest carries it."""
+    from ddad_edge.checkpoint import load_module
+    from ddad_edge.reference import dual_stats
+    from ddad_edge.runtime.metrics import spearman
+    from ddad_edge.runtime.scores import maps_from_stats
+
+    ck = torch.load(asr_run / "asr.pt", weights_only=True)
+    x = training_images[0][:32]  # what the fixture trained it on
+    maps = maps_from_stats(x, dual_stats(load_module(asr_run, "A"), load_module(asr_run, "B"), x))
+    p = asr_probability(*load_asr(asr_run), maps)
+    want = spearman(p.mean(axis=(1, 2, 3)), maps["inter"].mean(axis=(1, 2, 3)))
+    assert -1.0 <= ck["inter_agreement"] <= 1.0
+    assert ck["inter_agreement"] == pytest.approx(want, abs=1e-9)
+    m = json.loads((asr_bundle / "manifest.json").read_text())
+    assert m["asr"]["inter_agreement"] == pytest.approx(want, abs=1e-9)
+
+
+@pytest.mark.parametrize("rho, warned", [(0.9, False), (0.5, False), (0.2, True), (-0.8, True)])
+def test_train_asr_warns_when_asr_does_not_follow_inter(rho: float, warned: bool, capsys) -> None:
+    from ddad_edge.cli_asr import _report_agreement
+
+    _report_agreement(rho, "D")
+    out = capsys.readouterr()
+    assert f"Spearman {rho:.3f}" in out.out
+    assert ("does not follow inter" in out.err) == warned
+    _report_agreement(float("nan"), "D")  # a constant score is not agreement either
+    assert "does not follow inter" in capsys.readouterr().err
+
+
 def _torch_reference(run: Path, x: np.ndarray) -> dict[str, np.ndarray]:
     from ddad_edge.checkpoint import load_module
     from ddad_edge.reference import dual_stats
