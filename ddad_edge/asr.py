@@ -308,6 +308,20 @@ def _new_state(
     }
 
 
+def _resumable_state(run_dir: Path, cfg: AsrConfig, trained_on: str) -> dict[str, Any]:
+    """The run's ASR checkpoint, to continue to ``cfg.epochs``; CheckpointError when it was
+    trained with other settings or on another part of the split."""
+    state = load_asr_checkpoint(run_dir)
+    path = Path(run_dir) / ASR_FILE
+    changed = _changed_settings(state.get("config", {}), cfg)
+    if changed:
+        raise CheckpointError(f"{path}: cannot resume with other {', '.join(changed)}")
+    if state.get("trained_on", "normal_train") != trained_on:
+        raise CheckpointError(f"{path}: was trained on another part of the split")
+    state["epochs"] = cfg.epochs
+    return state
+
+
 def train_asr(
     run_dir: Path,
     d: np.ndarray,
@@ -334,16 +348,9 @@ def train_asr(
     models = (load_module(run_dir, "A"), load_module(run_dir, "B"))
     if path.is_file() and not resume:
         raise CheckpointError(f"{path}: exists; pass --resume to continue it, or remove it")
-    if path.is_file():
-        state = load_asr_checkpoint(run_dir)
-        changed = _changed_settings(state.get("config", {}), cfg)
-        if changed:
-            raise CheckpointError(f"{path}: cannot resume with other {', '.join(changed)}")
-        if state.get("trained_on", "normal_train") != trained_on:
-            raise CheckpointError(f"{path}: was trained on another part of the split")
-        state["epochs"] = cfg.epochs
-    else:
-        clean = maps_from_stats(d, dual_stats(models[0], models[1], d))
+    state = _resumable_state(run_dir, cfg, trained_on) if path.is_file() else None
+    clean = maps_from_stats(d, dual_stats(models[0], models[1], d))  # scales; the final check
+    if state is None:
         state = _new_state(cfg, input_scale(clean), len(d), split_sha256, trained_on)
     net = AsrNet(state["channels"], batch_norm=cfg.batch_norm)
     net.load_state_dict(state["model"])
@@ -376,7 +383,6 @@ def train_asr(
         atomic_torch_save(state, path)
         if on_epoch is not None:
             on_epoch(epoch + 1, cfg.epochs, mean, seconds)
-    clean = maps_from_stats(d, dual_stats(models[0], models[1], d))
     state["inter_agreement"] = inter_agreement(net.eval(), state["input_scale"], clean)
     atomic_torch_save(state, path)
     return state

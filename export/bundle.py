@@ -258,8 +258,9 @@ class _Run:
     """The run's ASR network and input scales (``ddad_edge.asr.load_asr``), when it has one."""
     asr_epochs: int = 0
     asr_trained_on: dict[str, Any] | None = None
-    asr_agreement: float | None = None
     """What the ASR network was trained on: {"part": split part, "split_sha256": ...}."""
+    asr_agreement: float | None = None
+    """train-asr's check (``ddad_edge.asr.inter_agreement``); None when absent or undefined."""
 
 
 def _check_request(out: Path, overwrite: bool, n_parity: int, n_golden: int, sign_key: Any) -> None:
@@ -292,7 +293,8 @@ def _load_run(run_dir: Path, allow_incomplete: bool, with_asr: bool = True) -> _
             run.asr = load_asr(run_dir, require_complete=not allow_incomplete)
             ck = load_asr_checkpoint(run_dir)
             run.asr_epochs = int(ck["epoch"])
-            run.asr_agreement = ck.get("inter_agreement")
+            rho = ck.get("inter_agreement")
+            run.asr_agreement = float(rho) if rho is not None and np.isfinite(rho) else None
             run.asr_trained_on = {
                 "part": ck.get("trained_on", "normal_train"),
                 "split_sha256": ck.get("split_sha256"),
