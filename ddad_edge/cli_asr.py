@@ -149,10 +149,10 @@ def _report_agreement(rho: float, label: str) -> None:
     does not (``asr.AGREEMENT_MIN``)."""
     from ddad_edge.asr import AGREEMENT_MIN
 
-    say(f"asr vs inter over the {label}: Spearman {rho:.3f}")
+    say(f"asr vs inter over {label}: Spearman {rho:.3f}")
     if not rho >= AGREEMENT_MIN:  # NaN too
         warn(
-            f"the asr score does not follow inter's ranking of the {label} (Spearman {rho:.3f} < "
+            f"the asr score does not follow inter's ranking of {label} (Spearman {rho:.3f} < "
             f"{AGREEMENT_MIN}): the network learned something other than DDAD's evidence. Check "
             "it on labelled images before deploying it, or export with --no-asr."
         )
