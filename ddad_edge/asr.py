@@ -397,6 +397,18 @@ def inter_agreement(net: AsrNet, scale: list[float], maps: dict[str, np.ndarray]
     return spearman(p.mean(axis=(1, 2, 3)), maps["inter"].mean(axis=(1, 2, 3)))
 
 
+def agreement_problem(rho: float | None, normals: str) -> str | None:
+    """What is wrong with an ASR network whose :func:`inter_agreement` over ``normals`` (their
+    name, e.g. "D") is ``rho``: a sentence when rho is below ``AGREEMENT_MIN`` or NaN, None
+    when it is not or was never measured (None: checkpoints older than the check)."""
+    if rho is None or rho >= AGREEMENT_MIN:
+        return None
+    return (
+        f"the asr score does not follow inter's ranking of {normals} (Spearman {rho:.3f} < "
+        f"{AGREEMENT_MIN}): the network learned something other than DDAD's evidence"
+    )
+
+
 def has_asr(run_dir: Path) -> bool:
     """Whether a run folder holds an ASR checkpoint."""
     return (Path(run_dir) / ASR_FILE).is_file()

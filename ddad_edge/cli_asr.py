@@ -146,15 +146,14 @@ def train_asr(
 
 def _report_agreement(rho: float, label: str) -> None:
     """Print how closely the asr score follows inter over the training normals; warn when it
-    does not (``asr.AGREEMENT_MIN``)."""
-    from ddad_edge.asr import AGREEMENT_MIN
+    does not (``asr.agreement_problem``)."""
+    from ddad_edge.asr import agreement_problem
 
     say(f"asr vs inter over {label}: Spearman {rho:.3f}")
-    if not rho >= AGREEMENT_MIN:  # NaN too
+    problem = agreement_problem(rho, label)
+    if problem:
         warn(
-            f"the asr score does not follow inter's ranking of {label} (Spearman {rho:.3f} < "
-            f"{AGREEMENT_MIN}): the network learned something other than DDAD's evidence. Check "
-            "it on labelled images before deploying it, or export with --no-asr."
+            f"{problem}. Check it on labelled images before deploying it, or export with --no-asr."
         )
 
 

@@ -129,8 +129,24 @@ def export(
             f"{r.graph} left out: it failed its parity gate (worst {r.worst:.2e} > tolerance"
             f" {r.tolerance:g}); the bundle has the other precisions"
         )
+    _warn_asr_agreement(res.manifest)
     signed = ", signed" if sign_key is not None else ""
     say(f"wrote {output} ({len(res.manifest['files'])} files{signed})")
+
+
+def _warn_asr_agreement(manifest: dict) -> None:
+    """Repeat train-asr's warning when the fused ASR network failed its agreement check."""
+    from ddad_edge.asr import agreement_problem
+
+    section = manifest.get("asr") or {}
+    part = (section.get("trained_on") or {}).get("part", "normal_train")
+    normals = "D" if part == "normal_train" else "the held-out normals"
+    problem = agreement_problem(section.get("inter_agreement"), normals)
+    if problem:
+        warn(
+            f"{problem}; its asr score is in the bundle: check it on labelled images, or "
+            "export with --no-asr"
+        )
 
 
 def _parity_table(m: dict, parity: list) -> Table:

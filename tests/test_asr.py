@@ -213,6 +213,33 @@ def test_train_asr_records_how_closely_asr_follows_inter(
     assert m["asr"]["inter_agreement"] == pytest.approx(want, abs=1e-9)
 
 
+def test_export_repeats_the_agreement_warning(asr_run: Path, tmp_path: Path) -> None:
+    """`export` of a run whose ASR network failed train-asr's check (its asr.pt says so) warns
+    and still writes the bundle; one that passed it exports without the warning."""
+    import shutil
+
+    from typer.testing import CliRunner
+
+    from ddad_edge.asr import AGREEMENT_MIN
+    from ddad_edge.cli import app
+
+    run = tmp_path / "run"
+    shutil.copytree(asr_run, run)
+    ck = torch.load(run / "asr.pt", weights_only=True)
+    args = ["--n-parity", "4", "--n-golden", "2", "--no-module-graphs", "--no-int8"]
+    for rho in (-0.6, 0.9):
+        ck["inter_agreement"] = rho
+        torch.save(ck, run / "asr.pt")
+        out = tmp_path / f"bundle{rho}"
+        res = CliRunner().invoke(app, ["export", "--ckpt", str(run), "-o", str(out), *args])
+        assert res.exit_code == 0, res.output
+        m = json.loads((out / "manifest.json").read_text())
+        assert m["asr"]["inter_agreement"] == pytest.approx(rho)
+        warned = "does not follow inter" in res.output
+        assert warned == (rho < AGREEMENT_MIN), res.output
+        assert not warned or f"ranking of D (Spearman {rho:.3f} < {AGREEMENT_MIN})" in res.output
+
+
 @pytest.mark.parametrize("rho, warned", [(0.9, False), (0.5, False), (0.2, True), (-0.8, True)])
 def test_train_asr_warns_when_asr_does_not_follow_inter(rho: float, warned: bool, capsys) -> None:
     from ddad_edge.cli_asr import _report_agreement
