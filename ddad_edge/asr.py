@@ -66,6 +66,8 @@ AGREEMENT_MIN = 0.5
 """``train-asr`` warns when the asr image score follows inter's ranking of the training normals
 less than this (Spearman, :func:`inter_agreement`): a refinement that ranks normals against or
 apart from DDAD's own evidence has learned something else (README, fifth ASR attempt)."""
+TRAINED_ON = {"normal_train": "D", "calibration": "held-out normals"}
+"""The split parts an ASR network can train on, and how messages name them."""
 ASR_KEYS = ("format", "epoch", "epochs", "model", "input_scale", "channels")
 AsrEpochCallback = Callable[[int, int, float, float], None]
 

@@ -97,7 +97,7 @@ def train_asr(
 
     import torch
 
-    from ddad_edge.asr import AsrConfig
+    from ddad_edge.asr import TRAINED_ON, AsrConfig
     from ddad_edge.asr import train_asr as train
     from ddad_edge.checkpoint import CheckpointError
     from ddad_edge.cli import load_part_with_progress
@@ -107,7 +107,8 @@ def train_asr(
         torch.set_num_threads(threads)
     if held_out and not manifest.get("calibration"):
         fail(f"{split_path}: no held-out normals; make the split with `split --calibration N`")
-    part, label = ("calibration", "held-out normals") if held_out else ("normal_train", "D")
+    part = "calibration" if held_out else "normal_train"
+    label = TRAINED_ON[part]
     d = load_part_with_progress(manifest, part, label)
 
     def on_epoch(epoch: int, total: int, loss: float, seconds: float) -> None:

@@ -136,12 +136,11 @@ def export(
 
 def _warn_asr_agreement(manifest: dict) -> None:
     """Repeat train-asr's warning when the fused ASR network failed its agreement check."""
-    from ddad_edge.asr import agreement_problem
+    from ddad_edge.asr import TRAINED_ON, agreement_problem
 
     section = manifest.get("asr") or {}
     part = (section.get("trained_on") or {}).get("part", "normal_train")
-    normals = "D" if part == "normal_train" else "the held-out normals"
-    problem = agreement_problem(section.get("inter_agreement"), normals)
+    problem = agreement_problem(section.get("inter_agreement"), TRAINED_ON.get(part, part))
     if problem:
         warn(
             f"{problem}; its asr score is in the bundle: check it on labelled images, or "
