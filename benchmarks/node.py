@@ -40,6 +40,12 @@ under the same allocator while this process (senders, destination) stays as it w
 is e2e p50 <= 2 x that. Also timed in process: the full-resolution decode
 (``target_size=None``) against the reduced one the node uses, and the image scores of both
 (parity).
+
+With ``--floor`` the same sends then go to ``benchmarks.node_floor``, the node with its
+per-object gate, decode and score taken out: :func:`node_floor_ms` per file is what the node
+adds to decode + score at the least (DICOM transfer in, the SR's persistence and delivery), and
+``lowest_ratio_decision`` the e2e decision ratio that even a zero-cost gate and a child as fast
+as the reference would give.
 """
 
 from __future__ import annotations
@@ -274,6 +280,25 @@ def _summary(rows: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
     }
 
 
+def node_floor_ms(rows: list[dict[str, Any]]) -> float:
+    """p50 over the floor node's sends (``benchmarks.node_floor``) of e2e decision less
+    persist, ms: what the node adds to decode + score at the least. The real node decodes and
+    scores while the object is persisted, so its e2e decision is at least transfer + decode +
+    score + (journalled -> SR received), and the floor's sends measure the rest."""
+    return float(np.percentile([r["e2e_decision"] - r["persist"] for r in rows], 50))
+
+
+def _floor_summary(rows: list[dict[str, Any]], ref_ms: float) -> dict[str, Any]:
+    """The floor's stages, its :func:`node_floor_ms` and the lowest e2e decision ratio it
+    allows against the in-process reference ``ref_ms``."""
+    floor = node_floor_ms(rows)
+    return {
+        "floor": _summary(rows),
+        "node_floor_ms": floor,
+        "lowest_ratio_decision": (floor + ref_ms) / ref_ms,
+    }
+
+
 def run(
     bundle: Path,
     calibration: Path | None,
@@ -286,11 +311,13 @@ def run(
     storescu: str | None = None,
     storescp: str | None = None,
     send_pdu: int | None = None,
+    floor: Path | None = None,
 ) -> dict[str, Any]:
     """Start a node, send every file ``rounds`` times at each concurrency, return the per-send
     rows and their p50/p95 by file group and concurrency. ``storescu``: dcmtk's sender to use
     (None: pynetdicom); ``storescp``: dcmtk's receiver for the results (None: pynetdicom);
-    ``send_pdu``: the largest PDU ``storescu`` sends (None: as large as the node takes)."""
+    ``send_pdu``: the largest PDU ``storescu`` sends (None: as large as the node takes);
+    ``floor``: run ``benchmarks.node_floor`` with this reference file instead of the node."""
     from pydicom import dcmread
 
     datasets = {f.name: dcmread(f) for f in files}
@@ -302,16 +329,13 @@ def run(
         dest = PynetdicomDestination()
     port = free_port()
     spool = workdir / "spool"
-    cmd = [sys.executable, "-m", "ddad_edge.cli", "serve", str(bundle), "--host", "127.0.0.1"]
-    cmd += [
-        "--port",
-        str(port),
-        "--spool",
-        str(spool),
-        "--forward",
-        f"BENCHDEST@127.0.0.1:{dest.port}",
-    ]
-    cmd += ["--backend", "ort-cpu", "--workers", str(workers)]
+    if floor is None:
+        cmd = [sys.executable, "-m", "ddad_edge.cli", "serve", str(bundle), "--host", "127.0.0.1"]
+        cmd += ["--backend", "ort-cpu", "--workers", str(workers)]
+    else:
+        cmd = [sys.executable, "-m", "ddad_edge.benchmarks.node_floor", str(bundle), str(floor)]
+    cmd += ["--port", str(port), "--spool", str(spool)]
+    cmd += ["--forward", f"BENCHDEST@127.0.0.1:{dest.port}"]
     cmd += ["--calibration", str(calibration)] if calibration else []
     log = open(workdir / "node.log", "wb")  # noqa: SIM115 (closed below)
     node = subprocess.Popen(cmd, stdout=log, stderr=log)
@@ -379,6 +403,14 @@ def main(
             "takes, which storescu caps at 131072). A modality's own setting, often 16384."
         ),
     ] = None,
+    floor: Annotated[
+        bool,
+        typer.Option(
+            help="Also run the node without its per-object gate, decode and score "
+            "(benchmarks.node_floor, every object given the first file's record) and report "
+            "the e2e decision no scorer can go below and the lowest ratio it allows."
+        ),
+    ] = False,
 ) -> None:
     """Measure the node's end-to-end latency (see the module docstring) and print a table."""
     if sender not in ("storescu", "pynetdicom"):
@@ -410,12 +442,21 @@ def main(
         bundle, calibration, files, rounds=rounds, concurrency=conc, workers=workers,
         workdir=workdir, storescu=storescu, storescp=storescp, send_pdu=send_pdu,
     )  # fmt: skip
+    floor_rows: dict[str, Any] = {}
+    if floor:
+        (workdir / "floor").mkdir(exist_ok=True)
+        floor_rows = run(
+            bundle, calibration, files, rounds=rounds, concurrency=conc,
+            workdir=workdir / "floor", storescu=storescu, storescp=storescp,
+            send_pdu=send_pdu, floor=files[0],
+        )  # fmt: skip
     after = in_process_kept(bundle, files, repeats)
     # the reference is timed before and after the node runs, on a machine whose speed drifts
     ref = {f: {k: (v + after[f][k]) / 2 for k, v in r.items()} for f, r in before.items()}
     report: dict[str, Any] = {
         "in_process_ms": ref, "in_process_ms_before": before, "in_process_ms_after": after,
-        "sends": rows, "summary": {}, "workers": workers, "sender": sender,
+        "sends": rows, "floor_sends": floor_rows, "summary": {}, "workers": workers,
+        "sender": sender,
         "destination": destination, "send_pdu": send_pdu,
         "load_average": os.getloadavg(),
     }  # fmt: skip
@@ -427,18 +468,28 @@ def main(
             s["e2e_p50_over_in_process"] = s["e2e"]["p50"] / s["in_process_decode_score"]
             ref_ms = s["in_process_decode_score"]
             s["e2e_decision_p50_over_in_process"] = s["e2e_decision"]["p50"] / ref_ms
+            if floor_rows:
+                s |= _floor_summary([r for r in floor_rows[c] if r["file"] == name], ref_ms)
             report["summary"][f"{c}:{name}"] = s
     output.write_text(json.dumps(report, indent=1))
     for key, s in report["summary"].items():
         c, name = key.split(":", 1)
         stages = "  ".join(
-            f"{k} {v['p50']:.0f}/{v['p95']:.0f}" for k, v in s.items() if isinstance(v, dict)
+            f"{k} {v['p50']:.0f}/{v['p95']:.0f}"
+            for k, v in s.items()
+            if isinstance(v, dict) and "p50" in v
         )
         typer.echo(
             f"{c} sender(s) {name}: {stages}  in-process {s['in_process_decode_score']:.0f} ms"
             f"  ratio decision {s['e2e_decision_p50_over_in_process']:.2f}"
             f" all {s['e2e_p50_over_in_process']:.2f}"
         )
+        if "node_floor_ms" in s:
+            typer.echo(
+                f"{c} sender(s) {name}: floor e2e decision {s['floor']['e2e_decision']['p50']:.1f}"
+                f" ms, less persist {s['node_floor_ms']:.1f} ms; lowest ratio decision"
+                f" {s['lowest_ratio_decision']:.2f}"
+            )
     for name, r in ref.items():
         typer.echo(
             f"{name}: decode reduced {r['decode']:.1f} ms, full {r['decode_full']:.1f} ms"
