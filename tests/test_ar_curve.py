@@ -105,3 +105,17 @@ def test_asr_gain_table_and_figure_from_evaluated_asr_runs(sweep: Path, tmp_path
     # a run without an ASR score is named, and nothing is appended
     assert asr_gain.main(["add", str(table), "--recipe", "x", str(sweep / "run-ar0-s0")]) == 1
     assert len(table.read_text().splitlines()) == 3
+
+
+def test_asr_ceiling_scores_the_maps_eval_scores(sweep: Path) -> None:
+    """`benchmarks.asr_ceiling` on an evaluated run: the mean-pooled test maps give eval's own
+    AUCs (the same maps), the ceiling is an AUC, and a Du of one class gets no Du AUC."""
+    from ddad_edge.benchmarks.asr_ceiling import ceiling
+
+    run = sweep / "run-ar1-s0"
+    out = ceiling(run, sweep / "split-ar1.json")
+    m = json.loads((run / "eval" / "metrics.json").read_text())["metrics"]
+    for name in ("inter", "intra"):
+        assert out["test_auc"][name] == pytest.approx(m[name]["auc"], abs=1e-9)
+    assert 0.0 <= out["supervised_cv_auc"] <= 1.0 and out["n_test"] == 32
+    assert out["du_auc"] is None and out["du_note"] == "Du's analysis labels are all 1: no AUC"
