@@ -367,6 +367,56 @@ def run(
     return results
 
 
+def summarize(
+    rows: dict[str, Any], floor_rows: dict[str, Any], ref: dict[str, dict[str, float]]
+) -> dict[str, dict[str, Any]]:
+    """Per "concurrency:file": the stages' p50/p95, the in-process reference (decode + score,
+    ms), the e2e ratios against it and, with ``floor_rows``, :func:`_floor_summary`."""
+    out = {}
+    for c, rs in rows.items():
+        for name in sorted({r["file"] for r in rs}):
+            s: dict[str, Any] = _summary([r for r in rs if r["file"] == name])
+            ref_ms = ref[name]["decode"] + ref[name]["score"]
+            s["in_process_decode_score"] = ref_ms
+            s["e2e_p50_over_in_process"] = s["e2e"]["p50"] / ref_ms
+            s["e2e_decision_p50_over_in_process"] = s["e2e_decision"]["p50"] / ref_ms
+            if floor_rows:
+                s |= _floor_summary([r for r in floor_rows[c] if r["file"] == name], ref_ms)
+            out[f"{c}:{name}"] = s
+    return out
+
+
+def _lines(summary: dict[str, dict[str, Any]], ref: dict[str, dict[str, float]]) -> list[str]:
+    """The printed table: a line per concurrency and file (and its floor), then the reference's
+    decode times per file."""
+    out = []
+    for key, s in summary.items():
+        c, name = key.split(":", 1)
+        stages = "  ".join(
+            f"{k} {v['p50']:.0f}/{v['p95']:.0f}"
+            for k, v in s.items()
+            if isinstance(v, dict) and "p50" in v
+        )
+        out.append(
+            f"{c} sender(s) {name}: {stages}  in-process {s['in_process_decode_score']:.0f} ms"
+            f"  ratio decision {s['e2e_decision_p50_over_in_process']:.2f}"
+            f" all {s['e2e_p50_over_in_process']:.2f}"
+        )
+        if "node_floor_ms" in s:
+            out.append(
+                f"{c} sender(s) {name}: floor e2e decision {s['floor']['e2e_decision']['p50']:.1f}"
+                f" ms, less persist {s['node_floor_ms']:.1f} ms; lowest ratio decision"
+                f" {s['lowest_ratio_decision']:.2f}"
+            )
+    for name, r in ref.items():
+        out.append(
+            f"{name}: decode reduced {r['decode']:.1f} ms, full {r['decode_full']:.1f} ms"
+            f" ({r['decode_full'] / r['decode']:.1f}x); score {r['score']:.1f} ms;"
+            f" scores full vs reduced rel diff {r['score_rel_diff_full_vs_reduced']:.2e}"
+        )
+    return out
+
+
 app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
 
 
@@ -455,47 +505,15 @@ def main(
     ref = {f: {k: (v + after[f][k]) / 2 for k, v in r.items()} for f, r in before.items()}
     report: dict[str, Any] = {
         "in_process_ms": ref, "in_process_ms_before": before, "in_process_ms_after": after,
-        "sends": rows, "floor_sends": floor_rows, "summary": {}, "workers": workers,
+        "sends": rows, "floor_sends": floor_rows, "workers": workers,
         "sender": sender,
         "destination": destination, "send_pdu": send_pdu,
         "load_average": os.getloadavg(),
     }  # fmt: skip
-    for c, rs in rows.items():
-        for name in sorted({r["file"] for r in rs}):
-            sub = [r for r in rs if r["file"] == name]
-            s = _summary(sub)
-            s["in_process_decode_score"] = ref[name]["decode"] + ref[name]["score"]
-            s["e2e_p50_over_in_process"] = s["e2e"]["p50"] / s["in_process_decode_score"]
-            ref_ms = s["in_process_decode_score"]
-            s["e2e_decision_p50_over_in_process"] = s["e2e_decision"]["p50"] / ref_ms
-            if floor_rows:
-                s |= _floor_summary([r for r in floor_rows[c] if r["file"] == name], ref_ms)
-            report["summary"][f"{c}:{name}"] = s
+    report["summary"] = summarize(rows, floor_rows, ref)
     output.write_text(json.dumps(report, indent=1))
-    for key, s in report["summary"].items():
-        c, name = key.split(":", 1)
-        stages = "  ".join(
-            f"{k} {v['p50']:.0f}/{v['p95']:.0f}"
-            for k, v in s.items()
-            if isinstance(v, dict) and "p50" in v
-        )
-        typer.echo(
-            f"{c} sender(s) {name}: {stages}  in-process {s['in_process_decode_score']:.0f} ms"
-            f"  ratio decision {s['e2e_decision_p50_over_in_process']:.2f}"
-            f" all {s['e2e_p50_over_in_process']:.2f}"
-        )
-        if "node_floor_ms" in s:
-            typer.echo(
-                f"{c} sender(s) {name}: floor e2e decision {s['floor']['e2e_decision']['p50']:.1f}"
-                f" ms, less persist {s['node_floor_ms']:.1f} ms; lowest ratio decision"
-                f" {s['lowest_ratio_decision']:.2f}"
-            )
-    for name, r in ref.items():
-        typer.echo(
-            f"{name}: decode reduced {r['decode']:.1f} ms, full {r['decode_full']:.1f} ms"
-            f" ({r['decode_full'] / r['decode']:.1f}x); score {r['score']:.1f} ms;"
-            f" scores full vs reduced rel diff {r['score_rel_diff_full_vs_reduced']:.2e}"
-        )
+    for line in _lines(report["summary"], ref):
+        typer.echo(line)
     typer.echo(f"wrote {output} (pid {os.getpid()})")
 
 

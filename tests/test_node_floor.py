@@ -63,3 +63,22 @@ def test_floor_node_delivers_every_result_without_scoring(
         assert 0 < r["e2e_decision"] <= r["e2e"]
     floor = node_floor_ms(sends)
     assert 0 < floor < max(r["e2e_decision"] for r in sends)
+
+
+def test_summary_gives_the_lowest_ratio_the_floor_allows():
+    from ddad_edge.benchmarks.node import summarize
+
+    stages = ("receive_persist", "transfer", "wait", "gate", "decode", "score", "sr")
+    row = dict.fromkeys(stages, 1.0) | {"build_send": 30.0, "e2e": 40.0}
+
+    def send(e2e_decision: float, persist: float) -> dict:
+        return row | {"file": "a.dcm", "e2e_decision": e2e_decision, "persist": persist}
+
+    ref = {"a.dcm": {"decode": 6.0, "score": 2.0}}
+    node = {"1": [send(20.0, 3.0), send(24.0, 3.0), send(22.0, 3.0)]}
+    floor = {"1": [send(12.0, 2.0), send(14.0, 6.0), send(11.0, 1.0)]}  # less persist: 10, 8, 10
+    s = summarize(node, floor, ref)["1:a.dcm"]
+    assert s["in_process_decode_score"] == 8.0 and s["e2e_decision_p50_over_in_process"] == 22 / 8
+    assert s["node_floor_ms"] == 10.0 and s["lowest_ratio_decision"] == (10.0 + 8.0) / 8.0
+    assert s["floor"]["e2e_decision"]["p50"] == 12.0
+    assert "node_floor_ms" not in summarize(node, {}, ref)["1:a.dcm"]
