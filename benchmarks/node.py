@@ -505,10 +505,8 @@ def main(
     ref = {f: {k: (v + after[f][k]) / 2 for k, v in r.items()} for f, r in before.items()}
     report: dict[str, Any] = {
         "in_process_ms": ref, "in_process_ms_before": before, "in_process_ms_after": after,
-        "sends": rows, "floor_sends": floor_rows, "workers": workers,
-        "sender": sender,
-        "destination": destination, "send_pdu": send_pdu,
-        "load_average": os.getloadavg(),
+        "sends": rows, "floor_sends": floor_rows, "workers": workers, "sender": sender,
+        "destination": destination, "send_pdu": send_pdu, "load_average": os.getloadavg(),
     }  # fmt: skip
     report["summary"] = summarize(rows, floor_rows, ref)
     output.write_text(json.dumps(report, indent=1))
