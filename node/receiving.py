@@ -14,7 +14,8 @@ Three things about that would hurt a node that runs for months; this module chan
   association drops without a response and the part stays, keeping the disk full for every
   later object. :class:`ReceivingFile` instead drops the part, discards the rest of the data
   set and lets the transfer complete, so that the handler answers Out of Resources
-  (:func:`write_error`) and the next object finds the space free again.
+  (:func:`write_error`) and the next object finds the space free again. A file that cannot
+  even be created (the folder gone, no inode or directory block left) is handled the same way.
 
 pynetdicom has no setting for any of this; :func:`receive_into` replaces the file factory its
 ``dimse_messages`` module calls, for the whole process.
@@ -36,17 +37,24 @@ class ReceivingFile:
     """A file in ``folder`` taking an arriving data set; the file object pynetdicom writes to
     (it calls ``write``, ``file.flush``, ``close`` and reads ``name``).
 
-    The first write or flush that fails (OSError: disk full, quota, I/O error) is kept in
-    :attr:`error`; the file is then closed and removed, and every later write is discarded
-    (reported as written, so that pynetdicom completes the message).
+    The creation, or the first write or flush, that fails (OSError: folder gone, disk full,
+    quota, I/O error) is kept in :attr:`error`; the file is then closed and removed (``name``
+    is empty when it was never created), and every later write is discarded (reported as
+    written, so that pynetdicom completes the message).
     """
 
     def __init__(self, folder: Path) -> None:
-        self._file = tempfile.NamedTemporaryFile(  # noqa: SIM115 (pynetdicom closes it)
-            mode="wb", suffix=".dcm", dir=folder, delete=False
-        )
-        self.name: str = self._file.name
+        self._file: Any = None
+        self.name: str = ""
         self.error: OSError | None = None
+        try:
+            self._file = tempfile.NamedTemporaryFile(  # noqa: SIM115 (pynetdicom closes it)
+                mode="wb", suffix=".dcm", dir=folder, delete=False
+            )
+        except OSError as e:
+            self.error = e
+            return
+        self.name = self._file.name
 
     @property
     def file(self) -> ReceivingFile:
@@ -68,6 +76,8 @@ class ReceivingFile:
                 self._fail(e)
 
     def close(self) -> None:
+        if self.error is not None:
+            return  # already closed and removed, or never created
         try:
             self._file.close()
         except OSError as e:  # the buffered tail could not be written
@@ -75,6 +85,8 @@ class ReceivingFile:
 
     def discard(self) -> None:
         """Close and remove the file (what it held is dropped)."""
+        if self._file is None:
+            return  # never created
         try:
             self._file.close()
         except OSError:

@@ -119,6 +119,29 @@ def test_store_failure_answers_out_of_resources_never_success(scp: Scp, tmp_path
     assert scp.metrics.store_failures._value.get() == 1
 
 
+def test_file_that_cannot_be_created_answers_out_of_resources(scp: Scp) -> None:
+    """The file an arriving data set goes to cannot even be created (here the spool's
+    receiving/ folder is gone; a full disk or inode table fails the same way): that C-STORE is
+    answered Out of Resources instead of the association being aborted, and once the folder is
+    back the next object on the same association is stored."""
+    from pynetdicom import AE
+    from pynetdicom.sop_class import ComputedRadiographyImageStorage
+
+    scp.spool.receiving.rmdir()
+    ae = AE(ae_title="SENDER")
+    ae.add_requested_context(ComputedRadiographyImageStorage)
+    assoc = ae.associate("127.0.0.1", scp.port, ae_title="DDAD")
+    assert assoc.is_established
+    try:
+        first = assoc.send_c_store(make_xray(seed=4))
+        scp.spool.receiving.mkdir()
+        second = assoc.send_c_store(make_xray(seed=5))
+    finally:
+        assoc.release()
+    assert first.Status == OUT_OF_RESOURCES and second.Status == 0x0000
+    assert len(scp.stored) == 1 and scp.metrics.store_failures._value.get() == 1
+
+
 def test_cut_off_transfer_leaves_no_file_and_the_scp_serves_on(
     scp: Scp, dcmtk, tmp_path: Path
 ) -> None:
