@@ -86,12 +86,12 @@ def standardised_means(
     return out
 
 
-def _maps(run: Path, x: np.ndarray) -> dict[str, np.ndarray]:
-    from ddad_edge.checkpoint import load_module
+def _maps(models: tuple[Any, Any], x: np.ndarray) -> dict[str, np.ndarray]:
+    """The score maps of x float32 [N, 1, 64, 64] under modules (A, B)."""
     from ddad_edge.reference import dual_stats
     from ddad_edge.runtime.scores import maps_from_stats
 
-    return maps_from_stats(x, dual_stats(load_module(run, "A"), load_module(run, "B"), x))
+    return maps_from_stats(x, dual_stats(models[0], models[1], x))
 
 
 def ceiling(
@@ -100,13 +100,15 @@ def ceiling(
     """Both checks of the module docstring for one run: {"test_auc": {map: AUC of its mean},
     "supervised_cv_auc", "supervised": settings, "du_auc", "du_auc_standardised"}; the two Du
     entries are None, with "du_note", where Du's analysis labels hold one class only."""
+    from ddad_edge.checkpoint import load_module
     from ddad_edge.data import read_manifest
     from ddad_edge.dataset import load_part
 
     manifest = read_manifest(split)
+    models = (load_module(run, "A"), load_module(run, "B"))
     test = load_part(manifest, "test")
     y = np.asarray(manifest["test_labels"])[test.ok]
-    maps = _maps(run, test.x)
+    maps = _maps(models, test.x)
     out: dict[str, Any] = {"run": str(run), "n_test": len(y)}
     out["test_auc"] = {n: roc_auc(y, maps[n].mean(axis=(1, 2, 3))) for n in MAPS}
     out["supervised_cv_auc"] = cv_auc(grid_features(maps, grid), y, lam, folds)
@@ -116,8 +118,8 @@ def ceiling(
     if y_du.min(initial=1) == y_du.max(initial=0):
         note = f"Du's analysis labels are all {int(y_du[0]) if len(y_du) else '-'}: no AUC"
         return out | {"du_auc": None, "du_auc_standardised": None, "du_note": note}
-    maps_du = _maps(run, du.x)
-    z = standardised_means(_maps(run, load_part(manifest, "normal_train").x), maps_du)
+    maps_du = _maps(models, du.x)
+    z = standardised_means(_maps(models, load_part(manifest, "normal_train").x), maps_du)
     out["du_auc"] = {n: roc_auc(y_du, maps_du[n].mean(axis=(1, 2, 3))) for n in MAPS}
     out["du_auc_standardised"] = {n: roc_auc(y_du, z[n]) for n in MAPS}
     return out
