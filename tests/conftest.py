@@ -328,6 +328,21 @@ def release_keys(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     }
 
 
+@pytest.fixture(autouse=True)
+def _pynetdicom_files_as_before() -> Iterator[None]:
+    """After each test, pynetdicom writes arriving data sets where it did before. A node SCP
+    started in this process points pynetdicom's file factory, process-wide, at its spool
+    (``node.receiving.receive_into``); once that test's spool is gone, any later SCP here (a
+    benchmark's destination, a bare pynetdicom SCP) could store nothing."""
+    yield
+    import sys
+    import tempfile
+
+    module = sys.modules.get("pynetdicom.dimse_messages")
+    if module is not None:
+        module.NamedTemporaryFile = tempfile.NamedTemporaryFile
+
+
 @pytest.fixture
 def loopback_netns() -> Iterator[Path]:
     """The test runs in a network namespace whose only interface is loopback (for servers that

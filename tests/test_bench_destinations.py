@@ -62,10 +62,6 @@ def _pdu_sizes(send_pdu: int | None, path: Path) -> tuple[Send, list[int]]:
     from pynetdicom import AE, evt
     from pynetdicom.pdu import P_DATA_TF
 
-    from ddad_edge.node.receiving import receive_into
-
-    # where this process's SCPs write what arrives (the node's tests point it at their spools)
-    receive_into(path.parent)
     sizes: list[int] = []
 
     def on_pdu(event: evt.Event) -> None:

@@ -49,11 +49,6 @@ def test_fixed_scores_refuse_a_reference_that_is_not_scored(bundle: Path, tmp_pa
 def test_floor_node_delivers_every_result_without_scoring(
     bundle: Path, films: list[Path], tmp_path: Path
 ):
-    from ddad_edge.node.receiving import receive_into
-
-    # where this process's SCPs (here the benchmark's destination) write what arrives: the
-    # node's tests point it at their spools, which are gone by now
-    receive_into(tmp_path)
     rows = run(bundle, None, films, rounds=2, concurrency=(1,), workdir=tmp_path, floor=films[0])
     sends = rows["1"]
     assert len(sends) == 4 and {r["file"] for r in sends} == {f.name for f in films}
